@@ -1,0 +1,703 @@
+package bifrost
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("bifrost", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("bifrost", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseCaddyfile sets up the handler from Caddyfile tokens.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	b := new(Handler)
+	if err := b.unmarshal(h.Dispenser, &h); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Every
+// reverse_proxy subdirective is accepted and applied to each worker; the
+// ones below are Bifrost's own. Syntax:
+//
+//	bifrost [<upstreams...>] {
+//	    # every reverse_proxy subdirective: to, transport, header_up, lb_policy, ...
+//
+//	    name <pool>
+//	    max_requests <n>
+//	    error_history_limit <n>
+//
+//	    breaker {
+//	        failures <n>
+//	        failure_ratio <ratio> [min <n>]
+//	        window <duration>
+//	        successes <n>
+//	        timeout <duration>
+//	    }
+//
+//	    retry {
+//	        attempts <n>
+//	        backoff <initial> [<max>]
+//	        jitter <0..1>
+//	        try_duration <duration>
+//	        per_try_timeout <duration>
+//	        budget <ratio>
+//	        methods <METHOD...>
+//	        on <condition...>
+//	        max_body <size>
+//	        max_held_response <size>
+//	    }
+//
+//	    health {
+//	        uri <path>
+//	        interval <duration>
+//	        timeout <duration>
+//	        expect_status <code|1xx-5xx>
+//	        expect_body <regexp>
+//	        passes <n>
+//	        fails <n>
+//	    }
+//
+//	    isolation {
+//	        base_time <duration>
+//	        max_time <duration>
+//	        max_percent <0..100>
+//	        success_rate <min_requests> [<stdev_factor>]
+//	        slow_start <duration>
+//	        breaker_trips <n>
+//	        max_recovery_attempts <n>
+//	    }
+//
+//	    classify {
+//	        status <code|class> <kind> [<action>]
+//	    }
+//
+//	    fallback {
+//	        status <code>
+//	        body <text>
+//	        header <name> <value>
+//	    }
+//	}
+//
+// reverse_proxy's own resilience subdirectives are mapped onto these:
+// `lb_retries n` is `retry { attempts n+1 }`, `lb_try_duration` is
+// `retry { try_duration }`, `lb_try_interval` is `retry { backoff }`,
+// `health_uri`/`health_path`, `health_interval`, `health_timeout`,
+// `health_status`, `health_body`, `health_passes` and `health_fails` are
+// the `health` block's fields, `max_fails` is `breaker { failures }`,
+// `fail_duration` is `breaker { window }`, `unhealthy_status` adds a
+// `classify` rule and `unhealthy_request_count` is `max_requests`. The
+// others (`lb_retry_match`, `unhealthy_latency` and the remaining
+// `health_*`) are refused with the equivalent to use.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return h.unmarshal(d, nil)
+}
+
+// unmarshal parses Bifrost's subdirectives, hands every other token to
+// reverse_proxy's own parser, then finalizes with the helper when there
+// is one (handle_response needs it).
+func (h *Handler) unmarshal(d *caddyfile.Dispenser, helper *httpcaddyfile.Helper) error {
+	d.Next() // consume the directive name
+	rpTokens := []caddyfile.Token{d.Token()}
+	rpTokens = append(rpTokens, d.RemainingArgsAsTokens()...)
+
+	p := &parser{h: h}
+	var open, body []caddyfile.Token
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if open == nil {
+			d.Prev()
+			open = []caddyfile.Token{d.Token()}
+			d.Next()
+		}
+		seg := d.NextSegment()
+		handled, err := p.segment(caddyfile.NewDispenser(seg))
+		if err != nil {
+			return err
+		}
+		if !handled {
+			body = append(body, seg...)
+		}
+	}
+	if open != nil {
+		rpTokens = append(rpTokens, open...)
+		rpTokens = append(rpTokens, body...)
+		rpTokens = append(rpTokens, d.Token()) // the closing brace
+	}
+
+	rpd := caddyfile.NewDispenser(rpTokens)
+	if err := h.Handler.UnmarshalCaddyfile(rpd); err != nil {
+		return err
+	}
+	if helper != nil {
+		if err := h.Handler.FinalizeUnmarshalCaddyfile(*helper); err != nil {
+			return err
+		}
+	}
+	return p.finish(d)
+}
+
+// parser holds what the Caddyfile parser needs across segments.
+type parser struct {
+	h    *Handler
+	seen map[string]bool
+	// mapped records reverse_proxy subdirectives that set a Bifrost
+	// field, so that setting it both ways is refused.
+	mapped map[string]string
+}
+
+// once refuses a subdirective given twice.
+func (p *parser) once(d *caddyfile.Dispenser, name string) error {
+	if p.seen == nil {
+		p.seen = make(map[string]bool)
+	}
+	if p.seen[name] {
+		return d.Errf("%s already specified", name)
+	}
+	p.seen[name] = true
+	return nil
+}
+
+// segment parses one top-level subdirective if it is Bifrost's own or a
+// reverse_proxy resilience subdirective; it reports whether it did.
+func (p *parser) segment(d *caddyfile.Dispenser) (bool, error) {
+	d.Next()
+	name := d.Val()
+	switch name {
+	case "name", "max_requests", "error_history_limit",
+		"breaker", "retry", "health", "isolation", "classify", "fallback":
+		if err := p.once(d, name); err != nil {
+			return true, err
+		}
+	}
+	h := p.h
+	switch name {
+	case "name":
+		return true, singleArg(d, func(v string) error {
+			if strings.ContainsAny(v, "|/ ") {
+				return d.Errf("name %q must not contain '|', '/' or spaces", v)
+			}
+			h.Name = v
+			return nil
+		})
+	case "max_requests":
+		return true, singleArg(d, func(v string) error { return parseInt(d, name, v, &h.MaxRequests) })
+	case "error_history_limit":
+		return true, singleArg(d, func(v string) error { return parseInt(d, name, v, &h.ErrorHistoryLimit) })
+	case "breaker":
+		h.Breaker = new(BreakerConfig)
+		return true, p.breaker(d)
+	case "retry":
+		h.Retry = ensure(h.Retry)
+		return true, p.retry(d)
+	case "health":
+		h.Health = ensure(h.Health)
+		return true, p.health(d)
+	case "isolation":
+		h.Isolation = new(IsolationConfig)
+		return true, p.isolation(d)
+	case "classify":
+		return true, p.classify(d)
+	case "fallback":
+		h.Fallback = new(FallbackConfig)
+		return true, p.fallback(d)
+	}
+	return p.resilience(d, name)
+}
+
+// noBlockArgs refuses arguments on a block's opening line.
+func noBlockArgs(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func (p *parser) breaker(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	bc := p.h.Breaker
+	for d.NextBlock(0) {
+		sub := d.Val()
+		var err error
+		switch sub {
+		case "failures":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &bc.Failures) })
+		case "successes":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &bc.Successes) })
+		case "window":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &bc.Window) })
+		case "timeout":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &bc.Timeout) })
+		case "failure_ratio":
+			args := d.RemainingArgs()
+			if len(args) != 1 && len(args) != 3 {
+				return d.ArgErr()
+			}
+			if err := parseFloat(d, sub, args[0], &bc.FailureRatio); err != nil {
+				return err
+			}
+			if len(args) == 3 {
+				if args[1] != "min" {
+					return d.Errf("failure_ratio: expected 'min <n>', got %q", args[1])
+				}
+				err = parseInt(d, "failure_ratio min", args[2], &bc.MinRequests)
+			}
+		default:
+			return d.Errf("unrecognized breaker subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return wrapValidate(d, bc.validate())
+}
+
+func (p *parser) retry(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	rc := p.h.Retry
+	for d.NextBlock(0) {
+		sub := d.Val()
+		var err error
+		switch sub {
+		case "attempts":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &rc.Attempts) })
+			if err == nil && rc.Attempts < 1 {
+				err = d.Errf("attempts must be at least 1, got %d", rc.Attempts)
+			}
+		case "backoff":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			if err := parseDuration(d, "backoff initial", args[0], &rc.BackoffInitial); err != nil {
+				return err
+			}
+			if len(args) == 2 {
+				err = parseDuration(d, "backoff max", args[1], &rc.BackoffMax)
+			}
+		case "jitter":
+			err = singleArg(d, func(v string) error {
+				var j float64
+				if err := parseFloat(d, sub, v, &j); err != nil {
+					return err
+				}
+				rc.Jitter = &j
+				return nil
+			})
+		case "try_duration":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &rc.TryDuration) })
+		case "per_try_timeout":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &rc.PerTryTimeout) })
+		case "budget":
+			err = singleArg(d, func(v string) error { return parseFloat(d, sub, v, &rc.Budget) })
+		case "methods":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, m := range args {
+				rc.Methods = append(rc.Methods, strings.ToUpper(m))
+			}
+		case "on":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, c := range args {
+				if _, err := parseRetryCondition(c); err != nil {
+					return d.Errf("retry on: %v", err)
+				}
+			}
+			rc.On = append(rc.On, args...)
+		case "max_body":
+			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxBody) })
+		case "max_held_response":
+			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxHeldResponse) })
+		default:
+			return d.Errf("unrecognized retry subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return wrapValidate(d, rc.validate())
+}
+
+func (p *parser) health(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	hc := p.h.Health
+	for d.NextBlock(0) {
+		sub := d.Val()
+		var err error
+		switch sub {
+		case "uri":
+			err = singleArg(d, func(v string) error { hc.URI = v; return nil })
+		case "interval":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &hc.Interval) })
+		case "timeout":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &hc.Timeout) })
+		case "expect_status":
+			err = singleArg(d, func(v string) error { return parseExpectStatus(d, v, &hc.ExpectStatus) })
+		case "expect_body":
+			err = singleArg(d, func(v string) error { hc.ExpectBody = v; return nil })
+		case "passes":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &hc.Passes) })
+		case "fails":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &hc.Fails) })
+		default:
+			return d.Errf("unrecognized health subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return wrapValidate(d, hc.validate())
+}
+
+func (p *parser) isolation(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	ic := p.h.Isolation
+	for d.NextBlock(0) {
+		sub := d.Val()
+		var err error
+		switch sub {
+		case "base_time":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.BaseTime) })
+		case "max_time":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.MaxTime) })
+		case "slow_start":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.SlowStart) })
+		case "max_percent":
+			err = singleArg(d, func(v string) error {
+				var pct int
+				if err := parseInt(d, sub, strings.TrimSuffix(v, "%"), &pct); err != nil {
+					return err
+				}
+				ic.MaxPercent = &pct
+				return nil
+			})
+		case "success_rate":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			if err := parseInt(d, "success_rate min_requests", args[0], &ic.SuccessRateMinRequests); err != nil {
+				return err
+			}
+			if len(args) == 2 {
+				err = parseFloat(d, "success_rate stdev_factor", args[1], &ic.SuccessRateStdevFactor)
+			}
+		case "breaker_trips":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &ic.BreakerTrips) })
+		case "max_recovery_attempts":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &ic.MaxRecoveryAttempts) })
+		default:
+			return d.Errf("unrecognized isolation subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return wrapValidate(d, ic.validate())
+}
+
+func (p *parser) classify(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	for d.NextBlock(0) {
+		if d.Val() != "status" {
+			return d.Errf("unrecognized classify subdirective %q (want 'status <code|class> <kind> [<action>]')", d.Val())
+		}
+		args := d.RemainingArgs()
+		if len(args) < 2 || len(args) > 3 {
+			return d.ArgErr()
+		}
+		rule := ClassifyRule{Status: args[0], Kind: args[1]}
+		if len(args) == 3 {
+			rule.Action = args[2]
+		}
+		if _, err := recovery.ParseRule(rule.Status, rule.Kind, rule.Action); err != nil {
+			return d.Errf("classify: %v", err)
+		}
+		p.h.Classify = append(p.h.Classify, rule)
+	}
+	return nil
+}
+
+func (p *parser) fallback(d *caddyfile.Dispenser) error {
+	if err := noBlockArgs(d); err != nil {
+		return err
+	}
+	fc := p.h.Fallback
+	for d.NextBlock(0) {
+		sub := d.Val()
+		var err error
+		switch sub {
+		case "status":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &fc.Status) })
+		case "body":
+			err = singleArg(d, func(v string) error { fc.Body = v; return nil })
+		case "header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if fc.Headers == nil {
+				fc.Headers = make(http.Header)
+			}
+			fc.Headers.Add(args[0], args[1])
+		default:
+			return d.Errf("unrecognized fallback subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return wrapValidate(d, fc.validate())
+}
+
+// resilience maps reverse_proxy's own resilience subdirectives onto
+// Bifrost's, or refuses them naming the equivalent. Anything else is left
+// to reverse_proxy's parser.
+func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
+	h := p.h
+	switch name {
+	case "lb_retries":
+		return true, p.mapped1(d, name, "retry attempts", func(v string) error {
+			var n int
+			if err := parseInt(d, name, v, &n); err != nil {
+				return err
+			}
+			h.Retry = ensure(h.Retry)
+			h.Retry.Attempts = n + 1
+			return nil
+		})
+	case "lb_try_duration":
+		return true, p.mapped1(d, name, "retry try_duration", func(v string) error {
+			h.Retry = ensure(h.Retry)
+			return parseDuration(d, name, v, &h.Retry.TryDuration)
+		})
+	case "lb_try_interval":
+		return true, p.mapped1(d, name, "retry backoff", func(v string) error {
+			h.Retry = ensure(h.Retry)
+			return parseDuration(d, name, v, &h.Retry.BackoffInitial)
+		})
+	case "health_uri", "health_path":
+		return true, p.mapped1(d, name, "health uri", func(v string) error {
+			h.Health = ensure(h.Health)
+			h.Health.URI = v
+			return nil
+		})
+	case "health_interval":
+		return true, p.mapped1(d, name, "health interval", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parseDuration(d, name, v, &h.Health.Interval)
+		})
+	case "health_timeout":
+		return true, p.mapped1(d, name, "health timeout", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parseDuration(d, name, v, &h.Health.Timeout)
+		})
+	case "health_status":
+		return true, p.mapped1(d, name, "health expect_status", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parseExpectStatus(d, v, &h.Health.ExpectStatus)
+		})
+	case "health_body":
+		return true, p.mapped1(d, name, "health expect_body", func(v string) error {
+			h.Health = ensure(h.Health)
+			h.Health.ExpectBody = v
+			return nil
+		})
+	case "health_passes":
+		return true, p.mapped1(d, name, "health passes", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parseInt(d, name, v, &h.Health.Passes)
+		})
+	case "health_fails":
+		return true, p.mapped1(d, name, "health fails", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parseInt(d, name, v, &h.Health.Fails)
+		})
+	case "max_fails":
+		return true, p.mapped1(d, name, "breaker failures", func(v string) error {
+			h.Breaker = ensure(h.Breaker)
+			return parseInt(d, name, v, &h.Breaker.Failures)
+		})
+	case "fail_duration":
+		return true, p.mapped1(d, name, "breaker window", func(v string) error {
+			h.Breaker = ensure(h.Breaker)
+			return parseDuration(d, name, v, &h.Breaker.Window)
+		})
+	case "unhealthy_request_count":
+		return true, p.mapped1(d, name, "max_requests", func(v string) error {
+			return parseInt(d, name, v, &h.MaxRequests)
+		})
+	case "unhealthy_status":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, a := range args {
+			status := a
+			if len(a) == 1 {
+				status = a + "xx"
+			}
+			if _, err := recovery.ParseRule(status, "http", ""); err != nil {
+				return true, d.Errf("unhealthy_status: %v", err)
+			}
+			h.Classify = append(h.Classify, ClassifyRule{Status: status, Kind: "http"})
+		}
+		return true, nil
+	case "lb_retry_match":
+		return true, d.Errf("lb_retry_match is not supported by bifrost: use 'retry { methods <METHOD...> }' and 'retry { on <condition...> }'")
+	case "unhealthy_latency":
+		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
+	case "health_port", "health_upstream", "health_headers", "health_method",
+		"health_request_body", "health_follow_redirects":
+		return true, d.Errf("%s is not supported by bifrost: use the 'health' block (uri, interval, timeout, expect_status, expect_body, passes, fails)", name)
+	case "request_buffers":
+		return true, d.Errf("request_buffers is not supported by bifrost, which buffers replayable bodies itself: use 'retry { max_body <size> }'")
+	case "dynamic":
+		return true, d.Errf("dynamic upstreams are not supported by bifrost: list the upstreams")
+	}
+	return false, nil
+}
+
+// mapped1 parses a one-argument reverse_proxy subdirective that maps onto
+// a Bifrost field, refusing it when given twice.
+func (p *parser) mapped1(d *caddyfile.Dispenser, name, equivalent string, set func(string) error) error {
+	if err := p.once(d, name); err != nil {
+		return err
+	}
+	if p.mapped == nil {
+		p.mapped = make(map[string]string)
+	}
+	p.mapped[name] = equivalent
+	return singleArg(d, set)
+}
+
+// finish checks what can only be checked once every segment was read:
+// a reverse_proxy subdirective and its Bifrost equivalent both given.
+func (p *parser) finish(d *caddyfile.Dispenser) error {
+	for rp, eq := range p.mapped {
+		block := strings.Fields(eq)[0]
+		if p.seen[block] {
+			return d.Errf("%s conflicts with the %s block: use '%s' only", rp, block, eq)
+		}
+	}
+	return nil
+}
+
+// singleArg reads exactly one argument and hands it to set.
+func singleArg(d *caddyfile.Dispenser, set func(string) error) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return set(v)
+}
+
+func parseInt(d *caddyfile.Dispenser, name, v string, dst *int) error {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return d.Errf("%s: %q is not an integer", name, v)
+	}
+	if n < 0 {
+		return d.Errf("%s must not be negative, got %d", name, n)
+	}
+	*dst = n
+	return nil
+}
+
+func parseFloat(d *caddyfile.Dispenser, name, v string, dst *float64) error {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return d.Errf("%s: %q is not a number", name, v)
+	}
+	*dst = f
+	return nil
+}
+
+func parseDuration(d *caddyfile.Dispenser, name, v string, dst *caddy.Duration) error {
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("%s: bad duration %q: %v", name, v, err)
+	}
+	if dur < 0 {
+		return d.Errf("%s must not be negative, got %s", name, v)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+func parseSize(d *caddyfile.Dispenser, name, v string, dst *int64) error {
+	size, err := humanize.ParseBytes(v)
+	if err != nil {
+		return d.Errf("%s: bad size %q: %v", name, v, err)
+	}
+	if size > 1<<40 {
+		return d.Errf("%s: size %q is too large", name, v)
+	}
+	*dst = int64(size)
+	return nil
+}
+
+// parseExpectStatus accepts a code (200) or a class (2xx).
+func parseExpectStatus(d *caddyfile.Dispenser, v string, dst *int) error {
+	if len(v) == 3 && strings.HasSuffix(v, "xx") && v[0] >= '1' && v[0] <= '5' {
+		*dst = int(v[0] - '0')
+		return nil
+	}
+	code, err := strconv.Atoi(v)
+	if err != nil || code < 100 || code > 599 {
+		return d.Errf("expect_status: %q is not a status code or class such as 2xx", v)
+	}
+	*dst = code
+	return nil
+}
+
+// wrapValidate turns a block's validation error into one with the
+// Caddyfile position.
+func wrapValidate(d *caddyfile.Dispenser, err error) error {
+	if err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// ensure returns v, allocating it when nil.
+func ensure[T any](v *T) *T {
+	if v == nil {
+		return new(T)
+	}
+	return v
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

@@ -1,0 +1,399 @@
+package bifrost
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// BreakerConfig configures each worker's circuit breaker. A breaker opens
+// when its worker keeps failing, refuses requests while open, lets a few
+// real requests through after Timeout (half-open), and closes again after
+// Successes consecutive successes.
+type BreakerConfig struct {
+	// Failures is the number of consecutive failures that open the
+	// breaker. Default: 5.
+	Failures int `json:"failures,omitempty"`
+
+	// FailureRatio, when above zero, also opens the breaker when the share
+	// of failed requests in Window reaches it (0 < ratio <= 1), once at
+	// least MinRequests requests were seen in that window. Default: 0 (off).
+	FailureRatio float64 `json:"failure_ratio,omitempty"`
+
+	// MinRequests is the minimum number of requests in Window before
+	// FailureRatio applies. Default: 10.
+	MinRequests int `json:"min_requests,omitempty"`
+
+	// Window is the rolling window over which the breaker counts requests
+	// and failures while closed. Zero means counts are only cleared when
+	// the state changes. Default: 0.
+	Window caddy.Duration `json:"window,omitempty"`
+
+	// Successes is the number of consecutive successful requests in the
+	// half-open state that close the breaker again; it is also how many
+	// requests a half-open breaker lets through at once. Default: 3.
+	Successes int `json:"successes,omitempty"`
+
+	// Timeout is how long an open breaker refuses requests before it lets
+	// a few through (half-open). Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// RetryConfig configures how a failed try is retried on another worker.
+// A try is retried only when it is safe: no byte of its response reached
+// the client, the request's body can be replayed, and either the request
+// never reached the upstream (a refused dial) or its method is in Methods.
+type RetryConfig struct {
+	// Attempts is the total number of tries for one request, the first
+	// included. 1 disables retries. Default: 3.
+	Attempts int `json:"attempts,omitempty"`
+
+	// BackoffInitial is the delay before the first retry; each further
+	// retry waits about twice as long, up to BackoffMax. Default: 50ms.
+	BackoffInitial caddy.Duration `json:"backoff_initial,omitempty"`
+
+	// BackoffMax caps the delay between two tries. Default: 1s.
+	BackoffMax caddy.Duration `json:"backoff_max,omitempty"`
+
+	// Jitter randomizes each delay by up to this share (0..1), so that
+	// clients retrying together do not hit a worker at the same instant.
+	// Default: 0.5.
+	Jitter *float64 `json:"jitter,omitempty"`
+
+	// TryDuration bounds the time spent on all tries of one request
+	// together, backoff delays included. Default: 0 (bounded only by
+	// Attempts and the client).
+	TryDuration caddy.Duration `json:"try_duration,omitempty"`
+
+	// PerTryTimeout bounds the time one try may wait for the response
+	// headers of its worker; when it passes, the try fails with kind
+	// `timeout` and the request moves on to another worker. It does not
+	// bound the streaming of a response body. Default: 0 (the transport's
+	// own timeouts apply).
+	PerTryTimeout caddy.Duration `json:"per_try_timeout,omitempty"`
+
+	// Budget caps retries at this share of requests (0 < budget <= 1),
+	// over a 10 s window, plus a small floor so that low traffic can still
+	// retry. It keeps a full outage from multiplying the load on the
+	// backends. Default: 0.2.
+	Budget float64 `json:"budget,omitempty"`
+
+	// Methods are the HTTP methods that may be retried after the request
+	// reached an upstream. A request whose dial failed is retried whatever
+	// its method, because it never left. Default: GET HEAD OPTIONS TRACE
+	// PUT DELETE (the idempotent methods of RFC 9110).
+	Methods []string `json:"methods,omitempty"`
+
+	// On lists the failure conditions that cause a retry. Values:
+	// `connect_failure`, `timeout`, `reset`, `5xx`, `429`, or a single
+	// status code such as `503`. Default: all of `connect_failure timeout
+	// reset 5xx 429`. Conditions not listed still count against the worker.
+	On []string `json:"on,omitempty"`
+
+	// MaxBody is the largest request body, in bytes, kept in memory so
+	// that the request can be replayed on another worker. A larger body is
+	// streamed to one worker and never retried. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// MaxHeldResponse is the largest failure response body, in bytes, held
+	// back while another try is still possible. A held-back response that
+	// grows beyond it is abandoned and the request is retried. Default:
+	// 64 KiB.
+	MaxHeldResponse int64 `json:"max_held_response,omitempty"`
+}
+
+// HealthConfig configures active health probes. Without a URI, health is
+// tracked passively from real traffic only.
+type HealthConfig struct {
+	// URI is the path (and query) probed on each worker, e.g. `/health`.
+	URI string `json:"uri,omitempty"`
+
+	// Interval is the time between two probes of one worker; probes are
+	// jittered so that workers are not probed at the same instant, and run
+	// faster while a worker is changing state. Default: 5s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Timeout bounds one probe. Default: 2s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// ExpectStatus is the status a passing probe answers: a code such as
+	// 200, or a class such as 2 for any 2xx. Default: 2 (2xx).
+	ExpectStatus int `json:"expect_status,omitempty"`
+
+	// ExpectBody is a regular expression the probe's body must match.
+	ExpectBody string `json:"expect_body,omitempty"`
+
+	// Passes is the number of consecutive passing probes that mark an
+	// unhealthy worker healthy (rise). Default: 2.
+	Passes int `json:"passes,omitempty"`
+
+	// Fails is the number of consecutive failing probes that mark a
+	// healthy worker unhealthy and isolate it (fall). Default: 3.
+	Fails int `json:"fails,omitempty"`
+}
+
+// IsolationConfig configures isolation, the escalation above the breaker:
+// a worker whose breaker keeps tripping, that fails its probes, whose
+// success rate is an outlier among its peers, that raised a critical error,
+// or that an operator isolated, is taken out of rotation for an ejection
+// time that grows with each repeat.
+type IsolationConfig struct {
+	// BaseTime is the first ejection time; the n-th ejection lasts
+	// BaseTime × 2^(n-1), jittered by ±10%. Default: 10s.
+	BaseTime caddy.Duration `json:"base_time,omitempty"`
+
+	// MaxTime caps the ejection time. After MaxTime without isolation the
+	// ejection count decays by one. Default: 5m.
+	MaxTime caddy.Duration `json:"max_time,omitempty"`
+
+	// MaxPercent is the largest share of a pool's workers (0-100) that may
+	// be isolated automatically. At least one worker always stays in
+	// rotation, and in a pool of two or more at least one may be isolated.
+	// Default: 50.
+	MaxPercent *int `json:"max_percent,omitempty"`
+
+	// SuccessRateMinRequests enables outlier detection: a worker that saw
+	// at least this many requests in a detection interval and whose
+	// success rate is below the pool's mean minus SuccessRateStdevFactor
+	// standard deviations is isolated. Default: 0 (off).
+	SuccessRateMinRequests int `json:"success_rate_min_requests,omitempty"`
+
+	// SuccessRateStdevFactor is the number of standard deviations below
+	// the mean that makes an outlier. Default: 1.9.
+	SuccessRateStdevFactor float64 `json:"success_rate_stdev_factor,omitempty"`
+
+	// SlowStart is the time over which a reinstated worker's share of
+	// traffic ramps up to its full share. Default: 0 (off).
+	SlowStart caddy.Duration `json:"slow_start,omitempty"`
+
+	// BreakerTrips is the number of times a worker's breaker must open
+	// without an intervening close to isolate it. Default: 2.
+	BreakerTrips int `json:"breaker_trips,omitempty"`
+
+	// MaxRecoveryAttempts is the number of failed reinstatements after
+	// which the worker stays out (event `worker_recovery_failed`) until a
+	// probe passes or an operator restores it. Default: 3.
+	MaxRecoveryAttempts int `json:"max_recovery_attempts,omitempty"`
+}
+
+// ClassifyRule overrides how a response status is classified.
+type ClassifyRule struct {
+	// Status is a status code (`503`) or a class (`5xx`).
+	Status string `json:"status"`
+
+	// Kind is the error kind to classify it as, e.g. `http`, `throttled`,
+	// or `none` to treat the status as a success.
+	Kind string `json:"kind"`
+
+	// Action overrides the kind's default recovery action, e.g. `retry`.
+	Action string `json:"action,omitempty"`
+}
+
+// FallbackConfig is the response written when no worker can serve a
+// request (graceful degradation).
+type FallbackConfig struct {
+	// Status of the fallback response. Default: 503.
+	Status int `json:"status,omitempty"`
+
+	// Body of the fallback response. Placeholders are replaced.
+	Body string `json:"body,omitempty"`
+
+	// Headers set on the fallback response. Placeholders in values are
+	// replaced.
+	Headers http.Header `json:"headers,omitempty"`
+}
+
+// Defaults chosen for the request path; see each field's documentation.
+const (
+	defaultMaxBody         = 1 << 20
+	defaultMaxHeldResponse = 64 << 10
+	defaultBudget          = 0.2
+	defaultBreakerTrips    = 2
+	defaultProbeStatus     = 2
+	defaultHistoryLimit    = 1000
+	defaultMaxPercent      = 50
+)
+
+// defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
+var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+
+// retryConditions are the values accepted by RetryConfig.On.
+var retryConditions = []string{"connect_failure", "timeout", "reset", "5xx", "429"}
+
+// validate checks the retry block; errors name the field.
+func (rc *RetryConfig) validate() error {
+	if rc.Attempts < 0 {
+		return fmt.Errorf("retry: attempts must be at least 1, got %d", rc.Attempts)
+	}
+	if rc.BackoffInitial < 0 || rc.BackoffMax < 0 || rc.TryDuration < 0 || rc.PerTryTimeout < 0 {
+		return fmt.Errorf("retry: durations must not be negative")
+	}
+	if rc.BackoffMax > 0 && rc.BackoffInitial > rc.BackoffMax {
+		return fmt.Errorf("retry: backoff initial %s is above its maximum %s",
+			time.Duration(rc.BackoffInitial), time.Duration(rc.BackoffMax))
+	}
+	if rc.Jitter != nil && (*rc.Jitter < 0 || *rc.Jitter > 1) {
+		return fmt.Errorf("retry: jitter must be between 0 and 1, got %g", *rc.Jitter)
+	}
+	if rc.Budget < 0 || rc.Budget > 1 {
+		return fmt.Errorf("retry: budget must be between 0 and 1, got %g", rc.Budget)
+	}
+	if rc.MaxBody < 0 || rc.MaxHeldResponse < 0 {
+		return fmt.Errorf("retry: max_body and max_held_response must not be negative")
+	}
+	for _, m := range rc.Methods {
+		if m == "" || strings.ToUpper(m) != m {
+			return fmt.Errorf("retry: method %q must be an upper-case HTTP method", m)
+		}
+	}
+	for _, on := range rc.On {
+		if _, err := parseRetryCondition(on); err != nil {
+			return fmt.Errorf("retry: %w", err)
+		}
+	}
+	return nil
+}
+
+// validate checks the breaker block; errors name the field.
+func (bc *BreakerConfig) validate() error {
+	if bc.Failures < 0 || bc.Successes < 0 || bc.MinRequests < 0 {
+		return fmt.Errorf("breaker: failures, successes and min_requests must not be negative")
+	}
+	if bc.FailureRatio < 0 || bc.FailureRatio > 1 {
+		return fmt.Errorf("breaker: failure_ratio must be between 0 and 1, got %g", bc.FailureRatio)
+	}
+	if bc.Window < 0 || bc.Timeout < 0 {
+		return fmt.Errorf("breaker: window and timeout must not be negative")
+	}
+	return nil
+}
+
+// validate checks the health block; errors name the field.
+func (hc *HealthConfig) validate() error {
+	if hc.URI != "" && !strings.HasPrefix(hc.URI, "/") {
+		return fmt.Errorf("health: uri must start with '/', got %q", hc.URI)
+	}
+	if hc.Interval < 0 || hc.Timeout < 0 {
+		return fmt.Errorf("health: interval and timeout must not be negative")
+	}
+	if hc.Passes < 0 || hc.Fails < 0 {
+		return fmt.Errorf("health: passes and fails must not be negative")
+	}
+	if hc.ExpectStatus != 0 && (hc.ExpectStatus < 1 || hc.ExpectStatus > 599 || (hc.ExpectStatus > 5 && hc.ExpectStatus < 100)) {
+		return fmt.Errorf("health: expect_status must be a status code or class 1-5, got %d", hc.ExpectStatus)
+	}
+	if hc.ExpectBody != "" {
+		if _, err := regexp.Compile(hc.ExpectBody); err != nil {
+			return fmt.Errorf("health: expect_body: %w", err)
+		}
+	}
+	return nil
+}
+
+// validate checks the isolation block; errors name the field.
+func (ic *IsolationConfig) validate() error {
+	if ic.BaseTime < 0 || ic.MaxTime < 0 || ic.SlowStart < 0 {
+		return fmt.Errorf("isolation: durations must not be negative")
+	}
+	if ic.MaxTime > 0 && ic.BaseTime > ic.MaxTime {
+		return fmt.Errorf("isolation: base_time %s is above max_time %s",
+			time.Duration(ic.BaseTime), time.Duration(ic.MaxTime))
+	}
+	if ic.MaxPercent != nil && (*ic.MaxPercent < 0 || *ic.MaxPercent > 100) {
+		return fmt.Errorf("isolation: max_percent must be between 0 and 100, got %d", *ic.MaxPercent)
+	}
+	if ic.SuccessRateMinRequests < 0 || ic.SuccessRateStdevFactor < 0 {
+		return fmt.Errorf("isolation: success_rate values must not be negative")
+	}
+	if ic.BreakerTrips < 0 || ic.MaxRecoveryAttempts < 0 {
+		return fmt.Errorf("isolation: breaker_trips and max_recovery_attempts must not be negative")
+	}
+	return nil
+}
+
+// validate checks the fallback block; errors name the field.
+func (fc *FallbackConfig) validate() error {
+	if fc.Status != 0 && (fc.Status < 100 || fc.Status > 599) {
+		return fmt.Errorf("fallback: status must be between 100 and 599, got %d", fc.Status)
+	}
+	return nil
+}
+
+// retryOn is the set of failure conditions that cause a retry.
+type retryOn struct {
+	connect, timeout, reset, s5xx, s429 bool
+	codes                               []int
+}
+
+// allRetryConditions is the default: every condition.
+var allRetryConditions = retryOn{connect: true, timeout: true, reset: true, s5xx: true, s429: true}
+
+// parseRetryCondition parses one value of RetryConfig.On into a set
+// holding just that condition.
+func parseRetryCondition(s string) (retryOn, error) {
+	switch s {
+	case "connect_failure":
+		return retryOn{connect: true}, nil
+	case "timeout":
+		return retryOn{timeout: true}, nil
+	case "reset":
+		return retryOn{reset: true}, nil
+	case "5xx":
+		return retryOn{s5xx: true}, nil
+	case "429":
+		return retryOn{s429: true}, nil
+	}
+	code, err := strconv.Atoi(s)
+	if err != nil || code < 400 || code > 599 {
+		return retryOn{}, fmt.Errorf("unknown retry condition %q (want one of %s, or a status code 400-599)",
+			s, strings.Join(retryConditions, ", "))
+	}
+	return retryOn{codes: []int{code}}, nil
+}
+
+// with returns the union of two sets.
+func (o retryOn) with(c retryOn) retryOn {
+	o.connect = o.connect || c.connect
+	o.timeout = o.timeout || c.timeout
+	o.reset = o.reset || c.reset
+	o.s5xx = o.s5xx || c.s5xx
+	o.s429 = o.s429 || c.s429
+	o.codes = append(o.codes, c.codes...)
+	return o
+}
+
+// matches reports whether a classified failure is one to retry. An
+// explicit `retry` action from a classify rule always matches.
+func (o retryOn) matches(cls recovery.Classification, status int) bool {
+	if cls.Action == recovery.ActionRetry && cls.Kind == recovery.KindHTTP {
+		return true
+	}
+	switch cls.Kind {
+	case recovery.KindConnection, recovery.KindIsolationViolation, recovery.KindPoolExhausted,
+		recovery.KindResourceLimit, recovery.KindConfig, recovery.KindWorkerCreationFailed:
+		return o.connect
+	case recovery.KindTimeout:
+		return o.timeout
+	case recovery.KindIO:
+		return o.reset
+	case recovery.KindHTTP, recovery.KindThrottled:
+		return o.matchesStatus(status)
+	}
+	return false
+}
+
+// matchesStatus reports whether a failure status is one to retry.
+func (o retryOn) matchesStatus(status int) bool {
+	if slices.Contains(o.codes, status) {
+		return true
+	}
+	return (o.s5xx && status >= 500 && status <= 599) || (o.s429 && status == http.StatusTooManyRequests)
+}

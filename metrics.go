@@ -1,0 +1,232 @@
+package bifrost
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// collectors are Bifrost's Prometheus collectors. They are created once
+// and registered into the registry of every config load (Caddy makes a new
+// one each time), so counts carry on across reloads. Every label comes from
+// the configuration (pool, worker) or a fixed set of values (outcome, kind,
+// severity, action, state, event, result): never from a request.
+var collectors struct {
+	once        sync.Once
+	requests    *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	retries     *prometheus.CounterVec
+	degraded    *prometheus.CounterVec
+	recoveries  *prometheus.CounterVec
+	transitions *prometheus.CounterVec
+	probes      *prometheus.CounterVec
+	breaker     *prometheus.GaugeVec
+	healthy     *prometheus.GaugeVec
+	isolated    *prometheus.GaugeVec
+	latency     *prometheus.HistogramVec
+}
+
+func initCollectors() {
+	const ns, sub = "caddy", "bifrost"
+	pw := []string{"pool", "worker"}
+	collectors.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "requests_total",
+		Help: "Tries sent to workers, by outcome (success, failure, canceled).",
+	}, append(pw, "outcome"))
+	collectors.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "errors_total",
+		Help: "Classified worker failures, by kind and severity.",
+	}, append(pw, "kind", "severity"))
+	collectors.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "retries_total",
+		Help: "Retries after a failed try on the worker.",
+	}, pw)
+	collectors.degraded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "degraded_total",
+		Help: "Requests no worker could serve (fallback or 503).",
+	}, []string{"pool"})
+	collectors.recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "recovery_actions_total",
+		Help: "Recovery actions carried out on workers.",
+	}, append(pw, "action"))
+	collectors.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "worker_transitions_total",
+		Help: "Isolation transitions of workers, by event name.",
+	}, append(pw, "event"))
+	collectors.probes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "probes_total",
+		Help: "Active health probes, by result (pass, fail).",
+	}, append(pw, "result"))
+	collectors.breaker = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "breaker_state",
+		Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+	}, pw)
+	collectors.healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "worker_healthy",
+		Help: "1 if the worker can take requests now, else 0.",
+	}, pw)
+	collectors.isolated = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "worker_isolated",
+		Help: "1 if the worker is isolated, else 0.",
+	}, pw)
+	collectors.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Subsystem: sub, Name: "attempt_duration_seconds",
+		Help:    "Duration of tries against workers, until the response was written or failed.",
+		Buckets: prometheus.DefBuckets,
+	}, pw)
+}
+
+// poolMetrics records one handler's metrics. Its methods are safe on a
+// nil receiver.
+type poolMetrics struct {
+	pool string
+}
+
+// newPoolMetrics registers the collectors into the config's registry.
+func newPoolMetrics(ctx caddy.Context, pool string, logger *zap.Logger) *poolMetrics {
+	collectors.once.Do(initCollectors)
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return &poolMetrics{pool: pool}
+	}
+	for _, c := range []prometheus.Collector{
+		collectors.requests, collectors.errors, collectors.retries, collectors.degraded,
+		collectors.recoveries, collectors.transitions, collectors.probes,
+		collectors.breaker, collectors.healthy, collectors.isolated, collectors.latency,
+	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				logger.Error("registering metrics", zap.Error(err))
+			}
+		}
+	}
+	return &poolMetrics{pool: pool}
+}
+
+func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
+	if m == nil {
+		return
+	}
+	outcome := "success"
+	switch {
+	case cls.Kind == recovery.KindCanceled:
+		outcome = "canceled"
+	case cls.Failure:
+		outcome = "failure"
+	}
+	collectors.requests.WithLabelValues(m.pool, wk.id, outcome).Inc()
+}
+
+func (m *poolMetrics) failure(wk *worker, cls recovery.Classification) {
+	if m == nil {
+		return
+	}
+	collectors.errors.WithLabelValues(m.pool, wk.id, cls.Kind.String(), cls.Severity.String()).Inc()
+}
+
+func (m *poolMetrics) retry(wk *worker) {
+	if m == nil {
+		return
+	}
+	collectors.retries.WithLabelValues(m.pool, wk.id).Inc()
+}
+
+func (m *poolMetrics) degradedRequest() {
+	if m == nil {
+		return
+	}
+	collectors.degraded.WithLabelValues(m.pool).Inc()
+}
+
+func (m *poolMetrics) recovery(id string, a recovery.Action) {
+	if m == nil {
+		return
+	}
+	collectors.recoveries.WithLabelValues(m.pool, id, a.String()).Inc()
+}
+
+func (m *poolMetrics) transition(id, event string) {
+	if m == nil {
+		return
+	}
+	collectors.transitions.WithLabelValues(m.pool, id, event).Inc()
+}
+
+func (m *poolMetrics) probe(id string, pass bool) {
+	if m == nil {
+		return
+	}
+	result := "fail"
+	if pass {
+		result = "pass"
+	}
+	collectors.probes.WithLabelValues(m.pool, id, result).Inc()
+}
+
+func (m *poolMetrics) latency(wk *worker, d time.Duration) {
+	if m == nil {
+		return
+	}
+	collectors.latency.WithLabelValues(m.pool, wk.id).Observe(d.Seconds())
+}
+
+func (m *poolMetrics) breakerState(id string, s breaker.State) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	switch s {
+	case breaker.StateHalfOpen:
+		v = 1
+	case breaker.StateOpen:
+		v = 2
+	}
+	collectors.breaker.WithLabelValues(m.pool, id).Set(v)
+}
+
+// workerGauges refreshes a worker's state gauges.
+func (m *poolMetrics) workerGauges(wk *worker, now time.Time) {
+	if m == nil {
+		return
+	}
+	m.breakerState(wk.id, wk.breaker.State())
+	collectors.healthy.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.available(now)))
+	collectors.isolated.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.health.Isolated()))
+}
+
+// forget deletes the series of workers that no config uses any more.
+func (m *poolMetrics) forget(workers []*worker) {
+	if m == nil || collectors.requests == nil {
+		return
+	}
+	for _, wk := range workers {
+		if _, ok := states.References(workerKey(wk.pool, wk.upstream)); ok {
+			continue // a newer config still has this worker
+		}
+		labels := prometheus.Labels{"pool": m.pool, "worker": wk.id}
+		for _, vec := range []interface {
+			DeletePartialMatch(prometheus.Labels) int
+		}{
+			collectors.requests, collectors.errors, collectors.retries, collectors.recoveries,
+			collectors.transitions, collectors.probes, collectors.breaker, collectors.healthy,
+			collectors.isolated, collectors.latency,
+		} {
+			vec.DeletePartialMatch(labels)
+		}
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

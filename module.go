@@ -1,0 +1,517 @@
+// Package bifrost is a Caddy module that puts error recovery in front of a
+// reverse proxy's upstreams: each upstream becomes an isolated worker with
+// its own reverse_proxy handler and circuit breaker, failures are classified
+// by kind and severity, safe requests are retried on another worker with
+// backoff, failing workers are isolated and reinstated, and everything is
+// visible through Caddy's admin API, metrics, events and logs.
+package bifrost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is a drop-in replacement for `reverse_proxy` that treats each
+// upstream as an isolated worker: every worker has its own reverse_proxy
+// handler (own transport and connection pool) and its own circuit breaker;
+// failed tries are classified, safe requests are retried on another worker
+// with exponential backoff and jitter, failing workers are isolated for a
+// growing time and reinstated, and when no worker can serve, the Fallback
+// response or a 503 with Retry-After is returned.
+//
+// Every reverse_proxy field is accepted and applied to each worker, except
+// the ones Bifrost replaces: `load_balancing.retries`, `try_duration`,
+// `try_interval` and `retry_match` (see Retry), `health_checks` (see Health
+// and Breaker), `circuit_breaker` (see Breaker), `request_buffers` (see
+// Retry.MaxBody) and `dynamic_upstreams` (not supported yet).
+// `load_balancing.selection_policy` selects among available workers.
+//
+// This handler sets these placeholders, describing the whole request
+// rather than its last try:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.bifrost.worker}` | id of the worker that answered (or was tried last)
+// `{http.bifrost.attempts}` | number of tries made
+// `{http.bifrost.error_kind}` | kind of the last classified failure
+// `{http.bifrost.error_severity}` | severity of the last classified failure
+// `{http.bifrost.recovery_action}` | recovery action taken for the last failure
+type Handler struct {
+	reverseproxy.Handler
+
+	// Name identifies the pool in the admin API, metrics, events and
+	// logs, and is the key under which worker state survives config
+	// reloads. Default: "pool-" followed by a hash of the upstream
+	// addresses, which is stable as long as the upstreams are.
+	Name string `json:"name,omitempty"`
+
+	// Breaker configures each worker's circuit breaker.
+	Breaker *BreakerConfig `json:"breaker,omitempty"`
+
+	// Retry configures retries across workers.
+	Retry *RetryConfig `json:"retry,omitempty"`
+
+	// Health configures active health probes of each worker.
+	Health *HealthConfig `json:"health,omitempty"`
+
+	// Isolation configures how failing workers are taken out of rotation
+	// and brought back.
+	Isolation *IsolationConfig `json:"isolation,omitempty"`
+
+	// Classify overrides how response statuses are classified, in order;
+	// an exact status wins over a class.
+	Classify []ClassifyRule `json:"classify,omitempty"`
+
+	// Fallback is written when no worker can serve a request. Without it,
+	// the handler returns a 503 error with Retry-After set from the
+	// soonest expected recovery, which `handle_errors` can catch.
+	Fallback *FallbackConfig `json:"fallback,omitempty"`
+
+	// MaxRequests limits the requests in flight to one worker (a
+	// bulkhead); a full worker is skipped. Default: 0 (no limit).
+	MaxRequests int `json:"max_requests,omitempty"`
+
+	// ErrorHistoryLimit is the number of recent classified errors kept per
+	// pool for the admin API. Default: 1000.
+	ErrorHistoryLimit int `json:"error_history_limit,omitempty"`
+
+	ctx        caddy.Context
+	bgCancel   context.CancelFunc
+	bg         *sync.WaitGroup
+	logger     *zap.Logger
+	events     *caddyevents.App
+	poolName   string
+	pool       *poolState
+	workers    []*worker
+	upstreams  reverseproxy.UpstreamPool
+	byUpstream map[*reverseproxy.Upstream]*worker
+	selector   reverseproxy.Selector
+	classifier *recovery.Classifier
+	policy     recovery.Policy
+	methods    []string
+	retryOn    retryOn
+	maxBody    int64
+	maxHeld    int64
+	perTry     time.Duration
+	keys       []string
+	metrics    *poolMetrics
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.bifrost",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the workers, their shared state and the background
+// loops.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("getting events app: %w", err)
+	}
+	h.events, _ = eventsApp.(*caddyevents.App)
+	h.ctx = ctx
+	h.logger = ctx.Logger()
+
+	if err := h.validateConfig(); err != nil {
+		return err
+	}
+
+	h.poolName = h.Name
+	if h.poolName == "" {
+		h.poolName = defaultPoolName(h.Upstreams)
+	}
+
+	// the selection policy picks among workers; the workers' own proxies
+	// always use their single upstream
+	h.selector = reverseproxy.LeastConnSelection{}
+	if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicyRaw != nil {
+		mod, err := ctx.LoadModule(h.LoadBalancing, "SelectionPolicyRaw")
+		if err != nil {
+			return fmt.Errorf("loading load balancing selection policy: %w", err)
+		}
+		h.selector = mod.(reverseproxy.Selector)
+	} else if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicy != nil {
+		h.selector = h.LoadBalancing.SelectionPolicy
+	}
+
+	if err := h.provisionPolicies(); err != nil {
+		return err
+	}
+
+	// shared pool state, then the workers; every acquired key is
+	// recorded at once so Cleanup can release it whatever fails next
+	ps, _, err := states.LoadOrNew(poolKey(h.poolName), func() (caddy.Destructor, error) {
+		return newPoolState(h.poolName), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.keys = append(h.keys, poolKey(h.poolName))
+	h.pool = ps.(*poolState)
+	h.applyPoolSettings()
+
+	h.metrics = newPoolMetrics(ctx, h.poolName, h.logger)
+
+	if err := h.provisionWorkers(ctx); err != nil {
+		return err
+	}
+
+	// goroutines last, bound to a context that Cleanup cancels
+	bgCtx, cancel := context.WithCancel(ctx)
+	h.bgCancel = cancel
+	h.bg = new(sync.WaitGroup)
+	h.startBackground(bgCtx)
+	return nil
+}
+
+// provisionPolicies turns the configuration into the settings the request
+// loop reads.
+func (h *Handler) provisionPolicies() error {
+	rc := RetryConfig{}
+	if h.Retry != nil {
+		rc = *h.Retry
+	}
+	jitter := 0.5
+	if rc.Jitter != nil {
+		jitter = *rc.Jitter
+	}
+	h.policy = recovery.Policy{
+		Attempts:    rc.Attempts,
+		Initial:     time.Duration(rc.BackoffInitial),
+		Max:         time.Duration(rc.BackoffMax),
+		Jitter:      jitter,
+		TryDuration: time.Duration(rc.TryDuration),
+	}.WithDefaults()
+	if rc.BackoffMax == 0 && h.policy.Max > time.Second {
+		h.policy.Max = time.Second
+	}
+	if rc.Jitter != nil {
+		h.policy.Jitter = *rc.Jitter
+	}
+	if err := h.policy.Validate(); err != nil {
+		return fmt.Errorf("retry: %w", err)
+	}
+	h.methods = rc.Methods
+	if len(h.methods) == 0 {
+		h.methods = defaultRetryMethods
+	}
+	h.retryOn = allRetryConditions
+	if len(rc.On) > 0 {
+		h.retryOn = retryOn{}
+		for _, s := range rc.On {
+			c, err := parseRetryCondition(s)
+			if err != nil {
+				return fmt.Errorf("retry: %w", err)
+			}
+			h.retryOn = h.retryOn.with(c)
+		}
+	}
+	h.maxBody = rc.MaxBody
+	if h.maxBody == 0 {
+		h.maxBody = defaultMaxBody
+	}
+	h.maxHeld = rc.MaxHeldResponse
+	if h.maxHeld == 0 {
+		h.maxHeld = defaultMaxHeldResponse
+	}
+	h.perTry = time.Duration(rc.PerTryTimeout)
+
+	h.classifier = &recovery.Classifier{}
+	for i, cr := range h.Classify {
+		rule, err := recovery.ParseRule(cr.Status, cr.Kind, cr.Action)
+		if err != nil {
+			return fmt.Errorf("classify[%d]: %w", i, err)
+		}
+		h.classifier.Rules = append(h.classifier.Rules, rule)
+	}
+	return nil
+}
+
+// applyPoolSettings applies this config's settings to the pool state,
+// which may have survived from an earlier config.
+func (h *Handler) applyPoolSettings() {
+	ic := IsolationConfig{}
+	if h.Isolation != nil {
+		ic = *h.Isolation
+	}
+	is := health.IsolationSettings{
+		BaseTime:               time.Duration(ic.BaseTime),
+		MaxTime:                time.Duration(ic.MaxTime),
+		MaxPercent:             defaultMaxPercent,
+		SuccessRateMinRequests: ic.SuccessRateMinRequests,
+		SuccessRateStdevFactor: ic.SuccessRateStdevFactor,
+		SlowStart:              time.Duration(ic.SlowStart),
+		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
+		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
+	}
+	if ic.MaxPercent != nil {
+		is.MaxPercent = *ic.MaxPercent
+	}
+	h.pool.monitor.Update(is.WithDefaults())
+
+	limit := h.ErrorHistoryLimit
+	if limit == 0 {
+		limit = defaultHistoryLimit
+	}
+	h.pool.manager.Reconfigure(recovery.ManagerConfig{
+		HistoryLimit:        limit,
+		MaxRecoveryAttempts: ic.MaxRecoveryAttempts,
+	})
+
+	budget := defaultBudget
+	if h.Retry != nil && h.Retry.Budget > 0 {
+		budget = h.Retry.Budget
+	}
+	h.pool.budget.Update(budget, 0)
+}
+
+// breakerSettings converts the breaker block.
+func (h *Handler) breakerSettings() breaker.Settings {
+	if h.Breaker == nil {
+		return breaker.Settings{}.WithDefaults()
+	}
+	bc := h.Breaker
+	return breaker.Settings{
+		Failures:     uint32(bc.Failures),
+		FailureRatio: bc.FailureRatio,
+		MinRequests:  uint32(bc.MinRequests),
+		Window:       time.Duration(bc.Window),
+		Successes:    uint32(bc.Successes),
+		Timeout:      time.Duration(bc.Timeout),
+	}.WithDefaults()
+}
+
+// provisionWorkers builds one worker per upstream: its shared state (new,
+// or carried over from an earlier config with the new settings applied)
+// and its own provisioned reverse_proxy handler.
+func (h *Handler) provisionWorkers(ctx caddy.Context) error {
+	cfg, err := workerProxyConfig(h.Handler)
+	if err != nil {
+		return err
+	}
+	bs := h.breakerSettings()
+	h.byUpstream = make(map[*reverseproxy.Upstream]*worker, len(h.Upstreams))
+	states := make([]*workerState, 0, len(h.Upstreams))
+	for i, up := range h.Upstreams {
+		ws, err := h.acquireWorkerState(up.Dial, bs)
+		if err != nil {
+			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
+		}
+		w := &worker{workerState: ws}
+		w.proxy, err = newWorkerProxy(cfg, up, w)
+		if err != nil {
+			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
+		}
+		if err := w.proxy.Provision(ctx); err != nil {
+			h.recordCritical(ws, recovery.KindWorkerCreationFailed, err)
+			return fmt.Errorf("upstream %d (%s): provisioning worker: %w", i, up.Dial, err)
+		}
+		w.provisioned = true
+		w.up = w.proxy.Upstreams[0]
+		h.workers = append(h.workers, w)
+		h.upstreams = append(h.upstreams, w.up)
+		h.byUpstream[w.up] = w
+		states = append(states, ws)
+	}
+	h.pool.setWorkers(states)
+	return nil
+}
+
+// acquireWorkerState loads or creates the shared state of one worker and
+// applies this config's settings to it.
+func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*workerState, error) {
+	key := workerKey(h.poolName, dial)
+	ps := h.pool
+	v, loaded, err := states.LoadOrNew(key, func() (caddy.Destructor, error) {
+		ws := &workerState{
+			id:       workerID(h.poolName, dial),
+			pool:     h.poolName,
+			upstream: dial,
+			health:   health.NewWorkerHealth(h.poolName, workerID(h.poolName, dial), dial),
+		}
+		ws.breaker = breaker.New(ws.id, bs, func(from, to breaker.State) {
+			// runs under the breaker's lock: hand off, never block
+			select {
+			case ps.changes <- breakerChange{ws: ws, from: from, to: to}:
+			default:
+				ps.dropped.Add(1)
+			}
+		})
+		return ws, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.keys = append(h.keys, key)
+	ws := v.(*workerState)
+	if loaded {
+		ws.breaker.Update(bs)
+	}
+	ws.maxRequests.Store(int64(h.MaxRequests))
+	return ws, nil
+}
+
+// Validate checks the configuration; it is pure and fast.
+func (h *Handler) Validate() error {
+	return h.validateConfig()
+}
+
+// validateConfig refuses configurations Bifrost cannot serve, naming the
+// field and, for reverse_proxy features it replaces, the equivalent.
+func (h *Handler) validateConfig() error {
+	if h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil {
+		return errors.New("dynamic_upstreams: not supported by bifrost, whose workers are fixed upstreams; list them in upstreams")
+	}
+	if len(h.Upstreams) == 0 {
+		return errors.New("upstreams: at least one upstream is required")
+	}
+	seen := make(map[string]bool, len(h.Upstreams))
+	for i, up := range h.Upstreams {
+		if up == nil || up.Dial == "" {
+			return fmt.Errorf("upstreams[%d]: dial address is empty", i)
+		}
+		if seen[up.Dial] {
+			return fmt.Errorf("upstreams[%d]: %s is listed twice", i, up.Dial)
+		}
+		seen[up.Dial] = true
+	}
+	if lb := h.LoadBalancing; lb != nil {
+		switch {
+		case lb.Retries != 0:
+			return errors.New("load_balancing.retries: use retry.attempts instead")
+		case lb.TryDuration != 0:
+			return errors.New("load_balancing.try_duration: use retry.try_duration instead")
+		case lb.TryInterval != 0:
+			return errors.New("load_balancing.try_interval: use retry.backoff_initial instead")
+		case len(lb.RetryMatchRaw) > 0:
+			return errors.New("load_balancing.retry_match: use retry.methods and retry.on instead")
+		}
+	}
+	if h.HealthChecks != nil {
+		return errors.New("health_checks: use the health, breaker and isolation blocks instead")
+	}
+	if h.CBRaw != nil {
+		return errors.New("circuit_breaker: each worker has its own breaker; configure it with the breaker block")
+	}
+	if h.RequestBuffers != 0 {
+		return errors.New("request_buffers: bifrost buffers replayable bodies itself; use retry.max_body instead")
+	}
+	if h.MaxRequests < 0 {
+		return fmt.Errorf("max_requests must not be negative, got %d", h.MaxRequests)
+	}
+	if h.ErrorHistoryLimit < 0 {
+		return fmt.Errorf("error_history_limit must not be negative, got %d", h.ErrorHistoryLimit)
+	}
+	if h.Breaker != nil {
+		if err := h.Breaker.validate(); err != nil {
+			return err
+		}
+	}
+	if h.Retry != nil {
+		if err := h.Retry.validate(); err != nil {
+			return err
+		}
+	}
+	if h.Health != nil {
+		if err := h.Health.validate(); err != nil {
+			return err
+		}
+	}
+	if h.Isolation != nil {
+		if err := h.Isolation.validate(); err != nil {
+			return err
+		}
+	}
+	if h.Fallback != nil {
+		if err := h.Fallback.validate(); err != nil {
+			return err
+		}
+	}
+	for i, cr := range h.Classify {
+		if _, err := recovery.ParseRule(cr.Status, cr.Kind, cr.Action); err != nil {
+			return fmt.Errorf("classify[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup stops the background loops, cleans up the workers' proxies
+// (Caddy does not: they were not loaded as modules), releases exactly the
+// shared state this handler acquired, and removes its metric series. It is
+// safe after a partial Provision.
+func (h *Handler) Cleanup() error {
+	if h.bgCancel != nil {
+		h.bgCancel()
+	}
+	if h.bg != nil {
+		h.bg.Wait()
+	}
+	if h.pool != nil {
+		h.pool.manager.Wait()
+	}
+	var errs []error
+	for _, w := range h.workers {
+		if w.provisioned {
+			if err := w.proxy.Cleanup(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, key := range h.keys {
+		if _, err := states.Delete(key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if h.metrics != nil {
+		h.metrics.forget(h.workers)
+	}
+	return errors.Join(errs...)
+}
+
+// defaultPoolName derives a pool name from the upstream addresses, so that
+// it stays the same across reloads that keep them.
+func defaultPoolName(ups reverseproxy.UpstreamPool) string {
+	dials := make([]string, 0, len(ups))
+	for _, u := range ups {
+		if u != nil {
+			dials = append(dials, u.Dial)
+		}
+	}
+	sort.Strings(dials)
+	sum := fnv.New32a()
+	_, _ = sum.Write([]byte(strings.Join(dials, ",")))
+	return "pool-" + strconv.FormatUint(uint64(sum.Sum32()), 16)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

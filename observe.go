@@ -1,0 +1,469 @@
+package bifrost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// Event names emitted through Caddy's events app.
+const (
+	eventBreakerOpened        = "breaker_opened"
+	eventBreakerHalfOpen      = "breaker_half_open"
+	eventBreakerClosed        = "breaker_closed"
+	eventWorkerIsolated       = "worker_isolated"
+	eventWorkerRestored       = "worker_restored"
+	eventWorkerRecoveryFailed = "worker_recovery_failed"
+)
+
+// tickInterval is how often isolation expiries, outlier detection and the
+// state gauges are looked at.
+const tickInterval = 250 * time.Millisecond
+
+// record books the outcome of one try: breaker, health, error history,
+// metrics, logs, and the escalations a failure calls for.
+func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classification, done func(breaker.Outcome), panicMode bool) {
+	now := time.Now()
+	outcome := breaker.Success
+	switch {
+	case cls.Kind == recovery.KindCanceled, cls.Kind == recovery.KindThrottled:
+		// a client that went away is nobody's fault; a throttled worker
+		// is answering, and throttling, not the breaker, deals with it
+		outcome = breaker.Excluded
+	case cls.Failure:
+		outcome = breaker.Failure
+	}
+	if done != nil {
+		done(outcome)
+	}
+	h.metrics.request(wk, cls)
+	if cls.Kind == recovery.KindCanceled {
+		return
+	}
+
+	if !cls.Failure {
+		wk.health.RecordSuccess(now)
+		if panicMode && wk.breaker.State() != breaker.StateClosed {
+			// the worker served while the whole pool was out: that is
+			// the evidence the breaker waits for
+			wk.breaker.Reset()
+		}
+		h.onResult(wk, false)
+		return
+	}
+
+	wk.health.RecordFailure(now)
+	if cls.Kind == recovery.KindThrottled {
+		wk.health.Throttle(now.Add(cls.Delay))
+	}
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  failureMessage(rs, cls),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "attempt",
+			Pool:      h.poolName,
+			WorkerID:  wk.id,
+		},
+		Timestamp: now,
+		Attempt:   rs.attempts,
+		Status:    rs.lastStatus,
+	}
+	h.pool.manager.Record(ce)
+	h.metrics.failure(wk, cls)
+	h.logFailure(wk, rs, cls)
+
+	switch cls.Action {
+	case recovery.ActionIsolateWorker, recovery.ActionForceShutdown:
+		if cls.Severity >= recovery.SeverityCritical {
+			h.isolate(wk, health.ReasonCritical, cls.Kind.String())
+		}
+	case recovery.ActionReconnect:
+		h.reconnect(wk)
+	}
+	if cls.Kind == recovery.KindIO {
+		// a reset on a pooled connection: drop the worker's idle ones
+		h.reconnect(wk)
+	}
+	h.onResult(wk, true)
+}
+
+// failureMessage describes a failed try without request data beyond the
+// method: no URL, header or body can carry a secret into the history.
+func failureMessage(rs *requestState, cls recovery.Classification) string {
+	if rs.lastStatus != 0 {
+		return fmt.Sprintf("%s request answered with status %d", rs.r.Method, rs.lastStatus)
+	}
+	return fmt.Sprintf("%s request failed: %s", rs.r.Method, rs.lastErrText)
+}
+
+// logFailure writes one structured entry per classified failure, at a
+// level matching its severity.
+func (h *Handler) logFailure(wk *worker, rs *requestState, cls recovery.Classification) {
+	lvl := zapcore.DebugLevel
+	switch cls.Severity {
+	case recovery.SeverityMedium:
+		lvl = zapcore.InfoLevel
+	case recovery.SeverityHigh, recovery.SeverityCritical:
+		lvl = zapcore.ErrorLevel
+	}
+	if c := h.logger.Check(lvl, "worker failure"); c != nil {
+		c.Write(
+			zap.String("pool", h.poolName),
+			zap.String("worker", wk.id),
+			zap.String("upstream", wk.upstream),
+			zap.Stringer("kind", cls.Kind),
+			zap.Stringer("severity", cls.Severity),
+			zap.Stringer("action", cls.Action),
+			zap.Duration("delay", cls.Delay),
+			zap.Int("attempt", rs.attempts),
+			zap.Int("status", rs.lastStatus),
+			zap.String("error", rs.lastErrText),
+		)
+	}
+}
+
+// onResult tells the isolation monitor about a try's outcome (a worker on
+// probation that fails goes straight back out).
+func (h *Handler) onResult(wk *worker, failure bool) {
+	if ev, ok := h.pool.monitor.OnResult(wk.health, failure); ok {
+		h.emitHealth(ev)
+	}
+}
+
+// isolate takes a worker out of rotation, unless max_percent forbids it.
+func (h *Handler) isolate(wk *worker, reason health.Reason, detail string) {
+	if ev, ok := h.pool.monitor.Isolate(wk.health, reason, detail); ok {
+		h.emitHealth(ev)
+	}
+}
+
+// reconnect drops a worker's idle connections, under the recovery
+// manager's concurrency limit.
+func (h *Handler) reconnect(wk *worker) {
+	ht, ok := wk.proxy.Transport.(*reverseproxy.HTTPTransport)
+	if !ok || ht.Transport == nil {
+		return
+	}
+	h.pool.manager.TryRecover(h.ctx, func(context.Context) error {
+		ht.Transport.CloseIdleConnections()
+		h.metrics.recovery(wk.id, recovery.ActionReconnect)
+		return nil
+	})
+}
+
+// recordCritical books an error that is not bound to a request, such as a
+// worker that could not be provisioned.
+func (h *Handler) recordCritical(ws *workerState, kind recovery.Kind, err error) {
+	h.pool.manager.Record(recovery.ContextualError{
+		Err:       err,
+		Kind:      kind,
+		Severity:  kind.Severity(),
+		Action:    kind.SuggestedRecovery(),
+		Message:   err.Error(),
+		Context:   recovery.ErrorContext{Component: "provision", Operation: "worker", Pool: ws.pool, WorkerID: ws.id},
+		Timestamp: time.Now(),
+	})
+	h.logger.Error("worker failure",
+		zap.String("pool", ws.pool), zap.String("worker", ws.id),
+		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
+}
+
+// emit sends a Caddy event; Emit runs subscribers synchronously, so it is
+// never called with a lock held.
+func (h *Handler) emit(name string, data map[string]any) {
+	if h.events != nil {
+		h.events.Emit(h.ctx, name, data)
+	}
+}
+
+// emitHealth logs and emits an isolation transition.
+func (h *Handler) emitHealth(ev health.Event) {
+	data := map[string]any{
+		"pool":     ev.Worker.Pool(),
+		"worker":   ev.Worker.ID(),
+		"upstream": ev.Worker.Upstream(),
+		"reason":   ev.Reason,
+	}
+	fields := []zap.Field{
+		zap.String("pool", ev.Worker.Pool()),
+		zap.String("worker", ev.Worker.ID()),
+		zap.String("reason", ev.Reason),
+	}
+	if !ev.Until.IsZero() {
+		data["until"] = ev.Until.UTC().Format(time.RFC3339Nano)
+		fields = append(fields, zap.Time("until", ev.Until))
+	}
+	var name string
+	switch ev.Type {
+	case health.EventIsolated:
+		name = eventWorkerIsolated
+		h.logger.Warn("worker isolated", fields...)
+	case health.EventRestored:
+		name = eventWorkerRestored
+		h.logger.Info("worker restored", fields...)
+	case health.EventRecoveryFailed:
+		name = eventWorkerRecoveryFailed
+		h.logger.Error("worker recovery failed", fields...)
+	default:
+		return
+	}
+	h.metrics.transition(ev.Worker.ID(), name)
+	h.emit(name, data)
+}
+
+// startBackground starts the loops of this handler; each stops when ctx
+// is done, and Cleanup waits for them.
+func (h *Handler) startBackground(ctx context.Context) {
+	h.goSafe(ctx, "breaker_changes", h.drainBreakerChanges)
+	h.goSafe(ctx, "ticker", h.tick)
+	if h.Health != nil && h.Health.URI != "" {
+		checker, err := h.newChecker()
+		if err != nil {
+			h.logger.Error("active health checks disabled", zap.Error(err))
+			return
+		}
+		h.goSafe(ctx, "probes", checker.Run)
+	}
+}
+
+// goSafe runs f in a goroutine that Cleanup waits for, logging a panic
+// instead of crashing the server.
+func (h *Handler) goSafe(ctx context.Context, name string, f func(context.Context)) {
+	h.bg.Add(1)
+	go func() {
+		defer h.bg.Done()
+		defer func() {
+			if v := recover(); v != nil {
+				h.logger.Error("background loop panicked",
+					zap.String("loop", name), zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
+			}
+		}()
+		f(ctx)
+	}()
+}
+
+// drainBreakerChanges turns breaker transitions into logs, events,
+// statistics and, when a breaker keeps tripping, isolation.
+func (h *Handler) drainBreakerChanges(ctx context.Context) {
+	threshold := int32(defaultBreakerTrips)
+	if h.Isolation != nil && h.Isolation.BreakerTrips > 0 {
+		threshold = int32(h.Isolation.BreakerTrips)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ch := <-h.pool.changes:
+			h.onBreakerChange(ch, threshold)
+		}
+	}
+}
+
+// onBreakerChange handles one breaker transition.
+func (h *Handler) onBreakerChange(ch breakerChange, threshold int32) {
+	ws := ch.ws
+	fields := []zap.Field{zap.String("pool", ws.pool), zap.String("worker", ws.id),
+		zap.Stringer("from", ch.from), zap.Stringer("to", ch.to)}
+	data := map[string]any{"pool": ws.pool, "worker": ws.id, "upstream": ws.upstream, "from": ch.from.String()}
+	h.metrics.breakerState(ws.id, ch.to)
+	switch ch.to {
+	case breaker.StateOpen:
+		trips := ws.trips.Add(1)
+		h.pool.manager.CountBreakerTrip()
+		if at := ws.breaker.RetryAt(); !at.IsZero() {
+			data["until"] = at.UTC().Format(time.RFC3339Nano)
+		}
+		h.logger.Warn("breaker opened", append(fields, zap.Int32("trips_in_a_row", trips))...)
+		h.emit(eventBreakerOpened, data)
+		if trips >= threshold {
+			if wk := h.workerFor(ws); wk != nil {
+				h.isolate(wk, health.ReasonBreaker, fmt.Sprintf("breaker opened %d times in a row", trips))
+			}
+		}
+	case breaker.StateHalfOpen:
+		h.logger.Info("breaker half-open", fields...)
+		h.emit(eventBreakerHalfOpen, data)
+	case breaker.StateClosed:
+		ws.trips.Store(0)
+		h.logger.Info("breaker closed", fields...)
+		h.emit(eventBreakerClosed, data)
+	}
+}
+
+// workerFor finds this handler's worker for a shared state.
+func (h *Handler) workerFor(ws *workerState) *worker {
+	for _, wk := range h.workers {
+		if wk.workerState == ws {
+			return wk
+		}
+	}
+	return nil
+}
+
+// tick runs isolation expiries and outlier detection, and refreshes the
+// state gauges.
+func (h *Handler) tick(ctx context.Context) {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, ev := range h.pool.monitor.Tick() {
+			h.emitHealth(ev)
+		}
+		now := time.Now()
+		for _, wk := range h.workers {
+			h.metrics.workerGauges(wk, now)
+		}
+	}
+}
+
+// newChecker builds the active prober of this handler's workers. Each
+// probe is a GET of health.uri through the worker's own transport.
+func (h *Handler) newChecker() (*health.Checker, error) {
+	hc := h.Health
+	ps := health.ProbeSettings{
+		Interval: time.Duration(hc.Interval),
+		Timeout:  time.Duration(hc.Timeout),
+		Passes:   hc.Passes,
+		Fails:    hc.Fails,
+	}.WithDefaults()
+	if err := ps.Validate(); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	var bodyRe *regexp.Regexp
+	if hc.ExpectBody != "" {
+		var err error
+		if bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
+			return nil, fmt.Errorf("health: expect_body: %w", err)
+		}
+	}
+	expect := hc.ExpectStatus
+	if expect == 0 {
+		expect = defaultProbeStatus
+	}
+	targets := make([]health.Target, 0, len(h.workers))
+	for _, wk := range h.workers {
+		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, expect, bodyRe)})
+	}
+	return health.NewChecker(ps, targets, h.onProbe, h.logger.Named("health")), nil
+}
+
+// maxProbeBody bounds how much of a probe's body is read.
+const maxProbeBody = 64 << 10
+
+// probeFunc returns the probe of one worker.
+func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) health.Probe {
+	scheme := "http"
+	var rt http.RoundTripper = http.DefaultTransport
+	if ht, ok := wk.proxy.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
+		rt = ht.Transport
+		if ht.TLSEnabled() {
+			scheme = "https"
+		}
+	}
+	client := &http.Client{
+		Transport:     rt,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	url := scheme + "://" + wk.upstream + h.Health.URI
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if !statusMatches(resp.StatusCode, expect) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxProbeBody))
+			return fmt.Errorf("probe answered status %d", resp.StatusCode)
+		}
+		if bodyRe == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxProbeBody))
+			return nil
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxProbeBody))
+		if err != nil {
+			return err
+		}
+		if !bodyRe.Match(b) {
+			return errors.New("probe body does not match expect_body")
+		}
+		return nil
+	}
+}
+
+// statusMatches reports whether status is the expected code, or in the
+// expected class when expect is 1-5.
+func statusMatches(status, expect int) bool {
+	if expect < 10 {
+		return status/100 == expect
+	}
+	return status == expect
+}
+
+// onProbe escalates probe transitions: a worker whose probes fail is
+// isolated; one whose probes pass again may come back.
+func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
+	if res.Err != nil {
+		h.metrics.probe(t.Worker.ID(), false)
+	} else {
+		h.metrics.probe(t.Worker.ID(), true)
+	}
+	if !res.Changed {
+		return
+	}
+	if !res.Healthy {
+		msg := "probe failed"
+		if res.Err != nil {
+			msg = truncate(res.Err.Error(), 200)
+		}
+		h.pool.manager.Record(recovery.ContextualError{
+			Err:       res.Err,
+			Kind:      recovery.KindHealthCheckFailed,
+			Severity:  recovery.KindHealthCheckFailed.Severity(),
+			Action:    recovery.KindHealthCheckFailed.SuggestedRecovery(),
+			Message:   msg,
+			Context:   recovery.ErrorContext{Component: "health", Operation: "probe", Pool: t.Worker.Pool(), WorkerID: t.Worker.ID()},
+			Timestamp: time.Now(),
+		})
+		if ev, ok := h.pool.monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
+			h.emitHealth(ev)
+		}
+		return
+	}
+	if ev, ok := h.pool.monitor.ProbeRecovered(t.Worker); ok {
+		h.emitHealth(ev)
+	}
+}
+
+// truncate cuts s to at most n bytes on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}

@@ -1,0 +1,464 @@
+package bifrost
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptrace"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// errNoWorker is returned (as a 503) when no worker could serve a request.
+var errNoWorker = errors.New("no worker could serve the request")
+
+// errPerTryTimeout marks a try abandoned because its worker did not answer
+// within retry.per_try_timeout.
+var errPerTryTimeout = errors.New("worker did not answer within per_try_timeout")
+
+// ServeHTTP proxies r to one worker after another until one serves it, a
+// retry would be unsafe, or the tries are used up (see RetryConfig).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	h.pool.budget.OnRequest(time.Now())
+
+	body, err := h.bufferBody(r)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return caddyhttp.Error(499, err)
+		}
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+	}
+
+	// The writer's headers as the previous handlers left them: every try
+	// starts from them, so a retried try leaves no header behind.
+	base := w.Header().Clone()
+
+	rs := &requestState{r: r, body: body}
+	var sched *recovery.Schedule
+	var held *tryWriter
+	defer h.setPlaceholders(repl, rs)
+
+	for {
+		wk, panicMode := h.pick(r, w, rs)
+		if wk == nil {
+			break
+		}
+		var done func(breaker.Outcome)
+		if !panicMode {
+			d, err := wk.breaker.Allow()
+			if err != nil {
+				// half-open and at its limit, or it just opened: skip it
+				rs.skipped = append(rs.skipped, wk)
+				continue
+			}
+			done = d
+		}
+		rs.attempts++
+		rs.last = wk
+		replaceHeader(w.Header(), base)
+		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
+		tw, cls, tryErr := h.try(wk, w, r, rs, base, canRetry, next)
+		h.record(wk, rs, cls, done, panicMode)
+
+		switch {
+		case cls.Kind == recovery.KindCanceled:
+			// the client went away: nothing to answer, nobody to blame
+			return nil
+		case !cls.Failure:
+			if tw.held {
+				return tw.replay()
+			}
+			return tryErr
+		case tw.passed:
+			// bytes already reached the client: the answer stands
+			return tryErr
+		}
+
+		// a failure the client has not seen: try again if it is safe
+		rs.lastCls = cls
+		rs.tried = append(rs.tried, wk)
+		if tw.held && !tw.discard.Load() {
+			held = tw
+		}
+		if !canRetry || !h.retryable(r, cls, rs.lastStatus) {
+			break
+		}
+		if !h.pool.budget.TryRetry(time.Now()) {
+			h.logDebug("retry budget exhausted", wk, rs, cls)
+			break
+		}
+		if sched == nil {
+			sched = h.policy.NewSchedule(r.Context())
+		}
+		delay, ok := sched.Next()
+		if !ok {
+			break
+		}
+		if err := recovery.Sleep(r.Context(), delay); err != nil {
+			return nil
+		}
+		h.pool.manager.CountRetry()
+		h.metrics.retry(wk)
+	}
+
+	// No more tries. A held failure response is an upstream's own answer;
+	// a failure that was unsafe to retry stands; otherwise, degrade.
+	if held != nil {
+		return held.replay()
+	}
+	if rs.unsafeErr != nil {
+		return rs.unsafeErr
+	}
+	return h.degrade(w, r, repl, rs)
+}
+
+// requestState is what the request loop knows about one request.
+type requestState struct {
+	r        *http.Request
+	body     *replayBody
+	tried    []*worker // workers that got a try
+	skipped  []*worker // workers whose breaker refused this request
+	attempts int
+	last     *worker
+	lastCls  recovery.Classification
+	// lastStatus and lastErrText describe the last try for logs and the
+	// error history: a status, or the transport error's text.
+	lastStatus  int
+	lastErrText string
+	// unsafeErr is the error of a failed try that could not be retried
+	// because the request may have been executed; it is returned as is.
+	unsafeErr error
+}
+
+// try sends the request to one worker and classifies the outcome. A
+// failure response is held back when canRetry and the classification says
+// it is retryable.
+func (h *Handler) try(wk *worker, w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, canRetry bool, next caddyhttp.Handler) (*tryWriter, recovery.Classification, error) {
+	var trace tryTrace
+	ctx := httptrace.WithClientTrace(r.Context(), trace.clientTrace())
+
+	var hold func(int, http.Header) bool
+	if canRetry {
+		hold = func(status int, hdr http.Header) bool {
+			cls := h.classifier.Classify(recovery.Attempt{Status: status, Header: hdr, Dialed: true, Wrote: true}, time.Now())
+			return cls.Failure && h.retryable(r, cls, status)
+		}
+	}
+	tw := newTryWriter(w, base, h.maxHeld, hold)
+
+	var cancel context.CancelFunc
+	if h.perTry > 0 {
+		ctx, cancel = context.WithCancel(ctx)
+		t := time.AfterFunc(h.perTry, func() {
+			if !trace.gotResponse.Load() {
+				tw.discard.Store(true)
+				cancel()
+			}
+		})
+		defer t.Stop()
+		defer cancel()
+	}
+
+	rr := r.WithContext(ctx)
+	rs.body.reset(rr)
+
+	start := time.Now()
+	wk.health.BeginRequest()
+	err := h.serveWorker(wk, tw, rr, next)
+	wk.health.EndRequest()
+	h.metrics.latency(wk, time.Since(start))
+
+	now := time.Now()
+	att := recovery.Attempt{
+		Err:    err,
+		Status: tw.status,
+		Header: tw.header,
+		Dialed: trace.dialed.Load(),
+		Wrote:  trace.wrote.Load(),
+	}
+	if dialErr := trace.dialErr.Load(); dialErr != nil && !att.Dialed {
+		// reverse_proxy wraps dial errors in a type without Unwrap; the
+		// trace saw the raw one (ECONNREFUSED, a timeout, ...)
+		att.Err = *dialErr
+	}
+	switch {
+	case r.Context().Err() != nil:
+		att.Err, att.Status = context.Canceled, 0
+	case tw.discard.Load():
+		att.Err, att.Status = timeoutError{errPerTryTimeout}, 0
+	case tw.status == 499 && err == nil:
+		// reverse_proxy reports a cancelled round trip as 499
+		att.Err, att.Status = context.Canceled, 0
+	case errors.Is(err, errHeldTooLarge):
+		// the failure status stands; the body was abandoned
+		att.Err = nil
+	case err != nil && tw.status != 0 && !tw.passed && !tw.held:
+		att.Status = 0
+	}
+	cls := h.classifier.Classify(att, now)
+	rs.lastStatus, rs.lastErrText = att.Status, ""
+	if att.Err != nil {
+		rs.lastErrText = truncate(att.Err.Error(), 200)
+	}
+	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
+		// a held response whose body failed cannot be replayed
+		tw.discard.Store(true)
+	}
+	if cls.Failure && !tw.passed && !h.retryable(r, cls, att.Status) {
+		rs.unsafeErr = err
+		if err == nil && tw.held {
+			rs.unsafeErr = nil
+		}
+	}
+	return tw, cls, err
+}
+
+// serveWorker runs the worker's own reverse_proxy handler. reverse_proxy
+// aborts a response whose body fails mid-stream by panicking with
+// http.ErrAbortHandler; when that response was held back, nothing reached
+// the client, so the panic is turned into an error and the request can be
+// retried. A response that was streaming to the client is aborted as
+// reverse_proxy intended.
+func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler && !tw.passed {
+				err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
+				return
+			}
+			panic(v)
+		}
+	}()
+	return wk.proxy.ServeHTTP(tw, r, next)
+}
+
+// tryTrace records what the transport did during one try: whether a
+// connection was obtained, whether the request was fully written, the raw
+// dial error, and whether a response began. Its callbacks run on the
+// transport's goroutines.
+type tryTrace struct {
+	dialed      atomic.Bool
+	wrote       atomic.Bool
+	gotResponse atomic.Bool
+	dialErr     atomic.Pointer[error]
+}
+
+func (t *tryTrace) clientTrace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		ConnectDone: func(_, _ string, err error) {
+			if err != nil {
+				t.dialErr.Store(&err)
+			}
+		},
+		GotConn:              func(httptrace.GotConnInfo) { t.dialed.Store(true) },
+		WroteRequest:         func(i httptrace.WroteRequestInfo) { t.wrote.Store(i.Err == nil) },
+		GotFirstResponseByte: func() { t.gotResponse.Store(true) },
+	}
+}
+
+// timeoutError marks an error as a timeout for the classifier.
+type timeoutError struct{ error }
+
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+func (e timeoutError) Unwrap() error { return e.error }
+
+// retryable reports whether a failure may be retried: its condition is
+// in retry.on, and either the request never reached the upstream or its
+// method is one that may be repeated.
+func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status int) bool {
+	if !cls.Failure || cls.Action == recovery.ActionIgnore {
+		return false
+	}
+	if !h.retryOn.matches(cls, status) {
+		return false
+	}
+	return !cls.Sent || slices.Contains(h.methods, r.Method)
+}
+
+// pick chooses the next worker: the selection policy's choice among
+// available workers, preferring one not tried yet for this request, then
+// any other available worker not tried yet, then an available worker that
+// was tried (a pool of one can still retry). When no worker is available
+// for the first try, it returns the least-bad worker with panicMode set:
+// one try is better than failing everything, and a recovered pool serves
+// again at once.
+func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, bool) {
+	var chosen *worker
+	if up := h.selector.Select(h.upstreams, r, w); up != nil {
+		chosen = h.byUpstream[up]
+	}
+	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.tried, chosen) {
+		return chosen, false
+	}
+	now := time.Now()
+	n := len(h.workers)
+	off := rand.IntN(n)
+	for i := range n {
+		wk := h.workers[(off+i)%n]
+		if wk.available(now) && !slices.Contains(rs.tried, wk) && !slices.Contains(rs.skipped, wk) {
+			return wk, false
+		}
+	}
+	if chosen != nil && !slices.Contains(rs.skipped, chosen) {
+		return chosen, false
+	}
+	if rs.attempts > 0 {
+		return nil, false
+	}
+	var best *worker
+	for i := range n {
+		wk := h.workers[(off+i)%n]
+		if best == nil || wk.health.ConsecutiveFailures() < best.health.ConsecutiveFailures() {
+			best = wk
+		}
+	}
+	return best, true
+}
+
+// degrade answers a request that no worker could serve: the fallback
+// response if configured, else a 503 error with Retry-After.
+func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, rs *requestState) error {
+	retryAfter := h.soonestRecovery(time.Now())
+	secs := strconv.Itoa(int(math.Ceil(retryAfter.Seconds())))
+	h.metrics.degradedRequest()
+	if fb := h.Fallback; fb != nil {
+		hdr := w.Header()
+		for name, vals := range fb.Headers {
+			hdr.Del(name)
+			for _, v := range vals {
+				hdr.Add(name, repl.ReplaceAll(v, ""))
+			}
+		}
+		if hdr.Get("Retry-After") == "" {
+			hdr.Set("Retry-After", secs)
+		}
+		status := fb.Status
+		if status == 0 {
+			status = http.StatusServiceUnavailable
+		}
+		w.WriteHeader(status)
+		_, err := io.WriteString(w, repl.ReplaceAll(fb.Body, ""))
+		return err
+	}
+	w.Header().Set("Retry-After", secs)
+	err := errNoWorker
+	if rs.lastCls.Failure {
+		err = fmt.Errorf("%w after %d tries: last failure %s", errNoWorker, rs.attempts, rs.lastCls.Kind)
+	}
+	return caddyhttp.Error(http.StatusServiceUnavailable, err)
+}
+
+// soonestRecovery estimates when some worker will be able to serve again:
+// the earliest breaker half-open time, isolation end or throttle end; at
+// least one second.
+func (h *Handler) soonestRecovery(now time.Time) time.Duration {
+	soonest := time.Duration(math.MaxInt64)
+	consider := func(t time.Time) {
+		if d := t.Sub(now); !t.IsZero() && d > 0 && d < soonest {
+			soonest = d
+		}
+	}
+	for _, wk := range h.workers {
+		consider(wk.breaker.RetryAt())
+		consider(wk.health.ThrottledUntil())
+		snap := wk.health.Snapshot(now)
+		if snap.Isolated {
+			consider(snap.IsolatedUntil)
+		}
+	}
+	if soonest == time.Duration(math.MaxInt64) || soonest < time.Second {
+		return time.Second
+	}
+	return soonest
+}
+
+// setPlaceholders describes the whole request for logs and headers.
+func (h *Handler) setPlaceholders(repl *caddy.Replacer, rs *requestState) {
+	if rs.last != nil {
+		repl.Set("http.bifrost.worker", rs.last.id)
+	}
+	repl.Set("http.bifrost.attempts", rs.attempts)
+	if rs.lastCls.Failure {
+		repl.Set("http.bifrost.error_kind", rs.lastCls.Kind.String())
+		repl.Set("http.bifrost.error_severity", rs.lastCls.Severity.String())
+		repl.Set("http.bifrost.recovery_action", rs.lastCls.Action.String())
+	}
+}
+
+// replayBody keeps a request body so that it can be sent again.
+type replayBody struct {
+	data       []byte
+	replayable bool
+	stream     io.ReadCloser // a body too large to keep, sent once
+}
+
+// bufferBody reads the request body into memory when it fits in
+// retry.max_body, so each try sends identical bytes. A larger body is
+// streamed to a single try and never replayed.
+func (h *Handler) bufferBody(r *http.Request) (*replayBody, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return &replayBody{replayable: true}, nil
+	}
+	if r.ContentLength > h.maxBody {
+		return &replayBody{stream: r.Body}, nil
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, h.maxBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > h.maxBody {
+		return &replayBody{stream: readCloser{io.MultiReader(bytes.NewReader(data), r.Body), r.Body}}, nil
+	}
+	return &replayBody{data: data, replayable: true}, nil
+}
+
+// reset gives the request of one try its body.
+func (b *replayBody) reset(r *http.Request) {
+	switch {
+	case b.stream != nil:
+		r.Body = b.stream
+	case b.data != nil:
+		r.Body = io.NopCloser(bytes.NewReader(b.data))
+		r.ContentLength = int64(len(b.data))
+		r.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(b.data)), nil
+		}
+	default:
+		r.Body = http.NoBody
+	}
+}
+
+// readCloser joins a reader with the closer of the original body.
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// logDebug writes a debug entry about one request's retry loop.
+func (h *Handler) logDebug(msg string, wk *worker, rs *requestState, cls recovery.Classification) {
+	if c := h.logger.Check(zapcore.DebugLevel, msg); c != nil {
+		c.Write(
+			zap.String("pool", h.poolName),
+			zap.String("worker", wk.id),
+			zap.Int("attempt", rs.attempts),
+			zap.Stringer("kind", cls.Kind),
+		)
+	}
+}

@@ -1,0 +1,148 @@
+package bifrost
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"maps"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// errHeldTooLarge aborts a held-back response whose body outgrew its cap.
+var errHeldTooLarge = errors.New("held-back failure response exceeds max_held_response")
+
+// tryWriter is the response writer of one try. It gives the try a header
+// map of its own, so that headers of a try that is then retried never reach
+// the client (reverse_proxy copies upstream headers into the writer's map
+// before WriteHeader). When the response is written, hold decides whether
+// it is held back, because it is a failure that another try may replace,
+// or passed through to the client untouched: once passed, the try's
+// headers replace the client writer's and every byte streams as usual.
+//
+// Informational (1xx) responses always pass through; a held body is capped
+// at limit bytes, past which writes fail and the try is abandoned.
+type tryWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+
+	header  http.Header
+	hold    func(status int, header http.Header) bool
+	limit   int64
+	discard atomic.Bool // set when the try was abandoned (per-try timeout)
+
+	status      int
+	wroteHeader bool
+	held        bool
+	passed      bool
+	buf         bytes.Buffer
+}
+
+// newTryWriter returns a writer for one try; base is the client writer's
+// header map as it was before the first try.
+func newTryWriter(w http.ResponseWriter, base http.Header, limit int64, hold func(int, http.Header) bool) *tryWriter {
+	return &tryWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		header:                base.Clone(),
+		hold:                  hold,
+		limit:                 limit,
+	}
+}
+
+// Header returns the try's own header map.
+func (tw *tryWriter) Header() http.Header { return tw.header }
+
+// WriteHeader holds the response back or passes it to the client.
+func (tw *tryWriter) WriteHeader(code int) {
+	if tw.wroteHeader {
+		return
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		if tw.discard.Load() {
+			return
+		}
+		real := tw.ResponseWriter.Header()
+		saved := real.Clone()
+		replaceHeader(real, tw.header)
+		tw.ResponseWriter.WriteHeader(code)
+		replaceHeader(real, saved)
+		return
+	}
+	tw.wroteHeader = true
+	tw.status = code
+	if tw.discard.Load() || (tw.hold != nil && tw.hold(code, tw.header)) {
+		tw.held = true
+		return
+	}
+	tw.passed = true
+	replaceHeader(tw.ResponseWriter.Header(), tw.header)
+	tw.ResponseWriter.WriteHeader(code)
+}
+
+// Write writes to the client, or to the held-back buffer within its cap.
+func (tw *tryWriter) Write(p []byte) (int, error) {
+	if !tw.wroteHeader {
+		tw.WriteHeader(http.StatusOK)
+	}
+	if !tw.held {
+		return tw.ResponseWriter.Write(p)
+	}
+	if int64(tw.buf.Len()+len(p)) > tw.limit {
+		return 0, errHeldTooLarge
+	}
+	return tw.buf.Write(p)
+}
+
+// ReadFrom copies a body from r. It must be overridden: the promoted
+// ReadFrom of the wrapper would write to the client even while the
+// response is held back.
+func (tw *tryWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !tw.wroteHeader {
+		tw.WriteHeader(http.StatusOK)
+	}
+	if !tw.held {
+		return tw.ResponseWriterWrapper.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{tw}, r)
+}
+
+// writerOnly hides every method but Write, so that io.Copy cannot call
+// back into ReadFrom.
+type writerOnly struct{ io.Writer }
+
+// Flush flushes a passed-through response; a held one has nothing to
+// flush yet.
+func (tw *tryWriter) Flush() {
+	_ = tw.FlushError()
+}
+
+// FlushError implements the interface http.ResponseController looks for.
+func (tw *tryWriter) FlushError() error {
+	if !tw.passed {
+		return nil
+	}
+	return http.NewResponseController(tw.ResponseWriter).Flush()
+}
+
+// replay writes a held-back response to the client.
+func (tw *tryWriter) replay() error {
+	tw.passed = true
+	replaceHeader(tw.ResponseWriter.Header(), tw.header)
+	tw.ResponseWriter.WriteHeader(tw.status)
+	_, err := tw.ResponseWriter.Write(tw.buf.Bytes())
+	return err
+}
+
+// replaceHeader makes dst hold exactly the fields of src.
+func replaceHeader(dst, src http.Header) {
+	clear(dst)
+	maps.Copy(dst, src)
+}
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*tryWriter)(nil)
+	_ http.Flusher        = (*tryWriter)(nil)
+	_ io.ReaderFrom       = (*tryWriter)(nil)
+)
