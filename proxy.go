@@ -52,7 +52,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rs := &requestState{r: r, body: body}
 	var sched *recovery.Schedule
 	var held *tryWriter
-	defer h.setPlaceholders(repl, rs)
 
 	for {
 		wk, panicMode := h.pick(r, w, rs)
@@ -71,6 +70,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		rs.attempts++
 		rs.last = wk
+		// set before the try, so that deferred header operations see
+		// them when its response is written
+		h.setPlaceholders(repl, rs)
 		replaceHeader(w.Header(), base)
 		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
 		tw, cls, tryErr := h.try(wk, w, r, rs, base, canRetry, next)
@@ -119,6 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// No more tries. A held failure response is an upstream's own answer;
 	// a failure that was unsafe to retry stands; otherwise, degrade.
+	h.setPlaceholders(repl, rs)
 	if held != nil {
 		return held.replay()
 	}

@@ -1,0 +1,271 @@
+package bifrost
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// The integration tests run real Caddy in this process: every test loads
+// its own config through caddy.Load, with the admin endpoint on
+// 127.0.0.1:2999 and sites on :9080, like caddytest. Tests of this package
+// therefore never run in parallel with each other.
+const (
+	testAdmin = "127.0.0.1:2999"
+	testSite  = "http://127.0.0.1:9080"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	_ = caddy.Stop()
+	os.Exit(code)
+}
+
+// loadCaddyfile adapts a Caddyfile and runs it, with the global options
+// the tests need prepended.
+func loadCaddyfile(t *testing.T, body string) {
+	t.Helper()
+	cfg := fmt.Sprintf(`{
+	admin %s
+	http_port 9080
+	https_port 9443
+	auto_https off
+	skip_install_trust
+	grace_period 1ns
+}
+`, testAdmin) + body
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	js, warnings, err := adapter.Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, cfg)
+	}
+	for _, w := range warnings {
+		t.Logf("adapt warning: %s", w.String())
+	}
+	loadJSON(t, js)
+}
+
+// loadJSON runs a JSON config.
+func loadJSON(t *testing.T, js []byte) {
+	t.Helper()
+	if err := caddy.Load(js, true); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, js)
+	}
+	t.Cleanup(func() {
+		// an empty config stops the servers and cleans up the modules,
+		// so that the next test starts from nothing
+		_ = caddy.Load([]byte(fmt.Sprintf(`{"admin":{"listen":%q}}`, testAdmin)), true)
+	})
+}
+
+// backend is a real HTTP server on 127.0.0.1 whose behaviour a test sets
+// and changes, and which counts what it received.
+type backend struct {
+	t       *testing.T
+	ln      net.Listener
+	srv     *http.Server
+	addr    string
+	handler atomic.Pointer[http.HandlerFunc]
+	health  atomic.Pointer[http.HandlerFunc] // nil: /health answers 200
+	hits    atomic.Int64
+
+	mu     sync.Mutex
+	bodies [][]byte
+	ids    map[string]int
+}
+
+// newBackend starts a backend answering 200 with its address until told
+// otherwise.
+func newBackend(t *testing.T) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{t: t, ln: ln, addr: ln.Addr().String(), ids: map[string]int{}}
+	b.set(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok from %s", b.addr)
+	})
+	b.srv = &http.Server{Handler: http.HandlerFunc(b.serve), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = b.srv.Serve(ln) }()
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/health" {
+		if h := b.health.Load(); h != nil {
+			(*h)(w, r)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	b.hits.Add(1)
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	b.mu.Lock()
+	b.bodies = append(b.bodies, body)
+	if id := r.Header.Get("X-Request-Id"); id != "" {
+		b.ids[id]++
+	}
+	b.mu.Unlock()
+	(*b.handler.Load())(w, r)
+}
+
+// set changes how the backend answers requests (not /health).
+func (b *backend) set(h http.HandlerFunc) { b.handler.Store(&h) }
+
+// setHealth changes how the backend answers /health.
+func (b *backend) setHealth(h http.HandlerFunc) { b.health.Store(&h) }
+
+// close stops the backend: its port refuses connections from now on.
+func (b *backend) close() { _ = b.srv.Close() }
+
+// lastBody returns the body of the last request received.
+func (b *backend) lastBody() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.bodies) == 0 {
+		return nil
+	}
+	return b.bodies[len(b.bodies)-1]
+}
+
+// executions returns how many times the request with this id arrived.
+func (b *backend) executions(id string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ids[id]
+}
+
+// reset makes the backend read the request, then reset the connection
+// without answering.
+func reset(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+// hang makes the backend never answer until the request is cancelled.
+func hang(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+
+// status returns a handler answering code with body.
+func status(code int, body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(code)
+		_, _ = io.WriteString(w, body)
+	}
+}
+
+// deadAddr returns an address whose port refuses connections.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// client is the test's HTTP client: no connection reuse surprises, a
+// timeout so that a hang fails the test instead of blocking it.
+var client = &http.Client{
+	Timeout:   15 * time.Second,
+	Transport: &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true},
+}
+
+// do sends a request and returns its status and body.
+func do(t *testing.T, method, url string, body []byte, hdr ...string) (int, string, http.Header) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// get is do for a GET of the test site.
+func get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	code, body, _ := do(t, http.MethodGet, testSite+path, nil)
+	return code, body
+}
+
+// adminJSON queries the admin API and decodes its JSON answer.
+func adminJSON(t *testing.T, method, path string, out any) int {
+	t.Helper()
+	code, body, hdr := do(t, method, "http://"+testAdmin+path, nil)
+	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Fatalf("%s %s: content type %q, body %s", method, path, ct, body)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(body), out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, body)
+		}
+	}
+	return code
+}
+
+// workerOf returns the shared state of a worker of the running config.
+func workerOf(t *testing.T, pool, dial string) *workerState {
+	t.Helper()
+	ws, err := lookupWorker(workerID(pool, dial))
+	if err != nil {
+		t.Fatalf("worker %s/%s: %v", pool, dial, err)
+	}
+	return ws
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// withTimeout returns a context for a request the test may cancel.
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
