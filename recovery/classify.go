@@ -1,0 +1,384 @@
+package recovery
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DefaultMaxRetryAfter caps the delay a Retry-After header can ask for, so a
+// worker cannot take itself out of rotation for hours with one header.
+const DefaultMaxRetryAfter = time.Minute
+
+// Attempt describes the outcome of one try against one upstream. Dialed and
+// Wrote should come from an httptrace.ClientTrace (GotConn and WroteRequest
+// with a nil error). A transport that cannot report them should set Dialed
+// to true whenever the request may have left, so that Classify stays on the
+// safe side (see Classification.Sent). It is a plain value.
+type Attempt struct {
+	Err    error       // transport/handler error from the try, may be nil
+	Status int         // response status if a response arrived (0 if none)
+	Header http.Header // response headers (for Retry-After), may be nil
+	Dialed bool        // a connection to the upstream was obtained (from httptrace GotConn)
+	Wrote  bool        // the request was fully written to the upstream (httptrace WroteRequest)
+}
+
+// Classification is what Classify decided about an Attempt. It is a plain
+// value.
+type Classification struct {
+	Kind     Kind
+	Severity Severity
+	Action   Action
+
+	// Delay is the recovery delay: the Retry-After of a failure status when
+	// present and valid (capped at Classifier.MaxRetryAfter), else
+	// Kind.RecoveryDelay().
+	Delay time.Duration
+
+	// Failure reports whether the outcome counts against the worker (breaker,
+	// health). It is false for KindNone and KindCanceled.
+	Failure bool
+
+	// Sent reports whether the request may have reached the upstream
+	// application, so that only idempotent requests may be retried. It is
+	// true for every status outcome. For transport errors it is false only
+	// when nothing can have reached the application: a refused or
+	// unreachable dial, a DNS failure, a failed TLS verification, or any
+	// error before a connection was obtained. Once a connection was obtained
+	// it is true even if the request was not completely written, because a
+	// partial write (headers, part of a body) may already be acted on.
+	Sent bool
+}
+
+// Rule maps a response status to a kind, overriding the default
+// classification. Exactly one of Status and Class is set. It is a plain
+// value; build it with ParseRule to have it checked.
+type Rule struct {
+	Status int    // exact status code, such as 429; 0 for a class rule
+	Class  int    // status class 1..5 for "1xx".."5xx"; 0 for an exact rule
+	Kind   Kind   // the kind a matching status gets; KindNone makes it a success
+	Action Action // the action; ActionNone means the kind's default
+}
+
+// Classifier turns attempt outcomes into classifications. Its zero value (and
+// a nil *Classifier) classifies with the defaults. A Classifier must not be
+// modified while in use; Classify is safe for concurrent use.
+type Classifier struct {
+	// Rules are user rules for response statuses, checked before the
+	// defaults: an exact status rule beats a class rule, and the first match
+	// of each sort wins.
+	Rules []Rule
+
+	// MaxRetryAfter caps a Retry-After delay (default DefaultMaxRetryAfter).
+	MaxRetryAfter time.Duration
+}
+
+// Classify classifies one attempt. now is used to resolve a Retry-After
+// given as an HTTP date. The rules, in order:
+//
+//  1. context.Canceled anywhere in the error chain: KindCanceled, not a
+//     failure. (Whether a context.DeadlineExceeded was the client's own
+//     deadline is for the caller to decide; on its own it is a timeout.)
+//  2. A TLS verification failure (*tls.CertificateVerificationError, or an
+//     x509 unknown-authority, hostname or invalid-certificate error):
+//     KindIsolationViolation, not sent.
+//  3. A timeout (net.Error with Timeout(), os.ErrDeadlineExceeded,
+//     context.DeadlineExceeded): KindTimeout.
+//  4. A refused or unreachable dial, or a DNS error: KindConnection, not
+//     sent.
+//  5. A reset, broken pipe, io.EOF or io.ErrUnexpectedEOF: KindIO when the
+//     request was fully written, else KindConnection.
+//  6. Any other error: KindConnection before a connection was obtained,
+//     else KindIO.
+//  7. No error: the user rules, then the defaults: 429 is KindThrottled,
+//     503 with a valid Retry-After is KindThrottled, other 5xx except 501
+//     and 505 are KindHTTP, and everything else is a success (KindNone).
+//
+// Classify does not allocate when the attempt has no error and a
+// non-failure status.
+func (c *Classifier) Classify(a Attempt, now time.Time) Classification {
+	if a.Err != nil {
+		return classifyErr(a)
+	}
+	kind, action := KindNone, ActionNone
+	matched := false
+	if c != nil {
+		if r, ok := c.match(a.Status); ok {
+			kind, action, matched = r.Kind, r.Action, true
+		}
+	}
+	var (
+		retryAfter    time.Duration
+		hasRetryAfter bool
+		checked       bool // Retry-After was already looked at
+	)
+	if !matched {
+		kind = defaultStatusKind(a.Status)
+		if a.Status == http.StatusServiceUnavailable {
+			retryAfter, hasRetryAfter = c.retryAfter(a.Header, now)
+			checked = true
+			if hasRetryAfter {
+				kind = KindThrottled
+			}
+		}
+	}
+	cl := newClassification(kind, action, a.Status != 0)
+	if !cl.Failure {
+		return cl
+	}
+	if !checked {
+		retryAfter, hasRetryAfter = c.retryAfter(a.Header, now)
+	}
+	if hasRetryAfter {
+		cl.Delay = retryAfter
+	}
+	return cl
+}
+
+// match returns the user rule for status: the first exact rule, else the
+// first class rule.
+func (c *Classifier) match(status int) (Rule, bool) {
+	class := -1
+	for i, r := range c.Rules {
+		if r.Status != 0 && r.Status == status {
+			return r, true
+		}
+		if class < 0 && r.Status == 0 && r.Class != 0 && r.Class == status/100 {
+			class = i
+		}
+	}
+	if class < 0 {
+		return Rule{}, false
+	}
+	return c.Rules[class], true
+}
+
+// retryAfter returns the capped Retry-After delay in h, if valid.
+func (c *Classifier) retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
+	if h == nil {
+		return 0, false
+	}
+	v := h.Get("Retry-After")
+	if v == "" {
+		return 0, false
+	}
+	d, ok := ParseRetryAfter(v, now)
+	if !ok {
+		return 0, false
+	}
+	maxDelay := DefaultMaxRetryAfter
+	if c != nil && c.MaxRetryAfter > 0 {
+		maxDelay = c.MaxRetryAfter
+	}
+	return min(d, maxDelay), true
+}
+
+// defaultStatusKind is the default kind of a response status.
+func defaultStatusKind(status int) Kind {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return KindThrottled
+	case status == http.StatusNotImplemented, status == http.StatusHTTPVersionNotSupported:
+		// The same request will get the same answer from any worker.
+		return KindNone
+	case status >= 500 && status <= 599:
+		return KindHTTP
+	default:
+		return KindNone
+	}
+}
+
+// newClassification fills in the defaults of kind; action overrides the
+// kind's default action unless it is ActionNone.
+func newClassification(kind Kind, action Action, sent bool) Classification {
+	if action == ActionNone {
+		action = kind.SuggestedRecovery()
+	}
+	return Classification{
+		Kind:     kind,
+		Severity: kind.Severity(),
+		Action:   action,
+		Delay:    kind.RecoveryDelay(),
+		Failure:  kind != KindNone && kind != KindCanceled,
+		Sent:     sent,
+	}
+}
+
+// classifyErr classifies an attempt that ended with an error (rules 1-6).
+func classifyErr(a Attempt) Classification {
+	err := a.Err
+	// Once a connection is obtained, bytes may have reached the application
+	// even if the trace never saw the write complete.
+	maybeSent := a.Wrote || a.Dialed
+	switch {
+	case errors.Is(err, context.Canceled):
+		return newClassification(KindCanceled, ActionNone, maybeSent)
+	case isTLSVerification(err):
+		return newClassification(KindIsolationViolation, ActionNone, false)
+	case isTimeout(err):
+		return newClassification(KindTimeout, ActionNone, maybeSent)
+	case isUnreachable(err):
+		return newClassification(KindConnection, ActionNone, false)
+	case !a.Dialed:
+		return newClassification(KindConnection, ActionNone, a.Wrote)
+	case isBrokenConn(err) && !a.Wrote:
+		return newClassification(KindConnection, ActionNone, maybeSent)
+	default:
+		return newClassification(KindIO, ActionNone, maybeSent)
+	}
+}
+
+// isTLSVerification reports whether err says the upstream's certificate
+// failed verification: it is not who it should be.
+func isTLSVerification(err error) bool {
+	return anyInChain(err, func(e error) bool {
+		switch e.(type) {
+		case *tls.CertificateVerificationError,
+			x509.UnknownAuthorityError, *x509.UnknownAuthorityError,
+			x509.HostnameError, *x509.HostnameError,
+			x509.CertificateInvalidError, *x509.CertificateInvalidError:
+			return true
+		}
+		return false
+	})
+}
+
+// isTimeout reports whether err is a timeout of any sort.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	return anyInChain(err, func(e error) bool {
+		ne, ok := e.(net.Error)
+		return ok && ne.Timeout()
+	})
+}
+
+// isUnreachable reports whether err proves the request never left: the
+// upstream refused the connection, could not be routed to, or could not be
+// resolved.
+func isUnreachable(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) ||
+		anyInChain(err, func(e error) bool {
+			_, ok := e.(*net.DNSError)
+			return ok
+		})
+}
+
+// anyInChain reports whether match holds for err or any error it wraps,
+// walking the tree in the order errors.As does. It is errors.As for type
+// tests, without the allocation errors.As costs for each target.
+func anyInChain(err error, match func(error) bool) bool {
+	for err != nil {
+		if match(err) {
+			return true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				if anyInChain(e, match) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// isBrokenConn reports whether err is a connection that broke under the
+// request: a reset, a broken pipe, or an early close.
+func isBrokenConn(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// ParseRule parses a classification rule from its Caddyfile form:
+// status is an exact code ("429") or a class ("5xx"), kind a kind name, and
+// action an action name or "" for the kind's default. The kind "canceled" is
+// refused: a response is never a client cancellation.
+func ParseRule(status string, kind string, action string) (Rule, error) {
+	var r Rule
+	s := strings.ToLower(strings.TrimSpace(status))
+	switch {
+	case len(s) == 3 && s[1:] == "xx" && s[0] >= '1' && s[0] <= '5':
+		r.Class = int(s[0] - '0')
+	default:
+		code, err := strconv.Atoi(s)
+		if err != nil || !isDigits(s) || code < 100 || code > 599 {
+			return Rule{}, fmt.Errorf("invalid status %q: want a code from 100 to 599 or a class like 5xx", status)
+		}
+		r.Status = code
+	}
+	k, err := ParseKind(kind)
+	if err != nil {
+		return Rule{}, err
+	}
+	if k == KindCanceled {
+		return Rule{}, fmt.Errorf("kind %q cannot be given to a status: it means the client went away", kind)
+	}
+	r.Kind = k
+	if action != "" {
+		if r.Action, err = ParseAction(action); err != nil {
+			return Rule{}, err
+		}
+	}
+	return r, nil
+}
+
+// ParseRetryAfter parses a Retry-After header value (RFC 9110 §10.2.3):
+// either a number of seconds or an HTTP date, which is resolved against now
+// (a date in the past means no delay). It reports false for an empty,
+// negative or malformed value. Huge values are returned saturated, not
+// capped: the caller applies its own maximum.
+func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if isDigits(v) {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(math.MaxInt64/time.Second) {
+			// Only a range error is possible here: the value is all digits.
+			return time.Duration(math.MaxInt64), true
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(t.Sub(now), 0), true
+}
+
+// isDigits reports whether s is non-empty and all ASCII digits.
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,335 @@
+package recovery
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Kind is the class of a failure seen by the proxy. Its zero value, KindNone,
+// means "not a failure". Kind values are plain integers and safe for
+// concurrent use; their text form (String, MarshalText) is the stable name used
+// in configuration, the admin API, metrics labels and logs.
+type Kind uint8
+
+// The kinds of failure, in the order of the seed taxonomy. The comment on each
+// gives its text form.
+const (
+	KindNone                 Kind = iota // "none": not a failure
+	KindIO                               // "io"
+	KindHTTP                             // "http"
+	KindConnection                       // "connection"
+	KindTimeout                          // "timeout"
+	KindThrottled                        // "throttled"
+	KindPoolExhausted                    // "connection_pool_exhausted"
+	KindHealthCheckFailed                // "health_check_failed"
+	KindConfig                           // "config"
+	KindResourceLimit                    // "resource_limit_exceeded"
+	KindWorkerCreationFailed             // "worker_creation_failed"
+	KindIsolationViolation               // "isolation_violation"
+	KindWorkerRecoveryFailed             // "worker_recovery_failed"
+	KindCanceled                         // "canceled"
+
+	numKinds = iota
+)
+
+// Default recovery delays, by how disruptive the failure is. They are the
+// base time the proxy should wait before acting on (or going back to) the
+// worker that failed; see Kind.RecoveryDelay.
+const (
+	// DelayTransient is the delay for failures that usually clear on the next
+	// try against another worker (connection, timeout, pool and resource
+	// limits): long enough to avoid a tight loop, short enough to go unnoticed.
+	DelayTransient = 100 * time.Millisecond
+
+	// DelayThrottled is the delay for a throttled worker that did not say
+	// when to come back (no valid Retry-After).
+	DelayThrottled = time.Second
+
+	// DelayHealthCheck is the delay after a failed active health check.
+	DelayHealthCheck = 5 * time.Second
+
+	// DelayCritical is the delay for configuration errors and critical
+	// kinds, which need an operator or a re-provision to clear.
+	DelayCritical = 30 * time.Second
+)
+
+// kindInfo is one row of the taxonomy table.
+type kindInfo struct {
+	name     string
+	severity Severity
+	action   Action
+	delay    time.Duration
+	err      error
+}
+
+// Sentinel errors, one per failing kind. A *ContextualError matches the
+// sentinel of its kind with errors.Is, so callers can test for a class of
+// failure without knowing the concrete error.
+var (
+	ErrIO                   = errors.New("io error")
+	ErrHTTP                 = errors.New("http error")
+	ErrConnection           = errors.New("connection error")
+	ErrTimeout              = errors.New("timeout")
+	ErrThrottled            = errors.New("throttled")
+	ErrPoolExhausted        = errors.New("connection pool exhausted")
+	ErrHealthCheckFailed    = errors.New("health check failed")
+	ErrConfig               = errors.New("config error")
+	ErrResourceLimit        = errors.New("resource limit exceeded")
+	ErrWorkerCreationFailed = errors.New("worker creation failed")
+	ErrIsolationViolation   = errors.New("isolation violation")
+	ErrWorkerRecoveryFailed = errors.New("worker recovery failed")
+	ErrCanceled             = errors.New("canceled")
+)
+
+// kinds is the taxonomy of DESIGN.md §3, indexed by Kind.
+var kinds = [numKinds]kindInfo{
+	KindNone:                 {"none", SeverityNone, ActionNone, 0, nil},
+	KindIO:                   {"io", SeverityLow, ActionRetry, 0, ErrIO},
+	KindHTTP:                 {"http", SeverityLow, ActionRetry, 0, ErrHTTP},
+	KindConnection:           {"connection", SeverityLow, ActionSkipWorker, DelayTransient, ErrConnection},
+	KindTimeout:              {"timeout", SeverityLow, ActionSkipWorker, DelayTransient, ErrTimeout},
+	KindThrottled:            {"throttled", SeverityMedium, ActionThrottle, DelayThrottled, ErrThrottled},
+	KindPoolExhausted:        {"connection_pool_exhausted", SeverityMedium, ActionSkipWorker, DelayTransient, ErrPoolExhausted},
+	KindHealthCheckFailed:    {"health_check_failed", SeverityMedium, ActionIsolateWorker, DelayHealthCheck, ErrHealthCheckFailed},
+	KindConfig:               {"config", SeverityHigh, ActionForceShutdown, DelayCritical, ErrConfig},
+	KindResourceLimit:        {"resource_limit_exceeded", SeverityHigh, ActionSkipWorker, DelayTransient, ErrResourceLimit},
+	KindWorkerCreationFailed: {"worker_creation_failed", SeverityCritical, ActionForceShutdown, DelayCritical, ErrWorkerCreationFailed},
+	KindIsolationViolation:   {"isolation_violation", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrIsolationViolation},
+	KindWorkerRecoveryFailed: {"worker_recovery_failed", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrWorkerRecoveryFailed},
+	KindCanceled:             {"canceled", SeverityNone, ActionIgnore, 0, ErrCanceled},
+}
+
+// valid reports whether k is one of the declared kinds.
+func (k Kind) valid() bool { return int(k) < numKinds }
+
+// String returns the stable text name of k, such as "timeout", or
+// "kind(N)" for an undeclared value.
+func (k Kind) String() string {
+	if !k.valid() {
+		return fmt.Sprintf("kind(%d)", uint8(k))
+	}
+	return kinds[k].name
+}
+
+// Severity returns how serious a failure of kind k is. KindNone and
+// KindCanceled have SeverityNone.
+func (k Kind) Severity() Severity {
+	if !k.valid() {
+		return SeverityNone
+	}
+	return kinds[k].severity
+}
+
+// IsRecoverable reports whether a failure of kind k is expected to clear by
+// itself (low and medium severity), so that the request or the worker can be
+// tried again. It is false for KindNone, KindCanceled and the high and
+// critical kinds, which need a re-provision or an operator.
+func (k Kind) IsRecoverable() bool {
+	s := k.Severity()
+	return s == SeverityLow || s == SeverityMedium
+}
+
+// SuggestedRecovery returns the default, gentlest recovery action for k.
+// Callers escalate on repetition: for example KindPoolExhausted suggests
+// ActionSkipWorker, and ActionExpandPool (bounded) is its escalation when the
+// pool keeps running dry; KindHTTP suggests ActionRetry, and a worker that
+// keeps failing is isolated by its breaker and health, not by this table.
+func (k Kind) SuggestedRecovery() Action {
+	if !k.valid() {
+		return ActionNone
+	}
+	return kinds[k].action
+}
+
+// RecoveryDelay returns the base delay before acting on a failure of kind k
+// (or before sending more traffic to the worker that had it):
+//
+//	io, http                                0 (the retry backoff applies)
+//	connection, timeout                     DelayTransient (100ms)
+//	connection_pool_exhausted               DelayTransient (100ms)
+//	resource_limit_exceeded                 DelayTransient (100ms)
+//	throttled                               DelayThrottled (1s), when there is no Retry-After
+//	health_check_failed                     DelayHealthCheck (5s)
+//	config and the critical kinds           DelayCritical (30s)
+//	none, canceled                          0
+func (k Kind) RecoveryDelay() time.Duration {
+	if !k.valid() {
+		return 0
+	}
+	return kinds[k].delay
+}
+
+// Err returns the sentinel error of kind k (ErrTimeout for KindTimeout, and
+// so on), or nil for KindNone and undeclared values.
+func (k Kind) Err() error {
+	if !k.valid() {
+		return nil
+	}
+	return kinds[k].err
+}
+
+// Kinds returns every kind except KindNone, in declaration order. The slice
+// is new on each call.
+func Kinds() []Kind {
+	out := make([]Kind, 0, numKinds-1)
+	for k := KindNone + 1; k < numKinds; k++ {
+		out = append(out, k)
+	}
+	return out
+}
+
+// ParseKind returns the kind whose name is s ("timeout", "throttled",
+// "none", ...), ignoring case. It is the inverse of Kind.String.
+func ParseKind(s string) (Kind, error) {
+	for k := range kinds {
+		if strings.EqualFold(s, kinds[k].name) {
+			return Kind(k), nil
+		}
+	}
+	names := make([]string, 0, numKinds)
+	for _, ki := range kinds {
+		names = append(names, ki.name)
+	}
+	return KindNone, fmt.Errorf("unknown error kind %q (valid: %s)", s, strings.Join(names, ", "))
+}
+
+// MarshalText encodes k as its name.
+func (k Kind) MarshalText() ([]byte, error) {
+	if !k.valid() {
+		return nil, fmt.Errorf("invalid error kind %d", uint8(k))
+	}
+	return []byte(kinds[k].name), nil
+}
+
+// UnmarshalText decodes a kind name, as ParseKind does.
+func (k *Kind) UnmarshalText(b []byte) error {
+	v, err := ParseKind(string(b))
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+// Severity is how serious a failure is. Its zero value, SeverityNone, is the
+// severity of "no failure" and of a client cancellation. Severities are
+// ordered: a larger value is more severe. Severity values are safe for
+// concurrent use.
+type Severity uint8
+
+// The severities, from least to most severe.
+const (
+	SeverityNone     Severity = iota // "none"
+	SeverityLow                      // "low": common operational failures
+	SeverityMedium                   // "medium": resource trouble that recovers
+	SeverityHigh                     // "high": needs intervention, the rest keeps running
+	SeverityCritical                 // "critical": the worker must be shut down or isolated
+
+	numSeverities = iota
+)
+
+var severityNames = [numSeverities]string{"none", "low", "medium", "high", "critical"}
+
+// String returns the name of s, such as "medium", or "severity(N)" for an
+// undeclared value.
+func (s Severity) String() string {
+	if int(s) >= numSeverities {
+		return fmt.Sprintf("severity(%d)", uint8(s))
+	}
+	return severityNames[s]
+}
+
+// ParseSeverity returns the severity whose name is s, ignoring case. It is
+// the inverse of Severity.String.
+func ParseSeverity(s string) (Severity, error) {
+	for i, name := range severityNames {
+		if strings.EqualFold(s, name) {
+			return Severity(i), nil
+		}
+	}
+	return SeverityNone, fmt.Errorf("unknown severity %q (valid: %s)", s, strings.Join(severityNames[:], ", "))
+}
+
+// MarshalText encodes s as its name.
+func (s Severity) MarshalText() ([]byte, error) {
+	if int(s) >= numSeverities {
+		return nil, fmt.Errorf("invalid severity %d", uint8(s))
+	}
+	return []byte(severityNames[s]), nil
+}
+
+// UnmarshalText decodes a severity name, as ParseSeverity does.
+func (s *Severity) UnmarshalText(b []byte) error {
+	v, err := ParseSeverity(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// Action is a recovery action: what the proxy should do about a failure.
+// Actions are listed from gentle to drastic; callers start gentle and
+// escalate on repetition. Action values are safe for concurrent use.
+type Action uint8
+
+// The recovery actions.
+const (
+	ActionNone          Action = iota // "none": no action chosen (use the kind's default)
+	ActionRetry                       // "retry": retry the request, with backoff, on another worker
+	ActionReconnect                   // "reconnect": drop the worker's idle connections
+	ActionRestartWorker               // "restart_worker": re-provision the worker's proxy
+	ActionThrottle                    // "throttle": send the worker no traffic until its delay passes
+	ActionIsolateWorker               // "isolate_worker": take the worker out of rotation
+	ActionSkipWorker                  // "skip_worker": try another worker for this request
+	ActionExpandPool                  // "expand_pool": grow the worker's connection pool (bounded)
+	ActionForceShutdown               // "force_shutdown": stop using the worker until re-provisioned
+	ActionIgnore                      // "ignore": nothing to do; counts against nobody
+
+	numActions = iota
+)
+
+var actionNames = [numActions]string{
+	"none", "retry", "reconnect", "restart_worker", "throttle",
+	"isolate_worker", "skip_worker", "expand_pool", "force_shutdown", "ignore",
+}
+
+// String returns the name of a, such as "skip_worker", or "action(N)" for an
+// undeclared value.
+func (a Action) String() string {
+	if int(a) >= numActions {
+		return fmt.Sprintf("action(%d)", uint8(a))
+	}
+	return actionNames[a]
+}
+
+// ParseAction returns the action whose name is s, ignoring case. It is the
+// inverse of Action.String.
+func ParseAction(s string) (Action, error) {
+	for i, name := range actionNames {
+		if strings.EqualFold(s, name) {
+			return Action(i), nil
+		}
+	}
+	return ActionNone, fmt.Errorf("unknown recovery action %q (valid: %s)", s, strings.Join(actionNames[:], ", "))
+}
+
+// MarshalText encodes a as its name.
+func (a Action) MarshalText() ([]byte, error) {
+	if int(a) >= numActions {
+		return nil, fmt.Errorf("invalid recovery action %d", uint8(a))
+	}
+	return []byte(actionNames[a]), nil
+}
+
+// UnmarshalText decodes an action name, as ParseAction does.
+func (a *Action) UnmarshalText(b []byte) error {
+	v, err := ParseAction(string(b))
+	if err != nil {
+		return err
+	}
+	*a = v
+	return nil
+}
