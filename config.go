@@ -43,7 +43,12 @@ type BreakerConfig struct {
 	Successes int `json:"successes,omitempty"`
 
 	// Timeout is how long an open breaker refuses requests before it lets
-	// a few through (half-open). Default: 30s.
+	// a few real requests through (half-open). Default: 1s, much shorter
+	// than the 30s of the architecture this design grew from: the breaker
+	// is the fast guard, and its short timeout brings a recovered worker
+	// back within a second, while a worker that keeps failing costs only
+	// the few half-open requests per timeout (each retried elsewhere) and
+	// is soon isolated for a growing time (see IsolationConfig).
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
@@ -57,7 +62,9 @@ type RetryConfig struct {
 	Attempts int `json:"attempts,omitempty"`
 
 	// BackoffInitial is the delay before the first retry; each further
-	// retry waits about twice as long, up to BackoffMax. Default: 50ms.
+	// retry waits about twice as long, up to BackoffMax. Default: 20ms:
+	// the first retry goes to another worker, so it needs little delay;
+	// the retry budget, not the backoff, protects a pool in an outage.
 	BackoffInitial caddy.Duration `json:"backoff_initial,omitempty"`
 
 	// BackoffMax caps the delay between two tries. Default: 1s.
@@ -167,7 +174,9 @@ type IsolationConfig struct {
 	SuccessRateMinRequests int `json:"success_rate_min_requests,omitempty"`
 
 	// SuccessRateStdevFactor is the number of standard deviations below
-	// the mean that makes an outlier. Default: 1.9.
+	// the mean that makes an outlier. Default: 1. (Envoy's 1.9 can never
+	// flag a single bad worker among fewer than five: with n workers, one
+	// outlier sits sqrt(n-1) standard deviations below the mean.)
 	SuccessRateStdevFactor float64 `json:"success_rate_stdev_factor,omitempty"`
 
 	// SlowStart is the time over which a reinstated worker's share of
@@ -220,6 +229,10 @@ const (
 	defaultProbeStatus     = 2
 	defaultHistoryLimit    = 1000
 	defaultMaxPercent      = 50
+	defaultBreakerTimeout  = time.Second
+	defaultBackoffInitial  = 20 * time.Millisecond
+	defaultBackoffMax      = time.Second
+	defaultStdevFactor     = 1.0
 )
 
 // defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.

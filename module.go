@@ -7,6 +7,7 @@
 package bifrost
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -200,19 +201,22 @@ func (h *Handler) provisionPolicies() error {
 	if rc.Jitter != nil {
 		jitter = *rc.Jitter
 	}
+	initial, maxDelay := time.Duration(rc.BackoffInitial), time.Duration(rc.BackoffMax)
+	if initial == 0 {
+		initial = defaultBackoffInitial
+	}
+	if maxDelay == 0 {
+		maxDelay = max(defaultBackoffMax, initial)
+	}
 	h.policy = recovery.Policy{
 		Attempts:    rc.Attempts,
-		Initial:     time.Duration(rc.BackoffInitial),
-		Max:         time.Duration(rc.BackoffMax),
+		Initial:     initial,
+		Max:         maxDelay,
 		Jitter:      jitter,
 		TryDuration: time.Duration(rc.TryDuration),
 	}.WithDefaults()
-	if rc.BackoffMax == 0 && h.policy.Max > time.Second {
-		h.policy.Max = time.Second
-	}
-	if rc.Jitter != nil {
-		h.policy.Jitter = *rc.Jitter
-	}
+	// WithDefaults reads a zero jitter as "unset"; an explicit 0 stands
+	h.policy.Jitter = jitter
 	if err := h.policy.Validate(); err != nil {
 		return fmt.Errorf("retry: %w", err)
 	}
@@ -264,7 +268,7 @@ func (h *Handler) applyPoolSettings() {
 		MaxTime:                time.Duration(ic.MaxTime),
 		MaxPercent:             defaultMaxPercent,
 		SuccessRateMinRequests: ic.SuccessRateMinRequests,
-		SuccessRateStdevFactor: ic.SuccessRateStdevFactor,
+		SuccessRateStdevFactor: cmp.Or(ic.SuccessRateStdevFactor, defaultStdevFactor),
 		SlowStart:              time.Duration(ic.SlowStart),
 		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
 		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
@@ -292,17 +296,17 @@ func (h *Handler) applyPoolSettings() {
 
 // breakerSettings converts the breaker block.
 func (h *Handler) breakerSettings() breaker.Settings {
-	if h.Breaker == nil {
-		return breaker.Settings{}.WithDefaults()
+	bc := BreakerConfig{}
+	if h.Breaker != nil {
+		bc = *h.Breaker
 	}
-	bc := h.Breaker
 	return breaker.Settings{
 		Failures:     uint32(bc.Failures),
 		FailureRatio: bc.FailureRatio,
 		MinRequests:  uint32(bc.MinRequests),
 		Window:       time.Duration(bc.Window),
 		Successes:    uint32(bc.Successes),
-		Timeout:      time.Duration(bc.Timeout),
+		Timeout:      cmp.Or(time.Duration(bc.Timeout), defaultBreakerTimeout),
 	}.WithDefaults()
 }
 
@@ -322,7 +326,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
-		w := &worker{workerState: ws}
+		w := &worker{workerState: ws, ps: h.pool}
 		w.proxy, err = newWorkerProxy(cfg, up, w)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)

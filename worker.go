@@ -3,6 +3,7 @@ package bifrost
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -125,6 +126,7 @@ func (ps *poolState) setWorkers(ws []*workerState) {
 type worker struct {
 	*workerState
 
+	ps          *poolState
 	proxy       *reverseproxy.Handler
 	up          *reverseproxy.Upstream // proxy.Upstreams[0], what selection policies see
 	provisioned bool
@@ -132,8 +134,18 @@ type worker struct {
 
 // OK implements reverseproxy.CircuitBreaker: Caddy's selection policies
 // call it through Upstream.Available, so they skip a worker whose breaker
-// is open, that is isolated or throttled, or that is full.
-func (w *worker) OK() bool { return w.available(time.Now()) }
+// is open, that is isolated or throttled, or that is full. A worker that
+// is ramping up after reinstatement (slow start) is offered only to its
+// current share of selections.
+func (w *worker) OK() bool {
+	if !w.available(time.Now()) {
+		return false
+	}
+	if wt := w.ps.monitor.Weight(w.health); wt < 1 {
+		return rand.Float64() < wt
+	}
+	return true
+}
 
 // RecordMetric implements reverseproxy.CircuitBreaker. Caddy calls it only
 // when a response arrived, never on transport errors, so Bifrost records

@@ -443,7 +443,7 @@ func (m *Monitor) Isolate(w *WorkerHealth, reason Reason, detail string) (Event,
 	if !m.isMemberLocked(w) {
 		return Event{}, false
 	}
-	return m.ejectLocked(w, m.now(), reasonText(reason, detail))
+	return m.ejectLocked(w, m.now(), reasonText(reason, detail), reason == ReasonProbe)
 }
 
 // IsolateFor takes w out of rotation on an operator's request, for d, or
@@ -519,6 +519,11 @@ func (m *Monitor) ProbeRecovered(w *WorkerHealth) (Event, bool) {
 	switch {
 	case w.iso.recoveryFailed:
 		detail = "probe passed after recovery failed"
+	case w.iso.byProbe:
+		// the probes took it out and now pass again: evidence of
+		// recovery. A probe that never failed (one that lies while real
+		// traffic fails) is no evidence and cannot shorten an ejection.
+		detail = "probe passed again"
 	case !w.iso.until.IsZero() && !now.Before(w.iso.until):
 		detail = "probe passed after the ejection time"
 	default:
@@ -681,7 +686,7 @@ func (m *Monitor) detectOutliersLocked(now time.Time, evs []Event) []Event {
 		text := reasonText(ReasonOutlier, fmt.Sprintf(
 			"success rate %.1f%% over %d requests, below the pool threshold %.1f%% (mean %.1f%%)",
 			100*successRate(stats[i]), stats[i].Requests, 100*threshold, 100*mean))
-		if ev, ok := m.ejectLocked(m.workers[i], now, text); ok {
+		if ev, ok := m.ejectLocked(m.workers[i], now, text, false); ok {
 			evs = append(evs, ev)
 		}
 	}
@@ -717,7 +722,11 @@ func (m *Monitor) Counts() (healthy, isolated, total int) {
 
 // ejectLocked isolates w automatically for its next ejection time, within
 // MaxPercent. Requires m.mu.
-func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string) (Event, bool) {
+//
+// byProbe records that the probes' own verdict took the worker out, so that
+// their recovery may bring it back before the ejection time (see
+// ProbeRecovered).
+func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string, byProbe bool) (Event, bool) {
 	if !m.roomLocked() {
 		return Event{}, false
 	}
@@ -729,6 +738,7 @@ func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string) (Even
 	w.iso.ejections++
 	until := now.Add(EjectionTime(m.s, w.iso.ejections, m.rnd()))
 	w.setIsolatedLocked(until, text)
+	w.iso.byProbe = byProbe
 	return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
 }
 

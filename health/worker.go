@@ -53,6 +53,7 @@ type WorkerHealth struct {
 type isolationRecord struct {
 	until              time.Time // zero while isolated means: until an operator or a probe brings it back
 	reason             string
+	byProbe            bool // isolated by failed probes (see Monitor.ProbeRecovered)
 	ejections          int
 	recoveryAttempts   int
 	recoveryFailed     bool
@@ -285,6 +286,7 @@ func (w *WorkerHealth) probeChanging() bool {
 func (w *WorkerHealth) setIsolatedLocked(until time.Time, reason string) {
 	w.iso.until = until
 	w.iso.reason = reason
+	w.iso.byProbe = false
 	w.iso.probationSuccesses = 0
 	w.onProbation.Store(false)
 	w.restoredAt.Store(0)
