@@ -75,6 +75,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_time <duration>
 //	        max_percent <0..100>
 //	        success_rate <min_requests> [<stdev_factor>]
+//	        outlier_interval <duration>
 //	        slow_start <duration>
 //	        breaker_trips <n>
 //	        max_recovery_attempts <n>
@@ -386,6 +387,8 @@ func (p *parser) isolation(d *caddyfile.Dispenser) error {
 			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.MaxTime) })
 		case "slow_start":
 			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.SlowStart) })
+		case "outlier_interval":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.OutlierInterval) })
 		case "max_percent":
 			err = singleArg(d, func(v string) error {
 				var pct int

@@ -179,6 +179,10 @@ type IsolationConfig struct {
 	// outlier sits sqrt(n-1) standard deviations below the mean.)
 	SuccessRateStdevFactor float64 `json:"success_rate_stdev_factor,omitempty"`
 
+	// OutlierInterval is how often success rates are compared, over the
+	// requests of that interval. Default: 10s.
+	OutlierInterval caddy.Duration `json:"outlier_interval,omitempty"`
+
 	// SlowStart is the time over which a reinstated worker's share of
 	// traffic ramps up to its full share. Default: 0 (off).
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
@@ -313,7 +317,7 @@ func (hc *HealthConfig) validate() error {
 
 // validate checks the isolation block; errors name the field.
 func (ic *IsolationConfig) validate() error {
-	if ic.BaseTime < 0 || ic.MaxTime < 0 || ic.SlowStart < 0 {
+	if ic.BaseTime < 0 || ic.MaxTime < 0 || ic.SlowStart < 0 || ic.OutlierInterval < 0 {
 		return fmt.Errorf("isolation: durations must not be negative")
 	}
 	if ic.MaxTime > 0 && ic.BaseTime > ic.MaxTime {

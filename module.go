@@ -270,6 +270,7 @@ func (h *Handler) applyPoolSettings() {
 		SuccessRateMinRequests: ic.SuccessRateMinRequests,
 		SuccessRateStdevFactor: cmp.Or(ic.SuccessRateStdevFactor, defaultStdevFactor),
 		SlowStart:              time.Duration(ic.SlowStart),
+		DetectionInterval:      time.Duration(ic.OutlierInterval),
 		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
 		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
 	}

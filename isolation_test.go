@@ -1,0 +1,258 @@
+package bifrost
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+)
+
+// A backend whose /health turns 503 is isolated after `fails` probes and
+// reinstated after `passes`, with the probes' own recovery ending the
+// isolation at once.
+func TestProbesIsolateAndReinstate(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name probes
+		health {
+			uri /health
+			interval 100ms
+			passes 2
+			fails 2
+		}`))
+	ws := workerOf(t, "probes", a.addr)
+	a.setHealth(status(http.StatusServiceUnavailable, "down"))
+	eventually(t, 3*time.Second, "isolation after failed probes", func() bool { return ws.health.Isolated() })
+	snap := ws.health.Snapshot(time.Now())
+	if snap.ProbeFails < 2 {
+		t.Errorf("isolated after %d failed probes, want at least 2", snap.ProbeFails)
+	}
+	before := a.hits.Load()
+	for range 50 {
+		if code, _ := get(t, "/"); code != http.StatusOK {
+			t.Fatalf("got %d while a worker is isolated", code)
+		}
+	}
+	if a.hits.Load() != before {
+		t.Fatalf("isolated worker got %d requests", a.hits.Load()-before)
+	}
+
+	a.setHealth(status(http.StatusOK, "ok"))
+	eventually(t, 3*time.Second, "reinstatement after passing probes", func() bool { return !ws.health.Isolated() })
+	if s := ws.health.Snapshot(time.Now()); s.ProbePasses < 2 {
+		t.Errorf("reinstated after %d passing probes, want at least 2", s.ProbePasses)
+	}
+	eventually(t, 3*time.Second, "traffic on the reinstated worker", func() bool {
+		get(t, "/")
+		return a.hits.Load() > before
+	})
+}
+
+// A worker whose probes pass while its real traffic fails stays out:
+// passive evidence wins over a probe that lies, and each failed
+// reinstatement keeps it out longer.
+func TestLyingProbeDoesNotReinstate(t *testing.T) {
+	liar, b, c := newBackend(t), newBackend(t), newBackend(t)
+	liar.set(status(http.StatusInternalServerError, "broken"))
+	loadCaddyfile(t, siteConfig([]string{liar.addr, b.addr, c.addr}, `
+		name liar
+		lb_policy round_robin
+		breaker {
+			failures 3
+			timeout 100ms
+		}
+		health {
+			uri /health
+			interval 100ms
+		}
+		isolation {
+			base_time 300ms
+			max_time 10s
+			breaker_trips 2
+		}`))
+	ws := workerOf(t, "liar", liar.addr)
+
+	deadline := time.Now().Add(3 * time.Second)
+	total := 0
+	for time.Now().Before(deadline) {
+		code, body := get(t, "/")
+		if code != http.StatusOK || body == "broken" {
+			t.Fatalf("client saw %d %q", code, body)
+		}
+		total++
+	}
+	snap := ws.health.Snapshot(time.Now())
+	if snap.Ejections < 2 {
+		t.Fatalf("liar was ejected %d times in 3s, want it re-ejected after failed reinstatements", snap.Ejections)
+	}
+	if share := float64(liar.hits.Load()) / float64(total); share > 0.05 {
+		t.Fatalf("liar got %.1f%% of %d requests although its traffic always fails", 100*share, total)
+	}
+}
+
+// When every worker fails and then recovers, the first request after the
+// recovery succeeds (panic mode tries the least-bad worker).
+func TestWholePoolRecoversAtOnce(t *testing.T) {
+	bs := []*backend{newBackend(t), newBackend(t), newBackend(t)}
+	addrs := make([]string, len(bs))
+	for i, b := range bs {
+		b.set(status(http.StatusBadGateway, "down"))
+		addrs[i] = b.addr
+	}
+	loadCaddyfile(t, siteConfig(addrs, `
+		name whole
+		breaker {
+			timeout 1m
+		}`))
+	for range 40 {
+		if code, _ := get(t, "/"); code == http.StatusOK {
+			t.Fatal("a request succeeded while every backend fails")
+		}
+	}
+	for _, b := range bs {
+		if st := workerOf(t, "whole", b.addr).breaker.State(); st != breaker.StateOpen {
+			t.Fatalf("breaker of %s is %s, want open", b.addr, st)
+		}
+		b.set(status(http.StatusOK, "back"))
+	}
+	for i := range 20 {
+		if code, body := get(t, "/"); code != http.StatusOK || body != "back" {
+			t.Fatalf("request %d after recovery: %d %q", i, code, body)
+		}
+	}
+}
+
+// A backend failing 30% of its requests is isolated by success-rate
+// outlier detection while its peers are healthy.
+func TestSuccessRateOutlierIsIsolated(t *testing.T) {
+	flaky, b, c := newBackend(t), newBackend(t), newBackend(t)
+	flaky.set(func(w http.ResponseWriter, r *http.Request) {
+		if rand.Float64() < 0.3 {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})
+	loadCaddyfile(t, siteConfig([]string{flaky.addr, b.addr, c.addr}, `
+		name outlier
+		lb_policy round_robin
+		breaker {
+			failures 1000
+		}
+		isolation {
+			success_rate 30
+			outlier_interval 500ms
+		}`))
+	ws := workerOf(t, "outlier", flaky.addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for !ws.health.Isolated() {
+		if time.Now().After(deadline) {
+			t.Fatalf("flaky worker not isolated: %+v", ws.health.Snapshot(time.Now()))
+		}
+		if code, _ := get(t, "/"); code != http.StatusOK {
+			t.Fatalf("client saw %d", code)
+		}
+	}
+	if r := ws.health.Snapshot(time.Now()).IsolationReason; r == "" || r[:len("success_rate_outlier")] != "success_rate_outlier" {
+		t.Fatalf("isolation reason %q", r)
+	}
+	for _, peer := range []string{b.addr, c.addr} {
+		if workerOf(t, "outlier", peer).health.Isolated() {
+			t.Fatalf("healthy peer %s isolated", peer)
+		}
+	}
+}
+
+// A reinstated worker's share of traffic ramps up over slow_start.
+func TestSlowStart(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr}, `
+		name slow
+		lb_policy round_robin
+		isolation {
+			slow_start 3s
+		}`))
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("slow", a.addr)+"/isolate", nil); code != http.StatusOK {
+		t.Fatalf("isolate: %d", code)
+	}
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("slow", a.addr)+"/restore", nil); code != http.StatusOK {
+		t.Fatalf("restore: %d", code)
+	}
+	share := func(n int) float64 {
+		before := a.hits.Load()
+		for range n {
+			get(t, "/")
+		}
+		return float64(a.hits.Load()-before) / float64(n)
+	}
+	early := share(200)
+	time.Sleep(3 * time.Second)
+	late := share(200)
+	if early >= 0.35 || late < 0.4 {
+		t.Fatalf("share right after restore %.2f, after slow_start %.2f: want a ramp from well below to about 0.5", early, late)
+	}
+}
+
+// A config reload keeps worker state: an isolated worker stays isolated,
+// an open breaker stays open, and a worker removed from the config is
+// released.
+func TestReloadKeepsWorkerState(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	dead := deadAddr(t)
+	cfg := func(ups ...string) string {
+		return siteConfig(ups, `
+			name reload
+			breaker {
+				failures 2
+				timeout 1m
+			}`)
+	}
+	loadCaddyfile(t, cfg(a.addr, b.addr, c.addr, dead))
+	for range 20 {
+		get(t, "/")
+	}
+	if st := workerOf(t, "reload", dead).breaker.State(); st != breaker.StateOpen {
+		t.Fatalf("dead worker's breaker is %s", st)
+	}
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("reload", a.addr)+"/isolate?duration=1m", nil); code != http.StatusOK {
+		t.Fatalf("isolate: %d", code)
+	}
+
+	// reload through the admin API, dropping worker c
+	js, err := adapt(`{
+	admin ` + testAdmin + `
+	http_port 9080
+	auto_https off
+	grace_period 1ns
+}
+` + cfg(a.addr, b.addr, dead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ := do(t, http.MethodPost, "http://"+testAdmin+"/load", js, "Content-Type", "application/json")
+	if code != http.StatusOK {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+
+	if !workerOf(t, "reload", a.addr).health.Isolated() {
+		t.Error("isolated worker came back after a reload")
+	}
+	if st := workerOf(t, "reload", dead).breaker.State(); st != breaker.StateOpen {
+		t.Errorf("open breaker is %s after a reload", st)
+	}
+	if _, err := lookupWorker(workerID("reload", c.addr)); err == nil {
+		t.Error("the removed worker's state is still held")
+	}
+	beforeA := a.hits.Load()
+	for range 30 {
+		if code, _ := get(t, "/"); code != http.StatusOK {
+			t.Fatalf("got %d after reload", code)
+		}
+	}
+	if a.hits.Load() != beforeA {
+		t.Error("the isolated worker got traffic after the reload")
+	}
+}
