@@ -117,3 +117,36 @@ func (e ContextualError) MarshalJSON() ([]byte, error) {
 		Metadata:         e.Context.Metadata,
 	})
 }
+
+// UnmarshalJSON decodes the form MarshalJSON writes, so that clients in Go
+// (the CLI, tests) can read the admin API's errors back. The underlying
+// error is not carried by JSON; its text is in Message.
+func (e *ContextualError) UnmarshalJSON(b []byte) error {
+	var j contextualErrorJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	var err error
+	*e = ContextualError{
+		Message:          j.Message,
+		Timestamp:        j.Time,
+		Attempt:          j.Attempt,
+		Status:           j.Status,
+		RecoveryAttempts: j.RecoveryAttempts,
+		Context: ErrorContext{
+			Component: j.Component,
+			Operation: j.Operation,
+			Pool:      j.Pool,
+			WorkerID:  j.Worker,
+			Metadata:  j.Metadata,
+		},
+	}
+	if e.Kind, err = ParseKind(j.Kind); err != nil {
+		return err
+	}
+	if e.Severity, err = ParseSeverity(j.Severity); err != nil {
+		return err
+	}
+	e.Action, err = ParseAction(j.Action)
+	return err
+}

@@ -122,3 +122,27 @@ func TestContextualErrorJSON(t *testing.T) {
 func trimArray(b []byte) []byte { return b[1 : len(b)-1] }
 
 func trimKey(b []byte) []byte { return b[len(`{"e":`) : len(b)-1] }
+
+func TestContextualErrorJSONRoundTrip(t *testing.T) {
+	in := ContextualError{
+		Kind: KindThrottled, Severity: SeverityMedium, Action: ActionThrottle,
+		Message:   "GET request answered with status 429",
+		Context:   ErrorContext{Component: "proxy", Operation: "attempt", Pool: "p", WorkerID: "p_w", Metadata: map[string]string{"k": "v"}},
+		Timestamp: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC),
+		Attempt:   2, Status: 429, RecoveryAttempts: 1,
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out ContextualError
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip:\nin  %+v\nout %+v", in, out)
+	}
+	if err := json.Unmarshal([]byte(`{"kind":"bogus"}`), &out); err == nil {
+		t.Fatal("accepted an unknown kind")
+	}
+}
