@@ -58,6 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        on <condition...>
 //	        max_body <size>
 //	        max_held_response <size>
+//	        hedge <delay|auto> [max <n>] [percentile <p>]
 //	    }
 //
 //	    health {
@@ -78,6 +79,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        outlier_interval <duration>
 //	        slow_start <duration>
 //	        breaker_trips <n>
+//	        hang_threshold <duration>
+//	        hang_requests <n>
 //	        max_recovery_attempts <n>
 //	    }
 //
@@ -327,6 +330,13 @@ func (p *parser) retry(d *caddyfile.Dispenser) error {
 			rc.On = append(rc.On, args...)
 		case "max_body":
 			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxBody) })
+		case "hedge":
+			hc, err := parseHedge(d)
+			if err != nil {
+				return err
+			}
+			rc.Hedge = hc
+			continue
 		case "max_held_response":
 			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxHeldResponse) })
 		default:
@@ -409,6 +419,10 @@ func (p *parser) isolation(d *caddyfile.Dispenser) error {
 			if len(args) == 2 {
 				err = parseFloat(d, "success_rate stdev_factor", args[1], &ic.SuccessRateStdevFactor)
 			}
+		case "hang_threshold":
+			err = singleArg(d, func(v string) error { return parseDuration(d, sub, v, &ic.HangThreshold) })
+		case "hang_requests":
+			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &ic.HangRequests) })
 		case "breaker_trips":
 			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &ic.BreakerTrips) })
 		case "max_recovery_attempts":
@@ -477,6 +491,38 @@ func (p *parser) fallback(d *caddyfile.Dispenser) error {
 		}
 	}
 	return wrapValidate(d, fc.validate())
+}
+
+// parseHedge parses `hedge <delay|auto> [max <n>] [percentile <p>]`.
+func parseHedge(d *caddyfile.Dispenser) (*HedgeConfig, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 || len(args)%2 == 0 {
+		return nil, d.ArgErr()
+	}
+	hc := new(HedgeConfig)
+	if args[0] != "auto" {
+		if err := parseDuration(d, "hedge", args[0], &hc.Delay); err != nil {
+			return nil, err
+		}
+		if hc.Delay == 0 {
+			return nil, d.Errf("hedge: delay must be above zero, or 'auto'")
+		}
+	}
+	for i := 1; i < len(args); i += 2 {
+		switch args[i] {
+		case "max":
+			if err := parseInt(d, "hedge max", args[i+1], &hc.Max); err != nil {
+				return nil, err
+			}
+		case "percentile":
+			if err := parseFloat(d, "hedge percentile", args[i+1], &hc.Percentile); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, d.Errf("hedge: unknown option %q (want max or percentile)", args[i])
+		}
+	}
+	return hc, nil
 }
 
 // resilience maps reverse_proxy's own resilience subdirectives onto

@@ -110,6 +110,9 @@ type RetryConfig struct {
 	// streamed to one worker and never retried. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// Hedge enables hedged requests (off by default): see HedgeConfig.
+	Hedge *HedgeConfig `json:"hedge,omitempty"`
+
 	// MaxHeldResponse is the largest failure response body, in bytes, held
 	// back while another try is still possible. A held-back response that
 	// grows beyond it is abandoned and the request is retried. Default:
@@ -191,6 +194,18 @@ type IsolationConfig struct {
 	// without an intervening close to isolate it. Default: 2.
 	BreakerTrips int `json:"breaker_trips,omitempty"`
 
+	// HangThreshold is how long a request may wait for its response
+	// headers before it counts as stuck. A worker with HangRequests stuck
+	// requests while its peers answer is hanging: it is isolated (kind
+	// `timeout`) before any timeout fires. Its stuck requests are answered
+	// through hedging or retry.per_try_timeout when configured. Default:
+	// 2s.
+	HangThreshold caddy.Duration `json:"hang_threshold,omitempty"`
+
+	// HangRequests is the number of stuck requests that make a worker
+	// hanging. Default: 3.
+	HangRequests int `json:"hang_requests,omitempty"`
+
 	// MaxRecoveryAttempts is the number of failed reinstatements after
 	// which the worker stays out (event `worker_recovery_failed`) until a
 	// probe passes or an operator restores it. Default: 3.
@@ -237,6 +252,8 @@ const (
 	defaultBackoffInitial  = 20 * time.Millisecond
 	defaultBackoffMax      = time.Second
 	defaultStdevFactor     = 1.0
+	defaultHangThreshold   = 2 * time.Second
+	defaultHangRequests    = 3
 )
 
 // defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
@@ -265,6 +282,14 @@ func (rc *RetryConfig) validate() error {
 	}
 	if rc.MaxBody < 0 || rc.MaxHeldResponse < 0 {
 		return fmt.Errorf("retry: max_body and max_held_response must not be negative")
+	}
+	if hc := rc.Hedge; hc != nil {
+		if hc.Delay < 0 || hc.Max < 0 {
+			return fmt.Errorf("retry: hedge delay and max must not be negative")
+		}
+		if hc.Percentile != 0 && (hc.Percentile < 50 || hc.Percentile > 99.9) {
+			return fmt.Errorf("retry: hedge percentile must be between 50 and 99.9, got %g", hc.Percentile)
+		}
 	}
 	for _, m := range rc.Methods {
 		if m == "" || strings.ToUpper(m) != m {
@@ -329,6 +354,9 @@ func (ic *IsolationConfig) validate() error {
 	}
 	if ic.SuccessRateMinRequests < 0 || ic.SuccessRateStdevFactor < 0 {
 		return fmt.Errorf("isolation: success_rate values must not be negative")
+	}
+	if ic.HangThreshold < 0 || ic.HangRequests < 0 {
+		return fmt.Errorf("isolation: hang_threshold and hang_requests must not be negative")
 	}
 	if ic.BreakerTrips < 0 || ic.MaxRecoveryAttempts < 0 {
 		return fmt.Errorf("isolation: breaker_trips and max_recovery_attempts must not be negative")

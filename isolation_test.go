@@ -205,6 +205,7 @@ func TestReloadKeepsWorkerState(t *testing.T) {
 	cfg := func(ups ...string) string {
 		return siteConfig(ups, `
 			name reload
+			lb_policy round_robin
 			breaker {
 				failures 2
 				timeout 1m

@@ -23,6 +23,7 @@ var collectors struct {
 	requests    *prometheus.CounterVec
 	errors      *prometheus.CounterVec
 	retries     *prometheus.CounterVec
+	hedges      *prometheus.CounterVec
 	degraded    *prometheus.CounterVec
 	recoveries  *prometheus.CounterVec
 	transitions *prometheus.CounterVec
@@ -47,6 +48,10 @@ func initCollectors() {
 	collectors.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "retries_total",
 		Help: "Retries after a failed try on the worker.",
+	}, pw)
+	collectors.hedges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "hedges_total",
+		Help: "Hedged tries sent to the worker.",
 	}, pw)
 	collectors.degraded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "degraded_total",
@@ -97,7 +102,7 @@ func newPoolMetrics(ctx caddy.Context, pool string, logger *zap.Logger) *poolMet
 		return &poolMetrics{pool: pool}
 	}
 	for _, c := range []prometheus.Collector{
-		collectors.requests, collectors.errors, collectors.retries, collectors.degraded,
+		collectors.requests, collectors.errors, collectors.retries, collectors.hedges, collectors.degraded,
 		collectors.recoveries, collectors.transitions, collectors.probes,
 		collectors.breaker, collectors.healthy, collectors.isolated, collectors.latency,
 	} {
@@ -137,6 +142,13 @@ func (m *poolMetrics) retry(wk *worker) {
 		return
 	}
 	collectors.retries.WithLabelValues(m.pool, wk.id).Inc()
+}
+
+func (m *poolMetrics) hedge(wk *worker) {
+	if m == nil {
+		return
+	}
+	collectors.hedges.WithLabelValues(m.pool, wk.id).Inc()
 }
 
 func (m *poolMetrics) degradedRequest() {
@@ -215,7 +227,7 @@ func (m *poolMetrics) forget(workers []*worker) {
 		for _, vec := range []interface {
 			DeletePartialMatch(prometheus.Labels) int
 		}{
-			collectors.requests, collectors.errors, collectors.retries, collectors.recoveries,
+			collectors.requests, collectors.errors, collectors.retries, collectors.hedges, collectors.recoveries,
 			collectors.transitions, collectors.probes, collectors.breaker, collectors.healthy,
 			collectors.isolated, collectors.latency,
 		} {

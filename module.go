@@ -27,6 +27,7 @@ import (
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/recovery"
+	"github.com/bifrost-proxy/bifrost/selection"
 )
 
 func init() {
@@ -115,6 +116,10 @@ type Handler struct {
 	maxBody    int64
 	maxHeld    int64
 	perTry     time.Duration
+	hedge      *HedgeConfig // with defaults applied; nil when off
+	p2c        *selection.P2C // the selection policy, when it learns latencies
+	hangAfter  time.Duration
+	hangCount  int
 	keys       []string
 	metrics    *poolMetrics
 }
@@ -148,8 +153,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	// the selection policy picks among workers; the workers' own proxies
-	// always use their single upstream
-	h.selector = reverseproxy.LeastConnSelection{}
+	// always use their single upstream. The default weighs each worker's
+	// latency and load (power of two choices over peak-EWMA cost).
+	h.selector = new(selection.P2C)
 	if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicyRaw != nil {
 		mod, err := ctx.LoadModule(h.LoadBalancing, "SelectionPolicyRaw")
 		if err != nil {
@@ -158,6 +164,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.selector = mod.(reverseproxy.Selector)
 	} else if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicy != nil {
 		h.selector = h.LoadBalancing.SelectionPolicy
+	}
+
+	if p2c, ok := h.selector.(*selection.P2C); ok {
+		h.p2c = p2c
 	}
 
 	if err := h.provisionPolicies(); err != nil {
@@ -244,6 +254,13 @@ func (h *Handler) provisionPolicies() error {
 		h.maxHeld = defaultMaxHeldResponse
 	}
 	h.perTry = time.Duration(rc.PerTryTimeout)
+	h.hedge = nil
+	if rc.Hedge != nil {
+		hc := *rc.Hedge
+		hc.Max = cmp.Or(hc.Max, 1)
+		hc.Percentile = cmp.Or(hc.Percentile, defaultHedgePercentile)
+		h.hedge = &hc
+	}
 
 	h.classifier = &recovery.Classifier{}
 	for i, cr := range h.Classify {
@@ -278,6 +295,8 @@ func (h *Handler) applyPoolSettings() {
 		is.MaxPercent = *ic.MaxPercent
 	}
 	h.pool.monitor.Update(is.WithDefaults())
+	h.hangAfter = cmp.Or(time.Duration(ic.HangThreshold), defaultHangThreshold)
+	h.hangCount = cmp.Or(ic.HangRequests, defaultHangRequests)
 
 	limit := h.ErrorHistoryLimit
 	if limit == 0 {
@@ -337,6 +356,9 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			return fmt.Errorf("upstream %d (%s): provisioning worker: %w", i, up.Dial, err)
 		}
 		w.provisioned = true
+		if h.p2c != nil {
+			w.tracker = h.p2c.Tracker(up.Dial)
+		}
 		w.up = w.proxy.Upstreams[0]
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)

@@ -36,7 +36,8 @@ const tickInterval = 250 * time.Millisecond
 
 // record books the outcome of one try: breaker, health, error history,
 // metrics, logs, and the escalations a failure calls for.
-func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classification, done func(breaker.Outcome), panicMode bool) {
+func (h *Handler) record(res tryResult, panicMode bool) {
+	wk, cls, done := res.wk, res.cls, res.done
 	now := time.Now()
 	outcome := breaker.Success
 	switch {
@@ -51,12 +52,16 @@ func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classificati
 		done(outcome)
 	}
 	h.metrics.request(wk, cls)
+	h.metrics.latency(wk, res.latency)
 	if cls.Kind == recovery.KindCanceled {
 		return
 	}
 
 	if !cls.Failure {
 		wk.health.RecordSuccess(now)
+		if h.hedge != nil {
+			h.pool.latency.observe(res.latency)
+		}
 		if panicMode && wk.breaker.State() != breaker.StateClosed {
 			// the worker served while the whole pool was out: that is
 			// the evidence the breaker waits for
@@ -74,7 +79,7 @@ func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classificati
 		Kind:     cls.Kind,
 		Severity: cls.Severity,
 		Action:   cls.Action,
-		Message:  failureMessage(rs, cls),
+		Message:  failureMessage(res),
 		Context: recovery.ErrorContext{
 			Component: "proxy",
 			Operation: "attempt",
@@ -82,12 +87,12 @@ func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classificati
 			WorkerID:  wk.id,
 		},
 		Timestamp: now,
-		Attempt:   rs.attempts,
-		Status:    rs.lastStatus,
+		Attempt:   res.attempt,
+		Status:    res.status,
 	}
 	h.pool.manager.Record(ce)
 	h.metrics.failure(wk, cls)
-	h.logFailure(wk, rs, cls)
+	h.logFailure(res)
 
 	switch cls.Action {
 	case recovery.ActionIsolateWorker, recovery.ActionForceShutdown:
@@ -106,16 +111,18 @@ func (h *Handler) record(wk *worker, rs *requestState, cls recovery.Classificati
 
 // failureMessage describes a failed try without request data beyond the
 // method: no URL, header or body can carry a secret into the history.
-func failureMessage(rs *requestState, cls recovery.Classification) string {
-	if rs.lastStatus != 0 {
-		return fmt.Sprintf("%s request answered with status %d", rs.r.Method, rs.lastStatus)
+func failureMessage(res tryResult) string {
+	method := res.tw.method
+	if res.status != 0 {
+		return fmt.Sprintf("%s request answered with status %d", method, res.status)
 	}
-	return fmt.Sprintf("%s request failed: %s", rs.r.Method, rs.lastErrText)
+	return fmt.Sprintf("%s request failed: %s", method, res.errText)
 }
 
 // logFailure writes one structured entry per classified failure, at a
 // level matching its severity.
-func (h *Handler) logFailure(wk *worker, rs *requestState, cls recovery.Classification) {
+func (h *Handler) logFailure(res tryResult) {
+	wk, cls := res.wk, res.cls
 	lvl := zapcore.DebugLevel
 	switch cls.Severity {
 	case recovery.SeverityMedium:
@@ -132,9 +139,9 @@ func (h *Handler) logFailure(wk *worker, rs *requestState, cls recovery.Classifi
 			zap.Stringer("severity", cls.Severity),
 			zap.Stringer("action", cls.Action),
 			zap.Duration("delay", cls.Delay),
-			zap.Int("attempt", rs.attempts),
-			zap.Int("status", rs.lastStatus),
-			zap.String("error", rs.lastErrText),
+			zap.Int("attempt", res.attempt),
+			zap.Int("status", res.status),
+			zap.String("error", res.errText),
 		)
 	}
 }
@@ -307,6 +314,51 @@ func (h *Handler) onBreakerChange(ch breakerChange, threshold int32) {
 	}
 }
 
+// reasonHang is the isolation reason of a worker whose requests pile up
+// without answers.
+const reasonHang health.Reason = "requests_hanging"
+
+// detectHangs isolates a worker whose requests wait for an answer longer
+// than the hang threshold while its peers answer: it is failing, even if
+// no timeout has fired yet (kind timeout).
+func (h *Handler) detectHangs(now time.Time) {
+	if h.p2c == nil || len(h.workers) < 2 {
+		return
+	}
+	for _, wk := range h.workers {
+		if wk.health.Isolated() {
+			continue
+		}
+		stuck := wk.tracker.Stuck(now, h.hangAfter)
+		if stuck < h.hangCount || !h.peersAnswering(wk, now) {
+			continue
+		}
+		msg := fmt.Sprintf("%d requests without an answer for more than %s while peers answer", stuck, h.hangAfter)
+		kind := recovery.KindTimeout
+		h.pool.manager.Record(recovery.ContextualError{
+			Kind:      kind,
+			Severity:  kind.Severity(),
+			Action:    recovery.ActionIsolateWorker,
+			Message:   msg,
+			Context:   recovery.ErrorContext{Component: "health", Operation: "hang_detection", Pool: h.poolName, WorkerID: wk.id},
+			Timestamp: now,
+		})
+		h.metrics.failure(wk, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+		h.isolate(wk, reasonHang, msg)
+	}
+}
+
+// peersAnswering reports whether another worker answered within the hang
+// threshold.
+func (h *Handler) peersAnswering(wk *worker, now time.Time) bool {
+	for _, other := range h.workers {
+		if other != wk && now.Sub(other.health.Snapshot(now).LastSuccess) < h.hangAfter {
+			return true
+		}
+	}
+	return false
+}
+
 // workerFor finds this handler's worker for a shared state.
 func (h *Handler) workerFor(ws *workerState) *worker {
 	for _, wk := range h.workers {
@@ -331,7 +383,11 @@ func (h *Handler) tick(ctx context.Context) {
 		for _, ev := range h.pool.monitor.Tick() {
 			h.emitHealth(ev)
 		}
+		if h.hedge != nil && h.hedge.Delay == 0 {
+			h.pool.latency.refresh(h.hedge.Percentile)
+		}
 		now := time.Now()
+		h.detectHangs(now)
 		for _, wk := range h.workers {
 			h.metrics.workerGauges(wk, now)
 		}

@@ -54,55 +54,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var held *tryWriter
 
 	for {
-		wk, panicMode := h.pick(r, w, rs)
-		if wk == nil {
+		res, ok := h.attempt(w, r, rs, base, repl, next)
+		if !ok {
 			break
 		}
-		var done func(breaker.Outcome)
-		if !panicMode {
-			d, err := wk.breaker.Allow()
-			if err != nil {
-				// half-open and at its limit, or it just opened: skip it
-				rs.skipped = append(rs.skipped, wk)
-				continue
-			}
-			done = d
-		}
-		rs.attempts++
-		rs.last = wk
-		// set before the try, so that deferred header operations see
-		// them when its response is written
-		h.setPlaceholders(repl, rs)
-		replaceHeader(w.Header(), base)
-		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
-		tw, cls, tryErr := h.try(wk, w, r, rs, base, canRetry, next)
-		h.record(wk, rs, cls, done, panicMode)
-
+		cls := res.cls
 		switch {
 		case cls.Kind == recovery.KindCanceled:
 			// the client went away: nothing to answer, nobody to blame
 			return nil
 		case !cls.Failure:
-			if tw.held {
-				return tw.replay()
+			if res.tw.held {
+				return res.tw.replay()
 			}
-			return tryErr
-		case tw.passed:
+			return res.err
+		case res.tw.passed:
 			// bytes already reached the client: the answer stands
-			return tryErr
+			return res.err
 		}
 
 		// a failure the client has not seen: try again if it is safe
 		rs.lastCls = cls
-		rs.tried = append(rs.tried, wk)
-		if tw.held && !tw.discard.Load() {
-			held = tw
+		if res.tw.held && !res.tw.discard.Load() {
+			held = res.tw
 		}
-		if !canRetry || !h.retryable(r, cls, rs.lastStatus) {
+		if !h.retryable(r, cls, res.status) {
+			if !res.tw.held {
+				// may have been executed: reverse_proxy's own error stands
+				rs.unsafeErr = res.err
+			}
+			break
+		}
+		if !res.canRetry {
 			break
 		}
 		if !h.pool.budget.TryRetry(time.Now()) {
-			h.logDebug("retry budget exhausted", wk, rs, cls)
+			h.logDebug("retry budget exhausted", res.wk, rs, cls)
 			break
 		}
 		if sched == nil {
@@ -116,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		h.pool.manager.CountRetry()
-		h.metrics.retry(wk)
+		h.metrics.retry(res.wk)
 	}
 
 	// No more tries. A held failure response is an upstream's own answer;
@@ -131,6 +118,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.degrade(w, r, repl, rs)
 }
 
+// attempt makes one try of the request, or, when hedging applies, a race
+// of tries, and returns the outcome that decides what happens next. It
+// reports false when no worker can take the request.
+func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, repl *caddy.Replacer, next caddyhttp.Handler) (tryResult, bool) {
+	wk, done, panicMode := h.pickAllowed(r, w, rs)
+	if wk == nil {
+		return tryResult{}, false
+	}
+	rs.attempts++
+	rs.last = wk
+	rs.tried = append(rs.tried, wk)
+	// set before the try, so that deferred header operations see them
+	// when its response is written
+	h.setPlaceholders(repl, rs)
+	replaceHeader(w.Header(), base)
+	canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
+	if h.hedgeDelay(rs, panicMode) > 0 {
+		return h.race(w, r, rs, base, wk, done, next), true
+	}
+	res := h.try(r.Context(), wk, w, r, rs.body, base, canRetry, nil, next)
+	res.done, res.attempt = done, rs.attempts
+	h.record(res, panicMode)
+	if res.abort != nil {
+		panic(res.abort)
+	}
+	return res, true
+}
+
+// pickAllowed picks a worker whose breaker lets the request through; a
+// worker whose breaker refuses is skipped for the rest of this request.
+// In panic mode the breaker is bypassed and done is nil.
+func (h *Handler) pickAllowed(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, func(breaker.Outcome), bool) {
+	for {
+		wk, panicMode := h.pick(r, w, rs)
+		if wk == nil || panicMode {
+			return wk, nil, panicMode
+		}
+		done, err := wk.breaker.Allow()
+		if err == nil {
+			return wk, done, false
+		}
+		// half-open and at its limit, or it just opened
+		rs.skipped = append(rs.skipped, wk)
+	}
+}
+
 // requestState is what the request loop knows about one request.
 type requestState struct {
 	r        *http.Request
@@ -138,56 +171,95 @@ type requestState struct {
 	tried    []*worker // workers that got a try
 	skipped  []*worker // workers whose breaker refused this request
 	attempts int
+	hedges   int
 	last     *worker
 	lastCls  recovery.Classification
-	// lastStatus and lastErrText describe the last try for logs and the
-	// error history: a status, or the transport error's text.
-	lastStatus  int
-	lastErrText string
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
 }
 
-// try sends the request to one worker and classifies the outcome. A
-// failure response is held back when canRetry and the classification says
-// it is retryable.
-func (h *Handler) try(wk *worker, w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, canRetry bool, next caddyhttp.Handler) (*tryWriter, recovery.Classification, error) {
-	var trace tryTrace
-	ctx := httptrace.WithClientTrace(r.Context(), trace.clientTrace())
+// tryResult is the outcome of one try.
+type tryResult struct {
+	wk       *worker
+	tw       *tryWriter
+	cls      recovery.Classification
+	err      error // what the worker's reverse_proxy returned
+	status   int   // the upstream's status, 0 if none arrived
+	errText  string
+	canRetry bool
+	latency  time.Duration
+	attempt  int
+	done     func(breaker.Outcome)
+	// abort is reverse_proxy's http.ErrAbortHandler panic for a response
+	// that failed mid-stream after reaching the client; it is re-raised
+	// on the request's goroutine once the failure is recorded.
+	abort any
+}
 
-	var hold func(int, http.Header) bool
-	if canRetry {
-		hold = func(status int, hdr http.Header) bool {
+// try sends the request to one worker and classifies the outcome. A
+// failure response is held back when canRetry and it is retryable. In a
+// race (rc not nil), a response that is not held back must also win the
+// race to reach the client; a loser's response is discarded.
+func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r *http.Request, body *replayBody, base http.Header, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
+	var trace tryTrace
+	ctx = httptrace.WithClientTrace(ctx, trace.clientTrace())
+
+	tw := newTryWriter(w, base, h.maxHeld, nil)
+	tw.method = r.Method
+	tw.hold = func(status int, hdr http.Header) bool {
+		if canRetry {
 			cls := h.classifier.Classify(recovery.Attempt{Status: status, Header: hdr, Dialed: true, Wrote: true}, time.Now())
-			return cls.Failure && h.retryable(r, cls, status)
+			if cls.Failure && h.retryable(r, cls, status) {
+				return true
+			}
 		}
+		if rc != nil && !rc.claim(tw) {
+			tw.discard.Store(true)
+			return true
+		}
+		return false
 	}
-	tw := newTryWriter(w, base, h.maxHeld, hold)
+	if rc != nil {
+		tw.quiet = true // a racing try forwards no 1xx response
+	}
 
 	var cancel context.CancelFunc
+	ctx, cancel = context.WithCancel(ctx)
+	defer cancel()
+	if rc != nil {
+		rc.add(tw, cancel)
+	}
 	if h.perTry > 0 {
-		ctx, cancel = context.WithCancel(ctx)
 		t := time.AfterFunc(h.perTry, func() {
 			if !trace.gotResponse.Load() {
+				tw.timedOut.Store(true)
 				tw.discard.Store(true)
 				cancel()
 			}
 		})
 		defer t.Stop()
-		defer cancel()
 	}
 
 	rr := r.WithContext(ctx)
-	rs.body.reset(rr)
+	body.reset(rr)
 
 	start := time.Now()
+	token := wk.tracker.Start(start)
+	answered := false
+	tw.onHeader = func(status int) {
+		answered = true
+		wk.tracker.Done(token, time.Now(), 0, status >= 500)
+	}
 	wk.health.BeginRequest()
-	err := h.serveWorker(wk, tw, rr, next)
+	err, abort := h.serveWorker(wk, tw, rr, next)
 	wk.health.EndRequest()
-	h.metrics.latency(wk, time.Since(start))
+	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: time.Since(start), abort: abort}
+	if abort != nil {
+		err = io.ErrUnexpectedEOF
+		res.err = err
+	}
 
-	now := time.Now()
 	att := recovery.Attempt{
 		Err:    err,
 		Status: tw.status,
@@ -203,10 +275,11 @@ func (h *Handler) try(wk *worker, w http.ResponseWriter, r *http.Request, rs *re
 	switch {
 	case r.Context().Err() != nil:
 		att.Err, att.Status = context.Canceled, 0
-	case tw.discard.Load():
+	case tw.timedOut.Load():
 		att.Err, att.Status = timeoutError{errPerTryTimeout}, 0
 	case tw.status == 499 && err == nil:
-		// reverse_proxy reports a cancelled round trip as 499
+		// reverse_proxy reports a cancelled round trip as 499: here, a
+		// racing try that lost
 		att.Err, att.Status = context.Canceled, 0
 	case errors.Is(err, errHeldTooLarge):
 		// the failure status stands; the body was abandoned
@@ -214,41 +287,47 @@ func (h *Handler) try(wk *worker, w http.ResponseWriter, r *http.Request, rs *re
 	case err != nil && tw.status != 0 && !tw.passed && !tw.held:
 		att.Status = 0
 	}
-	cls := h.classifier.Classify(att, now)
-	rs.lastStatus, rs.lastErrText = att.Status, ""
+	now := time.Now()
+	res.cls = h.classifier.Classify(att, now)
+	res.status = att.Status
+	if !answered {
+		if res.cls.Kind == recovery.KindCanceled {
+			wk.tracker.Cancel(token, now, now.Sub(start))
+		} else {
+			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure)
+		}
+	}
 	if att.Err != nil {
-		rs.lastErrText = truncate(att.Err.Error(), 200)
+		res.errText = truncate(att.Err.Error(), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
 		// a held response whose body failed cannot be replayed
 		tw.discard.Store(true)
 	}
-	if cls.Failure && !tw.passed && !h.retryable(r, cls, att.Status) {
-		rs.unsafeErr = err
-		if err == nil && tw.held {
-			rs.unsafeErr = nil
-		}
-	}
-	return tw, cls, err
+	return res
 }
 
 // serveWorker runs the worker's own reverse_proxy handler. reverse_proxy
 // aborts a response whose body fails mid-stream by panicking with
-// http.ErrAbortHandler; when that response was held back, nothing reached
-// the client, so the panic is turned into an error and the request can be
-// retried. A response that was streaming to the client is aborted as
-// reverse_proxy intended.
-func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+// http.ErrAbortHandler. When that response was held back, nothing reached
+// the client, so the panic becomes an error and the request can be
+// retried; when it was streaming to the client, the panic is returned so
+// that the caller can record the failure and then abort as reverse_proxy
+// intended.
+func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (err error, abort any) {
 	defer func() {
 		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler && !tw.passed {
-				err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			if tw.passed {
+				abort = v
 				return
 			}
-			panic(v)
+			err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
 		}
 	}()
-	return wk.proxy.ServeHTTP(tw, r, next)
+	return wk.proxy.ServeHTTP(tw, r, next), nil
 }
 
 // tryTrace records what the transport did during one try: whether a

@@ -28,9 +28,19 @@ type tryWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 
 	header  http.Header
+	method  string // of the request, for messages
 	hold    func(status int, header http.Header) bool
 	limit   int64
-	discard atomic.Bool // set when the try was abandoned (per-try timeout)
+	quiet   bool        // drop 1xx responses (a racing try)
+
+	// onHeader, if set, is called once with the final status when the
+	// response headers arrive (the selection policy's latency sample).
+	onHeader func(status int)
+
+	// discard is set when the try's response must never reach the
+	// client: it timed out, or it lost a race. timedOut says which.
+	discard  atomic.Bool
+	timedOut atomic.Bool
 
 	status      int
 	wroteHeader bool
@@ -59,7 +69,7 @@ func (tw *tryWriter) WriteHeader(code int) {
 		return
 	}
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
-		if tw.discard.Load() {
+		if tw.quiet || tw.discard.Load() {
 			return
 		}
 		real := tw.ResponseWriter.Header()
@@ -71,6 +81,9 @@ func (tw *tryWriter) WriteHeader(code int) {
 	}
 	tw.wroteHeader = true
 	tw.status = code
+	if tw.onHeader != nil {
+		tw.onHeader(code)
+	}
 	if tw.discard.Load() || (tw.hold != nil && tw.hold(code, tw.header)) {
 		tw.held = true
 		return

@@ -16,6 +16,7 @@ import (
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/recovery"
+	"github.com/bifrost-proxy/bifrost/selection"
 )
 
 // states holds what must survive a config reload: one *workerState per
@@ -79,6 +80,7 @@ type poolState struct {
 	monitor *health.Monitor
 	manager *recovery.Manager
 	budget  *recovery.Budget
+	latency latencyRing // recent successful try latencies (hedge delay)
 
 	// changes carries breaker transitions out of the breakers' locks; a
 	// full channel drops the event (counted), never blocks a request.
@@ -129,6 +131,7 @@ type worker struct {
 	ps          *poolState
 	proxy       *reverseproxy.Handler
 	up          *reverseproxy.Upstream // proxy.Upstreams[0], what selection policies see
+	tracker     *selection.Tracker     // latency and load, when the policy learns them; may be nil
 	provisioned bool
 }
 

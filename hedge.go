@@ -1,0 +1,262 @@
+package bifrost
+
+import (
+	"context"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// HedgeConfig enables hedged requests: when a try of an idempotent,
+// replayable request has not answered after a delay, one more try is sent
+// to another worker; the first good response wins and the others are
+// cancelled. Hedges are retries as far as the retry budget and attempts
+// are concerned, so they cannot multiply load in an outage.
+type HedgeConfig struct {
+	// Delay is a fixed hedge delay. Without it, the delay is the pool's
+	// observed latency at Percentile ("auto"), measured over recent
+	// successful tries.
+	Delay caddy.Duration `json:"delay,omitempty"`
+
+	// Percentile of recent successful try latencies used as the automatic
+	// delay, 50-99.9. Default: 95.
+	Percentile float64 `json:"percentile,omitempty"`
+
+	// Max is the number of hedges one request may send. Default: 1.
+	Max int `json:"max,omitempty"`
+}
+
+// Hedging defaults.
+const (
+	defaultHedgePercentile = 95
+	// minHedgeDelay keeps an automatic delay from hedging every request
+	// of a very fast pool.
+	minHedgeDelay = 2 * time.Millisecond
+	// warmHedgeDelay is the automatic delay until enough latencies were
+	// seen to compute a percentile.
+	warmHedgeDelay = 100 * time.Millisecond
+	// latencySamples is the size of a pool's latency ring.
+	latencySamples = 512
+)
+
+// race coordinates the tries of one hedged request: the first try to
+// write a response that is not held back claims the client, and the
+// others are cancelled at once.
+type race struct {
+	winner atomic.Pointer[tryWriter]
+
+	mu      sync.Mutex
+	cancels map[*tryWriter]context.CancelFunc
+}
+
+// add registers a try's cancel function.
+func (rc *race) add(tw *tryWriter, cancel context.CancelFunc) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.cancels == nil {
+		rc.cancels = make(map[*tryWriter]context.CancelFunc)
+	}
+	rc.cancels[tw] = cancel
+	if w := rc.winner.Load(); w != nil && w != tw {
+		cancel() // started after the race was decided
+	}
+}
+
+// claim makes tw the winner if there is none yet, and cancels the other
+// tries. It reports whether tw is the winner.
+func (rc *race) claim(tw *tryWriter) bool {
+	if !rc.winner.CompareAndSwap(nil, tw) {
+		return rc.winner.Load() == tw
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for other, cancel := range rc.cancels {
+		if other != tw {
+			cancel()
+		}
+	}
+	return true
+}
+
+// hedgeDelay returns the delay after which the next try of this request
+// is hedged, or 0 when hedging does not apply: it is off, the request is
+// not idempotent or not replayable, it is an upgrade, or its hedges and
+// attempts are used up.
+func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
+	hc := h.hedge
+	if hc == nil || panicMode || !rs.body.replayable || rs.hedges >= hc.Max || rs.attempts >= h.policy.Attempts {
+		return 0
+	}
+	r := rs.r
+	if !slices.Contains(h.methods, r.Method) || r.Header.Get("Upgrade") != "" {
+		return 0
+	}
+	if hc.Delay > 0 {
+		return time.Duration(hc.Delay)
+	}
+	if d := time.Duration(h.pool.latency.percentile.Load()); d > 0 {
+		return max(d, minHedgeDelay)
+	}
+	return warmHedgeDelay
+}
+
+// race runs the first try and, each time the hedge delay passes without
+// an answer, one more try on another worker. It returns the outcome that
+// decides the request: the winner's, or a failure when every try failed.
+func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, first *worker, firstDone func(breaker.Outcome), next caddyhttp.Handler) tryResult {
+	rc := new(race)
+	results := make(chan tryResult, 1+h.hedge.Max)
+	launch := func(wk *worker, done func(breaker.Outcome), attempt int) {
+		// each racing try gets its own copy of the request's variables:
+		// reverse_proxy writes to them while preparing the request
+		ctx := r.Context()
+		if vars, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
+		}
+		go func() {
+			res := h.try(ctx, wk, w, r, rs.body, base, true, rc, next)
+			res.done, res.attempt = done, attempt
+			results <- res
+		}()
+	}
+
+	delay := h.hedgeDelay(rs, false)
+	launch(first, firstDone, rs.attempts)
+	running := 1
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+
+	var best tryResult
+	var abort any
+	for running > 0 {
+		select {
+		case res := <-results:
+			running--
+			h.record(res, false)
+			if res.abort != nil {
+				abort = res.abort
+			}
+			if best.tw == nil || better(res, best) {
+				best = res
+			}
+		case <-timer.C:
+			if rc.winner.Load() != nil || h.hedgeDelay(rs, false) == 0 {
+				continue
+			}
+			wk, done := h.pickFresh(r, w, rs)
+			if wk == nil {
+				continue
+			}
+			if !h.pool.budget.TryRetry(time.Now()) {
+				done(breaker.Excluded)
+				continue
+			}
+			rs.attempts++
+			rs.hedges++
+			rs.tried = append(rs.tried, wk)
+			h.metrics.hedge(wk)
+			launch(wk, done, rs.attempts)
+			running++
+			timer.Reset(delay)
+		}
+	}
+	if abort != nil {
+		panic(abort)
+	}
+	return best
+}
+
+// better reports whether a try's outcome should decide the request over
+// another's: a response that reached the client or succeeded beats a
+// failure, and a held-back failure response (which can be replayed) beats
+// an error.
+func better(a, b tryResult) bool {
+	decisive := func(r tryResult) bool {
+		return (!r.cls.Failure && r.cls.Kind != recovery.KindCanceled) || r.tw.passed
+	}
+	switch {
+	case decisive(a) != decisive(b):
+		return decisive(a)
+	case decisive(a):
+		return false
+	}
+	replayable := func(r tryResult) bool { return r.tw.held && !r.tw.discard.Load() }
+	if replayable(a) != replayable(b) {
+		return replayable(a)
+	}
+	// a loser that was cancelled says nothing: prefer a real failure
+	return b.cls.Kind == recovery.KindCanceled && a.cls.Kind != recovery.KindCanceled
+}
+
+// pickFresh picks an available worker that has not been tried for this
+// request and whose breaker lets it through, for a hedge.
+func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, func(breaker.Outcome)) {
+	var candidates []*worker
+	if up := h.selector.Select(h.upstreams, r, w); up != nil {
+		if wk := h.byUpstream[up]; wk != nil {
+			candidates = append(candidates, wk)
+		}
+	}
+	now := time.Now()
+	n := len(h.workers)
+	off := rand.IntN(n)
+	for i := range n {
+		candidates = append(candidates, h.workers[(off+i)%n])
+	}
+	for _, wk := range candidates {
+		if slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) || !wk.available(now) {
+			continue
+		}
+		done, err := wk.breaker.Allow()
+		if err != nil {
+			rs.skipped = append(rs.skipped, wk)
+			continue
+		}
+		return wk, done
+	}
+	return nil, nil
+}
+
+// latencyRing keeps a pool's recent successful try latencies, and the
+// percentile the automatic hedge delay uses, refreshed on the tick.
+type latencyRing struct {
+	mu      sync.Mutex
+	samples [latencySamples]time.Duration
+	n       int // samples written, capped at len(samples)
+	next    int
+
+	percentile atomic.Int64 // nanoseconds; 0 until enough samples
+}
+
+// observe adds one latency.
+func (lr *latencyRing) observe(d time.Duration) {
+	lr.mu.Lock()
+	lr.samples[lr.next] = d
+	lr.next = (lr.next + 1) % len(lr.samples)
+	lr.n = min(lr.n+1, len(lr.samples))
+	lr.mu.Unlock()
+}
+
+// refresh recomputes the percentile p (0-100) over the kept samples.
+func (lr *latencyRing) refresh(p float64) {
+	lr.mu.Lock()
+	s := slices.Clone(lr.samples[:lr.n])
+	lr.mu.Unlock()
+	if len(s) < 20 {
+		return
+	}
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := min(int(float64(len(s))*p/100), len(s)-1)
+	lr.percentile.Store(int64(s[i]))
+}

@@ -1,0 +1,63 @@
+// Package selection holds Bifrost's latency- and load-aware selection policy:
+// a per-upstream cost tracker and the Caddy selection policy module
+// http.reverse_proxy.selection_policies.bifrost_p2c built on it.
+//
+// # Cost model
+//
+// A [Tracker] keeps, for one upstream:
+//
+//   - a peak-EWMA latency estimate, as in Finagle's and linkerd's
+//     load balancers: an observation at or above the current estimate
+//     replaces it at once (slowness is believed immediately); an
+//     observation below it pulls the estimate towards it with the time
+//     constant decay (default 10s), so good news is believed gradually.
+//     Without news, the estimate decays towards zero with the same time
+//     constant: a worker that gets no traffic because it was slow is
+//     eventually tried again, and one fast answer brings it back (see
+//     [Tracker.Estimate] for the exact formula);
+//   - the number of requests in flight;
+//   - the start time of each in-flight request (exactly for up to 64
+//     concurrent requests, see [Tracker.Start]), so that the age of the
+//     oldest unanswered request is known at any instant.
+//
+// Its cost is
+//
+//	cost = max(estimate, age of the oldest unanswered request) × (in-flight + 1)
+//
+// in nanoseconds × requests. The age term is the hang detector: a worker
+// whose requests pile up without answers sees its cost rise at once and
+// keep rising, long before any timeout fires, while a worker that answers
+// keeps its cost near its latency. [Tracker.Stuck] counts the requests
+// older than a threshold, for callers that turn a hang into a failure.
+//
+// A worker with no observations yet has no estimate. [Tracker.Cost] then
+// uses Settings.Initial (default 1ms); the P2C policy uses the estimate of
+// the other candidate instead, so a new or reset worker competes on load
+// alone and earns traffic at once.
+//
+// A failure is recorded as the latency max(latency, 2 × estimate,
+// Settings.FailurePenalty): a fast failure (a refused connection, an
+// instant 502) must not make a broken worker look like the fastest one,
+// and repeated failures double the estimate each time (gentle first,
+// escalating on repetition). Breakers and isolation remain the tools that
+// take a failing worker out; the cost only steers traffic.
+//
+// # Feeding a tracker
+//
+// The caller wraps each try: token := t.Start(now) before the request is
+// sent, then exactly one of t.Done(token, ...) when the response headers
+// arrive or the try fails, or t.Cancel(token, ...) when the try is
+// abandoned without an answer (a cancelled hedge, a client that went away).
+// Done must be called at the response headers, not after the body has been
+// copied: a long download or an upgraded (WebSocket) connection is not an
+// unanswered request, and counting it as one would keep the worker's cost
+// high for as long as the stream lasts.
+//
+// # Concurrency
+//
+// Every Tracker method is lock-free (atomics only) and allocation-free, and
+// safe for concurrent use. A nil *Tracker is valid: it records nothing and
+// has no estimate, so callers need no nil checks. [Trackers], the registry
+// keyed by dial address, reads without locks and copies its map on the rare
+// writes. Nothing in this package starts a goroutine.
+package selection

@@ -1,0 +1,262 @@
+package selection
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(new(P2C))
+}
+
+// drawAttempts is how many random draws Select makes to find an available
+// candidate before it falls back to scanning the pool. Draws cost one
+// Available call each; the scan costs one per upstream, so it is kept for
+// pools that are mostly unavailable.
+const drawAttempts = 4
+
+// P2C is a latency- and load-aware selection policy, the default of
+// Bifrost: it picks two different available upstreams at random ("power of
+// two choices") and sends the request to the one with the lower cost,
+//
+//	max(latency estimate, age of its oldest unanswered request) × (requests in flight + 1)
+//
+// The latency estimate is a peak EWMA: a slow answer raises it at once, fast
+// answers lower it over time, and without answers it decays towards zero,
+// so an upstream that was avoided for being slow is tried again after a
+// while and wins its traffic back as soon as it answers fast. The age term
+// makes an upstream whose requests go unanswered (a hang) more expensive at
+// once, before any timeout fires.
+//
+// Latencies are fed by Bifrost's `bifrost` handler, which reports every try
+// to the policy's trackers. Under plain `reverse_proxy`, which reports
+// nothing, the policy knows only the number of active requests per upstream
+// (the count `least_conn` uses) and behaves like `random_choose 2`: the less
+// loaded of two random available upstreams. Either way the load is the
+// larger of the two counts it has, the tracker's and Caddy's.
+//
+// An upstream with no latency observations yet is given the estimate of the
+// other candidate, so a new or recovered upstream competes on load alone.
+// Ties go to either candidate at random. Picking costs no allocation.
+//
+// Latency state belongs to the policy instance: it starts afresh when the
+// configuration is reloaded, and is learned again within the first answers.
+type P2C struct {
+	// How quickly latency history is forgotten: the time constant of each
+	// upstream's latency estimate (default 10s). Without answers, an
+	// upstream's estimate falls to 37% of its value in this time, so an
+	// upstream that was avoided for being N times slower than its peers
+	// is tried again after about ln(N) × decay (e.g. 300× slower: about
+	// 6 × decay); answers faster than the estimate pull it down at the
+	// same rate. Shorter values recover faster and follow noise more.
+	Decay caddy.Duration `json:"decay,omitempty"`
+
+	once     sync.Once
+	trackers *Trackers
+	now      func() time.Time // injected by tests; nil means time.Now
+}
+
+// CaddyModule returns the Caddy module information.
+func (*P2C) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.bifrost_p2c",
+		New: func() caddy.Module { return new(P2C) },
+	}
+}
+
+// Provision sets up p.
+func (p *P2C) Provision(caddy.Context) error {
+	if p.Decay == 0 {
+		p.Decay = caddy.Duration(DefaultDecay)
+	}
+	p.once.Do(p.setup)
+	return nil
+}
+
+// Validate ensures that p's configuration is valid.
+func (p *P2C) Validate() error {
+	if p.Decay < 0 {
+		return fmt.Errorf("decay must be positive, got %s", time.Duration(p.Decay))
+	}
+	return nil
+}
+
+// setup creates the tracker registry. It runs once, from Provision or from
+// the first use of a P2C built in Go without provisioning.
+func (p *P2C) setup() {
+	p.trackers = NewTrackers(Settings{Decay: time.Duration(p.Decay)})
+}
+
+// Tracker returns the tracker of the upstream with the given dial address
+// (its Dial as configured), creating it if needed. The caller feeds it with
+// Start and Done around each try; see the package documentation. Call it
+// only for configured upstreams: the registry is bounded, and returns nil
+// (a valid tracker that records nothing) once full.
+func (p *P2C) Tracker(dial string) *Tracker {
+	p.once.Do(p.setup)
+	return p.trackers.GetOrCreate(dial)
+}
+
+// Trackers returns the policy's tracker registry, for removing stale
+// entries or reading them.
+func (p *P2C) Trackers() *Trackers {
+	p.once.Do(p.setup)
+	return p.trackers
+}
+
+// Select returns the cheaper of two random available upstreams, the only
+// one if just one is available, or nil if none is.
+func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+	p.once.Do(p.setup)
+	a, b := pickTwo(pool)
+	if b != nil && p.cheaper(b, a) {
+		return b
+	}
+	return a
+}
+
+// cheaper reports whether sending the request to b costs less than to a.
+// On a tie it returns false: a is the first of two random draws, so that
+// breaks ties at random.
+func (p *P2C) cheaper(b, a *reverseproxy.Upstream) bool {
+	ta, tb := p.trackers.Get(a.Dial), p.trackers.Get(b.Dial)
+	if ta == nil && tb == nil {
+		// Plain reverse_proxy: nothing is fed, and costs with equal
+		// latencies compare as the loads do (no clock needed).
+		return numRequests(b) < numRequests(a)
+	}
+	now := p.clock()
+	va, vb := ta.view(now), tb.view(now)
+	va.inflight = max(va.inflight, numRequests(a))
+	vb.inflight = max(vb.inflight, numRequests(b))
+	switch {
+	case va.known && !vb.known:
+		vb.latency = va.latency
+	case vb.known && !va.known:
+		va.latency = vb.latency
+	case !va.known && !vb.known:
+		va.latency = float64(p.trackers.Settings().Initial)
+		vb.latency = va.latency
+	}
+	return cost(vb.latency, vb.age, vb.inflight) < cost(va.latency, va.age, va.inflight)
+}
+
+func (p *P2C) clock() time.Time {
+	if p.now != nil {
+		return p.now()
+	}
+	return time.Now()
+}
+
+// numRequests returns Caddy's count of active requests to u, which every
+// handler dialing the same address shares.
+func numRequests(u *reverseproxy.Upstream) int64 {
+	if u.Host == nil {
+		return 0
+	}
+	return int64(u.NumRequests())
+}
+
+// available reports whether u may be selected.
+func available(u *reverseproxy.Upstream) bool {
+	return u != nil && u.Available()
+}
+
+// pickTwo returns two different available upstreams of pool, each pair
+// equally likely, in random order; b is nil if only one is available, and
+// both are nil if none is. It draws at random first, so a mostly
+// available pool costs a few Available calls whatever its size, and falls
+// back to a reservoir scan when draws keep hitting unavailable upstreams.
+// Rejected draws and the scan both sample uniformly among the available
+// upstreams, so their mix does too.
+func pickTwo(pool reverseproxy.UpstreamPool) (a, b *reverseproxy.Upstream) {
+	n := len(pool)
+	if n == 0 {
+		return nil, nil
+	}
+	ia := -1
+	for range drawAttempts {
+		if i := rand.IntN(n); available(pool[i]) { //nolint:gosec // load balancing, not security
+			ia = i
+			break
+		}
+	}
+	if ia < 0 {
+		if ia = scanOne(pool, -1); ia < 0 {
+			return nil, nil
+		}
+	}
+	if n == 1 {
+		return pool[ia], nil
+	}
+	for range drawAttempts {
+		j := rand.IntN(n - 1) //nolint:gosec // load balancing, not security
+		if j >= ia {
+			j++ // skip ia: j is uniform over the others
+		}
+		if available(pool[j]) {
+			return pool[ia], pool[j]
+		}
+	}
+	if ib := scanOne(pool, ia); ib >= 0 {
+		return pool[ia], pool[ib]
+	}
+	return pool[ia], nil
+}
+
+// scanOne returns the index of an available upstream of pool other than
+// skip, chosen uniformly by reservoir sampling, or -1 if there is none.
+func scanOne(pool reverseproxy.UpstreamPool, skip int) int {
+	chosen, seen := -1, 0
+	for i, u := range pool {
+		if i == skip || !available(u) {
+			continue
+		}
+		seen++
+		if rand.IntN(seen) == 0 { //nolint:gosec // load balancing, not security
+			chosen = i
+		}
+	}
+	return chosen
+}
+
+// UnmarshalCaddyfile sets up the module from Caddyfile tokens. Syntax:
+//
+//	lb_policy bifrost_p2c [<decay>]
+//
+// decay is a duration (default 10s); see the Decay field.
+func (p *P2C) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	if d.NextArg() {
+		dur, err := caddy.ParseDuration(d.Val())
+		if err != nil {
+			return d.Errf("invalid decay '%s': %v", d.Val(), err)
+		}
+		if dur <= 0 {
+			return d.Errf("invalid decay '%s': must be positive", d.Val())
+		}
+		p.Decay = caddy.Duration(dur)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("bifrost_p2c takes no block; unrecognized subdirective '%s'", d.Val())
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*P2C)(nil)
+	_ caddy.Validator       = (*P2C)(nil)
+	_ caddyfile.Unmarshaler = (*P2C)(nil)
+	_ reverseproxy.Selector = (*P2C)(nil)
+)

@@ -1,0 +1,424 @@
+package selection
+
+import (
+	"math"
+	"math/bits"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// DefaultDecay is the time constant of the latency estimate, the
+	// default of Finagle's and linkerd's peak-EWMA balancers.
+	DefaultDecay = 10 * time.Second
+
+	// DefaultInitial is the latency [Tracker.Cost] assumes for a tracker
+	// with no observations.
+	DefaultInitial = time.Millisecond
+
+	// DefaultFailurePenalty is the smallest latency a failure is recorded
+	// as. Together with the doubling of the estimate it keeps a worker with
+	// a sub-millisecond estimate from looking fastest right after it failed,
+	// while one failure still costs a healthy worker only seconds of traffic.
+	DefaultFailurePenalty = time.Millisecond
+
+	// DefaultMaxTrackers bounds a [Trackers] registry. Entries are created
+	// per configured upstream, so this is a guard against misuse (dial
+	// addresses taken from requests), not a limit real pools reach.
+	DefaultMaxTrackers = 4096
+)
+
+const (
+	// slotCount is the number of in-flight requests whose start time a
+	// tracker keeps, one bit each in Tracker.busy.
+	slotCount = 64
+
+	// slotMask selects the slot number (plus one) in the low bits of a
+	// token; the other bits are the start time, truncated to 128ns.
+	slotMask = 0x7F
+
+	// maxEstimate caps the estimate so that repeated failures, each of
+	// which doubles it, can never overflow it.
+	maxEstimate = float64(10 * time.Minute)
+
+	// monoOffset keeps mono's results positive for any realistic time, so
+	// that 0 can mean "empty" in the slots.
+	monoOffset = int64(1) << 62
+)
+
+// epoch is the origin of the timestamps kept in atomics. Times from
+// time.Now carry a monotonic reading, so the differences taken against
+// epoch do not move when the wall clock is stepped; injected test clocks
+// use their wall times.
+var epoch = time.Now()
+
+// mono converts t to the nanosecond timestamps kept in atomics.
+func mono(t time.Time) int64 {
+	return int64(t.Sub(epoch)) + monoOffset
+}
+
+// Settings configures trackers. The zero value of each field selects its
+// default.
+type Settings struct {
+	// Decay is the time constant of the latency estimate: without news
+	// the estimate falls to 1/e (37%) of its value in Decay, and an
+	// observation below it moves it from there towards the observation by
+	// the share 1 - exp(-elapsed/Decay), elapsed being the time since the
+	// previous observation (see Tracker.Estimate). Zero or less selects
+	// DefaultDecay.
+	Decay time.Duration
+
+	// Initial is the latency Tracker.Cost assumes before the first
+	// observation. Zero or less selects DefaultInitial.
+	Initial time.Duration
+
+	// FailurePenalty is the smallest latency a failure is recorded as;
+	// see Tracker.Done. Zero or less selects DefaultFailurePenalty.
+	FailurePenalty time.Duration
+
+	// MaxTrackers bounds the number of entries of a Trackers registry.
+	// Zero or less selects DefaultMaxTrackers.
+	MaxTrackers int
+}
+
+// withDefaults returns s with every unset field at its default.
+func (s Settings) withDefaults() Settings {
+	if s.Decay <= 0 {
+		s.Decay = DefaultDecay
+	}
+	if s.Initial <= 0 {
+		s.Initial = DefaultInitial
+	}
+	if s.FailurePenalty <= 0 {
+		s.FailurePenalty = DefaultFailurePenalty
+	}
+	if s.MaxTrackers <= 0 {
+		s.MaxTrackers = DefaultMaxTrackers
+	}
+	return s
+}
+
+// Tracker tracks the latency and load of one upstream; see the package
+// documentation for the cost model. Create it with NewTracker or through a
+// Trackers registry; the zero value works with the default settings. A
+// Tracker is safe for concurrent use and must not be copied after first
+// use. Every method is also safe on a nil *Tracker, which records nothing.
+type Tracker struct {
+	decay   float64 // ns
+	initial float64 // ns
+	penalty float64 // ns
+
+	inflight atomic.Int64
+
+	// estimate holds the float64 bits of the latency estimate in ns as of
+	// stamp (a mono timestamp); 0 means "no observation yet" (observations
+	// are at least 1ns, and nothing decays a stored estimate to 0).
+	estimate atomic.Uint64
+	stamp    atomic.Int64
+
+	// busy has bit i set while slots[i] belongs to an in-flight request.
+	// A slot holds that request's token, 0 while it is being filled.
+	busy  atomic.Uint64
+	slots [slotCount]atomic.Int64
+}
+
+// NewTracker returns a tracker with the given settings (MaxTrackers is
+// ignored).
+func NewTracker(s Settings) *Tracker {
+	s = s.withDefaults()
+	return &Tracker{
+		decay:   float64(s.Decay),
+		initial: float64(s.Initial),
+		penalty: float64(s.FailurePenalty),
+	}
+}
+
+// Start records that a request to the upstream begins at now and returns
+// the token to pass to Done or Cancel. Its start time is kept exactly while
+// fewer than 64 requests are in flight; beyond that, further requests are
+// counted but not timed (their token is 0), so the age of the oldest
+// request is then the oldest among the 64 timed ones, and Stuck counts
+// those only. A worker that hangs fills its 64 slots with its oldest
+// requests, which is exactly what the age term needs to see.
+func (t *Tracker) Start(now time.Time) (token int64) {
+	if t == nil {
+		return 0
+	}
+	t.inflight.Add(1)
+	for {
+		m := t.busy.Load()
+		if m == math.MaxUint64 {
+			return 0
+		}
+		i := bits.TrailingZeros64(^m)
+		if t.busy.CompareAndSwap(m, m|1<<i) {
+			token = mono(now)&^slotMask | int64(i+1)
+			t.slots[i].Store(token)
+			return token
+		}
+	}
+}
+
+// release frees the slot of token and the in-flight count. It returns
+// false for a token that is not in flight (already released, or not from
+// this tracker), which is then ignored.
+func (t *Tracker) release(token int64) bool {
+	if token != 0 {
+		i := int(token&slotMask) - 1
+		if i < 0 || i >= slotCount || !t.slots[i].CompareAndSwap(token, 0) {
+			return false
+		}
+		// The slot is cleared before its bit, so a reader that sees the
+		// bit set finds either this request's token, 0, or the token of
+		// the request that takes the slot next: never a stale one.
+		t.busy.And(^(uint64(1) << i))
+	}
+	t.inflight.Add(-1)
+	return true
+}
+
+// Done records the answer to the request of token at now, after latency.
+// A latency of zero or less is replaced by the time since Start when the
+// request was timed. If failed is true, the request counts as a failure
+// and is recorded as the latency
+//
+//	max(latency, 2 × current estimate, Settings.FailurePenalty)
+//
+// (with Settings.Initial standing in for a missing estimate), so every
+// failure at least doubles the estimate. A token that is not in flight
+// (already finished) is ignored; a 0 token always releases one in-flight
+// request, since untimed requests cannot be told apart.
+func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed bool) {
+	if t == nil || !t.release(token) {
+		return
+	}
+	x := float64(latency)
+	if x <= 0 && token != 0 {
+		x = float64(mono(now) - token&^slotMask)
+	}
+	t.observe(mono(now), max(x, 1), failed)
+}
+
+// Cancel releases the request of token without an answer, after elapsed
+// (a cancelled hedge, a client that went away). Its latency is only known
+// to be at least elapsed, so the estimate is raised to elapsed if it was
+// lower and otherwise left alone: a loser that was slow counts as slow, a
+// client that left early changes nothing.
+func (t *Tracker) Cancel(token int64, now time.Time, elapsed time.Duration) {
+	if t == nil || !t.release(token) {
+		return
+	}
+	if elapsed > 0 {
+		t.raise(mono(now), float64(elapsed))
+	}
+}
+
+// observe folds the latency x (ns, at least 1) observed at now into the
+// estimate.
+func (t *Tracker) observe(now int64, x float64, failed bool) {
+	w := t.weight(t.advance(now))
+	for {
+		oldBits := t.estimate.Load()
+		old := math.Float64frombits(oldBits)
+		cur := old * w // the estimate as readers see it now
+		obs := x
+		if failed {
+			base := cur
+			if old == 0 {
+				base = t.initialNs()
+			}
+			obs = max(obs, 2*base, t.penaltyNs())
+		}
+		est := obs
+		if old != 0 && obs < cur {
+			// Below the estimate: move from it towards obs by the share
+			// 1-w that the elapsed time gives.
+			est = obs + (cur-obs)*w
+		}
+		est = min(est, maxEstimate)
+		if t.estimate.CompareAndSwap(oldBits, math.Float64bits(est)) {
+			return
+		}
+	}
+}
+
+// raise lifts the estimate to x if it is lower; see Cancel.
+func (t *Tracker) raise(now int64, x float64) {
+	for {
+		oldBits := t.estimate.Load()
+		old := math.Float64frombits(oldBits)
+		if old != 0 && x <= old*t.weight(max(now-t.stamp.Load(), 0)) {
+			return
+		}
+		if t.estimate.CompareAndSwap(oldBits, math.Float64bits(min(x, maxEstimate))) {
+			t.advance(now)
+			return
+		}
+	}
+}
+
+// advance moves the estimate's stamp forward to now and returns the time
+// it moved (0 if now is not after it). Concurrent updates each get a
+// disjoint share of the elapsed time, so decay is applied once in total.
+func (t *Tracker) advance(now int64) int64 {
+	for {
+		prev := t.stamp.Load()
+		if now <= prev {
+			return 0
+		}
+		if t.stamp.CompareAndSwap(prev, now) {
+			if prev == 0 {
+				return 0 // first observation: nothing to decay
+			}
+			return now - prev
+		}
+	}
+}
+
+// weight returns exp(-dt/decay), the share of the estimate that survives
+// dt nanoseconds without news.
+func (t *Tracker) weight(dt int64) float64 {
+	if dt <= 0 {
+		return 1
+	}
+	x := float64(dt) / t.decayNs()
+	if x < 1e-3 {
+		// A fed worker's estimate is milliseconds old: a Taylor series
+		// is exact to 1e-10 there and costs a tenth of math.Exp.
+		return 1 - x*(1-x/2)
+	}
+	return math.Exp(-x)
+}
+
+func (t *Tracker) decayNs() float64 {
+	if t.decay > 0 {
+		return t.decay
+	}
+	return float64(DefaultDecay)
+}
+
+func (t *Tracker) initialNs() float64 {
+	if t.initial > 0 {
+		return t.initial
+	}
+	return float64(DefaultInitial)
+}
+
+func (t *Tracker) penaltyNs() float64 {
+	if t.penalty > 0 {
+		return t.penalty
+	}
+	return float64(DefaultFailurePenalty)
+}
+
+// view is what a cost is computed from, read at one instant.
+type view struct {
+	latency  float64 // the estimate in ns, 0 if !known
+	known    bool    // whether there has been an observation
+	inflight int64
+	age      float64 // ns since the start of the oldest timed request in flight
+}
+
+// view reads the tracker at now. A nil tracker gives the zero view.
+func (t *Tracker) view(now time.Time) view {
+	if t == nil {
+		return view{}
+	}
+	n := mono(now)
+	v := view{inflight: max(t.inflight.Load(), 0)}
+	if est := math.Float64frombits(t.estimate.Load()); est != 0 {
+		v.latency = est * t.weight(n-t.stamp.Load())
+		v.known = true
+	}
+	if v.inflight > 0 {
+		if oldest, ok := t.oldest(); ok {
+			v.age = float64(max(n-oldest, 0))
+		}
+	}
+	return v
+}
+
+// oldest returns the start time (mono) of the oldest timed request in
+// flight.
+func (t *Tracker) oldest() (int64, bool) {
+	var first int64
+	found := false
+	for m := t.busy.Load(); m != 0; m &= m - 1 {
+		tok := t.slots[bits.TrailingZeros64(m)].Load()
+		if tok == 0 {
+			continue // being filled: it starts now
+		}
+		if start := tok &^ slotMask; !found || start < first {
+			first, found = start, true
+		}
+	}
+	return first, found
+}
+
+// cost is the cost formula of the package documentation.
+func cost(latency, age float64, inflight int64) float64 {
+	return max(latency, age) * float64(inflight+1)
+}
+
+// Cost returns the cost of sending one more request to the upstream at
+// now, in nanoseconds × requests:
+//
+//	max(estimate, age of the oldest unanswered request) × (in-flight + 1)
+//
+// with Settings.Initial as the estimate before the first observation.
+// Lower is better. A nil tracker costs 0.
+func (t *Tracker) Cost(now time.Time) float64 {
+	if t == nil {
+		return 0
+	}
+	v := t.view(now)
+	if !v.known {
+		v.latency = t.initialNs()
+	}
+	return cost(v.latency, v.age, v.inflight)
+}
+
+// Estimate returns the latency estimate at now, and false if there has
+// been no observation yet. If E was stored at time s, the estimate at t
+// is E × exp(-(t-s)/decay). An observation x at t stores
+//
+//	x                          if x ≥ the estimate at t (peak: at once)
+//	x + (estimate − x) × w     otherwise, with w = exp(-(t-s)/decay)
+//
+// where s is the time of the previous observation.
+func (t *Tracker) Estimate(now time.Time) (time.Duration, bool) {
+	v := t.view(now)
+	return time.Duration(v.latency), v.known
+}
+
+// InFlight returns the number of requests started and not yet finished.
+func (t *Tracker) InFlight() int {
+	if t == nil {
+		return 0
+	}
+	return int(max(t.inflight.Load(), 0))
+}
+
+// OldestAge returns how long the oldest timed request in flight has been
+// waiting for an answer at now, 0 if none is in flight.
+func (t *Tracker) OldestAge(now time.Time) time.Duration {
+	return time.Duration(t.view(now).age)
+}
+
+// Stuck returns how many timed in-flight requests started more than
+// threshold before now: the hang detector's count. It is at most 64; see
+// Start.
+func (t *Tracker) Stuck(now time.Time, threshold time.Duration) int {
+	if t == nil {
+		return 0
+	}
+	limit := mono(now) - int64(threshold)
+	n := 0
+	for m := t.busy.Load(); m != 0; m &= m - 1 {
+		tok := t.slots[bits.TrailingZeros64(m)].Load()
+		if tok != 0 && tok&^slotMask < limit {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,499 @@
+package selection
+
+import (
+	"math"
+	"sync"
+	"testing"
+	"time"
+)
+
+// t0 is the start of every injected clock. It is a wall-clock time with no
+// monotonic reading, as injected clocks are.
+var t0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const ms = float64(time.Millisecond)
+
+// fakeClock is an injected clock that moves only when told to.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func (c *fakeClock) advance(d time.Duration) time.Time {
+	c.t = c.t.Add(d)
+	return c.t
+}
+
+// observeAt records one answered request that took lat and was answered at.
+func observeAt(tr *Tracker, at time.Time, lat time.Duration) {
+	tr.Done(tr.Start(at.Add(-lat)), at, lat, false)
+}
+
+// near reports whether got is within a relative tolerance of want. Ages are
+// kept to 128ns, and decay factors are floats, so exact equality is not
+// expected.
+func near(got, want float64) bool {
+	return math.Abs(got-want) <= 1e-6*math.Abs(want)+1024
+}
+
+// decayed is the read view of an estimate e after dt with the default decay.
+func decayed(e float64, dt time.Duration) float64 {
+	return e * math.Exp(-float64(dt)/float64(DefaultDecay))
+}
+
+func TestCost(t *testing.T) {
+	tests := []struct {
+		name string
+		// setup prepares the tracker; the cost is read at t0+at.
+		setup func(tr *Tracker)
+		at    time.Duration
+		want  float64
+	}{
+		{
+			name:  "no observations, idle: the initial latency",
+			setup: func(*Tracker) {},
+			want:  1 * ms,
+		},
+		{
+			name: "no observations, two fresh requests in flight",
+			setup: func(tr *Tracker) {
+				tr.Start(t0)
+				tr.Start(t0)
+			},
+			want: 1 * ms * 3,
+		},
+		{
+			name:  "estimate, idle",
+			setup: func(tr *Tracker) { observeAt(tr, t0, 10*time.Millisecond) },
+			want:  10 * ms,
+		},
+		{
+			name: "estimate, one young request: latency × 2",
+			setup: func(tr *Tracker) {
+				observeAt(tr, t0, 10*time.Millisecond)
+				tr.Start(t0)
+			},
+			at:   time.Millisecond,
+			want: decayed(10*ms, time.Millisecond) * 2,
+		},
+		{
+			name: "one request older than the estimate: age × 2 (hang term)",
+			setup: func(tr *Tracker) {
+				observeAt(tr, t0, 10*time.Millisecond)
+				tr.Start(t0)
+			},
+			at:   50 * time.Millisecond,
+			want: 50 * ms * 2,
+		},
+		{
+			name: "three requests: the oldest one's age counts",
+			setup: func(tr *Tracker) {
+				observeAt(tr, t0, time.Millisecond)
+				tr.Start(t0)
+				tr.Start(t0.Add(20 * time.Millisecond))
+				tr.Start(t0.Add(25 * time.Millisecond))
+			},
+			at:   30 * time.Millisecond,
+			want: 30 * ms * 4,
+		},
+		{
+			name: "the oldest request answered: the next oldest counts",
+			setup: func(tr *Tracker) {
+				observeAt(tr, t0, time.Millisecond)
+				first := tr.Start(t0)
+				tr.Start(t0.Add(20 * time.Millisecond))
+				tr.Done(first, t0.Add(21*time.Millisecond), time.Millisecond, false)
+			},
+			at: 30 * time.Millisecond,
+			// the estimate after the 1ms answer is 1ms (a peak over the
+			// decayed 1ms), then 9ms of read decay; the young request's age
+			// (10ms) is larger
+			want: 10 * ms * 2,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTracker(Settings{})
+			tc.setup(tr)
+			if got := tr.Cost(t0.Add(tc.at)); !near(got, tc.want) {
+				t.Errorf("Cost = %.0fns, want %.0fns", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEstimatePeakAndDecay(t *testing.T) {
+	e := math.Exp(-1)
+	tests := []struct {
+		name  string
+		decay time.Duration
+		// observations: latency answered at t0+at, in order
+		obs []struct {
+			at  time.Duration
+			lat time.Duration
+		}
+		readAt time.Duration
+		want   float64
+	}{
+		{
+			name:   "first observation is the estimate",
+			obs:    obsList(0, 5*time.Millisecond),
+			readAt: 0,
+			want:   5 * ms,
+		},
+		{
+			name:   "peak: a slower answer replaces the estimate at once",
+			obs:    obsList(0, 10*time.Millisecond, time.Second, 100*time.Millisecond),
+			readAt: time.Second,
+			want:   100 * ms,
+		},
+		{
+			name:   "a faster answer at the same instant changes nothing",
+			obs:    obsList(0, 100*time.Millisecond, 0, time.Millisecond),
+			readAt: 0,
+			want:   100 * ms,
+		},
+		{
+			name:   "a faster answer one decay later moves it towards the answer",
+			obs:    obsList(0, 100*time.Millisecond, 10*time.Second, time.Millisecond),
+			readAt: 10 * time.Second,
+			// read view 100/e, then 1 + (100/e - 1)·e^-1
+			want: 1*ms + (100*ms*e-1*ms)*e,
+		},
+		{
+			name:   "after many decays one fast answer is believed",
+			obs:    obsList(0, 300*time.Millisecond, 100*time.Second, time.Millisecond),
+			readAt: 100 * time.Second,
+			want:   1*ms + (300*ms*math.Exp(-10)-1*ms)*math.Exp(-10),
+		},
+		{
+			name:   "without news the estimate decays towards zero",
+			obs:    obsList(0, 100*time.Millisecond),
+			readAt: 10 * time.Second,
+			want:   100 * ms * e,
+		},
+		{
+			name:   "decay is configurable",
+			decay:  time.Second,
+			obs:    obsList(0, 100*time.Millisecond),
+			readAt: 5 * time.Second,
+			want:   100 * ms * math.Exp(-5),
+		},
+		{
+			name:   "an answer above the decayed estimate is a peak",
+			obs:    obsList(0, 100*time.Millisecond, 10*time.Second, 50*time.Millisecond),
+			readAt: 10 * time.Second,
+			want:   50 * ms, // 50 > 100/e ≈ 36.8
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTracker(Settings{Decay: tc.decay})
+			for _, o := range tc.obs {
+				observeAt(tr, t0.Add(o.at), o.lat)
+			}
+			got, ok := tr.Estimate(t0.Add(tc.readAt))
+			if !ok {
+				t.Fatal("Estimate reports no observation")
+			}
+			if !near(float64(got), tc.want) {
+				t.Errorf("Estimate = %v, want %v", got, time.Duration(tc.want))
+			}
+		})
+	}
+}
+
+// obsList builds observations from (at, latency) pairs.
+func obsList(pairs ...time.Duration) []struct {
+	at  time.Duration
+	lat time.Duration
+} {
+	out := make([]struct {
+		at  time.Duration
+		lat time.Duration
+	}, 0, len(pairs)/2)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		out = append(out, struct {
+			at  time.Duration
+			lat time.Duration
+		}{pairs[i], pairs[i+1]})
+	}
+	return out
+}
+
+func TestEstimateConvergesToSteadyLatency(t *testing.T) {
+	// A worker that was slow and now answers in 2ms at 500 req/s must end
+	// up with an estimate of 2ms, not below it (no bias towards zero).
+	tr := NewTracker(Settings{})
+	clock := fakeClock{t0}
+	observeAt(tr, clock.now(), 50*time.Millisecond)
+	for range 50_000 { // 100s
+		observeAt(tr, clock.advance(2*time.Millisecond), 2*time.Millisecond)
+	}
+	got, _ := tr.Estimate(clock.now())
+	if !near(float64(got), 2*ms) {
+		t.Errorf("Estimate = %v, want 2ms", got)
+	}
+}
+
+func TestFailurePenalty(t *testing.T) {
+	tests := []struct {
+		name    string
+		prior   time.Duration // observed at t0; 0 means none
+		latency time.Duration // of the failure, at t0
+		want    float64
+	}{
+		{"no estimate, fast failure: twice the initial latency", 0, 100 * time.Microsecond, 2 * ms},
+		{"fast failure doubles the estimate", 10 * time.Millisecond, time.Millisecond, 20 * ms},
+		{"slow failure (timeout) counts its latency", 10 * time.Millisecond, 3 * time.Second, 3000 * ms},
+		{"tiny estimate: the penalty floor", 100 * time.Microsecond, 50 * time.Microsecond, 1 * ms},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTracker(Settings{})
+			if tc.prior > 0 {
+				observeAt(tr, t0, tc.prior)
+			}
+			tr.Done(tr.Start(t0.Add(-tc.latency)), t0, tc.latency, true)
+			got, _ := tr.Estimate(t0)
+			if !near(float64(got), tc.want) {
+				t.Errorf("Estimate = %v, want %v", got, time.Duration(tc.want))
+			}
+		})
+	}
+
+	t.Run("repeated failures stay finite", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		for range 2000 {
+			tr.Done(tr.Start(t0), t0, time.Millisecond, true)
+		}
+		got, _ := tr.Estimate(t0)
+		if float64(got) != maxEstimate {
+			t.Errorf("Estimate = %v, want the cap %v", got, time.Duration(maxEstimate))
+		}
+	})
+}
+
+func TestCancel(t *testing.T) {
+	tests := []struct {
+		name    string
+		elapsed time.Duration
+		want    float64
+	}{
+		{"a slow loser raises the estimate", 300 * time.Millisecond, 300 * ms},
+		{"a client that left early changes nothing", time.Millisecond, 10 * ms},
+		{"zero elapsed changes nothing", 0, 10 * ms},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTracker(Settings{})
+			observeAt(tr, t0, 10*time.Millisecond)
+			tok := tr.Start(t0)
+			tr.Cancel(tok, t0, tc.elapsed)
+			if got, _ := tr.Estimate(t0); !near(float64(got), tc.want) {
+				t.Errorf("Estimate = %v, want %v", got, time.Duration(tc.want))
+			}
+			if n := tr.InFlight(); n != 0 {
+				t.Errorf("InFlight = %d after Cancel, want 0", n)
+			}
+		})
+	}
+}
+
+func TestDoneWithoutLatencyUsesStart(t *testing.T) {
+	tr := NewTracker(Settings{})
+	tok := tr.Start(t0)
+	tr.Done(tok, t0.Add(7*time.Millisecond), 0, false)
+	if got, _ := tr.Estimate(t0.Add(7 * time.Millisecond)); !near(float64(got), 7*ms) {
+		t.Errorf("Estimate = %v, want 7ms", got)
+	}
+}
+
+func TestHangDetection(t *testing.T) {
+	tr := NewTracker(Settings{})
+	observeAt(tr, t0, time.Millisecond)
+	healthy := tr.Cost(t0)
+
+	// The hung request: its cost rises with its age, before any timeout.
+	hung := tr.Start(t0)
+	steps := []struct {
+		at        time.Duration
+		wantCost  float64
+		wantStuck int // older than 10ms
+	}{
+		{0, decayed(1*ms, 0) * 2, 0},
+		{5 * time.Millisecond, 5 * ms * 2, 0},
+		{50 * time.Millisecond, 50 * ms * 2, 1},
+		{time.Second, 1000 * ms * 2, 1},
+	}
+	for _, s := range steps {
+		now := t0.Add(s.at)
+		if got := tr.Cost(now); !near(got, s.wantCost) {
+			t.Errorf("at %v: Cost = %.0f, want %.0f", s.at, got, s.wantCost)
+		}
+		if got := tr.Stuck(now, 10*time.Millisecond); got != s.wantStuck {
+			t.Errorf("at %v: Stuck = %d, want %d", s.at, got, s.wantStuck)
+		}
+	}
+	if c := tr.Cost(t0.Add(5 * time.Millisecond)); c <= healthy*5 {
+		t.Errorf("5ms into a hang the cost %.0f is not well above the healthy %.0f", c, healthy)
+	}
+
+	// More requests pile up; Stuck counts the ones past the threshold.
+	tr.Start(t0.Add(995 * time.Millisecond))
+	late := tr.Start(t0.Add(999 * time.Millisecond))
+	now := t0.Add(time.Second)
+	if got := tr.Stuck(now, 10*time.Millisecond); got != 1 {
+		t.Errorf("Stuck(10ms) = %d, want 1", got)
+	}
+	if got := tr.Stuck(now, 2*time.Millisecond); got != 2 {
+		t.Errorf("Stuck(2ms) = %d, want 2", got)
+	}
+	if got := tr.OldestAge(now); !near(float64(got), 1000*ms) {
+		t.Errorf("OldestAge = %v, want 1s", got)
+	}
+
+	// The hung request times out: it is a failure with its latency, and
+	// the next oldest request's age takes over.
+	tr.Done(hung, now, time.Second, true)
+	if got := tr.Stuck(now, 2*time.Millisecond); got != 1 {
+		t.Errorf("after the timeout Stuck(2ms) = %d, want 1", got)
+	}
+	if got := tr.OldestAge(now); !near(float64(got), 5*ms) {
+		t.Errorf("after the timeout OldestAge = %v, want 5ms", got)
+	}
+	tr.Cancel(late, now, time.Millisecond)
+	if got := tr.InFlight(); got != 1 {
+		t.Errorf("InFlight = %d, want 1", got)
+	}
+}
+
+func TestSlotsOverflowAndRepeatedTokens(t *testing.T) {
+	tr := NewTracker(Settings{})
+	tokens := make([]int64, 0, slotCount+6)
+	for i := range slotCount + 6 {
+		tokens = append(tokens, tr.Start(t0.Add(time.Duration(i)*time.Millisecond)))
+	}
+	untimed := 0
+	for _, tok := range tokens {
+		if tok == 0 {
+			untimed++
+		}
+	}
+	if untimed != 6 {
+		t.Fatalf("%d untimed tokens, want 6", untimed)
+	}
+	now := t0.Add(time.Second)
+	if got := tr.InFlight(); got != slotCount+6 {
+		t.Errorf("InFlight = %d, want %d", got, slotCount+6)
+	}
+	if got := tr.Stuck(now, 0); got != slotCount {
+		t.Errorf("Stuck = %d, want %d (the timed ones)", got, slotCount)
+	}
+
+	// Finishing a timed request twice releases it once.
+	tr.Done(tokens[0], now, time.Millisecond, false)
+	tr.Done(tokens[0], now, time.Millisecond, false)
+	tr.Cancel(tokens[0], now, time.Millisecond)
+	if got := tr.InFlight(); got != slotCount+5 {
+		t.Errorf("InFlight = %d after repeated Done, want %d", got, slotCount+5)
+	}
+	// A freed slot is reused by the next request.
+	if tok := tr.Start(now); tok == 0 {
+		t.Error("Start after a release returned an untimed token")
+	}
+	for _, tok := range tokens[1:] {
+		tr.Done(tok, now, time.Millisecond, false)
+	}
+	if got := tr.InFlight(); got != 1 {
+		t.Errorf("InFlight = %d, want 1", got)
+	}
+	// Foreign or corrupt tokens are ignored.
+	tr.Done(127, now, time.Millisecond, false)
+	tr.Done(-1&^slotMask|100, now, time.Millisecond, false)
+	if got := tr.InFlight(); got != 1 {
+		t.Errorf("InFlight = %d after foreign tokens, want 1", got)
+	}
+}
+
+func TestNilTracker(t *testing.T) {
+	var tr *Tracker
+	tok := tr.Start(t0)
+	tr.Done(tok, t0, time.Millisecond, true)
+	tr.Cancel(tok, t0, time.Millisecond)
+	if tr.Cost(t0) != 0 || tr.InFlight() != 0 || tr.Stuck(t0, 0) != 0 || tr.OldestAge(t0) != 0 {
+		t.Error("a nil tracker reports state")
+	}
+	if _, ok := tr.Estimate(t0); ok {
+		t.Error("a nil tracker has an estimate")
+	}
+}
+
+func TestZeroTrackerUsesDefaults(t *testing.T) {
+	var tr Tracker
+	observeAt(&tr, t0, 100*time.Millisecond)
+	if got, _ := tr.Estimate(t0.Add(DefaultDecay)); !near(float64(got), 100*ms*math.Exp(-1)) {
+		t.Errorf("Estimate = %v, want the default decay applied", got)
+	}
+	if got := (&Tracker{}).Cost(t0); got != float64(DefaultInitial) {
+		t.Errorf("Cost = %v, want DefaultInitial", got)
+	}
+}
+
+func TestTrackerConcurrent(t *testing.T) {
+	tr := NewTracker(Settings{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 2 { // readers
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					now := time.Now()
+					_ = tr.Cost(now)
+					_ = tr.Stuck(now, time.Millisecond)
+				}
+			}
+		})
+	}
+	var writers sync.WaitGroup
+	for g := range 8 {
+		writers.Go(func() {
+			for i := range 5000 {
+				tok := tr.Start(time.Now())
+				switch {
+				case i%7 == 0:
+					tr.Cancel(tok, time.Now(), time.Microsecond)
+				default:
+					tr.Done(tok, time.Now(), time.Duration(g+1)*time.Microsecond, i%11 == 0)
+				}
+			}
+		})
+	}
+	writers.Wait()
+	close(stop)
+	wg.Wait()
+	if n := tr.InFlight(); n != 0 {
+		t.Errorf("InFlight = %d, want 0", n)
+	}
+	if m := tr.busy.Load(); m != 0 {
+		t.Errorf("busy = %b, want 0", m)
+	}
+	if _, ok := tr.Estimate(time.Now()); !ok {
+		t.Error("no estimate after 40000 answers")
+	}
+}
+
+func TestWeight(t *testing.T) {
+	tr := NewTracker(Settings{Decay: 10 * time.Second})
+	for _, dt := range []time.Duration{0, time.Nanosecond, time.Microsecond, time.Millisecond, 9999 * time.Microsecond, 10 * time.Millisecond, time.Second, time.Minute, time.Hour} {
+		want := math.Exp(-float64(dt) / float64(10*time.Second))
+		if got := tr.weight(int64(dt)); math.Abs(got-want) > 1e-9 {
+			t.Errorf("weight(%v) = %v, want %v", dt, got, want)
+		}
+	}
+	if got := tr.weight(-5); got != 1 {
+		t.Errorf("weight of a negative interval = %v, want 1", got)
+	}
+}
