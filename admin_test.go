@@ -256,14 +256,14 @@ func TestMetrics(t *testing.T) {
 	m := scrape(t)
 	deadID, liveID := workerID("met", dead), workerID("met", a.addr)
 	want := map[string]float64{
-		"caddy_bifrost_requests_total,outcome=failure,pool=met,worker=" + deadID:              2,
-		"caddy_bifrost_requests_total,outcome=success,pool=met,worker=" + liveID:              10,
-		"caddy_bifrost_errors_total,kind=connection,pool=met,severity=low,worker=" + deadID:   2,
-		"caddy_bifrost_retries_total,pool=met,worker=" + deadID:                               2,
-		"caddy_bifrost_breaker_state,pool=met,worker=" + deadID:                               2,
-		"caddy_bifrost_worker_healthy,pool=met,worker=" + deadID:                              0,
-		"caddy_bifrost_worker_healthy,pool=met,worker=" + liveID:                              1,
-		"caddy_bifrost_attempt_duration_seconds,pool=met,worker=" + liveID:                    10,
+		"caddy_bifrost_requests_total,outcome=failure,pool=met,worker=" + deadID:            2,
+		"caddy_bifrost_requests_total,outcome=success,pool=met,worker=" + liveID:            10,
+		"caddy_bifrost_errors_total,kind=connection,pool=met,severity=low,worker=" + deadID: 2,
+		"caddy_bifrost_retries_total,pool=met,worker=" + deadID:                             2,
+		"caddy_bifrost_breaker_state,pool=met,worker=" + deadID:                             2,
+		"caddy_bifrost_worker_healthy,pool=met,worker=" + deadID:                            0,
+		"caddy_bifrost_worker_healthy,pool=met,worker=" + liveID:                            1,
+		"caddy_bifrost_attempt_duration_seconds,pool=met,worker=" + liveID:                  10,
 	}
 	for k, v := range want {
 		if got, ok := m[k]; !ok || got != v {

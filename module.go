@@ -116,7 +116,7 @@ type Handler struct {
 	maxBody    int64
 	maxHeld    int64
 	perTry     time.Duration
-	hedge      *HedgeConfig // with defaults applied; nil when off
+	hedge      *HedgeConfig   // with defaults applied; nil when off
 	p2c        *selection.P2C // the selection policy, when it learns latencies
 	hangAfter  time.Duration
 	hangCount  int

@@ -27,11 +27,11 @@ var errHeldTooLarge = errors.New("held-back failure response exceeds max_held_re
 type tryWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 
-	header  http.Header
-	method  string // of the request, for messages
-	hold    func(status int, header http.Header) bool
-	limit   int64
-	quiet   bool        // drop 1xx responses (a racing try)
+	header http.Header
+	method string // of the request, for messages
+	hold   func(status int, header http.Header) bool
+	limit  int64
+	quiet  bool // drop 1xx responses (a racing try)
 
 	// onHeader, if set, is called once with the final status when the
 	// response headers arrive (the selection policy's latency sample).
