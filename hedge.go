@@ -3,7 +3,6 @@ package bifrost
 import (
 	"context"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sort"
@@ -202,30 +201,24 @@ func better(a, b tryResult) bool {
 // pickFresh picks an available worker that has not been tried for this
 // request and whose breaker lets it through, for a hedge.
 func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, func(breaker.Outcome)) {
-	var candidates []*worker
-	if up := h.selector.Select(h.upstreams, r, w); up != nil {
-		if wk := h.byUpstream[up]; wk != nil {
-			candidates = append(candidates, wk)
-		}
-	}
 	now := time.Now()
-	n := len(h.workers)
-	off := rand.IntN(n)
-	for i := range n {
-		candidates = append(candidates, h.workers[(off+i)%n])
-	}
-	for _, wk := range candidates {
-		if slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) || !wk.available(now) {
-			continue
+	for {
+		var wk *worker
+		if up := h.selector.Select(h.upstreams, r, w); up != nil {
+			wk = h.byUpstream[up]
+		}
+		if wk == nil || slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) {
+			// the policy's choice was tried: take the cheapest other one
+			if wk = h.cheapestUntried(rs, now); wk == nil {
+				return nil, nil
+			}
 		}
 		done, err := wk.breaker.Allow()
-		if err != nil {
-			rs.skipped = append(rs.skipped, wk)
-			continue
+		if err == nil {
+			return wk, done
 		}
-		return wk, done
+		rs.skipped = append(rs.skipped, wk)
 	}
-	return nil, nil
 }
 
 // latencyRing keeps a pool's recent successful try latencies, and the

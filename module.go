@@ -359,6 +359,10 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		if h.p2c != nil {
 			w.tracker = h.p2c.Tracker(up.Dial)
 		}
+		if w.tracker == nil {
+			// latency and hang tracking work whatever the policy
+			w.tracker = selection.NewTracker(selection.Settings{})
+		}
 		w.up = w.proxy.Upstreams[0]
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)

@@ -322,7 +322,7 @@ const reasonHang health.Reason = "requests_hanging"
 // than the hang threshold while its peers answer: it is failing, even if
 // no timeout has fired yet (kind timeout).
 func (h *Handler) detectHangs(now time.Time) {
-	if h.p2c == nil || len(h.workers) < 2 {
+	if len(h.workers) < 2 {
 		return
 	}
 	for _, wk := range h.workers {
@@ -348,11 +348,13 @@ func (h *Handler) detectHangs(now time.Time) {
 	}
 }
 
-// peersAnswering reports whether another worker answered within the hang
-// threshold.
+// peersAnswering reports whether another worker answered a request after
+// the oldest unanswered request of wk was sent: the pool is answering,
+// this worker is not.
 func (h *Handler) peersAnswering(wk *worker, now time.Time) bool {
+	since := now.Add(-wk.tracker.OldestAge(now))
 	for _, other := range h.workers {
-		if other != wk && now.Sub(other.health.Snapshot(now).LastSuccess) < h.hangAfter {
+		if other != wk && other.health.Snapshot(now).LastSuccess.After(since) {
 			return true
 		}
 	}

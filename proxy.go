@@ -248,6 +248,10 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 	token := wk.tracker.Start(start)
 	answered := false
 	tw.onHeader = func(status int) {
+		if status == 499 {
+			// reverse_proxy's mark of a cancelled round trip: no answer
+			return
+		}
 		answered = true
 		wk.tracker.Done(token, time.Now(), 0, status >= 500)
 	}
@@ -291,9 +295,16 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 	res.cls = h.classifier.Classify(att, now)
 	res.status = att.Status
 	if !answered {
-		if res.cls.Kind == recovery.KindCanceled {
+		switch {
+		case r.Context().Err() != nil:
+			// the client left: no news about the worker
 			wk.tracker.Cancel(token, now, now.Sub(start))
-		} else {
+		case res.cls.Kind == recovery.KindCanceled:
+			// a race loser that had not answered while another worker
+			// did: no failure for the breaker, but slow news for the
+			// selection policy, so a hanging worker stops winning picks
+			wk.tracker.Done(token, now, now.Sub(start), true)
+		default:
 			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure)
 		}
 	}
@@ -389,14 +400,8 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState)
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.tried, chosen) {
 		return chosen, false
 	}
-	now := time.Now()
-	n := len(h.workers)
-	off := rand.IntN(n)
-	for i := range n {
-		wk := h.workers[(off+i)%n]
-		if wk.available(now) && !slices.Contains(rs.tried, wk) && !slices.Contains(rs.skipped, wk) {
-			return wk, false
-		}
+	if wk := h.cheapestUntried(rs, time.Now()); wk != nil {
+		return wk, false
 	}
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) {
 		return chosen, false
@@ -405,13 +410,30 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState)
 		return nil, false
 	}
 	var best *worker
-	for i := range n {
-		wk := h.workers[(off+i)%n]
+	off := rand.IntN(len(h.workers))
+	for i := range h.workers {
+		wk := h.workers[(off+i)%len(h.workers)]
 		if best == nil || wk.health.ConsecutiveFailures() < best.health.ConsecutiveFailures() {
 			best = wk
 		}
 	}
 	return best, true
+}
+
+// cheapestUntried returns the available worker not tried or skipped yet
+// for this request with the lowest latency-and-load cost, or nil.
+func (h *Handler) cheapestUntried(rs *requestState, now time.Time) *worker {
+	var best *worker
+	var bestCost float64
+	for _, wk := range h.workers {
+		if slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) || !wk.available(now) {
+			continue
+		}
+		if c := wk.tracker.Cost(now); best == nil || c < bestCost {
+			best, bestCost = wk, c
+		}
+	}
+	return best
 }
 
 // degrade answers a request that no worker could serve: the fallback

@@ -1,0 +1,152 @@
+package bifrost
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// load sends GETs from n clients until the duration has passed, and
+// returns how many were sent and how many failed.
+func load(t *testing.T, n int, d time.Duration) (sent, failed int64) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var s, f atomic.Int64
+	deadline := time.Now().Add(d)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				resp, err := client.Get(testSite + "/")
+				s.Add(1)
+				if err != nil {
+					f.Add(1)
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					f.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return s.Load(), f.Load()
+}
+
+// With the default selection policy, a backend that answers 300 ms slower
+// than its peers gets under 5% of the requests once its latency is known.
+func TestSlowBackendGetsLittleTraffic(t *testing.T) {
+	slow, b, c := newBackend(t), newBackend(t), newBackend(t)
+	slow.set(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		fmt.Fprint(w, "slow")
+	})
+	loadCaddyfile(t, siteConfig([]string{slow.addr, b.addr, c.addr}, `name slow300`))
+	load(t, 4, 500*time.Millisecond) // warm-up: the policy learns the latencies
+	before := slow.hits.Load()
+	sent, failed := load(t, 4, 2*time.Second)
+	share := float64(slow.hits.Load()-before) / float64(sent)
+	if failed != 0 || share >= 0.05 {
+		t.Fatalf("slow backend got %.1f%% of %d requests (%d failed); want under 5%%", 100*share, sent, failed)
+	}
+}
+
+// A backend that never answers gets no new requests within a second, its
+// stuck requests are answered through a hedge, and the hedge losers are
+// cancelled (the backend sees the cancellation).
+func TestHungBackendIsHedgedAround(t *testing.T) {
+	hung, b, c := newBackend(t), newBackend(t), newBackend(t)
+	var cancelled atomic.Int64
+	hung.set(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		cancelled.Add(1)
+	})
+	loadCaddyfile(t, siteConfig([]string{hung.addr, b.addr, c.addr}, `
+		name hung
+		lb_policy round_robin
+		retry {
+			hedge 50ms
+		}`))
+
+	// round robin sends every third request to the hung worker at first
+	start := time.Now()
+	for i := range 30 {
+		code, body := get(t, "/")
+		if code != http.StatusOK || body == "" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("30 requests took %s: the hung worker's requests were not hedged", d)
+	}
+	if hung.hits.Load() == 0 {
+		t.Fatal("the hung worker was never tried")
+	}
+	eventually(t, 2*time.Second, "the hung worker to see its hedged requests cancelled", func() bool {
+		return cancelled.Load() == hung.hits.Load()
+	})
+	var stats statsView
+	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
+	if stats.ByKind["timeout"] != 0 || stats.ByKind["canceled"] != 0 {
+		t.Errorf("hedge losers counted against a worker: %v", stats.ByKind)
+	}
+}
+
+// With the default policy and hedging, a hung backend stops getting new
+// requests within a second.
+func TestHungBackendStopsGettingRequests(t *testing.T) {
+	hung, b, c := newBackend(t), newBackend(t), newBackend(t)
+	hung.set(hang)
+	loadCaddyfile(t, siteConfig([]string{hung.addr, b.addr, c.addr}, `
+		name hangp2c
+		retry {
+			hedge 20ms
+		}`))
+	sent, failed := load(t, 4, time.Second)
+	if failed != 0 {
+		t.Fatalf("%d of %d requests failed", failed, sent)
+	}
+	before := hung.hits.Load()
+	sent, failed = load(t, 4, time.Second)
+	if failed != 0 || hung.hits.Load() != before {
+		t.Fatalf("after a second of load the hung worker still got %d of %d new requests (%d failed)",
+			hung.hits.Load()-before, sent, failed)
+	}
+}
+
+// Without hedging, a worker whose requests pile up unanswered while its
+// peers answer is isolated as a timeout after the hang threshold, before
+// any timeout fires; its stuck requests are retried after per_try_timeout.
+func TestHungBackendIsIsolated(t *testing.T) {
+	hung, b, c := newBackend(t), newBackend(t), newBackend(t)
+	hung.set(hang)
+	loadCaddyfile(t, siteConfig([]string{hung.addr, b.addr, c.addr}, `
+		name hangiso
+		lb_policy round_robin
+		retry {
+			per_try_timeout 1500ms
+		}
+		isolation {
+			hang_threshold 300ms
+			hang_requests 2
+		}`))
+	sent, failed := load(t, 6, 2*time.Second)
+	if failed != 0 {
+		t.Fatalf("%d of %d requests failed", failed, sent)
+	}
+	ws := workerOf(t, "hangiso", hung.addr)
+	if !ws.health.Isolated() {
+		t.Fatalf("hung worker not isolated: %+v", ws.health.Snapshot(time.Now()))
+	}
+	if r := ws.health.Snapshot(time.Now()).IsolationReason; len(r) < len(reasonHang) || r[:len(reasonHang)] != string(reasonHang) {
+		t.Fatalf("isolation reason %q", r)
+	}
+	if hits := hung.hits.Load(); hits > 6 {
+		t.Fatalf("hung worker got %d requests; want it out after a few stuck ones", hits)
+	}
+}
