@@ -256,7 +256,7 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 		wk.tracker.Done(token, time.Now(), 0, status >= 500)
 	}
 	wk.health.BeginRequest()
-	err, abort := h.serveWorker(wk, tw, rr, next)
+	abort, err := h.serveWorker(wk, tw, rr, next)
 	wk.health.EndRequest()
 	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: time.Since(start), abort: abort}
 	if abort != nil {
@@ -325,7 +325,7 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 // retried; when it was streaming to the client, the panic is returned so
 // that the caller can record the failure and then abort as reverse_proxy
 // intended.
-func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (err error, abort any) {
+func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (abort any, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
@@ -338,7 +338,7 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 			err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
 		}
 	}()
-	return wk.proxy.ServeHTTP(tw, r, next), nil
+	return nil, wk.proxy.ServeHTTP(tw, r, next)
 }
 
 // tryTrace records what the transport did during one try: whether a

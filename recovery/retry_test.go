@@ -217,7 +217,8 @@ func TestScheduleContext(t *testing.T) {
 	})
 	t.Run("nil context and clock", func(t *testing.T) {
 		// A nil context is a caller bug, but it must not panic.
-		s := Policy{Attempts: 2}.NewScheduleWithClock(nil, nil) //nolint:staticcheck // on purpose
+		//lint:ignore SA1012 a nil context is what this case tests
+		s := Policy{Attempts: 2}.NewScheduleWithClock(nil, nil)
 		if _, ok := s.Next(); !ok {
 			t.Error("first Next failed")
 		}
