@@ -121,22 +121,40 @@ func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 
 // act performs an operator action on a worker.
 func (a *adminAPI) act(w http.ResponseWriter, r *http.Request, ws *workerState, action string) error {
+	var (
+		d      time.Duration
+		reason string
+	)
+	if action == "isolate" {
+		var err error
+		if d, reason, err = parseIsolateRequest(r); err != nil {
+			return err
+		}
+	}
+	if err := operatorAction(a.ctx, a.events, a.logger, ws, action, d, reason); err != nil {
+		return err
+	}
+	return writeJSON(w, viewOf(ws, time.Now()))
+}
+
+// operatorAction performs an operator action on a worker, for the admin
+// API and the status page: "isolate" takes it out for d (until restored
+// when d is 0) with the given reason, "restore" brings it back now, and
+// "reset" closes its breaker and clears its counts. Its errors are
+// caddy.APIError values.
+func operatorAction(ctx caddy.Context, events *caddyevents.App, logger *zap.Logger, ws *workerState, action string, d time.Duration, reason string) error {
 	ps := poolOf(ws.pool)
 	if ps == nil {
 		return apiError(http.StatusNotFound, "worker %s has no active pool", ws.id)
 	}
 	switch action {
 	case "isolate":
-		d, reason, err := parseIsolateRequest(r)
-		if err != nil {
-			return err
-		}
 		if ev, ok := ps.monitor.IsolateFor(ws.health, d, reason); ok {
-			emitWorkerEvent(a.ctx, a.events, a.logger, ev)
+			emitWorkerEvent(ctx, events, logger, ev)
 		}
 	case "restore":
 		if ev, ok := ps.monitor.Restore(ws.health); ok {
-			emitWorkerEvent(a.ctx, a.events, a.logger, ev)
+			emitWorkerEvent(ctx, events, logger, ev)
 		}
 	case "reset":
 		ws.breaker.Reset()
@@ -144,8 +162,8 @@ func (a *adminAPI) act(w http.ResponseWriter, r *http.Request, ws *workerState, 
 	default:
 		return apiError(http.StatusNotFound, "unknown worker action %q (want isolate, restore or reset)", action)
 	}
-	a.logger.Info("operator action", zap.String("action", action), zap.String("worker", ws.id))
-	return writeJSON(w, viewOf(ws, time.Now()))
+	logger.Info("operator action", zap.String("action", action), zap.String("worker", ws.id))
+	return nil
 }
 
 // parseIsolateRequest reads the optional duration and reason of an

@@ -232,9 +232,7 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 	}
 	if h.perTry > 0 {
 		t := time.AfterFunc(h.perTry, func() {
-			if !trace.gotResponse.Load() {
-				tw.timedOut.Store(true)
-				tw.discard.Store(true)
+			if tw.timeOut() {
 				cancel()
 			}
 		})
@@ -343,12 +341,11 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 
 // tryTrace records what the transport did during one try: whether a
 // connection was obtained, whether the request was fully written, the raw
-// dial error, and whether a response began. Its callbacks run on the
+// dial error. Its callbacks run on the
 // transport's goroutines.
 type tryTrace struct {
 	dialed      atomic.Bool
 	wrote       atomic.Bool
-	gotResponse atomic.Bool
 	dialErr     atomic.Pointer[error]
 }
 
@@ -361,7 +358,6 @@ func (t *tryTrace) clientTrace() *httptrace.ClientTrace {
 		},
 		GotConn:              func(httptrace.GotConnInfo) { t.dialed.Store(true) },
 		WroteRequest:         func(i httptrace.WroteRequestInfo) { t.wrote.Store(i.Err == nil) },
-		GotFirstResponseByte: func() { t.gotResponse.Store(true) },
 	}
 }
 

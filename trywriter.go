@@ -41,12 +41,35 @@ type tryWriter struct {
 	// client: it timed out, or it lost a race. timedOut says which.
 	discard  atomic.Bool
 	timedOut atomic.Bool
+	// phase decides between the final response headers arriving and
+	// per_try_timeout firing: whichever moves it from phaseWaiting first
+	// wins, so a response is never passed to the client by a try that is
+	// being abandoned.
+	phase atomic.Int32
 
 	status      int
 	wroteHeader bool
 	held        bool
 	passed      bool
 	buf         bytes.Buffer
+}
+
+// Phases of a try (tryWriter.phase).
+const (
+	phaseWaiting int32 = iota
+	phaseAnswered
+	phaseTimedOut
+)
+
+// timeOut abandons the try if its response headers have not arrived yet,
+// and reports whether it did.
+func (tw *tryWriter) timeOut() bool {
+	if !tw.phase.CompareAndSwap(phaseWaiting, phaseTimedOut) {
+		return false
+	}
+	tw.timedOut.Store(true)
+	tw.discard.Store(true)
+	return true
 }
 
 // newTryWriter returns a writer for one try; base is the client writer's
@@ -81,6 +104,9 @@ func (tw *tryWriter) WriteHeader(code int) {
 	}
 	tw.wroteHeader = true
 	tw.status = code
+	if !tw.phase.CompareAndSwap(phaseWaiting, phaseAnswered) {
+		tw.discard.Store(true) // timed out just before
+	}
 	if tw.onHeader != nil {
 		tw.onHeader(code)
 	}

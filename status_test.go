@@ -1,0 +1,663 @@
+package bifrost
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
+)
+
+func TestStatusRoute(t *testing.T) {
+	for _, tc := range []struct {
+		prefix, path string
+		want         statusTarget
+	}{
+		// derived mount point
+		{"", "/", statusTarget{route: routePage}},
+		{"", "", statusTarget{route: routePage}},
+		{"", "/bifrost/", statusTarget{route: routePage}},
+		{"", "/a/b/c/", statusTarget{route: routePage}},
+		{"", "/bifrost", statusTarget{route: routeRedirect}},
+		{"", "/bifrost/api/state", statusTarget{route: routeState}},
+		{"", "/api/state", statusTarget{route: routeState}},
+		{"", "/api/status/api/state", statusTarget{route: routeState}},
+		{"", "/api/status/", statusTarget{route: routePage}},
+		{"", "/s/api/workers/p_127.0.0.1-80/isolate", statusTarget{route: routeAction, worker: "p_127.0.0.1-80", action: "isolate"}},
+		{"", "/s/api/workers/x/restore", statusTarget{route: routeAction, worker: "x", action: "restore"}},
+		{"", "/s/api/workers/x", statusTarget{route: routeNotFound}},
+		{"", "/s/api/workers//reset", statusTarget{route: routeNotFound}},
+		{"", "/s/api/state/extra", statusTarget{route: routeNotFound}},
+		{"", "/s/assets/status.js", statusTarget{route: routeAsset, asset: "status.js"}},
+		{"", "/s/assets/status.css", statusTarget{route: routeAsset, asset: "status.css"}},
+		{"", "/s/assets/other.js", statusTarget{route: routeNotFound}},
+		{"", "/s/assets/", statusTarget{route: routePage}},
+		// explicit prefix
+		{"/status", "/status", statusTarget{route: routeRedirect}},
+		{"/status", "/status/", statusTarget{route: routePage}},
+		{"/status", "/status/api/state", statusTarget{route: routeState}},
+		{"/status", "/status/api/workers/x/reset", statusTarget{route: routeAction, worker: "x", action: "reset"}},
+		{"/status", "/status/assets/status.js", statusTarget{route: routeAsset, asset: "status.js"}},
+		{"/status", "/status/x/api/state", statusTarget{route: routeNotFound}},
+		{"/status", "/status/x/assets/status.js", statusTarget{route: routeNotFound}},
+		{"/status", "/status/api/nope", statusTarget{route: routeNotFound}},
+		{"/status", "/status/index.html", statusTarget{route: routeNotFound}},
+		{"/status", "/statusx", statusTarget{route: routeNone}},
+		{"/status", "/other/api/state", statusTarget{route: routeNone}},
+	} {
+		if got := routeStatus(tc.prefix, tc.path); got != tc.want {
+			t.Errorf("routeStatus(%q, %q) = %+v, want %+v", tc.prefix, tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestStatusWorkerStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		v          workerView
+		code, text string
+	}{
+		{"healthy", workerView{Snapshot: health.Snapshot{Healthy: true, ProbeHealthy: true}}, "healthy", "healthy"},
+		{"half-open", workerView{Snapshot: health.Snapshot{ProbeHealthy: true}, Breaker: breakerView{State: breaker.StateHalfOpen}}, "half_open", "half-open"},
+		{"open", workerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: breakerView{State: breaker.StateOpen}}, "open", "breaker open"},
+		{"throttled", workerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: breakerView{State: breaker.StateHalfOpen}}, "throttled", "throttled"},
+		{"probe failing", workerView{Snapshot: health.Snapshot{}}, "unhealthy", "probe failing"},
+		{"isolated", workerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true}, Breaker: breakerView{State: breaker.StateOpen}}, "isolated", "isolated"},
+		{"recovery failed", workerView{Snapshot: health.Snapshot{Isolated: true, RecoveryFailed: true}}, "recovery_failed", "recovery failed"},
+	} {
+		if code, text := workerStatus(tc.v); code != tc.code || text != tc.text {
+			t.Errorf("%s: workerStatus = %q, %q; want %q, %q", tc.name, code, text, tc.code, tc.text)
+		}
+	}
+}
+
+// statusTestWorker is a worker's shared state with only what the status
+// series reads.
+func statusTestWorker(pool, dial string) *workerState {
+	id := workerID(pool, dial)
+	return &workerState{id: id, pool: pool, upstream: dial, health: health.NewWorkerHealth(pool, id, dial)}
+}
+
+// statusTries records n tries of ws, the first fails of them failed.
+func statusTries(ws *workerState, n, fails int, now time.Time) {
+	for i := range n {
+		ws.health.BeginRequest()
+		if i < fails {
+			ws.health.RecordFailure(now)
+		} else {
+			ws.health.RecordSuccess(now)
+		}
+		ws.health.EndRequest()
+	}
+}
+
+func TestStatusSeries(t *testing.T) {
+	ss := newStatusSeries()
+	a, b := statusTestWorker("p", "a:80"), statusTestWorker("p", "b:80")
+	c := statusTestWorker("q", "c:80")
+	t0 := time.Unix(1_000_000, 0)
+
+	ss.sample(t0, []*workerState{a, b})
+	if v := ss.view(""); len(v.Times) != 0 {
+		t.Fatalf("a rate needs two samples, got %+v", v)
+	}
+
+	statusTries(a, 10, 0, t0)
+	statusTries(b, 4, 2, t0)
+	ss.sample(t0.Add(2*time.Second), []*workerState{a, b})
+	total, pool := ss.view(""), ss.view("p")
+	if len(total.Times) != 1 || total.Requests[0] != 7 || total.Errors[0] != 1 {
+		t.Fatalf("total after 14 tries and 2 failures in 2s = %+v, want 7 req/s and 1 err/s", total)
+	}
+	if len(pool.Times) != 1 || pool.Requests[0] != 7 || pool.Times[0] != t0.Add(2*time.Second).UnixMilli() {
+		t.Fatalf("pool p = %+v", pool)
+	}
+	if r := ss.workerRates()[b.id]; r.requests != 2 || r.errors != 1 {
+		t.Fatalf("rates of b = %+v, want 2 and 1", r)
+	}
+
+	// a second sampler (a reload overlap, another page) a moment later
+	// does not thicken the series
+	ss.sample(t0.Add(2500*time.Millisecond), []*workerState{a, b})
+	if n := len(ss.view("").Times); n != 1 {
+		t.Fatalf("sample 0.5s after the last one was kept: %d points", n)
+	}
+
+	// b goes away and pool q arrives: b is forgotten, q starts at 0
+	statusTries(c, 5, 5, t0)
+	ss.sample(t0.Add(3*time.Second), []*workerState{a, c})
+	if _, ok := ss.workerRates()[b.id]; ok {
+		t.Fatal("rates of a removed worker are still reported")
+	}
+	if q := ss.view("q"); len(q.Times) != 1 || q.Requests[0] != 0 || q.Errors[0] != 0 {
+		t.Fatalf("new pool q counted its worker's past: %+v", q)
+	}
+	if len(ss.tracks) != 2 {
+		t.Fatalf("%d worker tracks, want 2", len(ss.tracks))
+	}
+
+	// a pool that goes away loses its series; the total keeps going
+	ss.sample(t0.Add(4*time.Second), []*workerState{c})
+	if p := ss.view("p"); len(p.Times) != 0 {
+		t.Fatalf("removed pool p still has a series: %+v", p)
+	}
+
+	// the rings are bounded
+	for i := range 2 * statusSeriesLen {
+		ss.sample(t0.Add(time.Duration(5+i)*time.Second), []*workerState{c})
+	}
+	v := ss.view("")
+	if len(v.Times) != statusSeriesLen || len(v.Requests) != statusSeriesLen || len(v.Errors) != statusSeriesLen {
+		t.Fatalf("total has %d points, want %d", len(v.Times), statusSeriesLen)
+	}
+	for i := 1; i < len(v.Times); i++ {
+		if v.Times[i] <= v.Times[i-1] {
+			t.Fatalf("series not oldest first at %d: %d then %d", i, v.Times[i-1], v.Times[i])
+		}
+	}
+	if len(ss.tracks[c].counts) != statusRateWindow+1 {
+		t.Fatal("worker track is not bounded")
+	}
+}
+
+func TestStatusCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    StatusPage
+		wantErr string
+	}{
+		{in: `bifrost_status`, want: StatusPage{}},
+		{in: "bifrost_status {\n\tactions\n\tprefix /status\n}", want: StatusPage{Actions: true, Prefix: "/status"}},
+		{in: `bifrost_status /x`, wantErr: "wrong argument count"},
+		{in: "bifrost_status {\n\tactions yes\n}", wantErr: "wrong argument count"},
+		{in: "bifrost_status {\n\tprefix\n}", wantErr: "wrong argument count"},
+		{in: "bifrost_status {\n\tprefix /a /b\n}", wantErr: "wrong argument count"},
+		{in: "bifrost_status {\n\tprefix status\n}", wantErr: "prefix must be a path"},
+		{in: "bifrost_status {\n\tprefix /s*\n}", wantErr: "prefix must be a path"},
+		{in: "bifrost_status {\n\tactions\n\tactions\n}", wantErr: "actions already specified"},
+		{in: "bifrost_status {\n\tread_only\n}", wantErr: "unrecognized bifrost_status subdirective read_only"},
+	} {
+		var s StatusPage
+		err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+		switch {
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%q: error %v, want one containing %q", tc.in, err, tc.wantErr)
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%q: %v", tc.in, err)
+		case tc.wantErr == "" && (s.Actions != tc.want.Actions || s.Prefix != tc.want.Prefix):
+			t.Errorf("%q: got %+v, want %+v", tc.in, s, tc.want)
+		}
+	}
+
+	// The directive is ordered before bifrost: a matcher-scoped status
+	// page next to a catch-all bifrost gets its requests.
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`:9080 {
+	bifrost 127.0.0.1:1
+	bifrost_status /status/* {
+		actions
+	}
+}`), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(js)
+	page, proxy := strings.Index(s, `"handler":"bifrost_status"`), strings.Index(s, `"handler":"bifrost"`)
+	if page < 0 || proxy < 0 || page > proxy {
+		t.Fatalf("bifrost_status is not ordered before bifrost:\n%s", js)
+	}
+	if !strings.Contains(s, `"actions":true`) {
+		t.Fatalf("actions lost in adaptation:\n%s", js)
+	}
+}
+
+// statusFeedJSON is the part of the feed the tests read.
+type statusFeedJSON struct {
+	Now       time.Time `json:"now"`
+	Actions   bool      `json:"actions"`
+	RefreshMS int64     `json:"refresh_ms"`
+	Stats     struct {
+		TotalErrors  uint64            `json:"total_errors"`
+		BySeverity   map[string]uint64 `json:"by_severity"`
+		ByKind       map[string]uint64 `json:"by_kind"`
+		TotalWorkers int               `json:"total_workers"`
+	} `json:"stats"`
+	Pools []struct {
+		Name    string             `json:"name"`
+		Workers []statusWorkerJSON `json:"workers"`
+		Series  seriesJSON         `json:"series"`
+	} `json:"pools"`
+	Series seriesJSON `json:"series"`
+	Errors []struct {
+		Time     time.Time `json:"time"`
+		Kind     string    `json:"kind"`
+		Severity string    `json:"severity"`
+		Worker   string    `json:"worker"`
+		Message  string    `json:"message"`
+	} `json:"errors"`
+}
+
+type statusWorkerJSON struct {
+	ID              string  `json:"id"`
+	Upstream        string  `json:"upstream"`
+	Healthy         bool    `json:"healthy"`
+	Isolated        bool    `json:"isolated"`
+	IsolationReason string  `json:"isolation_reason"`
+	IsolationLeftMS int64   `json:"isolation_left_ms"`
+	Status          string  `json:"status"`
+	StatusText      string  `json:"status_text"`
+	Requests        uint64  `json:"requests"`
+	RequestRate     float64 `json:"request_rate"`
+	Breaker         struct {
+		State  string         `json:"state"`
+		Counts map[string]int `json:"counts"`
+	} `json:"breaker"`
+}
+
+type seriesJSON struct {
+	StepMS   int64     `json:"step_ms"`
+	Times    []int64   `json:"t"`
+	Requests []float64 `json:"requests"`
+	Errors   []float64 `json:"errors"`
+}
+
+// statusState fetches and decodes the feed at path.
+func statusState(t *testing.T, path string) statusFeedJSON {
+	t.Helper()
+	code, body, hdr := do(t, http.MethodGet, testSite+path, nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", path, code, body)
+	}
+	if ct := hdr.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("GET %s: content type %q", path, ct)
+	}
+	var f statusFeedJSON
+	if err := json.Unmarshal([]byte(body), &f); err != nil {
+		t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
+	return f
+}
+
+// statusWorkerOf finds a worker in a feed.
+func statusWorkerOf(t *testing.T, f statusFeedJSON, pool, id string) statusWorkerJSON {
+	t.Helper()
+	for _, p := range f.Pools {
+		if p.Name != pool {
+			continue
+		}
+		for _, w := range p.Workers {
+			if w.ID == id {
+				return w
+			}
+		}
+	}
+	t.Fatalf("worker %s of pool %s not in the feed", id, pool)
+	return statusWorkerJSON{}
+}
+
+// assertStatusHeaders checks the headers every status page answer has.
+func assertStatusHeaders(t *testing.T, what string, hdr http.Header) {
+	t.Helper()
+	if got := hdr.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("%s: X-Content-Type-Options %q", what, got)
+	}
+	if csp := hdr.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") ||
+		!strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") ||
+		strings.Contains(csp, "unsafe") {
+		t.Errorf("%s: Content-Security-Policy %q", what, csp)
+	}
+}
+
+// assertJSONError checks a JSON error answer.
+func assertJSONError(t *testing.T, what string, code, wantCode int, body string, hdr http.Header, wantMsg string) {
+	t.Helper()
+	if code != wantCode {
+		t.Fatalf("%s: status %d, want %d (%s)", what, code, wantCode, body)
+	}
+	if ct := hdr.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s: content type %q", what, ct)
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &e); err != nil || !strings.Contains(e.Error, wantMsg) {
+		t.Errorf("%s: body %s, want a JSON error containing %q", what, body, wantMsg)
+	}
+	assertStatusHeaders(t, what, hdr)
+}
+
+// The status page served by real Caddy in front of real bifrost workers:
+// content types, caching, methods, the feed, and operator actions with
+// their same-origin check.
+func TestStatusHandler(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	for _, be := range []*backend{a, b, c} {
+		be.set(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/fail" {
+				w.WriteHeader(http.StatusInternalServerError)
+				return
+			}
+			_, _ = io.WriteString(w, "ok")
+		})
+	}
+	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	handle /ro/* {
+		bifrost_status
+	}
+	handle /rw* {
+		bifrost_status {
+			actions
+		}
+	}
+	handle_path /hp/* {
+		bifrost_status
+	}
+	handle /px* {
+		route {
+			bifrost_status {
+				prefix /px
+			}
+			respond "passed on" 200
+		}
+	}
+	handle {
+		bifrost %s %s %s {
+			name statustest
+			breaker {
+				failures 1000
+			}
+		}
+	}
+}
+`, a.addr, b.addr, c.addr))
+	idB := workerID("statustest", b.addr)
+	origin := []string{"Origin", testSite}
+
+	t.Run("page", func(t *testing.T) {
+		for _, path := range []string{"/ro/", "/rw/", "/hp/", "/px/", "/rw/any/depth/"} {
+			code, body, hdr := do(t, http.MethodGet, testSite+path, nil)
+			if code != http.StatusOK || !strings.Contains(body, `<script src="assets/status.js" defer></script>`) {
+				t.Fatalf("GET %s: %d %.200s", path, code, body)
+			}
+			if ct := hdr.Get("Content-Type"); ct != "text/html; charset=utf-8" {
+				t.Errorf("GET %s: content type %q", path, ct)
+			}
+			if cc := hdr.Get("Cache-Control"); cc != "no-store" {
+				t.Errorf("GET %s: Cache-Control %q", path, cc)
+			}
+			assertStatusHeaders(t, "GET "+path, hdr)
+		}
+		code, body, hdr := do(t, http.MethodHead, testSite+"/ro/", nil)
+		if code != http.StatusOK || body != "" || hdr.Get("Content-Type") != "text/html; charset=utf-8" {
+			t.Errorf("HEAD /ro/: %d %q %v", code, body, hdr)
+		}
+		for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+			code, body, hdr := do(t, m, testSite+"/ro/", nil, origin...)
+			assertJSONError(t, m+" /ro/", code, http.StatusMethodNotAllowed, body, hdr, "not allowed")
+			if allow := hdr.Get("Allow"); allow != "GET, HEAD" {
+				t.Errorf("%s /ro/: Allow %q", m, allow)
+			}
+		}
+	})
+
+	t.Run("redirect to the trailing slash", func(t *testing.T) {
+		noFollow := &http.Client{
+			Timeout:       5 * time.Second,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+		for path, want := range map[string]string{"/rw": "./rw/", "/rw?x=1": "./rw/?x=1", "/px": "./px/"} {
+			resp, err := noFollow.Get(testSite + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+				t.Errorf("GET %s: %d Location %q, want 301 %q", path, resp.StatusCode, resp.Header.Get("Location"), want)
+			}
+		}
+	})
+
+	t.Run("assets", func(t *testing.T) {
+		for path, ct := range map[string]string{
+			"/ro/assets/status.js":  "text/javascript; charset=utf-8",
+			"/ro/assets/status.css": "text/css; charset=utf-8",
+			"/hp/assets/status.css": "text/css; charset=utf-8",
+			"/px/assets/status.js":  "text/javascript; charset=utf-8",
+		} {
+			code, body, hdr := do(t, http.MethodGet, testSite+path, nil)
+			if code != http.StatusOK || len(body) < 100 {
+				t.Fatalf("GET %s: %d, %d bytes", path, code, len(body))
+			}
+			if got := hdr.Get("Content-Type"); got != ct {
+				t.Errorf("GET %s: content type %q, want %q", path, got, ct)
+			}
+			etag := hdr.Get("ETag")
+			if !strings.HasPrefix(etag, `"`) || hdr.Get("Cache-Control") != "no-cache" {
+				t.Errorf("GET %s: ETag %q, Cache-Control %q", path, etag, hdr.Get("Cache-Control"))
+			}
+			assertStatusHeaders(t, "GET "+path, hdr)
+			code, body, _ = do(t, http.MethodGet, testSite+path, nil, "If-None-Match", etag)
+			if code != http.StatusNotModified || body != "" {
+				t.Errorf("GET %s with If-None-Match: %d, %d bytes", path, code, len(body))
+			}
+		}
+		code, body, hdr := do(t, http.MethodGet, testSite+"/ro/assets/evil.js", nil)
+		assertJSONError(t, "GET unknown asset", code, http.StatusNotFound, body, hdr, "no such")
+		code, body, hdr = do(t, http.MethodPost, testSite+"/ro/assets/status.js", nil)
+		assertJSONError(t, "POST asset", code, http.StatusMethodNotAllowed, body, hdr, "not allowed")
+	})
+
+	t.Run("feed", func(t *testing.T) {
+		// the sampler turns the workers' counters into rates once a
+		// second, from the second time it sees a worker: wait until it
+		// saw them, then send traffic, and some failures carrying
+		// credentials that must never show up in the feed
+		eventually(t, 5*time.Second, "the sampler to see the workers", func() bool {
+			for _, p := range statusState(t, "/ro/api/state").Pools {
+				if p.Name == "statustest" && len(p.Series.Times) > 0 {
+					return true
+				}
+			}
+			return false
+		})
+		for range 20 {
+			if code, _ := get(t, "/"); code != http.StatusOK {
+				t.Fatalf("proxied GET: %d", code)
+			}
+		}
+		for range 3 {
+			do(t, http.MethodGet, testSite+"/fail", nil,
+				"Authorization", "Bearer secret-token-123", "Cookie", "session=secret-cookie-456")
+		}
+
+		var f statusFeedJSON
+		sawTraffic := func() bool {
+			for _, p := range f.Pools {
+				for _, n := range p.Series.Requests {
+					if p.Name == "statustest" && n > 0 {
+						return true
+					}
+				}
+			}
+			return false
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if f = statusState(t, "/ro/api/state"); sawTraffic() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the series never showed the traffic: %+v", f)
+			}
+		}
+		if f.Actions || f.RefreshMS != 1000 || f.Now.IsZero() {
+			t.Errorf("feed header: actions %v, refresh %d, now %v", f.Actions, f.RefreshMS, f.Now)
+		}
+		if f.Stats.TotalWorkers < 3 || f.Stats.TotalErrors == 0 || f.Stats.ByKind["http"] == 0 || len(f.Stats.BySeverity) == 0 {
+			t.Errorf("stats %+v", f.Stats)
+		}
+		var workers []statusWorkerJSON
+		for _, p := range f.Pools {
+			if p.Name == "statustest" {
+				workers = p.Workers
+			}
+		}
+		if len(workers) != 3 {
+			t.Fatalf("pool statustest has %d workers in the feed, want 3", len(workers))
+		}
+		var rate float64
+		for _, w := range workers {
+			rate += w.RequestRate
+			if w.Status != "healthy" || w.StatusText != "healthy" || !w.Healthy || w.Breaker.State != "closed" || w.Upstream == "" || w.Requests == 0 {
+				t.Errorf("worker %+v", w)
+			}
+		}
+		if rate <= 0 {
+			t.Errorf("no worker shows a request rate after the traffic: %+v", workers)
+		}
+		if len(f.Errors) == 0 || len(f.Errors) > statusErrorLimit {
+			t.Fatalf("%d errors in the feed", len(f.Errors))
+		}
+		for i, e := range f.Errors {
+			if e.Kind == "" || e.Severity == "" || e.Worker == "" || e.Message == "" {
+				t.Errorf("error %d: %+v", i, e)
+			}
+			if i > 0 && e.Time.After(f.Errors[i-1].Time) {
+				t.Errorf("errors not newest first at %d", i)
+			}
+		}
+		if len(f.Series.Times) == 0 || len(f.Series.Times) != len(f.Series.Requests) || f.Series.StepMS != 1000 {
+			t.Errorf("total series %+v", f.Series)
+		}
+
+		code, body, hdr := do(t, http.MethodGet, testSite+"/ro/api/state", nil)
+		if code != http.StatusOK || hdr.Get("Cache-Control") != "no-store" {
+			t.Errorf("feed: %d, Cache-Control %q", code, hdr.Get("Cache-Control"))
+		}
+		assertStatusHeaders(t, "feed", hdr)
+		for _, secret := range []string{"secret-token-123", "secret-cookie-456", "Authorization", "Cookie"} {
+			if strings.Contains(body, secret) {
+				t.Errorf("feed contains %q", secret)
+			}
+		}
+		code, body, hdr = do(t, http.MethodHead, testSite+"/ro/api/state", nil)
+		if code != http.StatusOK || body != "" || hdr.Get("Content-Type") != "application/json" {
+			t.Errorf("HEAD feed: %d %q %q", code, body, hdr.Get("Content-Type"))
+		}
+		for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch} {
+			code, body, hdr := do(t, m, testSite+"/ro/api/state", nil, origin...)
+			assertJSONError(t, m+" feed", code, http.StatusMethodNotAllowed, body, hdr, "not allowed")
+		}
+		if f := statusState(t, "/rw/api/state"); !f.Actions {
+			t.Error("feed of the page with actions says they are disabled")
+		}
+		statusState(t, "/hp/api/state")
+		statusState(t, "/px/api/state")
+		code, body, hdr = do(t, http.MethodGet, testSite+"/px/x/api/state", nil)
+		assertJSONError(t, "GET outside the exact prefix", code, http.StatusNotFound, body, hdr, "no such")
+		// with a prefix, other paths go to the next handler
+		if code, body := get(t, "/pxother"); code != http.StatusOK || body != "passed on" {
+			t.Errorf("GET /pxother: %d %q, want the next handler's answer", code, body)
+		}
+		code, body, hdr = do(t, http.MethodGet, testSite+"/ro/api/state/more", nil)
+		assertJSONError(t, "GET below the feed", code, http.StatusNotFound, body, hdr, "no such")
+	})
+
+	t.Run("actions refused", func(t *testing.T) {
+		for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+			code, body, hdr := do(t, m, testSite+"/rw/api/workers/"+idB+"/isolate", nil, origin...)
+			assertJSONError(t, m+" action", code, http.StatusMethodNotAllowed, body, hdr, "use POST")
+			if hdr.Get("Allow") != http.MethodPost {
+				t.Errorf("%s action: Allow %q", m, hdr.Get("Allow"))
+			}
+		}
+		for _, path := range []string{"/ro/", "/hp/", "/px/"} {
+			code, body, hdr := do(t, http.MethodPost, testSite+path+"api/workers/"+idB+"/isolate", nil,
+				"Origin", testSite, "Sec-Fetch-Site", "same-origin")
+			assertJSONError(t, "action on a read-only page "+path, code, http.StatusForbidden, body, hdr, "actions are disabled")
+		}
+		for _, hdr := range [][]string{
+			nil,
+			{"Origin", "http://evil.example"},
+			{"Origin", "http://127.0.0.1:9081"},
+			{"Origin", "null"},
+			{"Sec-Fetch-Site", "cross-site"},
+			{"Sec-Fetch-Site", "same-site"},
+			{"Sec-Fetch-Site", "cross-site", "Origin", testSite},
+		} {
+			code, body, h := do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/isolate", nil, hdr...)
+			assertJSONError(t, fmt.Sprintf("action with %q", hdr), code, http.StatusForbidden, body, h, "refused")
+		}
+		if f := statusState(t, "/rw/api/state"); statusWorkerOf(t, f, "statustest", idB).Isolated {
+			t.Fatal("a refused action isolated the worker")
+		}
+		code, body, hdr := do(t, http.MethodPost, testSite+"/rw/api/workers/statustest_nope/isolate", nil, origin...)
+		assertJSONError(t, "unknown worker", code, http.StatusNotFound, body, hdr, "unknown worker")
+		code, body, hdr = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/explode", nil, origin...)
+		assertJSONError(t, "unknown action", code, http.StatusNotFound, body, hdr, "unknown worker action")
+		code, body, hdr = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/isolate", []byte(`{"duration":"-1s"}`), origin...)
+		assertJSONError(t, "negative duration", code, http.StatusBadRequest, body, hdr, "duration")
+		code, body, hdr = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/isolate", []byte(`{"duration":`), origin...)
+		assertJSONError(t, "bad JSON", code, http.StatusBadRequest, body, hdr, "body")
+	})
+
+	t.Run("actions allowed from the same origin", func(t *testing.T) {
+		code, body, hdr := do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/isolate",
+			[]byte(`{"duration":"1m","reason":"maintenance from the status page"}`),
+			"Origin", testSite, "Content-Type", "application/json")
+		if code != http.StatusOK || hdr.Get("Content-Type") != "application/json" || hdr.Get("Cache-Control") != "no-store" {
+			t.Fatalf("isolate: %d %s %v", code, body, hdr)
+		}
+		var w statusWorkerJSON
+		if err := json.Unmarshal([]byte(body), &w); err != nil || w.ID != idB || w.Status != "isolated" {
+			t.Fatalf("isolate answered %s (%v)", body, err)
+		}
+
+		f := statusState(t, "/ro/api/state")
+		got := statusWorkerOf(t, f, "statustest", idB)
+		if !got.Isolated || got.Status != "isolated" || got.StatusText != "isolated" ||
+			!strings.Contains(got.IsolationReason, "maintenance from the status page") ||
+			got.IsolationLeftMS <= 50_000 || got.IsolationLeftMS > 60_000 {
+			t.Fatalf("after isolate, the feed shows %+v", got)
+		}
+		// the same shared state as the admin API
+		var admin workerView
+		if code := adminJSON(t, http.MethodGet, "/bifrost/workers/"+idB, &admin); code != http.StatusOK || !admin.Isolated {
+			t.Fatalf("admin API: %d %+v", code, admin)
+		}
+
+		// a browser's fetch sends Sec-Fetch-Site
+		code, body, _ = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/reset", nil, "Sec-Fetch-Site", "same-origin")
+		if code != http.StatusOK {
+			t.Fatalf("reset: %d %s", code, body)
+		}
+		code, body, _ = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/restore", nil,
+			"Sec-Fetch-Site", "same-origin", "Origin", testSite)
+		if code != http.StatusOK {
+			t.Fatalf("restore: %d %s", code, body)
+		}
+		got = statusWorkerOf(t, statusState(t, "/ro/api/state"), "statustest", idB)
+		if got.Isolated || got.Status != "healthy" || got.IsolationLeftMS != 0 {
+			t.Fatalf("after restore, the feed shows %+v", got)
+		}
+
+		// isolate until restored: no time left is given
+		code, body, _ = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/isolate", nil, origin...)
+		if code != http.StatusOK {
+			t.Fatalf("isolate until restored: %d %s", code, body)
+		}
+		got = statusWorkerOf(t, statusState(t, "/ro/api/state"), "statustest", idB)
+		if !got.Isolated || got.IsolationLeftMS != 0 {
+			t.Fatalf("after isolate without duration, the feed shows %+v", got)
+		}
+		if code, body, _ = do(t, http.MethodPost, testSite+"/rw/api/workers/"+idB+"/restore", nil, origin...); code != http.StatusOK {
+			t.Fatalf("restore: %d %s", code, body)
+		}
+	})
+}
