@@ -1,0 +1,446 @@
+package breaker
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrOpen is returned by Allow while the breaker is open.
+var ErrOpen = errors.New("circuit breaker is open")
+
+// ErrTooManyRequests is returned by Allow while the breaker is half-open and all
+// of its probe slots (Settings.Successes) are taken.
+var ErrTooManyRequests = errors.New("circuit breaker is half-open and at its request limit")
+
+const (
+	// minOpen is the shortest open period handed to the library, which takes
+	// 0 for its own 60 s default. It carries over a state that is already due
+	// to turn half-open.
+	minOpen = time.Nanosecond
+
+	// settleTries bounds the loop that waits for a gobreaker opened for
+	// minOpen to turn half-open. Every try reads the clock, so one or two
+	// suffice; the bound only guards against a clock that stands still.
+	settleTries = 1000
+)
+
+// epoch is the origin of the monotonic timestamps kept in atomics: they are
+// durations since epoch, so wall-clock jumps do not move them.
+var epoch = time.Now()
+
+// mono returns the monotonic time since epoch in nanoseconds. It is at least 1,
+// so that 0 can mean "unset".
+func mono() int64 {
+	return max(int64(time.Since(epoch)), 1)
+}
+
+// monoTime converts a timestamp from mono back to a time, 0 to the zero time.
+func monoTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return epoch.Add(time.Duration(ns))
+}
+
+// Breaker is one worker's circuit breaker. It is safe for concurrent use, and
+// must not be copied after first use. Create it with New.
+type Breaker struct {
+	name     string
+	onChange func(from, to State)
+
+	// cur is the gobreaker in use. Allow loads it without a lock. Reset, Trip
+	// and Update replace it, and so does the state-change hook of a
+	// provisional instance (see instance.provisional).
+	cur atomic.Pointer[instance]
+
+	// mu serializes Reset, Trip and Update. The request path never takes it.
+	mu sync.Mutex
+
+	// hookMu orders every change of the mirror below and every onChange call,
+	// and makes replacing cur atomic with respect to them: a hook of an
+	// instance that is no longer current is ignored. The hook takes it inside
+	// gobreaker's lock, so it must never be held while calling into a live
+	// gobreaker.
+	hookMu sync.Mutex
+
+	// The mirror of the state, written under hookMu and read without a lock,
+	// so that Ready and the other accessors stay off gobreaker's mutex.
+	state    atomic.Uint32 // a State
+	openedAt atomic.Int64  // mono() when it last opened; 0 if never
+	retryAt  atomic.Int64  // mono() when an open breaker turns half-open; 0 if not open
+	trips    atomic.Uint64 // times it opened, over its whole life
+}
+
+// instance is one gobreaker with the settings it was built from. Instances are
+// replaced, never reconfigured.
+type instance struct {
+	b        *Breaker
+	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	settings Settings
+
+	// provisional marks a gobreaker built with a shortened open timeout, to
+	// carry an open or half-open state over from the instance it replaced
+	// (the library's timeout is fixed at construction, and it cannot be put
+	// into a state directly). That timeout is wrong for any later open
+	// period, so as soon as a provisional instance closes or opens again its
+	// hook replaces it with a regular instance in the same state. The library
+	// clears counts and drops in-flight outcomes on those changes anyway, so
+	// the swap loses nothing.
+	provisional bool
+
+	// force makes readyToTrip report true. It is set only while the instance
+	// is prepared, before it is live, to open it with one failure.
+	force atomic.Bool
+
+	// live is set just before the instance is published in Breaker.cur. Until
+	// then its hook does nothing, so an instance can be prepared while hookMu
+	// is held.
+	live atomic.Bool
+}
+
+// New returns a closed breaker with settings s, after WithDefaults. New does not
+// fail: values that Validate would reject are replaced by safe ones (a bad
+// FailureRatio turns the ratio off, a negative Timeout is the default), so call
+// Validate first to report them. The name is only a label for the library.
+//
+// onChange, which may be nil, is called once for every change of state, in
+// order, from the goroutine that caused it; each call's from is the previous
+// call's to. It runs while the breaker's internal locks are held, so it must be
+// quick, must not block, and must not call any method of this Breaker (that
+// deadlocks): an atomic store or a non-blocking send on a buffered channel is
+// the intended use.
+func New(name string, s Settings, onChange func(from, to State)) *Breaker {
+	b := &Breaker{name: name, onChange: onChange}
+	in, _, _ := b.closed(s.sanitize())
+	b.install(in)
+	return b
+}
+
+// Allow asks to let one request through. If the breaker refuses it, Allow
+// returns ErrOpen or ErrTooManyRequests. Otherwise the caller must call done
+// exactly once with the request's outcome; further calls are ignored. A done
+// that is never called holds a half-open probe slot until the state changes.
+//
+// Allow costs two small allocations: the library's callback and the returned
+// function.
+func (b *Breaker) Allow() (done func(Outcome), err error) {
+	report, err := b.cur.Load().cb.Allow()
+	if err != nil {
+		switch err {
+		case gobreaker.ErrOpenState:
+			return nil, ErrOpen
+		case gobreaker.ErrTooManyRequests:
+			return nil, ErrTooManyRequests
+		}
+		return nil, err
+	}
+	t, _ := tickets.Get().(*ticket)
+	if t == nil {
+		t = new(ticket)
+	}
+	seq := t.seq.Load()
+	return func(o Outcome) {
+		if !t.seq.CompareAndSwap(seq, seq+1) {
+			return
+		}
+		tickets.Put(t)
+		report(o.err())
+	}, nil
+}
+
+// ticket makes a done function idempotent without allocating a flag for every
+// request. Tickets are pooled, and each done function remembers the sequence
+// number its ticket had when it was handed out. The first call advances the
+// number and returns the ticket to the pool; a later call, even once the ticket
+// serves another request, finds a different number and does nothing.
+type ticket struct{ seq atomic.Uint64 }
+
+// tickets holds the unused tickets.
+var tickets = sync.Pool{New: func() any { return new(ticket) }}
+
+// State returns the current state. It takes the library's lock, and if an open
+// breaker's timeout has passed it turns it half-open (calling onChange) first,
+// as Allow would.
+func (b *Breaker) State() State {
+	return fromGobreaker(b.cur.Load().cb.State())
+}
+
+// Counts returns the counts of the current state (see Counts). Like State, it
+// brings the state and the rolling window up to date first.
+func (b *Breaker) Counts() Counts {
+	in := b.cur.Load()
+	in.cb.State()
+	return countsFrom(in.cb.Counts())
+}
+
+// Ready reports whether Allow would likely let a request through now: the
+// breaker is closed or half-open (whose probe slots may all be taken), or open
+// with its timeout passed. It takes no lock, does not allocate, and does not
+// change the state or take a probe slot.
+func (b *Breaker) Ready() bool {
+	if State(b.state.Load()) != StateOpen {
+		return true
+	}
+	return mono() > b.retryAt.Load()
+}
+
+// OpenedAt returns when the breaker last opened, or the zero time if it never
+// did.
+func (b *Breaker) OpenedAt() time.Time {
+	return monoTime(b.openedAt.Load())
+}
+
+// RetryAt returns when an open breaker turns half-open (it does so on the first
+// call that looks after that time), or the zero time if it is not open.
+func (b *Breaker) RetryAt() time.Time {
+	if State(b.state.Load()) != StateOpen {
+		return time.Time{}
+	}
+	return monoTime(b.retryAt.Load())
+}
+
+// Trips returns how many times the breaker has opened in its life, Trip
+// included. Update keeps it.
+func (b *Breaker) Trips() uint64 {
+	return b.trips.Load()
+}
+
+// Name returns the name the breaker was created with.
+func (b *Breaker) Name() string {
+	return b.name
+}
+
+// Settings returns the settings in use, with defaults applied.
+func (b *Breaker) Settings() Settings {
+	return b.cur.Load().settings
+}
+
+// Reset closes the breaker and clears its counts, calling onChange if it was not
+// closed. Outcomes of requests admitted before Reset are ignored.
+func (b *Breaker) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	in, st, retryAt := b.closed(b.cur.Load().settings)
+	b.replace(nil, in, st, retryAt)
+}
+
+// Trip opens the breaker now, for a full Timeout, whatever its state. If it was
+// not open, onChange is called and Trips counts one more; if it was, its open
+// period restarts now (RetryAt moves, OpenedAt does not). Outcomes of requests
+// admitted before Trip are ignored.
+func (b *Breaker) Trip() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	in, st, retryAt := b.opened(b.cur.Load().settings)
+	b.replace(nil, in, st, retryAt)
+}
+
+// Update applies new settings (after WithDefaults) to the breaker, for a
+// configuration reload. If they equal the current settings nothing changes.
+// Otherwise the breaker carries its state over to the new settings:
+//
+//   - closed stays closed, with its counts cleared;
+//   - open stays open until its RetryAt, or until OpenedAt plus the new
+//     Timeout if that is sooner (a shorter timeout applies at once, a longer
+//     one waits for the next open period); if that time has passed it turns
+//     half-open at once;
+//   - half-open stays half-open, with all Successes probe slots free again:
+//     probes in flight are not counted, so up to twice as many can briefly
+//     run.
+//
+// onChange is called only if the state changes. Trips, OpenedAt and RetryAt are
+// kept. Outcomes of requests admitted before Update are ignored.
+func (b *Breaker) Update(s Settings) {
+	s = s.sanitize()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		base := b.cur.Load()
+		if base.settings == s {
+			return
+		}
+		// Reading the state first turns a due open breaker half-open
+		// through the hook, so the carried state is the current one.
+		in, st, retryAt := b.carry(s, fromGobreaker(base.cb.State()))
+		if b.replace(base, in, st, retryAt) {
+			return
+		}
+		// base was provisional, and its hook replaced it by a regular
+		// instance in the meantime. Regular instances are replaced only
+		// under b.mu, so this loops at most once more.
+	}
+}
+
+// newInstance builds an instance that is not live yet. openFor is the library's
+// open timeout: s.Timeout, except for a provisional instance.
+func (b *Breaker) newInstance(s Settings, openFor time.Duration, provisional bool) *instance {
+	in := &instance{b: b, settings: s, provisional: provisional}
+	gs := gobreaker.Settings{
+		Name:          b.name,
+		MaxRequests:   s.Successes,
+		Timeout:       openFor,
+		ReadyToTrip:   in.readyToTrip,
+		OnStateChange: in.stateChanged,
+		IsExcluded:    isExcluded,
+	}
+	if s.Window > 0 {
+		gs.Interval, gs.BucketPeriod = window(s.Window)
+	}
+	in.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gs)
+	return in
+}
+
+// closed returns a regular instance in the closed state.
+func (b *Breaker) closed(s Settings) (*instance, State, int64) {
+	return b.newInstance(s, s.Timeout, false), StateClosed, 0
+}
+
+// opened returns a regular instance opened now, with its state and RetryAt.
+func (b *Breaker) opened(s Settings) (*instance, State, int64) {
+	in := b.newInstance(s, s.Timeout, false)
+	in.forceOpen()
+	st, retryAt := in.settle(s.Timeout)
+	return in, st, retryAt
+}
+
+// carry returns an instance with settings s that continues state st of the
+// current one (see Update), with its actual state and RetryAt.
+func (b *Breaker) carry(s Settings, st State) (*instance, State, int64) {
+	if st == StateClosed {
+		return b.closed(s)
+	}
+	openFor := minOpen
+	if st == StateOpen {
+		openFor = b.remainingOpen(s)
+	}
+	in := b.newInstance(s, openFor, true)
+	in.forceOpen()
+	got, retryAt := in.settle(openFor)
+	for i := 0; st == StateHalfOpen && got == StateOpen && i < settleTries; i++ {
+		got, retryAt = in.settle(openFor)
+	}
+	return in, got, retryAt
+}
+
+// remainingOpen returns how much longer an open breaker stays open under new
+// settings s: until its RetryAt, or OpenedAt+s.Timeout if sooner, and at least
+// minOpen.
+func (b *Breaker) remainingOpen(s Settings) time.Duration {
+	now := mono()
+	until := now + int64(s.Timeout)
+	if at := b.openedAt.Load(); at != 0 {
+		until = at + int64(s.Timeout)
+	}
+	if r := b.retryAt.Load(); r != 0 && r < until {
+		until = r
+	}
+	return max(time.Duration(until-now), minOpen)
+}
+
+// install makes in live and current. Callers other than New hold hookMu.
+func (b *Breaker) install(in *instance) {
+	in.live.Store(true)
+	b.cur.Store(in)
+}
+
+// replace installs in, prepared in state st, in place of base (or of whatever
+// is current if base is nil) and publishes st. If base is no longer current it
+// changes nothing and reports false.
+func (b *Breaker) replace(base, in *instance, st State, retryAt int64) bool {
+	b.hookMu.Lock()
+	defer b.hookMu.Unlock()
+	if base != nil && b.cur.Load() != base {
+		return false
+	}
+	b.install(in)
+	b.publish(st, retryAt)
+	return true
+}
+
+// publish records state to in the mirror and reports the change, if any, to
+// onChange. retryAt is used only if to is StateOpen. It must be called with
+// hookMu held.
+func (b *Breaker) publish(to State, retryAt int64) {
+	from := State(b.state.Load())
+	// Store RetryAt before the state when opening, and clear it after
+	// leaving, so that a lock-free reader never sees an open state with
+	// another period's RetryAt.
+	if to == StateOpen {
+		if from != StateOpen {
+			b.openedAt.Store(mono())
+			b.trips.Add(1)
+		}
+		b.retryAt.Store(retryAt)
+		b.state.Store(uint32(to))
+	} else {
+		b.state.Store(uint32(to))
+		b.retryAt.Store(0)
+	}
+	if from != to && b.onChange != nil {
+		b.onChange(from, to)
+	}
+}
+
+// readyToTrip is the library's ReadyToTrip hook.
+func (in *instance) readyToTrip(c gobreaker.Counts) bool {
+	return in.force.Load() || in.settings.readyToTrip(countsFrom(c))
+}
+
+// stateChanged is the library's OnStateChange hook. It runs with the library's
+// lock held.
+func (in *instance) stateChanged(_ string, _, to gobreaker.State) {
+	if !in.live.Load() {
+		return
+	}
+	b := in.b
+	b.hookMu.Lock()
+	defer b.hookMu.Unlock()
+	if b.cur.Load() != in {
+		// Replaced: its outcomes no longer matter.
+		return
+	}
+	st := fromGobreaker(to)
+	var retryAt int64
+	switch {
+	case in.provisional && st == StateOpen:
+		var next *instance
+		next, st, retryAt = b.opened(in.settings)
+		b.install(next)
+	case in.provisional && st == StateClosed:
+		var next *instance
+		next, st, retryAt = b.closed(in.settings)
+		b.install(next)
+	case st == StateOpen:
+		// The library set its expiry before calling the hook, so this
+		// RetryAt is never before it.
+		retryAt = mono() + int64(in.settings.Timeout)
+	}
+	b.publish(st, retryAt)
+}
+
+// forceOpen opens a fresh instance that is not live yet, by reporting one
+// failure while force is set.
+func (in *instance) forceOpen() {
+	in.force.Store(true)
+	defer in.force.Store(false)
+	report, err := in.cb.Allow()
+	if err != nil {
+		return
+	}
+	report(errFailure)
+}
+
+// settle returns the state of an instance that is not live yet, and for an open
+// one its RetryAt, read after the library set its expiry from openFor so that
+// Ready never reports the instance due before the library does.
+func (in *instance) settle(openFor time.Duration) (State, int64) {
+	st := fromGobreaker(in.cb.State())
+	if st != StateOpen {
+		return st, 0
+	}
+	return st, mono() + int64(openFor)
+}
