@@ -344,9 +344,9 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 // dial error. Its callbacks run on the
 // transport's goroutines.
 type tryTrace struct {
-	dialed      atomic.Bool
-	wrote       atomic.Bool
-	dialErr     atomic.Pointer[error]
+	dialed  atomic.Bool
+	wrote   atomic.Bool
+	dialErr atomic.Pointer[error]
 }
 
 func (t *tryTrace) clientTrace() *httptrace.ClientTrace {
@@ -356,8 +356,8 @@ func (t *tryTrace) clientTrace() *httptrace.ClientTrace {
 				t.dialErr.Store(&err)
 			}
 		},
-		GotConn:              func(httptrace.GotConnInfo) { t.dialed.Store(true) },
-		WroteRequest:         func(i httptrace.WroteRequestInfo) { t.wrote.Store(i.Err == nil) },
+		GotConn:      func(httptrace.GotConnInfo) { t.dialed.Store(true) },
+		WroteRequest: func(i httptrace.WroteRequestInfo) { t.wrote.Store(i.Err == nil) },
 	}
 }
 
