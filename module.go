@@ -197,8 +197,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.bgCancel = cancel
 	h.bg = new(sync.WaitGroup)
 	h.startBackground(bgCtx)
+	if provisioned != nil {
+		provisioned(h)
+	}
 	return nil
 }
+
+// provisioned, when set (by tests and benchmarks only), is called with
+// every handler that finished provisioning.
+var provisioned func(*Handler)
 
 // provisionPolicies turns the configuration into the settings the request
 // loop reads.
