@@ -200,39 +200,9 @@ func (h *Handler) emit(name string, data map[string]any) {
 	}
 }
 
-// emitHealth logs and emits an isolation transition.
+// emitHealth logs, counts and emits an isolation transition.
 func (h *Handler) emitHealth(ev health.Event) {
-	data := map[string]any{
-		"pool":     ev.Worker.Pool(),
-		"worker":   ev.Worker.ID(),
-		"upstream": ev.Worker.Upstream(),
-		"reason":   ev.Reason,
-	}
-	fields := []zap.Field{
-		zap.String("pool", ev.Worker.Pool()),
-		zap.String("worker", ev.Worker.ID()),
-		zap.String("reason", ev.Reason),
-	}
-	if !ev.Until.IsZero() {
-		data["until"] = ev.Until.UTC().Format(time.RFC3339Nano)
-		fields = append(fields, zap.Time("until", ev.Until))
-	}
-	var name string
-	switch ev.Type {
-	case health.EventIsolated:
-		name = eventWorkerIsolated
-		h.logger.Warn("worker isolated", fields...)
-	case health.EventRestored:
-		name = eventWorkerRestored
-		h.logger.Info("worker restored", fields...)
-	case health.EventRecoveryFailed:
-		name = eventWorkerRecoveryFailed
-		h.logger.Error("worker recovery failed", fields...)
-	default:
-		return
-	}
-	h.metrics.transition(ev.Worker.ID(), name)
-	h.emit(name, data)
+	emitWorkerEvent(h.ctx, h.events, h.logger, ev)
 }
 
 // startBackground starts the loops of this handler; each stops when ctx
