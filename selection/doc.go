@@ -35,12 +35,16 @@
 // the other candidate instead, so a new or reset worker competes on load
 // alone and earns traffic at once.
 //
-// A failure is recorded as the latency max(latency, 2 × estimate,
-// Settings.FailurePenalty): a fast failure (a refused connection, an
-// instant 502) must not make a broken worker look like the fastest one,
-// and repeated failures double the estimate each time (gentle first,
-// escalating on repetition). Breakers and isolation remain the tools that
-// take a failing worker out; the cost only steers traffic.
+// A failure records its latency like any answer, and makes the worker
+// avoided for a while: its cost is multiplied so that it loses every
+// comparison with a worker that is not, for 50ms after one failure,
+// doubling with each consecutive failure up to 1s (Settings.FailurePenalty,
+// Settings.MaxFailurePenalty). A fast failure (a refused connection, an
+// instant 502) therefore never makes a broken worker look like the fastest
+// one; a worker that keeps failing gets about one try per second; and one
+// that has recovered serves again within a second. Breakers and isolation
+// remain the tools that take a failing worker out; the cost only steers
+// traffic.
 //
 // # Feeding a tracker
 //

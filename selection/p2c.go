@@ -145,7 +145,7 @@ func (p *P2C) cheaper(b, a *reverseproxy.Upstream) bool {
 		va.latency = float64(p.trackers.Settings().Initial)
 		vb.latency = va.latency
 	}
-	return cost(vb.latency, vb.age, vb.inflight) < cost(va.latency, va.age, va.inflight)
+	return costOf(vb) < costOf(va)
 }
 
 func (p *P2C) clock() time.Time {

@@ -16,11 +16,18 @@ const (
 	// with no observations.
 	DefaultInitial = time.Millisecond
 
-	// DefaultFailurePenalty is the smallest latency a failure is recorded
-	// as. Together with the doubling of the estimate it keeps a worker with
-	// a sub-millisecond estimate from looking fastest right after it failed,
-	// while one failure still costs a healthy worker only seconds of traffic.
-	DefaultFailurePenalty = time.Millisecond
+	// DefaultFailurePenalty is how long a worker is avoided after one
+	// failure; each consecutive failure doubles it, up to
+	// DefaultMaxFailurePenalty.
+	DefaultFailurePenalty = 50 * time.Millisecond
+
+	// DefaultMaxFailurePenalty caps the avoidance after repeated failures,
+	// so that a recovered worker is tried, and serves again, within it.
+	DefaultMaxFailurePenalty = time.Second
+
+	// penaltyFactor multiplies the cost of a worker that is being avoided
+	// after a failure: it loses every comparison with one that is not.
+	penaltyFactor = 1e9
 
 	// DefaultMaxTrackers bounds a [Trackers] registry. Entries are created
 	// per configured upstream, so this is a guard against misuse (dial
@@ -37,8 +44,8 @@ const (
 	// token; the other bits are the start time, truncated to 128ns.
 	slotMask = 0x7F
 
-	// maxEstimate caps the estimate so that repeated failures, each of
-	// which doubles it, can never overflow it.
+	// maxEstimate caps the estimate so that absurd latencies (a clock
+	// jump) cannot overflow it.
 	maxEstimate = float64(10 * time.Minute)
 
 	// monoOffset keeps mono's results positive for any realistic time, so
@@ -72,9 +79,13 @@ type Settings struct {
 	// observation. Zero or less selects DefaultInitial.
 	Initial time.Duration
 
-	// FailurePenalty is the smallest latency a failure is recorded as;
+	// FailurePenalty is how long a worker is avoided after a failure;
 	// see Tracker.Done. Zero or less selects DefaultFailurePenalty.
 	FailurePenalty time.Duration
+
+	// MaxFailurePenalty caps the avoidance after consecutive failures.
+	// Zero or less selects DefaultMaxFailurePenalty.
+	MaxFailurePenalty time.Duration
 
 	// MaxTrackers bounds the number of entries of a Trackers registry.
 	// Zero or less selects DefaultMaxTrackers.
@@ -92,6 +103,10 @@ func (s Settings) withDefaults() Settings {
 	if s.FailurePenalty <= 0 {
 		s.FailurePenalty = DefaultFailurePenalty
 	}
+	if s.MaxFailurePenalty <= 0 {
+		s.MaxFailurePenalty = DefaultMaxFailurePenalty
+	}
+	s.MaxFailurePenalty = max(s.MaxFailurePenalty, s.FailurePenalty)
 	if s.MaxTrackers <= 0 {
 		s.MaxTrackers = DefaultMaxTrackers
 	}
@@ -104,9 +119,15 @@ func (s Settings) withDefaults() Settings {
 // Tracker is safe for concurrent use and must not be copied after first
 // use. Every method is also safe on a nil *Tracker, which records nothing.
 type Tracker struct {
-	decay   float64 // ns
-	initial float64 // ns
-	penalty float64 // ns
+	decay      float64 // ns
+	initial    float64 // ns
+	penalty    float64 // ns
+	maxPenalty float64 // ns
+
+	// failures counts consecutive failures; avoidUntil (a mono
+	// timestamp) is the end of the avoidance they earned.
+	failures   atomic.Int32
+	avoidUntil atomic.Int64
 
 	inflight atomic.Int64
 
@@ -127,9 +148,10 @@ type Tracker struct {
 func NewTracker(s Settings) *Tracker {
 	s = s.withDefaults()
 	return &Tracker{
-		decay:   float64(s.Decay),
-		initial: float64(s.Initial),
-		penalty: float64(s.FailurePenalty),
+		decay:      float64(s.Decay),
+		initial:    float64(s.Initial),
+		penalty:    float64(s.FailurePenalty),
+		maxPenalty: float64(s.MaxFailurePenalty),
 	}
 }
 
@@ -177,15 +199,15 @@ func (t *Tracker) release(token int64) bool {
 	return true
 }
 
-// Done records the answer to the request of token at now, after latency.
-// A latency of zero or less is replaced by the time since Start when the
-// request was timed. If failed is true, the request counts as a failure
-// and is recorded as the latency
-//
-//	max(latency, 2 × current estimate, Settings.FailurePenalty)
-//
-// (with Settings.Initial standing in for a missing estimate), so every
-// failure at least doubles the estimate. A token that is not in flight
+// Done records the answer of the request of token at now: its latency
+// (when 0 or less, the time since Start) goes into the estimate. A failure
+// also makes the worker avoided, its cost multiplied so that it loses
+// every comparison with a worker that is not, for FailurePenalty, doubled
+// with each consecutive failure up to MaxFailurePenalty; a success ends
+// the avoidance. So a fast failure (a refused connection, an instant 502)
+// never makes a broken worker look like the fastest, a worker that keeps
+// failing is tried about once per MaxFailurePenalty, and one that has
+// recovered serves again within that time. A token that is not in flight
 // (already finished) is ignored; a 0 token always releases one in-flight
 // request, since untimed requests cannot be told apart.
 func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed bool) {
@@ -193,10 +215,27 @@ func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed
 		return
 	}
 	x := float64(latency)
+	n := mono(now)
 	if x <= 0 && token != 0 {
-		x = float64(mono(now) - token&^slotMask)
+		x = float64(n - token&^slotMask)
 	}
-	t.observe(mono(now), max(x, 1), failed)
+	t.observe(n, max(x, 1))
+	if !failed {
+		if t.failures.Load() != 0 {
+			t.failures.Store(0)
+			t.avoidUntil.Store(0)
+		}
+		return
+	}
+	streak := min(t.failures.Add(1), 30)
+	d := min(t.penaltyNs()*float64(int64(1)<<(streak-1)), t.maxPenaltyNs())
+	t.avoidUntil.Store(n + int64(d))
+}
+
+// Avoided reports whether the worker is being avoided at now after a
+// failure (see Done).
+func (t *Tracker) Avoided(now time.Time) bool {
+	return t != nil && mono(now) < t.avoidUntil.Load()
 }
 
 // Cancel releases the request of token without an answer, after elapsed
@@ -215,20 +254,13 @@ func (t *Tracker) Cancel(token int64, now time.Time, elapsed time.Duration) {
 
 // observe folds the latency x (ns, at least 1) observed at now into the
 // estimate.
-func (t *Tracker) observe(now int64, x float64, failed bool) {
+func (t *Tracker) observe(now int64, x float64) {
 	w := t.weight(t.advance(now))
 	for {
 		oldBits := t.estimate.Load()
 		old := math.Float64frombits(oldBits)
 		cur := old * w // the estimate as readers see it now
 		obs := x
-		if failed {
-			base := cur
-			if old == 0 {
-				base = t.initialNs()
-			}
-			obs = max(obs, 2*base, t.penaltyNs())
-		}
 		est := obs
 		if old != 0 && obs < cur {
 			// Below the estimate: move from it towards obs by the share
@@ -311,12 +343,20 @@ func (t *Tracker) penaltyNs() float64 {
 	return float64(DefaultFailurePenalty)
 }
 
+func (t *Tracker) maxPenaltyNs() float64 {
+	if t.maxPenalty > 0 {
+		return t.maxPenalty
+	}
+	return float64(DefaultMaxFailurePenalty)
+}
+
 // view is what a cost is computed from, read at one instant.
 type view struct {
 	latency  float64 // the estimate in ns, 0 if !known
 	known    bool    // whether there has been an observation
 	inflight int64
 	age      float64 // ns since the start of the oldest timed request in flight
+	avoided  bool    // failed recently: see Done
 }
 
 // view reads the tracker at now. A nil tracker gives the zero view.
@@ -325,7 +365,7 @@ func (t *Tracker) view(now time.Time) view {
 		return view{}
 	}
 	n := mono(now)
-	v := view{inflight: max(t.inflight.Load(), 0)}
+	v := view{inflight: max(t.inflight.Load(), 0), avoided: n < t.avoidUntil.Load()}
 	if est := math.Float64frombits(t.estimate.Load()); est != 0 {
 		v.latency = est * t.weight(n-t.stamp.Load())
 		v.known = true
@@ -360,12 +400,22 @@ func cost(latency, age float64, inflight int64) float64 {
 	return max(latency, age) * float64(inflight+1)
 }
 
+// costOf is the cost of a view, with the avoidance of a recent failure.
+func costOf(v view) float64 {
+	c := cost(v.latency, v.age, v.inflight)
+	if v.avoided {
+		c = (c + 1) * penaltyFactor
+	}
+	return c
+}
+
 // Cost returns the cost of sending one more request to the upstream at
 // now, in nanoseconds × requests:
 //
 //	max(estimate, age of the oldest unanswered request) × (in-flight + 1)
 //
-// with Settings.Initial as the estimate before the first observation.
+// with Settings.Initial as the estimate before the first observation, and
+// multiplied by a huge factor while the worker is avoided after a failure.
 // Lower is better. A nil tracker costs 0.
 func (t *Tracker) Cost(now time.Time) float64 {
 	if t == nil {
@@ -375,7 +425,7 @@ func (t *Tracker) Cost(now time.Time) float64 {
 	if !v.known {
 		v.latency = t.initialNs()
 	}
-	return cost(v.latency, v.age, v.inflight)
+	return costOf(v)
 }
 
 // Estimate returns the latency estimate at now, and false if there has

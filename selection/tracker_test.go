@@ -236,39 +236,55 @@ func TestEstimateConvergesToSteadyLatency(t *testing.T) {
 }
 
 func TestFailurePenalty(t *testing.T) {
-	tests := []struct {
-		name    string
-		prior   time.Duration // observed at t0; 0 means none
-		latency time.Duration // of the failure, at t0
-		want    float64
-	}{
-		{"no estimate, fast failure: twice the initial latency", 0, 100 * time.Microsecond, 2 * ms},
-		{"fast failure doubles the estimate", 10 * time.Millisecond, time.Millisecond, 20 * ms},
-		{"slow failure (timeout) counts its latency", 10 * time.Millisecond, 3 * time.Second, 3000 * ms},
-		{"tiny estimate: the penalty floor", 100 * time.Microsecond, 50 * time.Microsecond, 1 * ms},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			tr := NewTracker(Settings{})
-			if tc.prior > 0 {
-				observeAt(tr, t0, tc.prior)
-			}
-			tr.Done(tr.Start(t0.Add(-tc.latency)), t0, tc.latency, true)
-			got, _ := tr.Estimate(t0)
-			if !near(float64(got), tc.want) {
-				t.Errorf("Estimate = %v, want %v", got, time.Duration(tc.want))
-			}
-		})
-	}
+	fail := func(tr *Tracker, at time.Time) { tr.Done(tr.Start(at), at, time.Millisecond, true) }
 
-	t.Run("repeated failures stay finite", func(t *testing.T) {
+	t.Run("avoidance doubles per consecutive failure and is capped", func(t *testing.T) {
 		tr := NewTracker(Settings{})
-		for range 2000 {
-			tr.Done(tr.Start(t0), t0, time.Millisecond, true)
+		want := []time.Duration{50, 100, 200, 400, 800, 1000, 1000}
+		for i, w := range want {
+			fail(tr, t0)
+			if !tr.Avoided(t0.Add(w*time.Millisecond - time.Microsecond)) {
+				t.Errorf("failure %d: not avoided just before %dms", i+1, w)
+			}
+			if tr.Avoided(t0.Add(w * time.Millisecond)) {
+				t.Errorf("failure %d: still avoided at %dms", i+1, w)
+			}
 		}
-		got, _ := tr.Estimate(t0)
-		if float64(got) != maxEstimate {
-			t.Errorf("Estimate = %v, want the cap %v", got, time.Duration(maxEstimate))
+	})
+
+	t.Run("a success ends the avoidance and the streak", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		fail(tr, t0)
+		fail(tr, t0)
+		tr.Done(tr.Start(t0), t0, time.Millisecond, false)
+		if tr.Avoided(t0) {
+			t.Fatal("avoided after a success")
+		}
+		fail(tr, t0)
+		if tr.Avoided(t0.Add(50 * time.Millisecond)) {
+			t.Fatal("the streak did not restart after a success")
+		}
+	})
+
+	t.Run("a fast failure never makes a worker cheapest", func(t *testing.T) {
+		broken, healthy := NewTracker(Settings{}), NewTracker(Settings{})
+		observeAt(healthy, t0, 5*time.Millisecond)
+		broken.Done(broken.Start(t0), t0, 10*time.Microsecond, true)
+		if broken.Cost(t0) <= healthy.Cost(t0) {
+			t.Fatalf("broken cost %g <= healthy cost %g", broken.Cost(t0), healthy.Cost(t0))
+		}
+		// once the avoidance is over it competes on latency again
+		if after := t0.Add(time.Second); broken.Cost(after) >= healthy.Cost(after) {
+			t.Fatalf("after the avoidance: broken %g >= healthy %g", broken.Cost(after), healthy.Cost(after))
+		}
+	})
+
+	t.Run("a slow failure counts its latency", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		observeAt(tr, t0, 10*time.Millisecond)
+		tr.Done(tr.Start(t0.Add(-3*time.Second)), t0, 3*time.Second, true)
+		if got, _ := tr.Estimate(t0); !near(float64(got), 3000*ms) {
+			t.Fatalf("Estimate = %v, want 3s", got)
 		}
 	})
 }
