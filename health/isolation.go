@@ -443,7 +443,7 @@ func (m *Monitor) Isolate(w *WorkerHealth, reason Reason, detail string) (Event,
 	if !m.isMemberLocked(w) {
 		return Event{}, false
 	}
-	return m.ejectLocked(w, m.now(), reasonText(reason, detail), reason == ReasonProbe)
+	return m.ejectLocked(w, m.now(), reasonText(reason, detail))
 }
 
 // IsolateFor takes w out of rotation on an operator's request, for d, or
@@ -499,10 +499,13 @@ func (m *Monitor) Restore(w *WorkerHealth) (Event, bool) {
 	return Event{Type: EventRestored, Worker: w, Reason: reasonText(ReasonOperator, "restored by operator")}, true
 }
 
-// ProbeRecovered is called when a probe flips w to healthy. It reinstates
-// w, on probation, when it is recovery-failed, or when its ejection time
-// has passed and it was only waiting for its probes. Otherwise, or when w
-// is not probe-healthy, it returns false.
+// ProbeRecovered is called when a probe flips w from unhealthy to
+// healthy. It reinstates w, on probation, when it is recovery-failed, when
+// it was isolated automatically (breaker, probes, outlier detection,
+// critical error: the flip is evidence of recovery), or when its ejection
+// time has passed and it was only waiting for its probes. An isolation by
+// an operator or after a failed probation is not ended early. Otherwise,
+// or when w is not probe-healthy, it returns false.
 func (m *Monitor) ProbeRecovered(w *WorkerHealth) (Event, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -519,10 +522,12 @@ func (m *Monitor) ProbeRecovered(w *WorkerHealth) (Event, bool) {
 	switch {
 	case w.iso.recoveryFailed:
 		detail = "probe passed after recovery failed"
-	case w.iso.byProbe:
-		// the probes took it out and now pass again: evidence of
-		// recovery. A probe that never failed (one that lies while real
-		// traffic fails) is no evidence and cannot shorten an ejection.
+	case w.iso.endsOnProbe:
+		// the probes failed and now pass again: evidence of recovery,
+		// whatever took the worker out. A probe that never failed (one
+		// that lies while real traffic fails) never flips, so it cannot
+		// shorten an ejection; nor can it end one that began when a
+		// reinstated worker failed its probation.
 		detail = "probe passed again"
 	case !w.iso.until.IsZero() && !now.Before(w.iso.until):
 		detail = "probe passed after the ejection time"
@@ -686,7 +691,7 @@ func (m *Monitor) detectOutliersLocked(now time.Time, evs []Event) []Event {
 		text := reasonText(ReasonOutlier, fmt.Sprintf(
 			"success rate %.1f%% over %d requests, below the pool threshold %.1f%% (mean %.1f%%)",
 			100*successRate(stats[i]), stats[i].Requests, 100*threshold, 100*mean))
-		if ev, ok := m.ejectLocked(m.workers[i], now, text, false); ok {
+		if ev, ok := m.ejectLocked(m.workers[i], now, text); ok {
 			evs = append(evs, ev)
 		}
 	}
@@ -723,10 +728,9 @@ func (m *Monitor) Counts() (healthy, isolated, total int) {
 // ejectLocked isolates w automatically for its next ejection time, within
 // MaxPercent. Requires m.mu.
 //
-// byProbe records that the probes' own verdict took the worker out, so that
-// their recovery may bring it back before the ejection time (see
+// An automatic isolation may end early when the probes recover (see
 // ProbeRecovered).
-func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string, byProbe bool) (Event, bool) {
+func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string) (Event, bool) {
 	if !m.roomLocked() {
 		return Event{}, false
 	}
@@ -738,7 +742,7 @@ func (m *Monitor) ejectLocked(w *WorkerHealth, now time.Time, text string, byPro
 	w.iso.ejections++
 	until := now.Add(EjectionTime(m.s, w.iso.ejections, m.rnd()))
 	w.setIsolatedLocked(until, text)
-	w.iso.byProbe = byProbe
+	w.iso.endsOnProbe = true
 	return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
 }
 

@@ -499,15 +499,23 @@ func TestMonitorTickReinstatement(t *testing.T) {
 		mustNoEvent(t, out(p.m.ProbeRecovered(w)))
 	})
 
-	t.Run("a passing probe cannot end a passive isolation early", func(t *testing.T) {
+	t.Run("probe recovery ends a breaker isolation at once", func(t *testing.T) {
 		p := newPool(3, IsolationSettings{ProbesConfigured: true})
 		w := p.ws[0]
 		p.m.Isolate(w, ReasonBreaker, "tripping")
+		w.RecordProbe(errors.New("down"), p.clk.Now(), 1, 1)
+		mustNoEvent(t, out(p.m.ProbeRecovered(w))) // probe failing
 		w.RecordProbe(nil, p.clk.Now(), 1, 1)
-		mustNoEvent(t, out(p.m.ProbeRecovered(w))) // ejection time not passed
-		p.clk.Advance(10 * time.Second)
 		mustEvent(t, out(p.m.ProbeRecovered(w)), EventRestored, w, ReasonProbeRecovered)
 		mustNoEvent(t, out(tickOne(t, p.m)))
+	})
+
+	t.Run("probe recovery cannot end an operator isolation", func(t *testing.T) {
+		p := newPool(3, IsolationSettings{ProbesConfigured: true})
+		w := p.ws[0]
+		p.m.IsolateFor(w, time.Minute, "maintenance")
+		w.RecordProbe(nil, p.clk.Now(), 1, 1)
+		mustNoEvent(t, out(p.m.ProbeRecovered(w)))
 	})
 }
 

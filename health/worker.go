@@ -53,7 +53,7 @@ type WorkerHealth struct {
 type isolationRecord struct {
 	until              time.Time // zero while isolated means: until an operator or a probe brings it back
 	reason             string
-	byProbe            bool // isolated by failed probes (see Monitor.ProbeRecovered)
+	endsOnProbe        bool // an automatic isolation that probe recovery ends (see Monitor.ProbeRecovered)
 	ejections          int
 	recoveryAttempts   int
 	recoveryFailed     bool
@@ -286,7 +286,7 @@ func (w *WorkerHealth) probeChanging() bool {
 func (w *WorkerHealth) setIsolatedLocked(until time.Time, reason string) {
 	w.iso.until = until
 	w.iso.reason = reason
-	w.iso.byProbe = false
+	w.iso.endsOnProbe = false
 	w.iso.probationSuccesses = 0
 	w.onProbation.Store(false)
 	w.restoredAt.Store(0)
