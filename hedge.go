@@ -113,10 +113,13 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 // race runs the first try and, each time the hedge delay passes without
 // an answer, one more try on another worker. It returns the outcome that
 // decides the request: the winner's, or a failure when every try failed.
-func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, first *worker, firstDone func(breaker.Outcome), next caddyhttp.Handler) tryResult {
+func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, firstDone func(breaker.Outcome), next caddyhttp.Handler) tryResult {
 	rc := new(race)
 	results := make(chan tryResult, 1+h.hedge.Max)
-	launch := func(wk *worker, done func(breaker.Outcome), attempt int) {
+	// the client writer's headers, read once before any try can write
+	// them: hedges start from this copy
+	base := w.Header().Clone()
+	launch := func(wk *worker, tw *tryWriter, done func(breaker.Outcome), attempt int) {
 		// each racing try gets its own copy of the request's variables:
 		// reverse_proxy writes to them while preparing the request
 		ctx := r.Context()
@@ -124,14 +127,14 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
 		}
 		go func() {
-			res := h.try(ctx, wk, w, r, rs.body, base, true, rc, next)
+			res := h.try(ctx, wk, tw, r, rs.body, true, rc, next)
 			res.done, res.attempt = done, attempt
 			results <- res
 		}()
 	}
 
 	delay := h.hedgeDelay(rs, false)
-	launch(first, firstDone, rs.attempts)
+	launch(first, firstTW, firstDone, rs.attempts)
 	running := 1
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -153,7 +156,8 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			if rc.winner.Load() != nil || h.hedgeDelay(rs, false) == 0 {
 				continue
 			}
-			wk, done := h.pickFresh(r, w, rs)
+			tw := newTryWriter(w, base, h.maxHeld)
+			wk, done := h.pickFresh(r, tw, rs)
 			if wk == nil {
 				continue
 			}
@@ -165,7 +169,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			rs.hedges++
 			rs.tried = append(rs.tried, wk)
 			h.metrics.hedge(wk)
-			launch(wk, done, rs.attempts)
+			launch(wk, tw, done, rs.attempts)
 			running++
 			timer.Reset(delay)
 		}

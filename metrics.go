@@ -116,18 +116,38 @@ func newPoolMetrics(ctx caddy.Context, pool string, logger *zap.Logger) *poolMet
 	return &poolMetrics{pool: pool}
 }
 
-func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
-	if m == nil {
+// workerSeries are a worker's hot-path series, looked up once in
+// Provision so that a request costs no label hashing.
+type workerSeries struct {
+	success, failure, canceled prometheus.Counter
+	latency                    prometheus.Observer
+}
+
+// bind looks up the hot-path series of a worker.
+func (m *poolMetrics) bind(wk *worker) {
+	if m == nil || collectors.requests == nil {
 		return
 	}
-	outcome := "success"
+	wk.series = &workerSeries{
+		success:  collectors.requests.WithLabelValues(m.pool, wk.id, "success"),
+		failure:  collectors.requests.WithLabelValues(m.pool, wk.id, "failure"),
+		canceled: collectors.requests.WithLabelValues(m.pool, wk.id, "canceled"),
+		latency:  collectors.latency.WithLabelValues(m.pool, wk.id),
+	}
+}
+
+func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
+	if m == nil || wk.series == nil {
+		return
+	}
 	switch {
 	case cls.Kind == recovery.KindCanceled:
-		outcome = "canceled"
+		wk.series.canceled.Inc()
 	case cls.Failure:
-		outcome = "failure"
+		wk.series.failure.Inc()
+	default:
+		wk.series.success.Inc()
 	}
-	collectors.requests.WithLabelValues(m.pool, wk.id, outcome).Inc()
 }
 
 func (m *poolMetrics) failure(wk *worker, cls recovery.Classification) {
@@ -184,10 +204,10 @@ func (m *poolMetrics) probe(id string, pass bool) {
 }
 
 func (m *poolMetrics) latency(wk *worker, d time.Duration) {
-	if m == nil {
+	if m == nil || wk.series == nil {
 		return
 	}
-	collectors.latency.WithLabelValues(m.pool, wk.id).Observe(d.Seconds())
+	wk.series.latency.Observe(d.Seconds())
 }
 
 func (m *poolMetrics) breakerState(id string, s breaker.State) {

@@ -370,6 +370,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			// latency and hang tracking work whatever the policy
 			w.tracker = selection.NewTracker(selection.Settings{})
 		}
+		h.metrics.bind(w)
 		w.up = w.proxy.Upstreams[0]
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)

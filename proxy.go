@@ -45,16 +45,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
 	}
 
-	// The writer's headers as the previous handlers left them: every try
-	// starts from them, so a retried try leaves no header behind.
-	base := w.Header().Clone()
-
 	rs := &requestState{r: r, body: body}
 	var sched *recovery.Schedule
 	var held *tryWriter
 
 	for {
-		res, ok := h.attempt(w, r, rs, base, repl, next)
+		res, ok := h.attempt(w, r, rs, repl, next)
 		if !ok {
 			break
 		}
@@ -121,8 +117,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // attempt makes one try of the request, or, when hedging applies, a race
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
-func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, base http.Header, repl *caddy.Replacer, next caddyhttp.Handler) (tryResult, bool) {
-	wk, done, panicMode := h.pickAllowed(r, w, rs)
+func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, repl *caddy.Replacer, next caddyhttp.Handler) (tryResult, bool) {
+	// Every try starts from the client writer's headers as the previous
+	// handlers left them: a try that is retried never passed its own
+	// headers on, so nothing of it is left behind. The selection policy
+	// writes into the try's headers too (the cookie policy sets one), so
+	// that only the worker that answers leaves its cookie.
+	tw := newTryWriter(w, w.Header(), h.maxHeld)
+	wk, done, panicMode := h.pickAllowed(r, tw, rs)
 	if wk == nil {
 		return tryResult{}, false
 	}
@@ -132,12 +134,11 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 	// set before the try, so that deferred header operations see them
 	// when its response is written
 	h.setPlaceholders(repl, rs)
-	replaceHeader(w.Header(), base)
 	canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
 	if h.hedgeDelay(rs, panicMode) > 0 {
-		return h.race(w, r, rs, base, wk, done, next), true
+		return h.race(w, r, rs, tw, wk, done, next), true
 	}
-	res := h.try(r.Context(), wk, w, r, rs.body, base, canRetry, nil, next)
+	res := h.try(r.Context(), wk, tw, r, rs.body, canRetry, nil, next)
 	res.done, res.attempt = done, rs.attempts
 	h.record(res, panicMode)
 	if res.abort != nil {
@@ -201,11 +202,10 @@ type tryResult struct {
 // failure response is held back when canRetry and it is retryable. In a
 // race (rc not nil), a response that is not held back must also win the
 // race to reach the client; a loser's response is discarded.
-func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r *http.Request, body *replayBody, base http.Header, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
+func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
 	var trace tryTrace
 	ctx = httptrace.WithClientTrace(ctx, trace.clientTrace())
 
-	tw := newTryWriter(w, base, h.maxHeld, nil)
 	tw.method = r.Method
 	tw.hold = func(status int, hdr http.Header) bool {
 		if canRetry {
@@ -224,19 +224,21 @@ func (h *Handler) try(ctx context.Context, wk *worker, w http.ResponseWriter, r 
 		tw.quiet = true // a racing try forwards no 1xx response
 	}
 
-	var cancel context.CancelFunc
-	ctx, cancel = context.WithCancel(ctx)
-	defer cancel()
-	if rc != nil {
-		rc.add(tw, cancel)
-	}
-	if h.perTry > 0 {
-		t := time.AfterFunc(h.perTry, func() {
-			if tw.timeOut() {
-				cancel()
-			}
-		})
-		defer t.Stop()
+	if rc != nil || h.perTry > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		if rc != nil {
+			rc.add(tw, cancel)
+		}
+		if h.perTry > 0 {
+			t := time.AfterFunc(h.perTry, func() {
+				if tw.timeOut() {
+					cancel()
+				}
+			})
+			defer t.Stop()
+		}
 	}
 
 	rr := r.WithContext(ctx)

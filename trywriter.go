@@ -72,13 +72,12 @@ func (tw *tryWriter) timeOut() bool {
 	return true
 }
 
-// newTryWriter returns a writer for one try; base is the client writer's
-// header map as it was before the first try.
-func newTryWriter(w http.ResponseWriter, base http.Header, limit int64, hold func(int, http.Header) bool) *tryWriter {
+// newTryWriter returns a writer for one try to the client writer w; its
+// own headers start as a copy of base (w's headers before any try).
+func newTryWriter(w http.ResponseWriter, base http.Header, limit int64) *tryWriter {
 	return &tryWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		header:                base.Clone(),
-		hold:                  hold,
 		limit:                 limit,
 	}
 }

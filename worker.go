@@ -131,7 +131,8 @@ type worker struct {
 	ps          *poolState
 	proxy       *reverseproxy.Handler
 	up          *reverseproxy.Upstream // proxy.Upstreams[0], what selection policies see
-	tracker     *selection.Tracker     // latency and load, when the policy learns them; may be nil
+	tracker     *selection.Tracker     // latency, load and hangs
+	series      *workerSeries          // hot-path metric series; nil without metrics
 	provisioned bool
 }
 
