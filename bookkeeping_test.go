@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -60,6 +61,49 @@ func BenchmarkBookkeeping(b *testing.B) {
 				wk.health.EndRequest()
 				h.record(tryResult{wk: wk, tw: tw, cls: cls, done: done, latency: time.Millisecond, attempt: 1}, false)
 			}
+		})
+	}
+}
+
+// BenchmarkProxy compares a GET through plain reverse_proxy and through
+// bifrost, in-process, against three real backends on loopback. It is a
+// profiling aid (go test -bench Proxy -cpuprofile); the side-by-side
+// happy-path figures come from the chaos suite's alternating runs.
+func BenchmarkProxy(b *testing.B) {
+	t := &testing.T{}
+	backs := []*backend{newBackend(t), newBackend(t), newBackend(t)}
+	defer func() {
+		for _, bk := range backs {
+			bk.close()
+		}
+	}()
+	addrs := make([]string, len(backs))
+	for i, bk := range backs {
+		addrs[i] = bk.addr
+	}
+	for _, handler := range []string{"reverse_proxy", "bifrost"} {
+		b.Run(handler, func(b *testing.B) {
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\tauto_https off\n}\n:9080 {\n\t%s %s\n}\n", testAdmin, handler, strings.Join(addrs, " "))
+			js, err := adapt(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := caddy.Load(js, true); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := client.Get(testSite + "/")
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
 		})
 	}
 }

@@ -46,6 +46,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	rs := &requestState{r: r, body: body}
+	rs.tried = rs.triedBuf[:0]
 	var sched *recovery.Schedule
 	var held *tryWriter
 
@@ -170,6 +171,7 @@ type requestState struct {
 	r        *http.Request
 	body     *replayBody
 	tried    []*worker // workers that got a try
+	triedBuf [4]*worker
 	skipped  []*worker // workers whose breaker refused this request
 	attempts int
 	hedges   int
@@ -207,7 +209,17 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 	ctx = httptrace.WithClientTrace(ctx, trace.clientTrace())
 
 	tw.method = r.Method
-	tw.hold = func(status int, hdr http.Header) bool {
+	start := time.Now()
+	token := wk.tracker.Start(start)
+	answered := false
+	// onHeader is called once, when the final response headers arrive:
+	// it feeds the latency tracker, then decides whether the response is
+	// held back
+	tw.onHeader = func(status int, hdr http.Header) bool {
+		if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
+			answered = true
+			wk.tracker.Done(token, time.Now(), 0, status >= 500)
+		}
 		if canRetry {
 			cls := h.classifier.Classify(recovery.Attempt{Status: status, Header: hdr, Dialed: true, Wrote: true}, time.Now())
 			if cls.Failure && h.retryable(r, cls, status) {
@@ -244,17 +256,6 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 	rr := r.WithContext(ctx)
 	body.reset(rr)
 
-	start := time.Now()
-	token := wk.tracker.Start(start)
-	answered := false
-	tw.onHeader = func(status int) {
-		if status == 499 {
-			// reverse_proxy's mark of a cancelled round trip: no answer
-			return
-		}
-		answered = true
-		wk.tracker.Done(token, time.Now(), 0, status >= 500)
-	}
 	wk.health.BeginRequest()
 	abort, err := h.serveWorker(wk, tw, rr, next)
 	wk.health.EndRequest()
@@ -504,7 +505,11 @@ func (h *Handler) setPlaceholders(repl *caddy.Replacer, rs *requestState) {
 	}
 }
 
-// replayBody keeps a request body so that it can be sent again.
+// noBody is the replay body of every request without one.
+var noBody = &replayBody{replayable: true}
+
+// replayBody keeps a request body so that it can be sent again. It is not
+// modified after bufferBody.
 type replayBody struct {
 	data       []byte
 	replayable bool
@@ -516,7 +521,7 @@ type replayBody struct {
 // streamed to a single try and never replayed.
 func (h *Handler) bufferBody(r *http.Request) (*replayBody, error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return &replayBody{replayable: true}, nil
+		return noBody, nil
 	}
 	if r.ContentLength > h.maxBody {
 		return &replayBody{stream: r.Body}, nil

@@ -17,7 +17,7 @@ var errHeldTooLarge = errors.New("held-back failure response exceeds max_held_re
 // tryWriter is the response writer of one try. It gives the try a header
 // map of its own, so that headers of a try that is then retried never reach
 // the client (reverse_proxy copies upstream headers into the writer's map
-// before WriteHeader). When the response is written, hold decides whether
+// before WriteHeader). When the response is written, onHeader decides whether
 // it is held back, because it is a failure that another try may replace,
 // or passed through to the client untouched: once passed, the try's
 // headers replace the client writer's and every byte streams as usual.
@@ -25,17 +25,16 @@ var errHeldTooLarge = errors.New("held-back failure response exceeds max_held_re
 // Informational (1xx) responses always pass through; a held body is capped
 // at limit bytes, past which writes fail and the try is abandoned.
 type tryWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 
 	header http.Header
 	method string // of the request, for messages
-	hold   func(status int, header http.Header) bool
 	limit  int64
 	quiet  bool // drop 1xx responses (a racing try)
 
-	// onHeader, if set, is called once with the final status when the
-	// response headers arrive (the selection policy's latency sample).
-	onHeader func(status int)
+	// onHeader, if set, is called once with the final status and headers
+	// when they arrive; it reports whether the response is held back.
+	onHeader func(status int, header http.Header) (hold bool)
 
 	// discard is set when the try's response must never reach the
 	// client: it timed out, or it lost a race. timedOut says which.
@@ -76,7 +75,7 @@ func (tw *tryWriter) timeOut() bool {
 // own headers start as a copy of base (w's headers before any try).
 func newTryWriter(w http.ResponseWriter, base http.Header, limit int64) *tryWriter {
 	return &tryWriter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		header:                base.Clone(),
 		limit:                 limit,
 	}
@@ -106,10 +105,8 @@ func (tw *tryWriter) WriteHeader(code int) {
 	if !tw.phase.CompareAndSwap(phaseWaiting, phaseAnswered) {
 		tw.discard.Store(true) // timed out just before
 	}
-	if tw.onHeader != nil {
-		tw.onHeader(code)
-	}
-	if tw.discard.Load() || (tw.hold != nil && tw.hold(code, tw.header)) {
+	hold := tw.onHeader != nil && tw.onHeader(code, tw.header)
+	if tw.discard.Load() || hold {
 		tw.held = true
 		return
 	}
