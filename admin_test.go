@@ -164,6 +164,7 @@ func TestEvents(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
 	loadWithEventLog(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
 		name ev
+		lb_policy round_robin
 		breaker {
 			failures 1
 		}

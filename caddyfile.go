@@ -75,7 +75,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        base_time <duration>
 //	        max_time <duration>
 //	        max_percent <0..100>
-//	        success_rate <min_requests> [<stdev_factor>]
+//	        success_rate <min_requests>|off [<stdev_factor>]
 //	        outlier_interval <duration>
 //	        slow_start <duration>
 //	        breaker_trips <n>
@@ -413,9 +413,15 @@ func (p *parser) isolation(d *caddyfile.Dispenser) error {
 			if len(args) < 1 || len(args) > 2 {
 				return d.ArgErr()
 			}
-			if err := parseInt(d, "success_rate min_requests", args[0], &ic.SuccessRateMinRequests); err != nil {
-				return err
+			n := 0
+			if args[0] != "off" {
+				if err := parseInt(d, "success_rate min_requests", args[0], &n); err != nil {
+					return err
+				}
+			} else if len(args) > 1 {
+				return d.ArgErr()
 			}
+			ic.SuccessRateMinRequests = &n
 			if len(args) == 2 {
 				err = parseFloat(d, "success_rate stdev_factor", args[1], &ic.SuccessRateStdevFactor)
 			}

@@ -170,11 +170,13 @@ type IsolationConfig struct {
 	// Default: 50.
 	MaxPercent *int `json:"max_percent,omitempty"`
 
-	// SuccessRateMinRequests enables outlier detection: a worker that saw
-	// at least this many requests in a detection interval and whose
-	// success rate is below the pool's mean minus SuccessRateStdevFactor
-	// standard deviations is isolated. Default: 0 (off).
-	SuccessRateMinRequests int `json:"success_rate_min_requests,omitempty"`
+	// SuccessRateMinRequests tunes outlier detection: a worker that saw
+	// at least this many requests in an outlier interval, and whose
+	// success rate is below the pool's mean by SuccessRateStdevFactor
+	// standard deviations and by at least ten percentage points, is
+	// isolated. It needs three workers with that many requests. 0 turns
+	// detection off. Default: 20.
+	SuccessRateMinRequests *int `json:"success_rate_min_requests,omitempty"`
 
 	// SuccessRateStdevFactor is the number of standard deviations below
 	// the mean that makes an outlier. Default: 1. (Envoy's 1.9 can never
@@ -183,7 +185,7 @@ type IsolationConfig struct {
 	SuccessRateStdevFactor float64 `json:"success_rate_stdev_factor,omitempty"`
 
 	// OutlierInterval is how often success rates are compared, over the
-	// requests of that interval. Default: 10s.
+	// requests of that interval. Default: 5s.
 	OutlierInterval caddy.Duration `json:"outlier_interval,omitempty"`
 
 	// SlowStart is the time over which a reinstated worker's share of
@@ -254,6 +256,13 @@ const (
 	defaultStdevFactor     = 1.0
 	defaultHangThreshold   = 2 * time.Second
 	defaultHangRequests    = 3
+	defaultOutlierRequests = 20
+	// defaultP2CDecay is the latency memory of bifrost's default policy:
+	// shorter than bifrost_p2c's own 10s default, so that a worker that was
+	// slow for a while earns its traffic back within seconds (probes that
+	// answer fast speed this up further).
+	defaultP2CDecay = 2 * time.Second
+	defaultOutlierInterval = 5 * time.Second
 )
 
 // defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
@@ -352,7 +361,7 @@ func (ic *IsolationConfig) validate() error {
 	if ic.MaxPercent != nil && (*ic.MaxPercent < 0 || *ic.MaxPercent > 100) {
 		return fmt.Errorf("isolation: max_percent must be between 0 and 100, got %d", *ic.MaxPercent)
 	}
-	if ic.SuccessRateMinRequests < 0 || ic.SuccessRateStdevFactor < 0 {
+	if (ic.SuccessRateMinRequests != nil && *ic.SuccessRateMinRequests < 0) || ic.SuccessRateStdevFactor < 0 {
 		return fmt.Errorf("isolation: success_rate values must not be negative")
 	}
 	if ic.HangThreshold < 0 || ic.HangRequests < 0 {

@@ -155,7 +155,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// the selection policy picks among workers; the workers' own proxies
 	// always use their single upstream. The default weighs each worker's
 	// latency and load (power of two choices over peak-EWMA cost).
-	h.selector = new(selection.P2C)
+	h.selector = &selection.P2C{Decay: caddy.Duration(defaultP2CDecay)}
 	if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicyRaw != nil {
 		mod, err := ctx.LoadModule(h.LoadBalancing, "SelectionPolicyRaw")
 		if err != nil {
@@ -291,15 +291,18 @@ func (h *Handler) applyPoolSettings() {
 		BaseTime:               time.Duration(ic.BaseTime),
 		MaxTime:                time.Duration(ic.MaxTime),
 		MaxPercent:             defaultMaxPercent,
-		SuccessRateMinRequests: ic.SuccessRateMinRequests,
+		SuccessRateMinRequests: defaultOutlierRequests,
 		SuccessRateStdevFactor: cmp.Or(ic.SuccessRateStdevFactor, defaultStdevFactor),
 		SlowStart:              time.Duration(ic.SlowStart),
-		DetectionInterval:      time.Duration(ic.OutlierInterval),
+		DetectionInterval:      cmp.Or(time.Duration(ic.OutlierInterval), defaultOutlierInterval),
 		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
 		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
 	}
 	if ic.MaxPercent != nil {
 		is.MaxPercent = *ic.MaxPercent
+	}
+	if ic.SuccessRateMinRequests != nil {
+		is.SuccessRateMinRequests = *ic.SuccessRateMinRequests
 	}
 	h.pool.monitor.Update(is.WithDefaults())
 	h.hangAfter = cmp.Or(time.Duration(ic.HangThreshold), defaultHangThreshold)

@@ -420,11 +420,17 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		if err != nil {
 			return err
 		}
+		start := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
+		if statusMatches(resp.StatusCode, expect) {
+			// a passing probe is a latency sample, so that a worker
+			// the policy avoids for being slow can show it is fast again
+			wk.tracker.Observe(time.Now(), time.Since(start))
+		}
 		if !statusMatches(resp.StatusCode, expect) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxProbeBody))
 			return fmt.Errorf("probe answered status %d", resp.StatusCode)

@@ -31,6 +31,10 @@ const (
 	// DefaultMaxRecoveryAttempts is how many failed reinstatements make a
 	// worker recovery-failed.
 	DefaultMaxRecoveryAttempts = 3
+	// MinOutlierGap is how far, at least, a worker's success rate must be
+	// below the pool's mean for outlier detection to flag it (0.1: ten
+	// percentage points).
+	MinOutlierGap = 0.1
 	// DefaultDetectionInterval is the length of the outlier detection
 	// window.
 	DefaultDetectionInterval = 10 * time.Second
@@ -260,7 +264,10 @@ func successRateOutliers(stats []WindowStats, minRequests int, factor float64, m
 			sq += d * d
 		}
 	}
-	threshold = mean - factor*math.Sqrt(sq/float64(n))
+	// the threshold is also at least MinOutlierGap below the mean, so
+	// that the noise of a few errors among healthy peers, whose rates
+	// barely differ and whose deviation is tiny, flags nobody
+	threshold = min(mean-factor*math.Sqrt(sq/float64(n)), mean-MinOutlierGap)
 	for i, st := range stats {
 		if st.Requests >= uint64(minRequests) && successRate(st) < threshold {
 			idx = append(idx, i)

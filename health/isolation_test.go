@@ -103,6 +103,15 @@ func TestSuccessRateOutliers(t *testing.T) {
 			want: []int{2},
 		},
 		{
+			name:  "70% among two peers at 100% is an outlier with factor 1",
+			stats: []WindowStats{ok, bad, ok}, minRequests: 50, factor: 1, minHosts: 3,
+			want: []int{1},
+		},
+		{
+			name:  "one error among healthy peers is noise, not an outlier",
+			stats: []WindowStats{ok, {Requests: 100, Successes: 99}, ok}, minRequests: 50, factor: 1, minHosts: 3,
+		},
+		{
 			name:  "outlier below min requests does not take part",
 			stats: []WindowStats{ok, ok, {Requests: 40, Successes: 28}, ok, ok}, minRequests: 50, factor: 1.9, minHosts: 3,
 		},

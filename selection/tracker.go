@@ -232,6 +232,17 @@ func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed
 	t.avoidUntil.Store(n + int64(d))
 }
 
+// Observe folds a latency measured outside the request path, such as an
+// active health probe's, into the estimate, leaving the requests in flight
+// and the avoidance after a failure alone. It lets a worker that traffic
+// avoids show that it got fast again.
+func (t *Tracker) Observe(now time.Time, latency time.Duration) {
+	if t == nil || latency <= 0 {
+		return
+	}
+	t.observe(mono(now), float64(latency))
+}
+
 // Avoided reports whether the worker is being avoided at now after a
 // failure (see Done).
 func (t *Tracker) Avoided(now time.Time) bool {

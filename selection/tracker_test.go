@@ -513,3 +513,25 @@ func TestWeight(t *testing.T) {
 		t.Errorf("weight of a negative interval = %v, want 1", got)
 	}
 }
+
+func TestObserveLeavesRequestsAndAvoidanceAlone(t *testing.T) {
+	tr := NewTracker(Settings{Decay: 2 * time.Second})
+	observeAt(tr, t0, 300*time.Millisecond)
+	tok := tr.Start(t0)
+	tr.Done(tr.Start(t0), t0, time.Millisecond, true) // avoided now
+	for i := 1; i <= 20; i++ {                       // a probe every second, answering in 1ms
+		tr.Observe(t0.Add(time.Duration(i)*time.Second), time.Millisecond)
+	}
+	at := t0.Add(20 * time.Second)
+	if got, _ := tr.Estimate(at); got > 2*time.Millisecond {
+		t.Errorf("Estimate = %v after 20 fast probes, want about 1ms", got)
+	}
+	if tr.InFlight() != 1 {
+		t.Errorf("InFlight = %d, want the 1 request still in flight", tr.InFlight())
+	}
+	tr.Done(tok, at, time.Millisecond, false)
+	tr.Observe(at, time.Millisecond)
+	if tr.Avoided(at) {
+		t.Error("avoided after a success")
+	}
+}

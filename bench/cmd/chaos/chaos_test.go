@@ -1,0 +1,243 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bifrost-proxy/bifrost/bench/faultserver"
+	"github.com/bifrost-proxy/bifrost/bench/loadgen"
+)
+
+func TestRenderCaddyfile(t *testing.T) {
+	cf := caddyConfig{Port: 8080, Admin: 2019, Dir: "/tmp/x", DebugLog: "/tmp/x/tries.log", Site: bifrostContender.site([]string{"127.0.0.1:1", "127.0.0.1:2"})}
+	got := cf.render()
+	for _, want := range []string{
+		"admin 127.0.0.1:2019", "default_bind 127.0.0.1", "persist_config off", "auto_https off",
+		"output file /tmp/x/tries.log", "include http.handlers.reverse_proxy http.handlers.bifrost",
+		"http://127.0.0.1:8080 {", "\tbifrost 127.0.0.1:1 127.0.0.1:2 {", "\t\t\turi /health",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Caddyfile lacks %q:\n%s", want, got)
+		}
+	}
+	cf.DebugLog = ""
+	if strings.Contains(cf.render(), "log tries") {
+		t.Error("debug log configured without DebugLog")
+	}
+}
+
+func TestTunedContender(t *testing.T) {
+	site := tunedContender("round_robin").site([]string{"a:1", "b:2", "c:3"})
+	for _, want := range []string{
+		"reverse_proxy a:1 b:2 c:3", "lb_policy round_robin", "lb_retries 2", "lb_try_duration 1s",
+		"method GET HEAD", "{rp.status_code}", "fail_duration 10s", "max_fails 3", "unhealthy_status 5xx",
+		"health_uri /health", "health_interval 1s",
+	} {
+		if !strings.Contains(site, want) {
+			t.Errorf("tuned site lacks %q:\n%s", want, site)
+		}
+	}
+}
+
+func TestSelect(t *testing.T) {
+	cs, err := selectContenders("tuned,bifrost", "least_conn")
+	if err != nil || len(cs) != 2 || cs[0].Name != "bifrost" || cs[1].Name != "tuned" {
+		t.Fatalf("contenders %v %v", cs, err)
+	}
+	if _, err := selectContenders("nginx", "least_conn"); err == nil {
+		t.Error("unknown contender accepted")
+	}
+	ss, err := selectScenarios("all-down, 502")
+	if err != nil || len(ss) != 2 || ss[0].Name != "502" || !ss[1].AllBackends {
+		t.Fatalf("scenarios %v %v", ss, err)
+	}
+	if _, err := selectScenarios("meteor"); err == nil {
+		t.Error("unknown scenario accepted")
+	}
+	if all, _ := selectScenarios(""); len(all) != len(allScenarios) {
+		t.Error("default does not select every scenario")
+	}
+}
+
+func TestParseFlagsPresets(t *testing.T) {
+	o, p, err := parseFlags([]string{"-smoke"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.mode != "smoke" || o.scenarios != "502" || o.contenders != "bifrost" || !o.noOverhead || o.out != "bench/results/smoke" {
+		t.Fatalf("smoke options %+v", o)
+	}
+	o, _, err = parseFlags([]string{"-quick", "-window", "4s", "-pairs", "6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.timing.Window != 4*time.Second || o.timing.Run != 10*time.Second || o.overhead.Pairs != 6 {
+		t.Fatalf("quick options %+v", o)
+	}
+	for _, args := range [][]string{
+		{"-smoke", "-quick"},
+		{"-pairs", "3"},
+		{"-run", "5s"},
+		{"-rate", "0"},
+		{"-tuned-policy", "random"},
+		{"-scenarios", "nope"},
+		{"extra"},
+	} {
+		if _, _, err := parseFlags(args); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
+
+func TestReadTries(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tries.log")
+	log := `{"level":"debug","ts":1700000000.5,"logger":"http.handlers.bifrost","msg":"upstream roundtrip","upstream":"127.0.0.1:1","duration":0.25,"request":{"method":"GET","headers":{"X-Request-Id":["r-1"]}},"error":"dial tcp: connection refused"}
+{"level":"debug","ts":1700000001,"logger":"http.handlers.reverse_proxy","msg":"upstream roundtrip","upstream":"127.0.0.1:2","duration":0.001,"request":{"method":"POST","headers":{"X-Request-Id":["r-2"]}},"status":200}
+{"level":"warn","ts":1700000002,"logger":"http.handlers.bifrost","msg":"worker isolated","worker":"p_127.0.0.1-1","reason":"probe_failed"}
+{"level":"debug","ts":1700000003,"logger":"http.handlers.bifrost.health","msg":"probe failed"}
+not json
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tries, notes, err := readTries(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tries) != 2 || len(notes) != 1 {
+		t.Fatalf("tries %+v, notes %+v", tries, notes)
+	}
+	if tr := tries[0]; tr.ID != "r-1" || tr.Method != "GET" || tr.Err == "" || !tr.Start.Equal(time.Unix(1700000000, 250e6)) {
+		t.Fatalf("first try %+v", tr)
+	}
+	if tries[1].Status != 200 || notes[0].Msg != "worker isolated" || !strings.Contains(notes[0].Detail, "reason=probe_failed") {
+		t.Fatalf("second try %+v, note %+v", tries[1], notes[0])
+	}
+}
+
+func TestWorkerStatus(t *testing.T) {
+	var w workerStatus
+	w.Healthy, w.ProbeHealthy, w.Breaker.State = true, true, "closed"
+	if !w.inRotation() || w.describe() != "in rotation" {
+		t.Fatalf("healthy worker: %v %q", w.inRotation(), w.describe())
+	}
+	w.Breaker.State = "open"
+	if w.inRotation() || w.describe() != "breaker open" {
+		t.Fatalf("open breaker: %v %q", w.inRotation(), w.describe())
+	}
+	t0 := time.Unix(100, 0)
+	changes := []stateChange{
+		{Time: t0, Upstream: "a", InRotation: true},
+		{Time: t0.Add(time.Second), Upstream: "a", InRotation: false, State: "breaker open"},
+		{Time: t0.Add(3 * time.Second), Upstream: "a", InRotation: true},
+	}
+	if c, ok := firstOut(changes, "a", t0); !ok || !c.Time.Equal(t0.Add(time.Second)) {
+		t.Fatalf("first out %v %v", c, ok)
+	}
+	if inRotationAt(changes, "a", t0.Add(2*time.Second)) || !inRotationAt(changes, "b", t0) {
+		t.Fatal("in rotation at")
+	}
+	if c, ok := firstIn(changes, "a", t0.Add(2*time.Second)); !ok || !c.Time.Equal(t0.Add(3*time.Second)) {
+		t.Fatalf("first in %v %v", c, ok)
+	}
+}
+
+func TestAnalyzeCountsDuplicatesAndAmplification(t *testing.T) {
+	b, err := faultserver.Start(faultserver.Options{Name: "b1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// two executions of POST p-1 on the backend
+	res, err := loadgen.Run(t.Context(), loadgen.Config{URL: b.URL(), Clients: 1, Duration: time.Minute, MaxRequests: 2, POSTShare: 1, IDPrefix: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = loadgen.Run(t.Context(), loadgen.Config{URL: b.URL(), Clients: 1, Duration: time.Minute, MaxRequests: 1, POSTShare: 1, IDPrefix: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := res.Records
+	start := recs[0].Intended.Add(-time.Second)
+	end := time.Now().Add(time.Second)
+	tries := []upstreamTry{{Start: recs[0].Intended, Upstream: b.Addr()}, {Start: recs[0].Intended, Upstream: "other"}, {Start: recs[1].Intended, Upstream: b.Addr()}}
+	var rr RunResult
+	analyze(&rr, analysisInput{
+		records: recs, start: start, end: end, faultStart: start, faultEnd: end,
+		backends: []*faultserver.Server{b}, faulty: []*faultserver.Server{b}, tries: tries,
+	})
+	if rr.DuplicatePOSTs != 1 || len(rr.DuplicatePOSTIDs) != 1 || rr.DuplicatePOSTIDs[0] != "p-0" {
+		t.Fatalf("duplicates %d %v", rr.DuplicatePOSTs, rr.DuplicatePOSTIDs)
+	}
+	if rr.Amplification == nil || *rr.Amplification != 1.5 || rr.FaultyShare == nil || *rr.FaultyShare < 0.66 || *rr.FaultyShare > 0.67 {
+		t.Fatalf("amplification %v, share %v", rr.Amplification, rr.FaultyShare)
+	}
+	if rr.Window.Requests != 2 || rr.Window.Failures != 0 {
+		t.Fatalf("window %+v", rr.Window)
+	}
+	var broken RunResult
+	analyze(&broken, analysisInput{start: start})
+	if broken.Error == "" {
+		t.Fatal("no error for a run without a fault window")
+	}
+}
+
+func TestCompareRunsAndTargets(t *testing.T) {
+	b := RunResult{Contender: "bifrost", Label: "Bifrost"}
+	tu := RunResult{Contender: "tuned", Label: "tuned"}
+	b.Overall.GETFailures, tu.Overall.GETFailures = 3, 1
+	b.Window.P99, tu.Window.P99 = 500*time.Millisecond, 300*time.Millisecond
+	b.TimeToReinstateMS, tu.TimeToReinstateMS = ptr(9000.0), ptr(1000.0)
+	b.Amplification, tu.Amplification = ptr(1.0), ptr(1.02)
+	worse := compareRuns(&b, &tu)
+	joined := strings.Join(worse, "\n")
+	for _, want := range []string{"GET failures (whole run) 3 vs 1", "p99 in the window 500ms vs 300ms", "time to reinstate 9.00s vs 1.00s"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("missing %q in %q", want, joined)
+		}
+	}
+	if strings.Contains(joined, "amplification") {
+		t.Error("lower amplification reported as worse")
+	}
+
+	r := &Report{Scenarios: []ScenarioResult{{Name: "502", Runs: []RunResult{b, tu}}}}
+	r.evaluate()
+	if len(r.Worse) != len(worse) || !strings.HasPrefix(r.Worse[0], "502: ") {
+		t.Fatalf("worse %v", r.Worse)
+	}
+	var met *bool
+	for _, tg := range r.Targets {
+		if strings.Contains(tg.Target, "backends 502") {
+			met = tg.Met
+		}
+	}
+	if met == nil || *met {
+		t.Fatal("target for 502 not reported as missed")
+	}
+	md := r.markdown()
+	for _, want := range []string{"## Targets", "| Bifrost | 0 / 0 / 0 |", "**no**", "## Where Bifrost is worse"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+}
+
+func TestMedianAndFormat(t *testing.T) {
+	if median([]float64{3, 1, 2}) != 2 || median([]float64{4, 1, 2, 3}) != 2.5 || median(nil) != 0 {
+		t.Fatal("median")
+	}
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{{1500 * time.Microsecond, "1.5ms"}, {42 * time.Millisecond, "42ms"}, {2500 * time.Millisecond, "2.50s"}} {
+		if got := fmtDur(tc.d); got != tc.want {
+			t.Errorf("fmtDur(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+	if got := fmtKinds(map[string]int{"502": 3, "timeout": 5}); got != "timeout ×5, 502 ×3" {
+		t.Errorf("fmtKinds: %q", got)
+	}
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// contender is one proxy configuration under test; all of them run on
+// the same Caddy binary.
+type contender struct {
+	// Name is the short id used in flags and JSON.
+	Name string
+	// Label is the name shown in tables.
+	Label string
+	// Bifrost is true for the contender whose admin API is polled.
+	Bifrost bool
+	// site returns the proxy directive for upstreams.
+	site func(upstreams []string) string
+}
+
+// The contenders, in the order of the tables.
+var (
+	bifrostContender = contender{
+		Name:    "bifrost",
+		Label:   "Bifrost",
+		Bifrost: true,
+		site: func(ups []string) string {
+			return "bifrost " + strings.Join(ups, " ") + " {\n\thealth {\n\t\turi /health\n\t\tinterval 1s\n\t}\n}"
+		},
+	}
+	plainContender = contender{
+		Name:  "plain",
+		Label: "reverse_proxy",
+		site:  func(ups []string) string { return "reverse_proxy " + strings.Join(ups, " ") },
+	}
+)
+
+// tunedContender is reverse_proxy configured the way a competent operator
+// would: a load-aware policy, retries on another upstream (transport
+// errors and failure statuses, for GET and HEAD only), passive health
+// that takes a failing upstream out for 10 s, and active health checks.
+func tunedContender(policy string) contender {
+	return contender{
+		Name:  "tuned",
+		Label: "reverse_proxy (tuned)",
+		site: func(ups []string) string {
+			return fmt.Sprintf(`reverse_proxy %s {
+	lb_policy %s
+	lb_retries 2
+	lb_try_duration 1s
+	lb_retry_match {
+		method GET HEAD
+	}
+	lb_retry_match {
+		method GET HEAD
+		expression `+"`{rp.status_code} in [429, 500, 502, 503, 504]`"+`
+	}
+	fail_duration 10s
+	max_fails 3
+	unhealthy_status 5xx
+	health_uri /health
+	health_interval 1s
+}`, strings.Join(ups, " "), policy)
+		},
+	}
+}
+
+// overheadBifrost is Bifrost with its defaults only, for the happy-path
+// comparison against plain reverse_proxy.
+var overheadBifrost = contender{
+	Name:    "bifrost",
+	Label:   "Bifrost (defaults)",
+	Bifrost: true,
+	site:    func(ups []string) string { return "bifrost " + strings.Join(ups, " ") },
+}
+
+// selectContenders returns the contenders named in list (comma-separated),
+// in table order; "" or "all" selects every one.
+func selectContenders(list, tunedPolicy string) ([]contender, error) {
+	all := []contender{bifrostContender, plainContender, tunedContender(tunedPolicy)}
+	if list == "" || list == "all" {
+		return all, nil
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		want[strings.TrimSpace(n)] = true
+	}
+	var out []contender
+	for _, c := range all {
+		if want[c.Name] {
+			out = append(out, c)
+			delete(want, c.Name)
+		}
+	}
+	for n := range want {
+		return nil, fmt.Errorf("unknown contender %q (want bifrost, plain, tuned)", n)
+	}
+	return out, nil
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/bifrost-proxy/bifrost/bench/loadgen"
+)
+
+// overheadSettings describes the happy-path comparison.
+type overheadSettings struct {
+	Pairs    int           `json:"pairs"`
+	Duration time.Duration `json:"duration"`
+	Warmup   time.Duration `json:"warmup"`
+	Clients  int           `json:"clients"`
+}
+
+// overheadRun is one closed-loop run against one proxy.
+type overheadRun struct {
+	Throughput float64 `json:"throughput"`
+	P50MS      float64 `json:"p50_ms"`
+	P99MS      float64 `json:"p99_ms"`
+	Requests   int     `json:"requests"`
+	Failures   int     `json:"failures"`
+}
+
+// overheadPair is plain reverse_proxy (A) then Bifrost (B), run back to
+// back, and B's ratios to A.
+type overheadPair struct {
+	Plain           overheadRun `json:"plain"`
+	Bifrost         overheadRun `json:"bifrost"`
+	ThroughputRatio float64     `json:"throughput_ratio"`
+	P99Ratio        float64     `json:"p99_ratio"`
+}
+
+// OverheadResult is the happy-path comparison.
+type OverheadResult struct {
+	Settings              overheadSettings `json:"settings"`
+	Pairs                 []overheadPair   `json:"pairs"`
+	MedianThroughputRatio float64          `json:"median_throughput_ratio"`
+	MedianP99Ratio        float64          `json:"median_p99_ratio"`
+	Error                 string           `json:"error,omitempty"`
+}
+
+// runOverhead compares Bifrost (defaults) with plain reverse_proxy in
+// front of the same three healthy backends: both Caddy processes run side
+// by side and take turns, A B A B ..., so that drift in the machine's
+// load hits both alike.
+func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResult {
+	out := &OverheadResult{Settings: s}
+	backends, err := startBackends(backendCount, -1)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	defer closeBackends(backends)
+	plain, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "plain"), plainContender, backends, false)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	defer plain.stop()
+	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost, backends, false)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	defer bif.stop()
+
+	tr := loadgen.NewTransport()
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for _, p := range []*caddyProc{plain, bif} {
+		if _, err := closedLoop(ctx, client, p, s.Clients, s.Warmup); err != nil {
+			out.Error = err.Error()
+			return out
+		}
+	}
+	for i := range s.Pairs {
+		a, err := closedLoop(ctx, client, plain, s.Clients, s.Duration)
+		if err != nil {
+			out.Error = err.Error()
+			return out
+		}
+		b, err := closedLoop(ctx, client, bif, s.Clients, s.Duration)
+		if err != nil {
+			out.Error = err.Error()
+			return out
+		}
+		pair := overheadPair{Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS)}
+		out.Pairs = append(out.Pairs, pair)
+		e.log("overhead pair %d/%d: plain %.0f req/s p99 %.2fms, bifrost %.0f req/s p99 %.2fms: ratio %.3f, p99 ratio %.3f",
+			i+1, s.Pairs, a.Throughput, a.P99MS, b.Throughput, b.P99MS, pair.ThroughputRatio, pair.P99Ratio)
+	}
+	var tps, p99s []float64
+	for _, p := range out.Pairs {
+		tps = append(tps, p.ThroughputRatio)
+		p99s = append(p99s, p.P99Ratio)
+	}
+	out.MedianThroughputRatio, out.MedianP99Ratio = median(tps), median(p99s)
+	return out
+}
+
+// closedLoop runs clients for d against p and summarizes the run.
+func closedLoop(ctx context.Context, client *http.Client, p *caddyProc, clients int, d time.Duration) (overheadRun, error) {
+	res, err := loadgen.Run(ctx, loadgen.Config{URL: p.proxyURL(), Clients: clients, Duration: d, Client: client, Timeout: 5 * time.Second, IDPrefix: "happy"})
+	if err != nil {
+		return overheadRun{}, err
+	}
+	if ctx.Err() != nil {
+		return overheadRun{}, ctx.Err()
+	}
+	s := loadgen.Summarize(res.Records, time.Time{}, time.Time{})
+	return overheadRun{
+		Throughput: float64(s.Requests-s.Failures) / res.End.Sub(res.Start).Seconds(),
+		P50MS:      ms(s.P50),
+		P99MS:      ms(s.P99),
+		Requests:   s.Requests,
+		Failures:   s.Failures,
+	}, nil
+}
+
+// median returns the median of xs (the mean of the middle two for an
+// even count), 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func safeDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// String describes the result in one line.
+func (o *OverheadResult) String() string {
+	if o.Error != "" {
+		return "overhead: " + o.Error
+	}
+	return fmt.Sprintf("overhead: median throughput ratio %.3f, median p99 ratio %.3f over %d pairs",
+		o.MedianThroughputRatio, o.MedianP99Ratio, len(o.Pairs))
+}

@@ -1,0 +1,404 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Report is everything one run of the suite measured; it is written as
+// JSON and as Markdown.
+type Report struct {
+	Date         time.Time         `json:"date"`
+	Command      string            `json:"command"`
+	Machine      machine           `json:"machine"`
+	Commit       string            `json:"commit,omitempty"`
+	CaddyVersion string            `json:"caddy_version,omitempty"`
+	Mode         string            `json:"mode"`
+	Timing       timing            `json:"timing"`
+	Load         load              `json:"load"`
+	Scenarios    []ScenarioResult  `json:"scenarios"`
+	Overhead     *OverheadResult   `json:"overhead,omitempty"`
+	Targets      []target          `json:"targets"`
+	Worse        []string          `json:"worse_than_tuned"`
+	Problems     []string          `json:"problems"`
+	Contenders   map[string]string `json:"contenders"`
+}
+
+// ScenarioResult is one scenario and every contender's run of it.
+type ScenarioResult struct {
+	Name        string      `json:"name"`
+	Description string      `json:"description"`
+	Fault       string      `json:"fault"`
+	AllBackends bool        `json:"all_backends,omitempty"`
+	Extra       bool        `json:"extra,omitempty"`
+	Runs        []RunResult `json:"runs"`
+}
+
+// run returns the run of contender name, or nil.
+func (s ScenarioResult) run(name string) *RunResult {
+	for i := range s.Runs {
+		if s.Runs[i].Contender == name {
+			return &s.Runs[i]
+		}
+	}
+	return nil
+}
+
+// target is one of the issue's targets and whether this run met it; Met
+// is nil when the run did not measure it.
+type target struct {
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	Met      *bool  `json:"met"`
+}
+
+// machine describes where the suite ran.
+type machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	GoVersion string `json:"go_version"`
+}
+
+// evaluate fills in the targets, the rows where Bifrost is worse than
+// tuned reverse_proxy, and the problems.
+func (r *Report) evaluate() {
+	r.Targets = r.targets()
+	r.Worse = append([]string{}, r.worseThanTuned()...)
+	r.Problems = append([]string{}, r.problems()...)
+}
+
+// zeroGETScenarios are the faults after which no GET may fail.
+var zeroGETScenarios = []string{"down", "502", "reset", "429", "flaky30"}
+
+func (r *Report) targets() []target {
+	var out []target
+	if o := r.Overhead; o != nil && o.Error == "" && len(o.Pairs) > 0 {
+		out = append(out,
+			target{"Happy path: Bifrost ≥ 0.97× plain reverse_proxy throughput (median of ≥ 5 pairs)",
+				fmt.Sprintf("%.3f× (%d pairs)", o.MedianThroughputRatio, len(o.Pairs)), ptr(o.MedianThroughputRatio >= 0.97 && len(o.Pairs) >= 5)},
+			target{"Happy path: Bifrost p99 ≤ 1.05× plain reverse_proxy p99 (median of ≥ 5 pairs)",
+				fmt.Sprintf("%.3f× (%d pairs)", o.MedianP99Ratio, len(o.Pairs)), ptr(o.MedianP99Ratio <= 1.05 && len(o.Pairs) >= 5)})
+	} else {
+		out = append(out, target{"Happy path throughput and p99 ratios", "not run", nil})
+	}
+	out = append(out, target{"Bookkeeping ≤ 1 µs and 0 allocs per request", "not measured here: see the Go benchmarks in BENCHMARKS.md", nil})
+	for _, name := range zeroGETScenarios {
+		t := target{Target: fmt.Sprintf("Zero client-visible GET failures, one of three backends %s", name), Measured: "not run"}
+		if b := r.bifrostRun(name); b != nil && b.Error == "" {
+			t.Measured = fmt.Sprintf("%d of %d", b.Overall.GETFailures, b.Overall.GETRequests)
+			t.Met = ptr(b.Overall.GETFailures == 0)
+		}
+		out = append(out, t)
+	}
+	dup, runs := 0, 0
+	for _, s := range r.Scenarios {
+		if b := s.run("bifrost"); b != nil && b.Error == "" {
+			dup += b.DuplicatePOSTs
+			runs++
+		}
+	}
+	if runs > 0 {
+		out = append(out, target{"Zero duplicate POSTs in every scenario", fmt.Sprintf("%d in %d scenarios", dup, runs), ptr(dup == 0)})
+	}
+	if b := r.bifrostRun("all-down"); b != nil && b.Error == "" {
+		out = append(out,
+			target{"All backends down: no failure once they are back", fmt.Sprintf("%d after the outage", b.After.Failures), ptr(b.After.Failures == 0)},
+			target{"All backends down: amplification ≤ 1.2 during the outage", fmtRatio(b.Amplification), ptr(b.Amplification != nil && *b.Amplification <= 1.2)})
+	}
+	return out
+}
+
+func (r *Report) bifrostRun(scenario string) *RunResult {
+	for _, s := range r.Scenarios {
+		if s.Name == scenario {
+			return s.run("bifrost")
+		}
+	}
+	return nil
+}
+
+// worseThanTuned lists, in words, every measure on which Bifrost did worse
+// than tuned reverse_proxy, beyond a margin for noise.
+func (r *Report) worseThanTuned() []string {
+	var out []string
+	for _, s := range r.Scenarios {
+		b, t := s.run("bifrost"), s.run("tuned")
+		if b == nil || t == nil || b.Error != "" || t.Error != "" {
+			continue
+		}
+		for _, w := range compareRuns(b, t) {
+			out = append(out, s.Name+": "+w)
+		}
+	}
+	return out
+}
+
+// compareRuns returns the measures on which b is worse than t.
+func compareRuns(b, t *RunResult) []string {
+	var out []string
+	count := func(what string, bv, tv int) {
+		if bv > tv {
+			out = append(out, fmt.Sprintf("%s %d vs %d", what, bv, tv))
+		}
+	}
+	count("GET failures (whole run)", b.Overall.GETFailures, t.Overall.GETFailures)
+	count("POST failures (whole run)", b.Overall.POSTFailures, t.Overall.POSTFailures)
+	count("GET failures after the window", b.After.GETFailures, t.After.GETFailures)
+	count("duplicate POSTs", b.DuplicatePOSTs, t.DuplicatePOSTs)
+	latency := func(what string, bv, tv time.Duration, factor float64, slack time.Duration) {
+		if float64(bv) > factor*float64(tv) && bv-tv > slack {
+			out = append(out, fmt.Sprintf("%s %s vs %s", what, fmtDur(bv), fmtDur(tv)))
+		}
+	}
+	latency("p50 in the window", b.Window.P50, t.Window.P50, 1.2, 2*time.Millisecond)
+	latency("p99 in the window", b.Window.P99, t.Window.P99, 1.2, 10*time.Millisecond)
+	latency("max in the window", b.Window.Max, t.Window.Max, 1.5, 100*time.Millisecond)
+	frac := func(what string, bv, tv *float64, slack float64) {
+		if bv != nil && tv != nil && *bv > *tv+slack {
+			out = append(out, fmt.Sprintf("%s %s vs %s", what, fmtRatio(bv), fmtRatio(tv)))
+		}
+	}
+	// one try per request is no amplification, even if the other
+	// contender made fewer tries (by failing requests without one)
+	if b.Amplification != nil && *b.Amplification > 1.05 {
+		frac("amplification in the window", b.Amplification, t.Amplification, 0.05)
+	}
+	frac("faulty backend's share in the window", b.FaultyShare, t.FaultyShare, 0.05)
+	switch bt, tt := b.TimeToReinstateMS, t.TimeToReinstateMS; {
+	case bt == nil && tt != nil:
+		out = append(out, fmt.Sprintf("time to reinstate: never vs %s", fmtMS(tt)))
+	case bt != nil && tt != nil && *bt > *tt+1000:
+		out = append(out, fmt.Sprintf("time to reinstate %s vs %s", fmtMS(bt), fmtMS(tt)))
+	}
+	return out
+}
+
+// problems lists what looks like a bug or a broken run: run errors,
+// panics, and Bifrost failing where a target says it must not.
+func (r *Report) problems() []string {
+	var out []string
+	for _, s := range r.Scenarios {
+		for _, run := range s.Runs {
+			if run.Error != "" {
+				out = append(out, fmt.Sprintf("%s/%s: run error: %s", s.Name, run.Contender, run.Error))
+			}
+			for _, p := range run.Panics {
+				out = append(out, fmt.Sprintf("%s/%s: panic: %s", s.Name, run.Contender, p))
+			}
+			if run.Error == "" && run.Before.Failures > 0 {
+				out = append(out, fmt.Sprintf("%s/%s: %d client failures before the fault (%s)", s.Name, run.Contender, run.Before.Failures, fmtKinds(run.Before.FailureKinds)))
+			}
+			if run.Contender == "bifrost" && run.DuplicatePOSTs > 0 {
+				out = append(out, fmt.Sprintf("%s/bifrost: %d duplicate POST executions (ids %s)", s.Name, run.DuplicatePOSTs, strings.Join(run.DuplicatePOSTIDs, ", ")))
+			}
+		}
+	}
+	if r.Overhead != nil && r.Overhead.Error != "" {
+		out = append(out, "overhead: "+r.Overhead.Error)
+	}
+	return out
+}
+
+// write writes the report to base+".json" and base+".md".
+func (r *Report) write(base string) error {
+	if err := os.MkdirAll(filepath.Dir(base), 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding results: %w", err)
+	}
+	if err := os.WriteFile(base+".json", append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(base+".md", []byte(r.markdown()), 0o644)
+}
+
+// markdown renders the report as Markdown tables.
+func (r *Report) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Bifrost chaos and benchmark results (%s)\n\n", r.Mode)
+	fmt.Fprintf(&b, "- Date: %s\n", r.Date.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "- Machine: %d CPUs (`nproc`), %s, %s/%s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.OS, r.Machine.Arch, r.Machine.GoVersion)
+	if r.Commit != "" || r.CaddyVersion != "" {
+		fmt.Fprintf(&b, "- Code: commit %s, Caddy %s\n", r.Commit, r.CaddyVersion)
+	}
+	fmt.Fprintf(&b, "- Command: `%s`\n", r.Command)
+	fmt.Fprintf(&b, "- Load: open loop, %.0f requests/s, %.0f%% POST, client timeout %s; each run %s, fault from %s for %s (all-down: %s), 3 backends\n\n",
+		r.Load.Rate, r.Load.POSTShare*100, r.Load.Timeout, r.Timing.Run, r.Timing.FaultAt, r.Timing.Window, r.Timing.Outage)
+
+	r.markdownTargets(&b)
+	r.markdownWorse(&b)
+	r.markdownProblems(&b)
+	for _, s := range r.Scenarios {
+		markdownScenario(&b, s)
+	}
+	if r.Overhead != nil {
+		markdownOverhead(&b, r.Overhead)
+	}
+	return b.String()
+}
+
+func (r *Report) markdownTargets(b *strings.Builder) {
+	b.WriteString("## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	for _, t := range r.Targets {
+		met := "n/a"
+		if t.Met != nil {
+			met = map[bool]string{true: "yes", false: "**no**"}[*t.Met]
+		}
+		fmt.Fprintf(b, "| %s | %s | %s |\n", t.Target, t.Measured, met)
+	}
+	b.WriteString("\n")
+}
+
+func (r *Report) markdownWorse(b *strings.Builder) {
+	b.WriteString("## Where Bifrost is worse than tuned reverse_proxy\n\n")
+	if len(r.Worse) == 0 {
+		b.WriteString("Nowhere, within the noise margins (see BENCHMARKS.md).\n\n")
+		return
+	}
+	for _, w := range r.Worse {
+		fmt.Fprintf(b, "- %s\n", w)
+	}
+	b.WriteString("\n")
+}
+
+func (r *Report) markdownProblems(b *strings.Builder) {
+	if len(r.Problems) == 0 {
+		return
+	}
+	b.WriteString("## Problems\n\n")
+	for _, p := range r.Problems {
+		fmt.Fprintf(b, "- %s\n", p)
+	}
+	b.WriteString("\n")
+}
+
+func markdownScenario(b *strings.Builder, s ScenarioResult) {
+	extra := ""
+	if s.Extra {
+		extra = " (extra)"
+	}
+	fmt.Fprintf(b, "## %s%s: %s\n\nFault: %s.\n\n", s.Name, extra, s.Description, s.Fault)
+	b.WriteString("| contender | GET failures window / first 2 s / after | POST failures window / after | p50 / p99 / max in window | amplification | faulty share | isolated after | reinstated after | duplicate POSTs |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	var kinds []string
+	for _, run := range s.Runs {
+		if run.Error != "" {
+			fmt.Fprintf(b, "| %s | run failed: %s |||||||| \n", run.Label, strings.ReplaceAll(run.Error, "|", "/"))
+			continue
+		}
+		iso := "n/a"
+		if run.Contender == "bifrost" {
+			iso = fmtMSOr(run.TimeToIsolateMS, "never")
+		}
+		share := "n/a"
+		if run.FaultyShare != nil {
+			share = fmt.Sprintf("%.1f%%", *run.FaultyShare*100)
+		}
+		fmt.Fprintf(b, "| %s | %d / %d / %d | %d / %d | %s / %s / %s | %s | %s | %s | %s | %d |\n",
+			run.Label,
+			run.Window.GETFailures, run.First2s.GETFailures, run.After.GETFailures,
+			run.Window.POSTFailures, run.After.POSTFailures,
+			fmtDur(run.Window.P50), fmtDur(run.Window.P99), fmtDur(run.Window.Max),
+			fmtRatio(run.Amplification), share, iso, fmtMSOr(run.TimeToReinstateMS, "never"), run.DuplicatePOSTs)
+		if k := fmtKinds(run.Overall.FailureKinds); k != "" {
+			kinds = append(kinds, fmt.Sprintf("%s: %s", run.Label, k))
+		}
+	}
+	if len(kinds) > 0 {
+		fmt.Fprintf(b, "\nFailures by cause (whole run): %s.\n", strings.Join(kinds, "; "))
+	}
+	if line := shareAfterLine(s); line != "" {
+		fmt.Fprintf(b, "\nFaulty backend's share of the tries after the window (before the fault): %s.\n", line)
+	}
+	if bf := s.run("bifrost"); bf != nil && bf.IsolatedAs != "" {
+		fmt.Fprintf(b, "\nBifrost's admin API showed the faulty worker out of rotation as: %s", bf.IsolatedAs)
+		if bf.TimeBackInRotationMS != nil {
+			fmt.Fprintf(b, "; back in rotation %s after the window", fmtMS(bf.TimeBackInRotationMS))
+		}
+		b.WriteString(".\n")
+	}
+	b.WriteString("\n")
+}
+
+// shareAfterLine lists each contender's faulty share after the window,
+// with the share before the fault in parentheses.
+func shareAfterLine(s ScenarioResult) string {
+	var parts []string
+	for _, run := range s.Runs {
+		if run.Error != "" || run.FaultyShareAfter == nil || run.FaultyShareBefore == nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f%% (%.1f%%)", run.Label, *run.FaultyShareAfter*100, *run.FaultyShareBefore*100))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func markdownOverhead(b *strings.Builder, o *OverheadResult) {
+	b.WriteString("## Happy path: Bifrost (defaults) vs plain reverse_proxy\n\n")
+	if o.Error != "" {
+		fmt.Fprintf(b, "Run failed: %s\n\n", o.Error)
+		return
+	}
+	fmt.Fprintf(b, "Closed loop, %d clients, %s per run after a %s warm-up, 3 healthy backends; runs alternate plain, Bifrost, plain, Bifrost, ...\n\n",
+		o.Settings.Clients, o.Settings.Duration, o.Settings.Warmup)
+	b.WriteString("| pair | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio |\n|---|---|---|---|---|---|---|\n")
+	for i, p := range o.Pairs {
+		fmt.Fprintf(b, "| %d | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f |\n", i+1, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio, p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio)
+	}
+	fmt.Fprintf(b, "| **median** | | | **%.3f** | | | **%.3f** |\n\n", o.MedianThroughputRatio, o.MedianP99Ratio)
+}
+
+// fmtDur formats a latency for a table.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.0fms", ms(d))
+	default:
+		return fmt.Sprintf("%.1fms", ms(d))
+	}
+}
+
+func fmtMS(v *float64) string { return fmtDur(time.Duration(*v * float64(time.Millisecond))) }
+
+func fmtMSOr(v *float64, none string) string {
+	if v == nil {
+		return none
+	}
+	return fmtMS(v)
+}
+
+func fmtRatio(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", *v)
+}
+
+// fmtKinds formats failure counts by cause, most frequent first.
+func fmtKinds(k map[string]int) string {
+	type kv struct {
+		k string
+		v int
+	}
+	var all []kv
+	for key, v := range k {
+		all = append(all, kv{key, v})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].v > all[j].v || all[i].v == all[j].v && all[i].k < all[j].k })
+	var parts []string
+	for _, e := range all {
+		parts = append(parts, fmt.Sprintf("%s ×%d", e.k, e.v))
+	}
+	return strings.Join(parts, ", ")
+}
