@@ -258,10 +258,12 @@ const (
 	defaultHangRequests    = 3
 	defaultOutlierRequests = 20
 	// defaultP2CDecay is the latency memory of bifrost's default policy:
-	// shorter than bifrost_p2c's own 10s default, so that a worker that was
-	// slow for a while earns its traffic back within seconds (probes that
-	// answer fast speed this up further).
-	defaultP2CDecay = 2 * time.Second
+	// much shorter than bifrost_p2c's own 10s default, so that a worker
+	// that was 100× slower for a while earns its traffic back within about
+	// five seconds (ln 100 × 1s). The estimate still averages hundreds of
+	// samples per second of traffic, and its peak behaviour keeps it
+	// cautious.
+	defaultP2CDecay = time.Second
 	defaultOutlierInterval = 5 * time.Second
 )
 

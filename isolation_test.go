@@ -257,3 +257,41 @@ func TestReloadKeepsWorkerState(t *testing.T) {
 		t.Error("the isolated worker got traffic after the reload")
 	}
 }
+
+// A worker that comes back from isolation is restarted: it gets a freshly
+// provisioned proxy (new transport and connection pool) and serves
+// through it.
+func TestRestartOnReinstatement(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	defer func() { provisioned = nil }()
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name restart
+		lb_policy round_robin
+		health {
+			uri /health
+			interval 50ms
+			passes 1
+			fails 1
+		}`))
+	var wk *worker
+	for _, w := range h.workers {
+		if w.upstream == a.addr {
+			wk = w
+		}
+	}
+	first := wk.proxy.Load()
+	a.setHealth(status(http.StatusServiceUnavailable, ""))
+	eventually(t, 3*time.Second, "isolation", func() bool { return wk.health.Isolated() })
+	a.setHealth(status(http.StatusOK, ""))
+	eventually(t, 3*time.Second, "a restarted proxy", func() bool { return wk.proxy.Load() != first })
+	before := a.hits.Load()
+	eventually(t, 3*time.Second, "traffic through the restarted worker", func() bool {
+		get(t, "/")
+		return a.hits.Load() > before
+	})
+	if got := scrape(t)["caddy_bifrost_recovery_actions_total,action=restart_worker,pool=restart,worker="+wk.id]; got != 1 {
+		t.Errorf("restart_worker recovery actions = %v, want 1", got)
+	}
+}

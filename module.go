@@ -122,6 +122,7 @@ type Handler struct {
 	hangCount  int
 	keys       []string
 	metrics    *poolMetrics
+	proxyCfg   []byte // the workers' shared reverse_proxy JSON, for restarts
 }
 
 // CaddyModule returns the Caddy module information.
@@ -348,6 +349,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.proxyCfg = cfg
 	bs := h.breakerSettings()
 	h.byUpstream = make(map[*reverseproxy.Upstream]*worker, len(h.Upstreams))
 	states := make([]*workerState, 0, len(h.Upstreams))
@@ -357,11 +359,12 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
 		w := &worker{workerState: ws, ps: h.pool}
-		w.proxy, err = newWorkerProxy(cfg, up, w)
+		rp, err := newWorkerProxy(cfg, up, w)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
-		if err := w.proxy.Provision(ctx); err != nil {
+		w.proxy.Store(rp)
+		if err := rp.Provision(ctx); err != nil {
 			h.recordCritical(ws, recovery.KindWorkerCreationFailed, err)
 			return fmt.Errorf("upstream %d (%s): provisioning worker: %w", i, up.Dial, err)
 		}
@@ -374,7 +377,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			w.tracker = selection.NewTracker(selection.Settings{})
 		}
 		h.metrics.bind(w)
-		w.up = w.proxy.Upstreams[0]
+		w.up = rp.Upstreams[0]
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)
 		h.byUpstream[w.up] = w
@@ -518,8 +521,14 @@ func (h *Handler) Cleanup() error {
 	}
 	var errs []error
 	for _, w := range h.workers {
-		if w.provisioned {
-			if err := w.proxy.Cleanup(); err != nil {
+		if !w.provisioned {
+			continue
+		}
+		w.mu.Lock()
+		proxies := append(w.retired, w.proxy.Load())
+		w.mu.Unlock()
+		for _, rp := range proxies {
+			if err := rp.Cleanup(); err != nil {
 				errs = append(errs, err)
 			}
 		}

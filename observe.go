@@ -164,13 +164,54 @@ func (h *Handler) isolate(wk *worker, reason health.Reason, detail string) {
 // reconnect drops a worker's idle connections, under the recovery
 // manager's concurrency limit.
 func (h *Handler) reconnect(wk *worker) {
-	ht, ok := wk.proxy.Transport.(*reverseproxy.HTTPTransport)
+	ht, ok := wk.proxy.Load().Transport.(*reverseproxy.HTTPTransport)
 	if !ok || ht.Transport == nil {
 		return
 	}
 	h.pool.manager.TryRecover(h.ctx, func(context.Context) error {
 		ht.Transport.CloseIdleConnections()
 		h.metrics.recovery(wk.id, recovery.ActionReconnect)
+		return nil
+	})
+}
+
+// restart replaces a worker's reverse_proxy handler with a freshly
+// provisioned one (a new transport and connection pool), under the
+// recovery manager's concurrency limit. It runs when a worker comes back
+// from an automatic isolation, so that it starts without the connections
+// of the time it was failing. The replaced handler keeps serving the
+// requests it has and is cleaned up with this config; restarts per worker
+// are bounded by maxRestarts.
+func (h *Handler) restart(wk *worker) {
+	wk.mu.Lock()
+	if wk.restarts >= maxRestarts {
+		wk.mu.Unlock()
+		h.reconnect(wk)
+		return
+	}
+	wk.restarts++
+	wk.mu.Unlock()
+	h.pool.manager.TryRecover(h.ctx, func(ctx context.Context) error {
+		if ctx.Err() != nil {
+			return ctx.Err() // the config is going away
+		}
+		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
+		if err == nil {
+			err = rp.Provision(h.ctx)
+		}
+		if err != nil {
+			h.recordCritical(wk.workerState, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
+			return err
+		}
+		old := wk.proxy.Swap(rp)
+		wk.mu.Lock()
+		wk.retired = append(wk.retired, old)
+		wk.mu.Unlock()
+		if ht, ok := old.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
+			ht.Transport.CloseIdleConnections()
+		}
+		h.metrics.recovery(wk.id, recovery.ActionRestartWorker)
+		h.logger.Info("worker restarted", zap.String("pool", h.poolName), zap.String("worker", wk.id))
 		return nil
 	})
 }
@@ -200,9 +241,18 @@ func (h *Handler) emit(name string, data map[string]any) {
 	}
 }
 
-// emitHealth logs, counts and emits an isolation transition.
+// emitHealth logs, counts and emits an isolation transition; a worker
+// that comes back is restarted.
 func (h *Handler) emitHealth(ev health.Event) {
 	emitWorkerEvent(h.ctx, h.events, h.logger, ev)
+	if ev.Type != health.EventRestored {
+		return
+	}
+	for _, wk := range h.workers {
+		if wk.health == ev.Worker {
+			h.restart(wk)
+		}
+	}
 }
 
 // startBackground starts the loops of this handler; each stops when ctx
@@ -402,19 +452,23 @@ const maxProbeBody = 64 << 10
 
 // probeFunc returns the probe of one worker.
 func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) health.Probe {
-	scheme := "http"
-	var rt http.RoundTripper = http.DefaultTransport
-	if ht, ok := wk.proxy.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
-		rt = ht.Transport
-		if ht.TLSEnabled() {
-			scheme = "https"
+	// each probe goes through the worker's current transport (a restart
+	// replaces it), so it tests what requests use, TLS settings included
+	roundTrip := func(req *http.Request) (*http.Response, error) {
+		ht, ok := wk.proxy.Load().Transport.(*reverseproxy.HTTPTransport)
+		if !ok || ht.Transport == nil {
+			return http.DefaultTransport.RoundTrip(req)
 		}
+		if ht.TLSEnabled() {
+			req.URL.Scheme = "https"
+		}
+		return ht.Transport.RoundTrip(req)
 	}
 	client := &http.Client{
-		Transport:     rt,
+		Transport:     roundTripperFunc(roundTrip),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	url := scheme + "://" + wk.upstream + h.Health.URI
+	url := "http://" + wk.upstream + h.Health.URI
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -449,6 +503,11 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		return nil
 	}
 }
+
+// roundTripperFunc adapts a function to http.RoundTripper.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // statusMatches reports whether status is the expected code, or in the
 // expected class when expect is 1-5.

@@ -339,7 +339,7 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 			err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
 		}
 	}()
-	return nil, wk.proxy.ServeHTTP(tw, r, next)
+	return nil, wk.proxy.Load().ServeHTTP(tw, r, next)
 }
 
 // tryTrace records what the transport did during one try: whether a
@@ -520,7 +520,7 @@ type replayBody struct {
 // retry.max_body, so each try sends identical bytes. A larger body is
 // streamed to a single try and never replayed.
 func (h *Handler) bufferBody(r *http.Request) (*replayBody, error) {
-	if r.Body == nil || r.Body == http.NoBody {
+	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
 		return noBody, nil
 	}
 	if r.ContentLength > h.maxBody {

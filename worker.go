@@ -129,12 +129,20 @@ type worker struct {
 	*workerState
 
 	ps          *poolState
-	proxy       *reverseproxy.Handler
+	proxy       atomic.Pointer[reverseproxy.Handler] // replaced by a restart
 	up          *reverseproxy.Upstream // proxy.Upstreams[0], what selection policies see
 	tracker     *selection.Tracker     // latency, load and hangs
 	series      *workerSeries          // hot-path metric series; nil without metrics
 	provisioned bool
+
+	mu       sync.Mutex
+	retired  []*reverseproxy.Handler // replaced proxies, cleaned up with the handler
+	restarts int                     // guarded by mu
 }
+
+// maxRestarts bounds the restarts of one worker in one config: each keeps
+// its replaced proxy until Cleanup.
+const maxRestarts = 8
 
 // OK implements reverseproxy.CircuitBreaker: Caddy's selection policies
 // call it through Upstream.Available, so they skip a worker whose breaker
