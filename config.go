@@ -263,7 +263,7 @@ const (
 	// five seconds (ln 100 × 1s). The estimate still averages hundreds of
 	// samples per second of traffic, and its peak behaviour keeps it
 	// cautious.
-	defaultP2CDecay = time.Second
+	defaultP2CDecay        = time.Second
 	defaultOutlierInterval = 5 * time.Second
 )
 

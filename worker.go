@@ -130,9 +130,9 @@ type worker struct {
 
 	ps          *poolState
 	proxy       atomic.Pointer[reverseproxy.Handler] // replaced by a restart
-	up          *reverseproxy.Upstream // proxy.Upstreams[0], what selection policies see
-	tracker     *selection.Tracker     // latency, load and hangs
-	series      *workerSeries          // hot-path metric series; nil without metrics
+	up          *reverseproxy.Upstream               // proxy.Upstreams[0], what selection policies see
+	tracker     *selection.Tracker                   // latency, load and hangs
+	series      *workerSeries                        // hot-path metric series; nil without metrics
 	provisioned bool
 
 	mu       sync.Mutex

@@ -519,7 +519,7 @@ func TestObserveLeavesRequestsAndAvoidanceAlone(t *testing.T) {
 	observeAt(tr, t0, 300*time.Millisecond)
 	tok := tr.Start(t0)
 	tr.Done(tr.Start(t0), t0, time.Millisecond, true) // avoided now
-	for i := 1; i <= 20; i++ {                       // a probe every second, answering in 1ms
+	for i := 1; i <= 20; i++ {                        // a probe every second, answering in 1ms
 		tr.Observe(t0.Add(time.Duration(i)*time.Second), time.Millisecond)
 	}
 	at := t0.Add(20 * time.Second)
