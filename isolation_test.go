@@ -30,6 +30,13 @@ func TestProbesIsolateAndReinstate(t *testing.T) {
 	if snap.ProbeFails < 2 {
 		t.Errorf("isolated after %d failed probes, want at least 2", snap.ProbeFails)
 	}
+	// the statistics and the metrics tell the same story
+	var stats statsView
+	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
+	metric := scrape(t)["caddy_bifrost_errors_total,kind=health_check_failed,pool=probes,severity=medium,worker="+ws.id]
+	if n := stats.ByKind["health_check_failed"]; n != 1 || metric != 1 {
+		t.Errorf("health_check_failed: stats %d, metric %v, want 1 and 1", n, metric)
+	}
 	before := a.hits.Load()
 	for range 50 {
 		if code, _ := get(t, "/"); code != http.StatusOK {

@@ -150,11 +150,11 @@ func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
 	}
 }
 
-func (m *poolMetrics) failure(wk *worker, cls recovery.Classification) {
+func (m *poolMetrics) failure(id string, cls recovery.Classification) {
 	if m == nil {
 		return
 	}
-	collectors.errors.WithLabelValues(m.pool, wk.id, cls.Kind.String(), cls.Severity.String()).Inc()
+	collectors.errors.WithLabelValues(m.pool, id, cls.Kind.String(), cls.Severity.String()).Inc()
 }
 
 func (m *poolMetrics) retry(wk *worker) {

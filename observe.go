@@ -91,7 +91,7 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		Status:    res.status,
 	}
 	h.pool.manager.Record(ce)
-	h.metrics.failure(wk, cls)
+	h.metrics.failure(wk.id, cls)
 	h.logFailure(res)
 
 	switch cls.Action {
@@ -228,6 +228,7 @@ func (h *Handler) recordCritical(ws *workerState, kind recovery.Kind, err error)
 		Context:   recovery.ErrorContext{Component: "provision", Operation: "worker", Pool: ws.pool, WorkerID: ws.id},
 		Timestamp: time.Now(),
 	})
+	h.metrics.failure(ws.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
 	h.logger.Error("worker failure",
 		zap.String("pool", ws.pool), zap.String("worker", ws.id),
 		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
@@ -363,7 +364,7 @@ func (h *Handler) detectHangs(now time.Time) {
 			Context:   recovery.ErrorContext{Component: "health", Operation: "hang_detection", Pool: h.poolName, WorkerID: wk.id},
 			Timestamp: now,
 		})
-		h.metrics.failure(wk, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+		h.metrics.failure(wk.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
 		h.isolate(wk, reasonHang, msg)
 	}
 }
@@ -543,6 +544,7 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 			Context:   recovery.ErrorContext{Component: "health", Operation: "probe", Pool: t.Worker.Pool(), WorkerID: t.Worker.ID()},
 			Timestamp: time.Now(),
 		})
+		h.metrics.failure(t.Worker.ID(), recovery.Classification{Kind: recovery.KindHealthCheckFailed, Severity: recovery.KindHealthCheckFailed.Severity()})
 		if ev, ok := h.pool.monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
 			h.emitHealth(ev)
 		}
