@@ -78,6 +78,13 @@ var overheadBifrost = contender{
 // in table order; "" or "all" selects every one.
 func selectContenders(list, tunedPolicy string) ([]contender, error) {
 	all := []contender{bifrostContender, plainContender, tunedContender(tunedPolicy)}
+	return selectNamed(all, func(c contender) string { return c.Name }, list, "contender", "bifrost, plain, tuned")
+}
+
+// selectNamed returns the items of all named in list (comma-separated),
+// in the order of all; "" or "all" selects every one. An unknown name is
+// an error that says what was expected.
+func selectNamed[T any](all []T, name func(T) string, list, what, valid string) ([]T, error) {
 	if list == "" || list == "all" {
 		return all, nil
 	}
@@ -85,15 +92,15 @@ func selectContenders(list, tunedPolicy string) ([]contender, error) {
 	for _, n := range strings.Split(list, ",") {
 		want[strings.TrimSpace(n)] = true
 	}
-	var out []contender
-	for _, c := range all {
-		if want[c.Name] {
-			out = append(out, c)
-			delete(want, c.Name)
+	var out []T
+	for _, item := range all {
+		if want[name(item)] {
+			out = append(out, item)
+			delete(want, name(item))
 		}
 	}
 	for n := range want {
-		return nil, fmt.Errorf("unknown contender %q (want bifrost, plain, tuned)", n)
+		return nil, fmt.Errorf("unknown %s %q (want %s)", what, n, valid)
 	}
 	return out, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/bench/faultserver"
@@ -51,24 +50,7 @@ var allScenarios = []scenario{
 // selectScenarios returns the scenarios named in list (comma-separated),
 // in table order; "" or "all" selects every one.
 func selectScenarios(list string) ([]scenario, error) {
-	if list == "" || list == "all" {
-		return allScenarios, nil
-	}
-	want := map[string]bool{}
-	for _, n := range strings.Split(list, ",") {
-		want[strings.TrimSpace(n)] = true
-	}
-	var out []scenario
-	for _, s := range allScenarios {
-		if want[s.Name] {
-			out = append(out, s)
-			delete(want, s.Name)
-		}
-	}
-	for n := range want {
-		return nil, fmt.Errorf("unknown scenario %q", n)
-	}
-	return out, nil
+	return selectNamed(allScenarios, func(s scenario) string { return s.Name }, list, "scenario", scenarioNames())
 }
 
 // timing is the schedule of a scenario run.
