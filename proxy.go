@@ -9,14 +9,14 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptrace"
 	"slices"
 	"strconv"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -205,9 +205,6 @@ type tryResult struct {
 // race (rc not nil), a response that is not held back must also win the
 // race to reach the client; a loser's response is discarded.
 func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
-	var trace tryTrace
-	ctx = httptrace.WithClientTrace(ctx, trace.clientTrace())
-
 	tw.method = r.Method
 	start := time.Now()
 	token := wk.tracker.Start(start)
@@ -265,17 +262,20 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 		res.err = err
 	}
 
-	att := recovery.Attempt{
-		Err:    err,
-		Status: tw.status,
-		Header: tw.header,
-		Dialed: trace.dialed.Load(),
-		Wrote:  trace.wrote.Load(),
-	}
-	if dialErr := trace.dialErr.Load(); dialErr != nil && !att.Dialed {
-		// reverse_proxy wraps dial errors in a type without Unwrap; the
-		// trace saw the raw one (ECONNREFUSED, a timeout, ...)
-		att.Err = *dialErr
+	// reverse_proxy wraps every failure to dial in a DialError: such a
+	// request never left. Any other error may have reached the upstream,
+	// so it counts as sent (the classifier knows the exceptions, such as a
+	// failed TLS verification). An httptrace would tell more, at the price
+	// of reflection and nine allocations per request; this is enough for
+	// safe-retry decisions.
+	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
+	var de reverseproxy.DialError
+	if errors.As(err, &de) {
+		att.Dialed, att.Wrote, att.Err = false, false, de
+		if msg := de.Error(); strings.Contains(msg, "timeout") || strings.Contains(msg, "deadline exceeded") {
+			// DialError has no Unwrap: keep a dial timeout a timeout
+			att.Err = timeoutError{de}
+		}
 	}
 	switch {
 	case r.Context().Err() != nil:
@@ -340,28 +340,6 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 		}
 	}()
 	return nil, wk.proxy.Load().ServeHTTP(tw, r, next)
-}
-
-// tryTrace records what the transport did during one try: whether a
-// connection was obtained, whether the request was fully written, the raw
-// dial error. Its callbacks run on the
-// transport's goroutines.
-type tryTrace struct {
-	dialed  atomic.Bool
-	wrote   atomic.Bool
-	dialErr atomic.Pointer[error]
-}
-
-func (t *tryTrace) clientTrace() *httptrace.ClientTrace {
-	return &httptrace.ClientTrace{
-		ConnectDone: func(_, _ string, err error) {
-			if err != nil {
-				t.dialErr.Store(&err)
-			}
-		},
-		GotConn:      func(httptrace.GotConnInfo) { t.dialed.Store(true) },
-		WroteRequest: func(i httptrace.WroteRequestInfo) { t.wrote.Store(i.Err == nil) },
-	}
 }
 
 // timeoutError marks an error as a timeout for the classifier.
