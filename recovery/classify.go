@@ -22,16 +22,18 @@ import (
 const DefaultMaxRetryAfter = time.Minute
 
 // Attempt describes the outcome of one try against one upstream. Dialed and
-// Wrote should come from an httptrace.ClientTrace (GotConn and WroteRequest
-// with a nil error). A transport that cannot report them should set Dialed
-// to true whenever the request may have left, so that Classify stays on the
-// safe side (see Classification.Sent). It is a plain value.
+// Wrote say whether a connection was obtained and the request fully
+// written: an httptrace.ClientTrace (GotConn, WroteRequest) tells exactly;
+// a caller that knows less should set Dialed whenever the request may have
+// left (Bifrost's handler clears it only for reverse_proxy's DialError), so
+// that Classify stays on the safe side (see Classification.Sent). It is a
+// plain value.
 type Attempt struct {
 	Err    error       // transport/handler error from the try, may be nil
 	Status int         // response status if a response arrived (0 if none)
 	Header http.Header // response headers (for Retry-After), may be nil
-	Dialed bool        // a connection to the upstream was obtained (from httptrace GotConn)
-	Wrote  bool        // the request was fully written to the upstream (httptrace WroteRequest)
+	Dialed bool        // a connection to the upstream was obtained
+	Wrote  bool        // the request was fully written to the upstream
 }
 
 // Classification is what Classify decided about an Attempt. It is a plain
