@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // FuzzCaddyfile feeds arbitrary subdirectives to the bifrost block: the
@@ -31,10 +32,12 @@ func FuzzCaddyfile(f *testing.F) {
 		cfg := ":8080 {\n\tbifrost 127.0.0.1:9001 {\n" + block + "\n\t}\n}\n"
 		js, err := adapt(cfg)
 		if err != nil {
-			// unbalanced braces break the site block itself, which
-			// Caddy reports in its own words
-			balanced := strings.Count(block, "{") == strings.Count(block, "}")
-			if balanced && !strings.Contains(err.Error(), "Caddyfile:") {
+			// Input that Caddy's own lexer rejects (an open heredoc or
+			// quote), or whose braces close the bifrost directive or the
+			// site early, never reaches our parser: Caddy reports it in
+			// its own words. Everything else was rejected by a directive
+			// parser and must say where.
+			if intactDirective(cfg) && !strings.Contains(err.Error(), "Caddyfile:") {
 				t.Fatalf("error without a position: %v", err)
 			}
 			return
@@ -140,4 +143,17 @@ func validMethod(m string) bool {
 		}
 	}
 	return true
+}
+
+// intactDirective reports whether Caddy's parser reads cfg as the one site
+// ":8080" holding one directive, bifrost: only then does an adapt error come
+// from a directive's parser rather than from Caddy's lexer or site parser.
+func intactDirective(cfg string) bool {
+	blocks, err := caddyfile.Parse("Caddyfile", []byte(cfg))
+	if err != nil || len(blocks) != 1 {
+		return false
+	}
+	b := blocks[0]
+	return len(b.Keys) == 1 && b.Keys[0].Text == ":8080" &&
+		len(b.Segments) == 1 && b.Segments[0].Directive() == "bifrost"
 }
