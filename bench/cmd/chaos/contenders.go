@@ -65,13 +65,20 @@ func tunedContender(policy string) contender {
 	}
 }
 
-// overheadBifrost is Bifrost with its defaults only, for the happy-path
-// comparison against plain reverse_proxy.
-var overheadBifrost = contender{
-	Name:    "bifrost",
-	Label:   "Bifrost (defaults)",
-	Bifrost: true,
-	site:    func(ups []string) string { return "bifrost " + strings.Join(ups, " ") },
+// overheadBifrost is Bifrost for the happy-path comparison against plain
+// reverse_proxy: its defaults only, or with lb_policy policy if given.
+func overheadBifrost(policy string) contender {
+	return contender{
+		Name:    "bifrost",
+		Label:   "Bifrost (defaults)",
+		Bifrost: true,
+		site: func(ups []string) string {
+			if policy == "" {
+				return "bifrost " + strings.Join(ups, " ")
+			}
+			return fmt.Sprintf("bifrost %s {\n\tlb_policy %s\n}", strings.Join(ups, " "), policy)
+		},
+	}
 }
 
 // selectContenders returns the contenders named in list (comma-separated),

@@ -144,6 +144,7 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.IntVar(&o.overhead.Pairs, "pairs", 0, "happy path: number of plain/Bifrost run pairs (default 7; -quick 5; at least 5)")
 	fs.DurationVar(&o.overhead.Duration, "overhead-run", 0, "happy path: length of each run (default 5s; -quick 2s)")
 	fs.IntVar(&o.overhead.Clients, "clients", 16, "happy path: closed-loop clients")
+	fs.StringVar(&o.overhead.Policy, "overhead-policy", "", "happy path: Bifrost's lb_policy (default: its own default, bifrost_p2c)")
 	fs.BoolVar(&o.noOverhead, "no-overhead", false, "skip the happy-path comparison")
 	fs.StringVar(&o.out, "out", "", "results `path` without extension, relative to the repository (default bench/results/latest; -quick bench/results/quick; -smoke bench/results/smoke)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with every Caddyfile and log")

@@ -17,6 +17,8 @@ type overheadSettings struct {
 	Duration time.Duration `json:"duration"`
 	Warmup   time.Duration `json:"warmup"`
 	Clients  int           `json:"clients"`
+	// Policy is Bifrost's lb_policy; "" is its default.
+	Policy string `json:"bifrost_policy,omitempty"`
 }
 
 // overheadRun is one closed-loop run against one proxy.
@@ -64,7 +66,7 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 		return out
 	}
 	defer plain.stop()
-	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost, backends, false)
+	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost(s.Policy), backends, false)
 	if err != nil {
 		out.Error = err.Error()
 		return out

@@ -343,7 +343,11 @@ func shareAfterLine(s ScenarioResult) string {
 }
 
 func markdownOverhead(b *strings.Builder, o *OverheadResult) {
-	b.WriteString("## Happy path: Bifrost (defaults) vs plain reverse_proxy\n\n")
+	what := "Bifrost (defaults)"
+	if o.Settings.Policy != "" {
+		what = "Bifrost (lb_policy " + o.Settings.Policy + ")"
+	}
+	fmt.Fprintf(b, "## Happy path: %s vs plain reverse_proxy\n\n", what)
 	if o.Error != "" {
 		fmt.Fprintf(b, "Run failed: %s\n\n", o.Error)
 		return
