@@ -17,6 +17,9 @@ const first2s = 2 * time.Second
 type RunResult struct {
 	Contender string `json:"contender"`
 	Label     string `json:"label"`
+	// Bifrost is true for a Bifrost contender, whose admin API was
+	// polled.
+	Bifrost bool `json:"bifrost,omitempty"`
 	// Error is set when the run could not be carried out or measured.
 	Error string `json:"error,omitempty"`
 

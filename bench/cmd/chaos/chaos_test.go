@@ -62,6 +62,86 @@ func TestSelect(t *testing.T) {
 	}
 }
 
+// contenderNames returns the names of the contenders of cs that run in
+// each scenario, by scenario.
+func contenderNames(cs []contender) map[string]string {
+	out := map[string]string{}
+	for _, sc := range allScenarios {
+		var names []string
+		for _, c := range contendersIn(sc, cs) {
+			names = append(names, c.Name)
+		}
+		out[sc.Name] = strings.Join(names, ",")
+	}
+	return out
+}
+
+func TestSelectHedge(t *testing.T) {
+	for _, tc := range []struct {
+		list string
+		// want is the contenders of every scenario, except those in
+		// slowOnes, which get wantSlow
+		want, wantSlow string
+	}{
+		{"", "bifrost,plain,tuned", "bifrost,hedge,plain,tuned"},
+		{"all", "bifrost,hedge,plain,tuned", "bifrost,hedge,plain,tuned"},
+		{"bifrost,plain", "bifrost,plain", "bifrost,plain"},
+		{"hedge", "hedge", "hedge"},
+		{"tuned,hedge", "hedge,tuned", "hedge,tuned"},
+	} {
+		cs, err := selectContenders(tc.list, "least_conn")
+		if err != nil {
+			t.Fatalf("%q: %v", tc.list, err)
+		}
+		for sc, got := range contenderNames(cs) {
+			want := tc.want
+			if sc == "hang" || sc == "slow300" {
+				want = tc.wantSlow
+			}
+			if got != want {
+				t.Errorf("-contenders %q, scenario %s: %s, want %s", tc.list, sc, got, want)
+			}
+		}
+	}
+	if _, err := selectContenders("hedge,nginx", "least_conn"); err == nil || !strings.Contains(err.Error(), "hedge") {
+		t.Errorf("unknown contender: %v", err)
+	}
+	// the default run's rule names real scenarios, and is not changed
+	// for the other runs by a selection
+	for _, name := range hedgeContender.DefaultScenarios {
+		if _, err := selectScenarios(name); err != nil {
+			t.Errorf("hedge's default scenario %q: %v", name, err)
+		}
+	}
+	if _, err := selectContenders("hedge", "least_conn"); err != nil || len(hedgeContender.DefaultScenarios) == 0 {
+		t.Error("selecting hedge by name changed the default rule")
+	}
+	// no -contenders: the default run; -smoke: Bifrost alone
+	if o, _, err := parseFlags(nil); err != nil || o.contenders != "" {
+		t.Errorf("default contenders %q %v", o.contenders, err)
+	}
+	o, _, err := parseFlags([]string{"-smoke"})
+	cs, _ := selectContenders(o.contenders, o.tunedPolicy)
+	if err != nil || contenderNames(cs)["502"] != "bifrost" {
+		t.Errorf("smoke contenders %v %v", cs, err)
+	}
+}
+
+func TestHedgeContender(t *testing.T) {
+	ups := []string{"a:1", "b:2", "c:3"}
+	bif, hedge := bifrostContender.site(ups), hedgeContender.site(ups)
+	retry := "\tretry {\n\t\thedge auto\n\t}\n"
+	if !strings.Contains(hedge, retry) || strings.Replace(hedge, retry, "", 1) != bif {
+		t.Errorf("hedge site is not Bifrost's plus hedging:\n%s\nvs\n%s", hedge, bif)
+	}
+	if bif != "bifrost a:1 b:2 c:3 {\n\thealth {\n\t\turi /health\n\t\tinterval 1s\n\t}\n}" {
+		t.Errorf("Bifrost's site changed:\n%s", bif)
+	}
+	if !hedgeContender.Bifrost || hedgeContender.Name == bifrostContender.Name {
+		t.Error("hedge is not a Bifrost contender of its own")
+	}
+}
+
 func TestParseFlagsPresets(t *testing.T) {
 	o, p, err := parseFlags([]string{"-smoke"})
 	if err != nil {
@@ -186,7 +266,7 @@ func TestAnalyzeCountsDuplicatesAndAmplification(t *testing.T) {
 }
 
 func TestCompareRunsAndTargets(t *testing.T) {
-	b := RunResult{Contender: "bifrost", Label: "Bifrost"}
+	b := RunResult{Contender: "bifrost", Label: "Bifrost", Bifrost: true}
 	tu := RunResult{Contender: "tuned", Label: "tuned"}
 	b.Overall.GETFailures, tu.Overall.GETFailures = 3, 1
 	b.Window.P99, tu.Window.P99 = 500*time.Millisecond, 300*time.Millisecond
@@ -221,6 +301,63 @@ func TestCompareRunsAndTargets(t *testing.T) {
 	for _, want := range []string{"## Targets", "| Bifrost | 0 / 0 / 0 |", "**no**", "## Where Bifrost is worse"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
+		}
+	}
+}
+
+func TestHungTargets(t *testing.T) {
+	row := func(r *Report, prefix string) target {
+		t.Helper()
+		for _, tg := range r.Targets {
+			if strings.HasPrefix(tg.Target, prefix) {
+				return tg
+			}
+		}
+		t.Fatalf("no target %q in %+v", prefix, r.Targets)
+		return target{}
+	}
+	r := &Report{Scenarios: []ScenarioResult{{Name: "502", Runs: []RunResult{{Contender: "bifrost", Bifrost: true}}}}}
+	r.evaluate()
+	if on := row(r, "Hung backend with hedging"); on.Measured != "not run" || on.Met != nil {
+		t.Errorf("hedging row without a hang run: %+v", on)
+	}
+	if off := row(r, "Hung backend without hedging"); off.Measured != "not run" {
+		t.Errorf("hedging-off row without a hang run: %+v", off)
+	}
+
+	b := RunResult{Contender: "bifrost", Label: "Bifrost", Bifrost: true, IsolatedAs: "isolated (probe_failed)", TimeToIsolateMS: ptr(1200.0)}
+	b.Window.Requests, b.Window.Failures, b.Window.GETFailures, b.Window.POSTFailures, b.Window.P99 = 2000, 30, 25, 5, 5*time.Second
+	h := RunResult{Contender: "hedge", Label: "Bifrost (hedging)", Bifrost: true, IsolatedAs: "breaker open", TimeToIsolateMS: ptr(800.0)}
+	h.Window.Requests, h.Window.P99, h.Window.P50 = 2000, 250*time.Millisecond, 50*time.Second
+	tu := RunResult{Contender: "tuned", Label: "reverse_proxy (tuned)"}
+	tu.Window.P99, tu.Window.P50 = 5*time.Second, time.Millisecond
+	r = &Report{Scenarios: []ScenarioResult{{Name: "hang", Runs: []RunResult{b, h, tu}}}}
+	r.evaluate()
+	on, off := row(r, "Hung backend with hedging: 0 client failures and p99 ≤ 300 ms"), row(r, "Hung backend without hedging")
+	if on.Met == nil || !*on.Met || on.Measured != "0 failures of 2000 requests (GET 0, POST 0), p99 250ms" {
+		t.Errorf("hedging row %+v", on)
+	}
+	if off.Met != nil || off.Measured != "30 failures of 2000 requests (GET 25, POST 5), p99 5.00s" {
+		t.Errorf("hedging-off row %+v", off)
+	}
+	// the list of where Bifrost is worse is about the bifrost contender
+	// alone (hedge's p50 is far worse than tuned's here)
+	for _, w := range r.Worse {
+		if strings.Contains(w, "p50") {
+			t.Errorf("hedge compared with tuned: %v", r.Worse)
+		}
+	}
+	md := r.markdown()
+	for _, want := range []string{
+		"| Bifrost (hedging) | 0 / 0 / 0 | 0 / 0 | 50.00s / 250ms / 0.0ms | n/a | n/a | 800ms |",
+		"| Bifrost | 25 / 0 / 0 | 5 / 0 | 0.0ms / 5.00s / 0.0ms | n/a | n/a | 1.20s |",
+		"| reverse_proxy (tuned) | 0 / 0 / 0 | 0 / 0 | 1.0ms / 5.00s / 0.0ms | n/a | n/a | n/a |",
+		"Bifrost's admin API showed the faulty worker out of rotation as: isolated (probe_failed).",
+		"Bifrost (hedging)'s admin API showed the faulty worker out of rotation as: breaker open.",
+		"| Hung backend with hedging: 0 client failures and p99 ≤ 300 ms in the window | 0 failures of 2000 requests (GET 0, POST 0), p99 250ms | yes |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
 	}
 }

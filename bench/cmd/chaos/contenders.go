@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -12,10 +13,33 @@ type contender struct {
 	Name string
 	// Label is the name shown in tables.
 	Label string
-	// Bifrost is true for the contender whose admin API is polled.
+	// Bifrost is true for a Bifrost contender, whose admin API is polled.
 	Bifrost bool
+	// DefaultScenarios, if not empty, are the only scenarios the
+	// contender runs in when -contenders is not given: it is a variant
+	// that only matters there. Named with -contenders (or "all") it runs
+	// in every selected scenario. selectContenders clears it then.
+	DefaultScenarios []string
 	// site returns the proxy directive for upstreams.
 	site func(upstreams []string) string
+}
+
+// runsIn reports whether c runs in scenario sc.
+func (c contender) runsIn(sc scenario) bool {
+	return len(c.DefaultScenarios) == 0 || slices.Contains(c.DefaultScenarios, sc.Name)
+}
+
+// bifrostSite is the site of the Bifrost contenders: active health checks
+// on /health every second, every other setting at its default, plus the
+// subdirectives in extra (Caddyfile lines, one tab deep).
+func bifrostSite(ups []string, extra ...string) string {
+	var b strings.Builder
+	b.WriteString("bifrost " + strings.Join(ups, " ") + " {\n\thealth {\n\t\turi /health\n\t\tinterval 1s\n\t}\n")
+	for _, line := range extra {
+		b.WriteString("\t" + line + "\n")
+	}
+	b.WriteString("}")
+	return b.String()
 }
 
 // The contenders, in the order of the tables.
@@ -24,9 +48,18 @@ var (
 		Name:    "bifrost",
 		Label:   "Bifrost",
 		Bifrost: true,
-		site: func(ups []string) string {
-			return "bifrost " + strings.Join(ups, " ") + " {\n\thealth {\n\t\turi /health\n\t\tinterval 1s\n\t}\n}"
-		},
+		site:    func(ups []string) string { return bifrostSite(ups) },
+	}
+	// hedgeContender is bifrostContender with hedged requests on (the
+	// one difference), to answer the hung-backend target with hedging on
+	// and off side by side. Hedging only changes anything where a
+	// backend is slow to answer, so by default it runs only there.
+	hedgeContender = contender{
+		Name:             "hedge",
+		Label:            "Bifrost (hedging)",
+		Bifrost:          true,
+		DefaultScenarios: []string{"slow300", "hang"},
+		site:             func(ups []string) string { return bifrostSite(ups, "retry {", "\thedge auto", "}") },
 	}
 	plainContender = contender{
 		Name:  "plain",
@@ -82,10 +115,34 @@ func overheadBifrost(policy string) contender {
 }
 
 // selectContenders returns the contenders named in list (comma-separated),
-// in table order; "" or "all" selects every one.
+// in table order; "all" selects every one in every scenario. "" (the
+// default run) selects every one too, but a contender with
+// DefaultScenarios runs only in those; named in list, or with "all", it
+// runs in every scenario.
 func selectContenders(list, tunedPolicy string) ([]contender, error) {
-	all := []contender{bifrostContender, plainContender, tunedContender(tunedPolicy)}
-	return selectNamed(all, func(c contender) string { return c.Name }, list, "contender", "bifrost, plain, tuned")
+	all := []contender{bifrostContender, hedgeContender, plainContender, tunedContender(tunedPolicy)}
+	cs, err := selectNamed(all, func(c contender) string { return c.Name }, list, "contender", "bifrost, hedge, plain, tuned")
+	if err != nil || list == "" {
+		return cs, err
+	}
+	out := make([]contender, len(cs))
+	for i, c := range cs {
+		c.DefaultScenarios = nil
+		out[i] = c
+	}
+	return out, nil
+}
+
+// contendersIn returns the contenders of cs that run in scenario sc, in
+// table order.
+func contendersIn(sc scenario, cs []contender) []contender {
+	var out []contender
+	for _, c := range cs {
+		if c.runsIn(sc) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // selectNamed returns the items of all named in list (comma-separated),

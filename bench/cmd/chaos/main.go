@@ -3,7 +3,8 @@
 // or given with -caddy) in front of them with each contender's Caddyfile,
 // drives load through it while one backend (or all) misbehaves for a
 // window, and compares in one run Bifrost, plain reverse_proxy and
-// reverse_proxy tuned the way a competent operator would. It then
+// reverse_proxy tuned the way a competent operator would (and, where a
+// backend is slow or hangs, Bifrost with hedged requests). It then
 // compares Bifrost with plain reverse_proxy on the happy path, and writes
 // the results as JSON and Markdown.
 //
@@ -130,7 +131,7 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.BoolVar(&o.quick, "quick", false, "short runs and windows, for a quick look")
 	fs.BoolVar(&o.smoke, "smoke", false, "CI smoke: scenario 502 on Bifrost only for a few seconds; exit 1 on any GET failure or duplicate POST")
 	fs.StringVar(&o.scenarios, "scenarios", "", "comma-separated `names` of the scenarios to run (default all: "+scenarioNames()+")")
-	fs.StringVar(&o.contenders, "contenders", "", "comma-separated contenders: bifrost, plain, tuned (default all)")
+	fs.StringVar(&o.contenders, "contenders", "", "comma-separated contenders: bifrost, hedge, plain, tuned, or all (default all, but hedge only in "+strings.Join(hedgeContender.DefaultScenarios, " and ")+")")
 	fs.StringVar(&o.tunedPolicy, "tuned-policy", "least_conn", "lb_policy of the tuned reverse_proxy (round_robin or least_conn)")
 	fs.DurationVar(&o.timing.Run, "run", 0, "length of each scenario run (default 22s; -quick 10s; -smoke 6s)")
 	fs.DurationVar(&o.timing.FaultAt, "fault-at", 0, "when the fault starts in each run (default 6s; -quick 2s)")
@@ -273,12 +274,14 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 		Load:         o.load,
 		Contenders:   map[string]string{},
 	}
-	for _, c := range cs {
-		report.Contenders[c.Name] = c.site([]string{"<b1>", "<b2>", "<b3>"})
+	for _, sc := range scs {
+		for _, c := range contendersIn(sc, cs) {
+			report.Contenders[c.Name] = c.site([]string{"<b1>", "<b2>", "<b3>"})
+		}
 	}
 	for _, sc := range scs {
 		sr := ScenarioResult{Name: sc.Name, Description: sc.Description, Fault: sc.Fault.String(), AllBackends: sc.AllBackends, Extra: sc.Extra}
-		for _, c := range cs {
+		for _, c := range contendersIn(sc, cs) {
 			if ctx.Err() != nil {
 				break
 			}

@@ -112,13 +112,42 @@ func (r *Report) targets() []target {
 			target{"All backends down: no failure once they are back", fmt.Sprintf("%d after the outage", b.After.Failures), ptr(b.After.Failures == 0)},
 			target{"All backends down: amplification ≤ 1.2 during the outage", fmtRatio(b.Amplification), ptr(b.Amplification != nil && *b.Amplification <= 1.2)})
 	}
-	return out
+	on := hungTarget(r.contenderRun("hang", "hedge"))
+	on.Target = "Hung backend with hedging: 0 client failures and p99 ≤ 300 ms in the window"
+	off := hungTarget(r.bifrostRun("hang"))
+	off.Target, off.Met = "Hung backend without hedging (Bifrost, for comparison): the same measures", nil
+	return append(out, on, off)
+}
+
+// hungP99 is the hung-backend target's bound on the window's p99 (the
+// target's text says it too).
+const hungP99 = 300 * time.Millisecond
+
+// hungTarget measures the hung-backend target on run b: no client failure
+// (GET or POST) and p99 ≤ hungP99 among the window's requests.
+func hungTarget(b *RunResult) target {
+	switch {
+	case b == nil:
+		return target{Measured: "not run"}
+	case b.Error != "":
+		return target{Measured: "run failed"}
+	}
+	w := b.Window
+	return target{
+		Measured: fmt.Sprintf("%d failures of %d requests (GET %d, POST %d), p99 %s", w.Failures, w.Requests, w.GETFailures, w.POSTFailures, fmtDur(w.P99)),
+		Met:      ptr(w.Failures == 0 && w.P99 <= hungP99),
+	}
 }
 
 func (r *Report) bifrostRun(scenario string) *RunResult {
+	return r.contenderRun(scenario, "bifrost")
+}
+
+// contenderRun returns the run of contender in scenario, or nil.
+func (r *Report) contenderRun(scenario, contender string) *RunResult {
 	for _, s := range r.Scenarios {
 		if s.Name == scenario {
-			return s.run("bifrost")
+			return s.run(contender)
 		}
 	}
 	return nil
@@ -181,7 +210,8 @@ func compareRuns(b, t *RunResult) []string {
 }
 
 // problems lists what looks like a bug or a broken run: run errors,
-// panics, and Bifrost failing where a target says it must not.
+// panics, failures before the fault, and a Bifrost contender executing a
+// POST twice.
 func (r *Report) problems() []string {
 	var out []string
 	for _, s := range r.Scenarios {
@@ -195,8 +225,8 @@ func (r *Report) problems() []string {
 			if run.Error == "" && run.Before.Failures > 0 {
 				out = append(out, fmt.Sprintf("%s/%s: %d client failures before the fault (%s)", s.Name, run.Contender, run.Before.Failures, fmtKinds(run.Before.FailureKinds)))
 			}
-			if run.Contender == "bifrost" && run.DuplicatePOSTs > 0 {
-				out = append(out, fmt.Sprintf("%s/bifrost: %d duplicate POST executions (ids %s)", s.Name, run.DuplicatePOSTs, strings.Join(run.DuplicatePOSTIDs, ", ")))
+			if run.Bifrost && run.DuplicatePOSTs > 0 {
+				out = append(out, fmt.Sprintf("%s/%s: %d duplicate POST executions (ids %s)", s.Name, run.Contender, run.DuplicatePOSTs, strings.Join(run.DuplicatePOSTIDs, ", ")))
 			}
 		}
 	}
@@ -296,7 +326,7 @@ func markdownScenario(b *strings.Builder, s ScenarioResult) {
 			continue
 		}
 		iso := "n/a"
-		if run.Contender == "bifrost" {
+		if run.Bifrost {
 			iso = fmtMSOr(run.TimeToIsolateMS, "never")
 		}
 		share := "n/a"
@@ -319,8 +349,11 @@ func markdownScenario(b *strings.Builder, s ScenarioResult) {
 	if line := shareAfterLine(s); line != "" {
 		fmt.Fprintf(b, "\nFaulty backend's share of the tries after the window (before the fault): %s.\n", line)
 	}
-	if bf := s.run("bifrost"); bf != nil && bf.IsolatedAs != "" {
-		fmt.Fprintf(b, "\nBifrost's admin API showed the faulty worker out of rotation as: %s", bf.IsolatedAs)
+	for _, bf := range s.Runs {
+		if !bf.Bifrost || bf.Error != "" || bf.IsolatedAs == "" {
+			continue
+		}
+		fmt.Fprintf(b, "\n%s's admin API showed the faulty worker out of rotation as: %s", bf.Label, bf.IsolatedAs)
 		if bf.TimeBackInRotationMS != nil {
 			fmt.Fprintf(b, "; back in rotation %s after the window", fmtMS(bf.TimeBackInRotationMS))
 		}

@@ -122,7 +122,7 @@ func addrs(bs []*faultserver.Server) []string {
 // runScenario runs sc against contender c on fresh backends and a fresh
 // Caddy, and measures it.
 func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResult {
-	rr := RunResult{Contender: c.Name, Label: c.Label}
+	rr := RunResult{Contender: c.Name, Label: c.Label, Bifrost: c.Bifrost}
 	backends, err := startBackends(backendCount, 0)
 	if err != nil {
 		rr.Error = err.Error()
