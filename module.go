@@ -399,6 +399,7 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*workerS
 			upstream: dial,
 			health:   health.NewWorkerHealth(h.poolName, workerID(h.poolName, dial), dial),
 		}
+		ws.idValue = ws.id
 		ws.breaker = breaker.New(ws.id, bs, func(from, to breaker.State) {
 			// runs under the breaker's lock: hand off, never block
 			select {

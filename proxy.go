@@ -124,7 +124,13 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 	// headers on, so nothing of it is left behind. The selection policy
 	// writes into the try's headers too (the cookie policy sets one), so
 	// that only the worker that answers leaves its cookie.
-	tw := newTryWriter(w, w.Header(), h.maxHeld)
+	var tw *tryWriter
+	if h.hedge != nil {
+		// a try that may race others keeps its headers to itself
+		tw = newTryWriter(w, w.Header(), h.maxHeld)
+	} else {
+		tw = newDirectTryWriter(w, h.maxHeld)
+	}
 	wk, done, panicMode := h.pickAllowed(r, tw, rs)
 	if wk == nil {
 		return tryResult{}, false
@@ -207,28 +213,7 @@ type tryResult struct {
 func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
 	tw.method = r.Method
 	start := time.Now()
-	token := wk.tracker.Start(start)
-	answered := false
-	// onHeader is called once, when the final response headers arrive:
-	// it feeds the latency tracker, then decides whether the response is
-	// held back
-	tw.onHeader = func(status int, hdr http.Header) bool {
-		if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
-			answered = true
-			wk.tracker.Done(token, time.Now(), 0, status >= 500)
-		}
-		if canRetry {
-			cls := h.classifier.Classify(recovery.Attempt{Status: status, Header: hdr, Dialed: true, Wrote: true}, time.Now())
-			if cls.Failure && h.retryable(r, cls, status) {
-				return true
-			}
-		}
-		if rc != nil && !rc.claim(tw) {
-			tw.discard.Store(true)
-			return true
-		}
-		return false
-	}
+	tw.hook = tryHook{h: h, wk: wk, r: r, rc: rc, token: wk.tracker.Start(start), canRetry: canRetry}
 	if rc != nil {
 		tw.quiet = true // a racing try forwards no 1xx response
 	}
@@ -250,12 +235,16 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 		}
 	}
 
-	rr := r.WithContext(ctx)
+	rr := r
+	if ctx != r.Context() {
+		rr = r.WithContext(ctx)
+	}
 	body.reset(rr)
 
 	wk.health.BeginRequest()
 	abort, err := h.serveWorker(wk, tw, rr, next)
 	wk.health.EndRequest()
+	tw.unwind()
 	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: time.Since(start), abort: abort}
 	if abort != nil {
 		err = io.ErrUnexpectedEOF
@@ -295,7 +284,7 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 	now := time.Now()
 	res.cls = h.classifier.Classify(att, now)
 	res.status = att.Status
-	if !answered {
+	if token := tw.hook.token; !tw.hook.answered {
 		switch {
 		case r.Context().Err() != nil:
 			// the client left: no news about the worker
@@ -317,6 +306,39 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 		tw.discard.Store(true)
 	}
 	return res
+}
+
+// tryHook is what a try's writer needs to decide, when the response
+// headers arrive, whether the response is held back.
+type tryHook struct {
+	h        *Handler
+	wk       *worker
+	r        *http.Request
+	rc       *race // nil unless the try races others
+	token    int64 // of the worker's latency tracker
+	canRetry bool
+	answered bool // the upstream answered (set by decide)
+}
+
+// decide is called once, when the final response headers of the try
+// arrive: it feeds the latency tracker, then reports whether the response
+// is held back, because it is a retryable failure or lost a race.
+func (k *tryHook) decide(tw *tryWriter, status int) bool {
+	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
+		k.answered = true
+		k.wk.tracker.Done(k.token, time.Now(), 0, status >= 500)
+	}
+	if k.canRetry {
+		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, time.Now())
+		if cls.Failure && k.h.retryable(k.r, cls, status) {
+			return true
+		}
+	}
+	if k.rc != nil && !k.rc.claim(tw) {
+		tw.discard.Store(true)
+		return true
+	}
+	return false
 }
 
 // serveWorker runs the worker's own reverse_proxy handler. reverse_proxy
@@ -473,7 +495,7 @@ func (h *Handler) soonestRecovery(now time.Time) time.Duration {
 // setPlaceholders describes the whole request for logs and headers.
 func (h *Handler) setPlaceholders(repl *caddy.Replacer, rs *requestState) {
 	if rs.last != nil {
-		repl.Set("http.bifrost.worker", rs.last.id)
+		repl.Set("http.bifrost.worker", rs.last.idValue)
 	}
 	repl.Set("http.bifrost.attempts", rs.attempts)
 	if rs.lastCls.Failure {

@@ -14,13 +14,21 @@ import (
 // errHeldTooLarge aborts a held-back response whose body outgrew its cap.
 var errHeldTooLarge = errors.New("held-back failure response exceeds max_held_response")
 
-// tryWriter is the response writer of one try. It gives the try a header
-// map of its own, so that headers of a try that is then retried never reach
-// the client (reverse_proxy copies upstream headers into the writer's map
-// before WriteHeader). When the response is written, onHeader decides whether
-// it is held back, because it is a failure that another try may replace,
-// or passed through to the client untouched: once passed, the try's
-// headers replace the client writer's and every byte streams as usual.
+// tryWriter is the response writer of one try. Headers of a try that is
+// then retried must never reach the client, and reverse_proxy copies the
+// upstream's headers into the writer's map before WriteHeader, so a try
+// writes its headers either
+//
+//   - into the client writer's own map (direct), which is put back as it
+//     was before the try (base) if the response is held back or never
+//     arrives: the usual case, a try at a time, costs no second map; or
+//   - into a map of its own, copied to the client writer's when the
+//     response passes: racing tries (hedging) must not share one map.
+//
+// When the response is written, the try's hook decides whether it is held
+// back, because it is a failure that another try may replace, or passed
+// through to the client untouched, after which every byte streams as
+// usual.
 //
 // Informational (1xx) responses always pass through; a held body is capped
 // at limit bytes, past which writes fail and the try is abandoned.
@@ -28,13 +36,16 @@ type tryWriter struct {
 	caddyhttp.ResponseWriterWrapper
 
 	header http.Header
+	base   http.Header // direct only: the client writer's headers before the try
+	direct bool
 	method string // of the request, for messages
 	limit  int64
 	quiet  bool // drop 1xx responses (a racing try)
 
-	// onHeader, if set, is called once with the final status and headers
-	// when they arrive; it reports whether the response is held back.
-	onHeader func(status int, header http.Header) (hold bool)
+	// hook, if set (its handler not nil), is called once with the final
+	// status when the response headers arrive; it reports whether the
+	// response is held back.
+	hook tryHook
 
 	// discard is set when the try's response must never reach the
 	// client: it timed out, or it lost a race. timedOut says which.
@@ -71,14 +82,42 @@ func (tw *tryWriter) timeOut() bool {
 	return true
 }
 
-// newTryWriter returns a writer for one try to the client writer w; its
-// own headers start as a copy of base (w's headers before any try).
+// newTryWriter returns a writer for one try to the client writer w with
+// headers of its own, starting as a copy of base (w's headers before any
+// try). Racing tries use it.
 func newTryWriter(w http.ResponseWriter, base http.Header, limit int64) *tryWriter {
 	return &tryWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		header:                base.Clone(),
 		limit:                 limit,
 	}
+}
+
+// newDirectTryWriter returns a writer for one try to the client writer w
+// that writes into w's headers, for a try that runs alone.
+func newDirectTryWriter(w http.ResponseWriter, limit int64) *tryWriter {
+	return &tryWriter{
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		header:                w.Header(),
+		base:                  w.Header().Clone(),
+		direct:                true,
+		limit:                 limit,
+	}
+}
+
+// unwind puts the client writer's headers back as they were before a
+// direct try whose response did not pass (held back, or none arrived).
+func (tw *tryWriter) unwind() {
+	if !tw.direct || tw.passed {
+		return
+	}
+	real := tw.ResponseWriter.Header()
+	if tw.held {
+		// keep the held response's headers for a replay
+		tw.header = real.Clone()
+	}
+	replaceHeader(real, tw.base)
+	tw.direct = false // its headers are its own from now on
 }
 
 // Header returns the try's own header map.
@@ -93,6 +132,10 @@ func (tw *tryWriter) WriteHeader(code int) {
 		if tw.quiet || tw.discard.Load() {
 			return
 		}
+		if tw.direct {
+			tw.ResponseWriter.WriteHeader(code)
+			return
+		}
 		real := tw.ResponseWriter.Header()
 		saved := real.Clone()
 		replaceHeader(real, tw.header)
@@ -105,13 +148,16 @@ func (tw *tryWriter) WriteHeader(code int) {
 	if !tw.phase.CompareAndSwap(phaseWaiting, phaseAnswered) {
 		tw.discard.Store(true) // timed out just before
 	}
-	hold := tw.onHeader != nil && tw.onHeader(code, tw.header)
+	hold := tw.hook.h != nil && tw.hook.decide(tw, code)
 	if tw.discard.Load() || hold {
 		tw.held = true
+		tw.unwind()
 		return
 	}
 	tw.passed = true
-	replaceHeader(tw.ResponseWriter.Header(), tw.header)
+	if !tw.direct {
+		replaceHeader(tw.ResponseWriter.Header(), tw.header)
+	}
 	tw.ResponseWriter.WriteHeader(code)
 }
 

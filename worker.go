@@ -51,6 +51,7 @@ func workerID(pool, dial string) string {
 // pool and upstream. It must not be copied.
 type workerState struct {
 	id       string
+	idValue  any // id, boxed once for the replacer
 	pool     string
 	upstream string
 
