@@ -128,6 +128,9 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 	if h.hedge != nil {
 		// a try that may race others keeps its headers to itself
 		tw = newTryWriter(w, w.Header(), h.maxHeld)
+	} else if rs.attempts == 0 {
+		tw = &rs.firstTry
+		tw.initDirect(w, h.maxHeld)
 	} else {
 		tw = newDirectTryWriter(w, h.maxHeld)
 	}
@@ -186,6 +189,9 @@ type requestState struct {
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
+	// firstTry is the writer of the first try when it runs alone, kept
+	// here to save an allocation per request.
+	firstTry tryWriter
 }
 
 // tryResult is the outcome of one try.
@@ -324,12 +330,13 @@ type tryHook struct {
 // arrive: it feeds the latency tracker, then reports whether the response
 // is held back, because it is a retryable failure or lost a race.
 func (k *tryHook) decide(tw *tryWriter, status int) bool {
+	now := time.Now()
 	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
 		k.answered = true
-		k.wk.tracker.Done(k.token, time.Now(), 0, status >= 500)
+		k.wk.tracker.Done(k.token, now, 0, status >= 500)
 	}
 	if k.canRetry {
-		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, time.Now())
+		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
 		if cls.Failure && k.h.retryable(k.r, cls, status) {
 			return true
 		}

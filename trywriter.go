@@ -36,11 +36,18 @@ type tryWriter struct {
 	caddyhttp.ResponseWriterWrapper
 
 	header http.Header
-	base   http.Header // direct only: the client writer's headers before the try
 	direct bool
-	method string // of the request, for messages
-	limit  int64
-	quiet  bool // drop 1xx responses (a racing try)
+	// base is the client writer's headers before a direct try, kept
+	// without copying their values: a try only adds fields or appends
+	// values (which never changes the slices kept here), and unwind puts
+	// these back. Up to len(baseInline) fields are kept inline, more in
+	// baseMap.
+	baseN      int
+	baseInline [4]headerField
+	baseMap    http.Header
+	method     string // of the request, for messages
+	limit      int64
+	quiet      bool // drop 1xx responses (a racing try)
 
 	// hook, if set (its handler not nil), is called once with the final
 	// status when the response headers arrive; it reports whether the
@@ -96,13 +103,31 @@ func newTryWriter(w http.ResponseWriter, base http.Header, limit int64) *tryWrit
 // newDirectTryWriter returns a writer for one try to the client writer w
 // that writes into w's headers, for a try that runs alone.
 func newDirectTryWriter(w http.ResponseWriter, limit int64) *tryWriter {
-	return &tryWriter{
-		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		header:                w.Header(),
-		base:                  w.Header().Clone(),
-		direct:                true,
-		limit:                 limit,
+	tw := new(tryWriter)
+	tw.initDirect(w, limit)
+	return tw
+}
+
+// initDirect sets up a zero tryWriter as newDirectTryWriter does.
+func (tw *tryWriter) initDirect(w http.ResponseWriter, limit int64) {
+	tw.ResponseWriterWrapper.ResponseWriter = w
+	tw.header = w.Header()
+	tw.direct = true
+	tw.limit = limit
+	if len(tw.header) > len(tw.baseInline) {
+		tw.baseMap = maps.Clone(tw.header)
+		return
 	}
+	for name, values := range tw.header {
+		tw.baseInline[tw.baseN] = headerField{name, values}
+		tw.baseN++
+	}
+}
+
+// headerField is one header field, as a header map holds it.
+type headerField struct {
+	name   string
+	values []string
 }
 
 // unwind puts the client writer's headers back as they were before a
@@ -116,7 +141,14 @@ func (tw *tryWriter) unwind() {
 		// keep the held response's headers for a replay
 		tw.header = real.Clone()
 	}
-	replaceHeader(real, tw.base)
+	if tw.baseMap != nil {
+		replaceHeader(real, tw.baseMap)
+	} else {
+		clear(real)
+		for _, f := range tw.baseInline[:tw.baseN] {
+			real[f.name] = f.values
+		}
+	}
 	tw.direct = false // its headers are its own from now on
 }
 

@@ -28,6 +28,10 @@ type overheadRun struct {
 	P99MS      float64 `json:"p99_ms"`
 	Requests   int     `json:"requests"`
 	Failures   int     `json:"failures"`
+	// CPUPerRequestUS is the proxy process's CPU time (user and system)
+	// during the run divided by its requests, in µs; 0 where it cannot
+	// be read (Linux only).
+	CPUPerRequestUS float64 `json:"cpu_us_per_request,omitempty"`
 }
 
 // overheadPair is plain reverse_proxy (A) then Bifrost (B), run back to
@@ -37,6 +41,7 @@ type overheadPair struct {
 	Bifrost         overheadRun `json:"bifrost"`
 	ThroughputRatio float64     `json:"throughput_ratio"`
 	P99Ratio        float64     `json:"p99_ratio"`
+	CPURatio        float64     `json:"cpu_ratio,omitempty"`
 }
 
 // OverheadResult is the happy-path comparison.
@@ -45,7 +50,12 @@ type OverheadResult struct {
 	Pairs                 []overheadPair   `json:"pairs"`
 	MedianThroughputRatio float64          `json:"median_throughput_ratio"`
 	MedianP99Ratio        float64          `json:"median_p99_ratio"`
-	Error                 string           `json:"error,omitempty"`
+	// MedianCPURatio is the median of Bifrost's CPU time per request over
+	// plain's: the proxy's own cost, which the throughput ratio
+	// understates because the load generator and the backends share the
+	// CPUs.
+	MedianCPURatio float64 `json:"median_cpu_ratio,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
 
 // runOverhead compares Bifrost (defaults) with plain reverse_proxy in
@@ -93,37 +103,49 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 			out.Error = err.Error()
 			return out
 		}
-		pair := overheadPair{Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS)}
+		pair := overheadPair{Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS), CPURatio: safeDiv(b.CPUPerRequestUS, a.CPUPerRequestUS)}
 		out.Pairs = append(out.Pairs, pair)
-		e.log("overhead pair %d/%d: plain %.0f req/s p99 %.2fms, bifrost %.0f req/s p99 %.2fms: ratio %.3f, p99 ratio %.3f",
-			i+1, s.Pairs, a.Throughput, a.P99MS, b.Throughput, b.P99MS, pair.ThroughputRatio, pair.P99Ratio)
+		e.log("overhead pair %d/%d: plain %.0f req/s p99 %.2fms %.1fµs CPU/req, bifrost %.0f req/s p99 %.2fms %.1fµs CPU/req: ratio %.3f, p99 ratio %.3f, CPU ratio %.3f",
+			i+1, s.Pairs, a.Throughput, a.P99MS, a.CPUPerRequestUS, b.Throughput, b.P99MS, b.CPUPerRequestUS, pair.ThroughputRatio, pair.P99Ratio, pair.CPURatio)
 	}
-	var tps, p99s []float64
+	var tps, p99s, cpus []float64
 	for _, p := range out.Pairs {
 		tps = append(tps, p.ThroughputRatio)
 		p99s = append(p99s, p.P99Ratio)
+		if p.CPURatio > 0 {
+			cpus = append(cpus, p.CPURatio)
+		}
 	}
-	out.MedianThroughputRatio, out.MedianP99Ratio = median(tps), median(p99s)
+	out.MedianThroughputRatio, out.MedianP99Ratio, out.MedianCPURatio = median(tps), median(p99s), median(cpus)
 	return out
 }
 
 // closedLoop runs clients for d against p and summarizes the run.
 func closedLoop(ctx context.Context, client *http.Client, p *caddyProc, clients int, d time.Duration) (overheadRun, error) {
+	cpu0, cpuErr := processCPU(p.cmd.Process.Pid)
 	res, err := loadgen.Run(ctx, loadgen.Config{URL: p.proxyURL(), Clients: clients, Duration: d, Client: client, Timeout: 5 * time.Second, IDPrefix: "happy"})
 	if err != nil {
 		return overheadRun{}, err
+	}
+	cpu1, err := processCPU(p.cmd.Process.Pid)
+	if cpuErr == nil {
+		cpuErr = err
 	}
 	if ctx.Err() != nil {
 		return overheadRun{}, ctx.Err()
 	}
 	s := loadgen.Summarize(res.Records, time.Time{}, time.Time{})
-	return overheadRun{
+	run := overheadRun{
 		Throughput: float64(s.Requests-s.Failures) / res.End.Sub(res.Start).Seconds(),
 		P50MS:      ms(s.P50),
 		P99MS:      ms(s.P99),
 		Requests:   s.Requests,
 		Failures:   s.Failures,
-	}, nil
+	}
+	if cpuErr == nil && s.Requests > 0 {
+		run.CPUPerRequestUS = float64((cpu1 - cpu0).Microseconds()) / float64(s.Requests)
+	}
+	return run, nil
 }
 
 // median returns the median of xs (the mean of the middle two for an
@@ -153,6 +175,6 @@ func (o *OverheadResult) String() string {
 	if o.Error != "" {
 		return "overhead: " + o.Error
 	}
-	return fmt.Sprintf("overhead: median throughput ratio %.3f, median p99 ratio %.3f over %d pairs",
-		o.MedianThroughputRatio, o.MedianP99Ratio, len(o.Pairs))
+	return fmt.Sprintf("overhead: median throughput ratio %.3f, median p99 ratio %.3f, median CPU-per-request ratio %.3f over %d pairs",
+		o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio, len(o.Pairs))
 }

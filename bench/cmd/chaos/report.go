@@ -387,11 +387,13 @@ func markdownOverhead(b *strings.Builder, o *OverheadResult) {
 	}
 	fmt.Fprintf(b, "Closed loop, %d clients, %s per run after a %s warm-up, 3 healthy backends; runs alternate plain, Bifrost, plain, Bifrost, ...\n\n",
 		o.Settings.Clients, o.Settings.Duration, o.Settings.Warmup)
-	b.WriteString("| pair | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("| pair | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio | plain CPU/req | Bifrost CPU/req | CPU ratio |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, p := range o.Pairs {
-		fmt.Fprintf(b, "| %d | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f |\n", i+1, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio, p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio)
+		fmt.Fprintf(b, "| %d | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.1fµs | %.1fµs | %.3f |\n", i+1, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio,
+			p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio, p.Plain.CPUPerRequestUS, p.Bifrost.CPUPerRequestUS, p.CPURatio)
 	}
-	fmt.Fprintf(b, "| **median** | | | **%.3f** | | | **%.3f** |\n\n", o.MedianThroughputRatio, o.MedianP99Ratio)
+	fmt.Fprintf(b, "| **median** | | | **%.3f** | | | **%.3f** | | | **%.3f** |\n\n", o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio)
+	b.WriteString("CPU/req is each Caddy process's CPU time (user and system, from /proc) during its run divided by its requests: the proxy's own cost, which the throughput ratio understates because the load generator and the backends share the CPUs.\n\n")
 }
 
 // fmtDur formats a latency for a table.
