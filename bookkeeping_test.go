@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -52,14 +53,21 @@ func BenchmarkBookkeeping(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				rs := requestState{r: r, body: body}
-				wk, done, _ := h.pickAllowed(r, w, &rs)
-				now := time.Now()
-				tok := wk.tracker.Start(now)
-				wk.health.BeginRequest()
-				cls := h.classifier.Classify(recovery.Attempt{Status: http.StatusOK, Dialed: true, Wrote: true}, now)
-				wk.tracker.Done(tok, now, 0, false)
-				wk.health.EndRequest()
-				h.record(tryResult{wk: wk, tw: tw, cls: cls, done: done, latency: time.Millisecond, attempt: 1}, false)
+				wk, _ := h.pick(r, w, &rs)
+				var cls recovery.Classification
+				err := wk.breaker.Do(func() breaker.Outcome {
+					now := time.Now()
+					tok := wk.tracker.Start(now)
+					wk.health.BeginRequest()
+					cls = h.classifier.Classify(recovery.Attempt{Status: http.StatusOK, Dialed: true, Wrote: true}, now)
+					wk.tracker.Done(tok, now, 0, false)
+					wk.health.EndRequest()
+					return breakerOutcome(cls)
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, attempt: 1}, false)
 			}
 		})
 	}

@@ -112,14 +112,15 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 
 // race runs the first try and, each time the hedge delay passes without
 // an answer, one more try on another worker. It returns the outcome that
-// decides the request: the winner's, or a failure when every try failed.
-func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, firstDone func(breaker.Outcome), next caddyhttp.Handler) tryResult {
+// decides the request: the winner's, or a failure when every try failed;
+// false if no try could run at all.
+func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, next caddyhttp.Handler) (tryResult, bool) {
 	rc := new(race)
-	results := make(chan tryResult, 1+h.hedge.Max)
+	results := make(chan tryResult, 1+h.hedge.Max+len(h.workers))
 	// the client writer's headers, read once before any try can write
 	// them: hedges start from this copy
 	base := w.Header().Clone()
-	launch := func(wk *worker, tw *tryWriter, done func(breaker.Outcome), attempt int) {
+	launch := func(wk *worker, tw *tryWriter, attempt int) {
 		// each racing try gets its own copy of the request's variables:
 		// reverse_proxy writes to them while preparing the request
 		ctx := r.Context()
@@ -127,14 +128,34 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
 		}
 		go func() {
-			res := h.try(ctx, wk, tw, r, rs.body, true, rc, next)
-			res.done, res.attempt = done, attempt
+			var res tryResult
+			err := wk.breaker.Do(func() breaker.Outcome {
+				res = h.try(ctx, wk, tw, r, rs.body, true, rc, next)
+				return breakerOutcome(res.cls)
+			})
+			if err != nil {
+				res = tryResult{wk: wk, tw: tw, refused: true}
+			}
+			res.attempt = attempt
 			results <- res
 		}()
 	}
+	// another launches a try on a worker not tried yet, if there is one
+	// (and, for a hedge, if the retry budget allows it)
+	another := func(hedge bool) bool {
+		tw := newTryWriter(w, base, h.maxHeld)
+		wk := h.pickFresh(r, tw, rs)
+		if wk == nil || (hedge && !h.pool.budget.TryRetry(time.Now())) {
+			return false
+		}
+		rs.attempts++
+		rs.tried = append(rs.tried, wk)
+		launch(wk, tw, rs.attempts)
+		return true
+	}
 
 	delay := h.hedgeDelay(rs, false)
-	launch(first, firstTW, firstDone, rs.attempts)
+	launch(first, firstTW, rs.attempts)
 	running := 1
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -145,6 +166,15 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		select {
 		case res := <-results:
 			running--
+			if res.refused {
+				// its breaker refused it: that worker never saw the
+				// request, so another one takes its place at once
+				rs.refused(res.wk)
+				if rc.winner.Load() == nil && another(false) {
+					running++
+				}
+				continue
+			}
 			h.record(res, false)
 			if res.abort != nil {
 				abort = res.abort
@@ -156,28 +186,18 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			if rc.winner.Load() != nil || h.hedgeDelay(rs, false) == 0 {
 				continue
 			}
-			tw := newTryWriter(w, base, h.maxHeld)
-			wk, done := h.pickFresh(r, tw, rs)
-			if wk == nil {
-				continue
+			if another(true) {
+				rs.hedges++
+				h.metrics.hedge(rs.tried[len(rs.tried)-1])
+				running++
+				timer.Reset(delay)
 			}
-			if !h.pool.budget.TryRetry(time.Now()) {
-				done(breaker.Excluded)
-				continue
-			}
-			rs.attempts++
-			rs.hedges++
-			rs.tried = append(rs.tried, wk)
-			h.metrics.hedge(wk)
-			launch(wk, tw, done, rs.attempts)
-			running++
-			timer.Reset(delay)
 		}
 	}
 	if abort != nil {
 		panic(abort)
 	}
-	return best
+	return best, best.tw != nil
 }
 
 // better reports whether a try's outcome should decide the request over
@@ -202,27 +222,18 @@ func better(a, b tryResult) bool {
 	return b.cls.Kind == recovery.KindCanceled && a.cls.Kind != recovery.KindCanceled
 }
 
-// pickFresh picks an available worker that has not been tried for this
-// request and whose breaker lets it through, for a hedge.
-func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, func(breaker.Outcome)) {
-	now := time.Now()
-	for {
-		var wk *worker
-		if up := h.selector.Select(h.upstreams, r, w); up != nil {
-			wk = h.byUpstream[up]
-		}
-		if wk == nil || slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) {
-			// the policy's choice was tried: take the cheapest other one
-			if wk = h.cheapestUntried(rs, now); wk == nil {
-				return nil, nil
-			}
-		}
-		done, err := wk.breaker.Allow()
-		if err == nil {
-			return wk, done
-		}
-		rs.skipped = append(rs.skipped, wk)
+// pickFresh picks an available worker that has not been tried or refused
+// for this request, for a hedge.
+func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) *worker {
+	var wk *worker
+	if up := h.selector.Select(h.upstreams, r, w); up != nil {
+		wk = h.byUpstream[up]
 	}
+	if wk == nil || slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) {
+		// the policy's choice was tried: take the cheapest other one
+		wk = h.cheapestUntried(rs, time.Now())
+	}
+	return wk
 }
 
 // latencyRing keeps a pool's recent successful try latencies, and the

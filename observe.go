@@ -34,23 +34,12 @@ const (
 // state gauges are looked at.
 const tickInterval = 250 * time.Millisecond
 
-// record books the outcome of one try: breaker, health, error history,
-// metrics, logs, and the escalations a failure calls for.
+// record books the outcome of one try, which its breaker has booked
+// already: health, error history, metrics, logs, and the escalations a
+// failure calls for.
 func (h *Handler) record(res tryResult, panicMode bool) {
-	wk, cls, done := res.wk, res.cls, res.done
+	wk, cls := res.wk, res.cls
 	now := time.Now()
-	outcome := breaker.Success
-	switch {
-	case cls.Kind == recovery.KindCanceled, cls.Kind == recovery.KindThrottled:
-		// a client that went away is nobody's fault; a throttled worker
-		// is answering, and throttling, not the breaker, deals with it
-		outcome = breaker.Excluded
-	case cls.Failure:
-		outcome = breaker.Failure
-	}
-	if done != nil {
-		done(outcome)
-	}
 	h.metrics.request(wk, cls)
 	h.metrics.latency(wk, res.latency)
 	if cls.Kind == recovery.KindCanceled {
@@ -107,6 +96,19 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		h.reconnect(wk)
 	}
 	h.onResult(wk, true)
+}
+
+// breakerOutcome is what a try's classification means to its worker's
+// breaker. A client that went away is nobody's fault; a throttled worker
+// is answering, and throttling, not the breaker, deals with it.
+func breakerOutcome(cls recovery.Classification) breaker.Outcome {
+	switch {
+	case cls.Kind == recovery.KindCanceled, cls.Kind == recovery.KindThrottled:
+		return breaker.Excluded
+	case cls.Failure:
+		return breaker.Failure
+	}
+	return breaker.Success
 }
 
 // failureMessage describes a failed try without request data beyond the

@@ -119,60 +119,66 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
 func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, repl *caddy.Replacer, next caddyhttp.Handler) (tryResult, bool) {
-	// Every try starts from the client writer's headers as the previous
-	// handlers left them: a try that is retried never passed its own
-	// headers on, so nothing of it is left behind. The selection policy
-	// writes into the try's headers too (the cookie policy sets one), so
-	// that only the worker that answers leaves its cookie.
-	var tw *tryWriter
-	if h.hedge != nil {
-		// a try that may race others keeps its headers to itself
-		tw = newTryWriter(w, w.Header(), h.maxHeld)
-	} else if rs.attempts == 0 {
-		tw = &rs.firstTry
-		tw.initDirect(w, h.maxHeld)
-	} else {
-		tw = newDirectTryWriter(w, h.maxHeld)
+	for {
+		// Every try starts from the client writer's headers as the
+		// previous handlers left them: a try that is retried never
+		// passed its own headers on, so nothing of it is left behind.
+		// The selection policy writes into the try's headers too (the
+		// cookie policy sets one), so that only the worker that answers
+		// leaves its cookie.
+		tw := h.newTry(w, rs)
+		wk, panicMode := h.pick(r, tw, rs)
+		if wk == nil {
+			tw.unwind()
+			return tryResult{}, false
+		}
+		rs.attempts++
+		rs.last = wk
+		rs.tried = append(rs.tried, wk)
+		// set before the try, so that deferred header operations see
+		// them when its response is written
+		h.setPlaceholders(repl, rs)
+		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
+		if h.hedgeDelay(rs, panicMode) > 0 {
+			return h.race(w, r, rs, tw, wk, next)
+		}
+		var res tryResult
+		run := func() breaker.Outcome {
+			res = h.try(r.Context(), wk, tw, r, rs.body, canRetry, nil, next)
+			return breakerOutcome(res.cls)
+		}
+		if panicMode {
+			// the whole pool is out: the breakers are bypassed
+			run()
+		} else if err := wk.breaker.Do(run); err != nil {
+			// half-open and at its limit, or it just opened: the
+			// worker never saw the request
+			tw.unwind()
+			rs.refused(wk)
+			continue
+		}
+		res.attempt = rs.attempts
+		h.record(res, panicMode)
+		if res.abort != nil {
+			panic(res.abort)
+		}
+		return res, true
 	}
-	wk, done, panicMode := h.pickAllowed(r, tw, rs)
-	if wk == nil {
-		return tryResult{}, false
-	}
-	rs.attempts++
-	rs.last = wk
-	rs.tried = append(rs.tried, wk)
-	// set before the try, so that deferred header operations see them
-	// when its response is written
-	h.setPlaceholders(repl, rs)
-	canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
-	if h.hedgeDelay(rs, panicMode) > 0 {
-		return h.race(w, r, rs, tw, wk, done, next), true
-	}
-	res := h.try(r.Context(), wk, tw, r, rs.body, canRetry, nil, next)
-	res.done, res.attempt = done, rs.attempts
-	h.record(res, panicMode)
-	if res.abort != nil {
-		panic(res.abort)
-	}
-	return res, true
 }
 
-// pickAllowed picks a worker whose breaker lets the request through; a
-// worker whose breaker refuses is skipped for the rest of this request.
-// In panic mode the breaker is bypassed and done is nil.
-func (h *Handler) pickAllowed(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, func(breaker.Outcome), bool) {
-	for {
-		wk, panicMode := h.pick(r, w, rs)
-		if wk == nil || panicMode {
-			return wk, nil, panicMode
-		}
-		done, err := wk.breaker.Allow()
-		if err == nil {
-			return wk, done, false
-		}
-		// half-open and at its limit, or it just opened
-		rs.skipped = append(rs.skipped, wk)
+// newTry returns the writer of the request's next try: one with headers of
+// its own when tries may race, else one that writes the client writer's
+// headers; the request's first such writer is kept in its state.
+func (h *Handler) newTry(w http.ResponseWriter, rs *requestState) *tryWriter {
+	switch {
+	case h.hedge != nil:
+		return newTryWriter(w, w.Header(), h.maxHeld)
+	case !rs.firstTryUsed:
+		rs.firstTryUsed = true
+		rs.firstTry.initDirect(w, h.maxHeld)
+		return &rs.firstTry
 	}
+	return newDirectTryWriter(w, h.maxHeld)
 }
 
 // requestState is what the request loop knows about one request.
@@ -191,7 +197,22 @@ type requestState struct {
 	unsafeErr error
 	// firstTry is the writer of the first try when it runs alone, kept
 	// here to save an allocation per request.
-	firstTry tryWriter
+	firstTry     tryWriter
+	firstTryUsed bool
+}
+
+// refused takes back the try given to wk, whose breaker refused it: the
+// worker never saw the request, and is skipped for the rest of it.
+func (rs *requestState) refused(wk *worker) {
+	rs.attempts--
+	if i := slices.Index(rs.tried, wk); i >= 0 {
+		rs.tried = slices.Delete(rs.tried, i, i+1)
+	}
+	rs.skipped = append(rs.skipped, wk)
+	rs.last = nil
+	if n := len(rs.tried); n > 0 {
+		rs.last = rs.tried[n-1]
+	}
 }
 
 // tryResult is the outcome of one try.
@@ -205,7 +226,9 @@ type tryResult struct {
 	canRetry bool
 	latency  time.Duration
 	attempt  int
-	done     func(breaker.Outcome)
+	// refused is set when the worker's breaker refused a racing try,
+	// which therefore never ran
+	refused bool
 	// abort is reverse_proxy's http.ErrAbortHandler panic for a response
 	// that failed mid-stream after reaching the client; it is re-raised
 	// on the request's goroutine once the failure is recorded.

@@ -7,71 +7,62 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// BenchmarkAllowDone is the request path of a closed breaker: Allow, then done.
-func BenchmarkAllowDone(b *testing.B) {
+// BenchmarkDo is the request path of a closed breaker: one request through Do.
+func BenchmarkDo(b *testing.B) {
 	br := New("w", Settings{}, nil)
 	b.ReportAllocs()
 	for b.Loop() {
-		done, err := br.Allow()
-		if err != nil {
+		if err := br.Do(func() Outcome { return Success }); err != nil {
 			b.Fatal(err)
 		}
-		done(Success)
 	}
 }
 
-// BenchmarkAllowDoneParallel is BenchmarkAllowDone from every P at once on one
-// breaker: the contention of one busy worker.
-func BenchmarkAllowDoneParallel(b *testing.B) {
+// BenchmarkDoParallel is BenchmarkDo from every P at once on one breaker: the
+// contention of one busy worker.
+func BenchmarkDoParallel(b *testing.B) {
 	br := New("w", Settings{}, nil)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			done, err := br.Allow()
-			if err != nil {
+			if err := br.Do(func() Outcome { return Success }); err != nil {
 				b.Error(err)
 				return
 			}
-			done(Success)
 		}
 	})
 }
 
-// BenchmarkAllowDoneWindow is BenchmarkAllowDone with a rolling window and a
-// failure ratio.
-func BenchmarkAllowDoneWindow(b *testing.B) {
+// BenchmarkDoWindow is BenchmarkDo with a rolling window and a failure ratio.
+func BenchmarkDoWindow(b *testing.B) {
 	br := New("w", Settings{FailureRatio: 0.5, Window: 10 * time.Second}, nil)
 	b.ReportAllocs()
 	for b.Loop() {
-		done, err := br.Allow()
-		if err != nil {
+		if err := br.Do(func() Outcome { return Success }); err != nil {
 			b.Fatal(err)
 		}
-		done(Success)
 	}
 }
 
-// BenchmarkGobreakerAllowDone is the library's own two-step path, the floor
-// under BenchmarkAllowDone.
-func BenchmarkGobreakerAllowDone(b *testing.B) {
-	cb := gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{})
+// BenchmarkGobreakerExecute is the library's own path, the floor under
+// BenchmarkDo.
+func BenchmarkGobreakerExecute(b *testing.B) {
+	cb := gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{})
 	b.ReportAllocs()
 	for b.Loop() {
-		done, err := cb.Allow()
-		if err != nil {
+		if _, err := cb.Execute(func() (struct{}, error) { return struct{}{}, nil }); err != nil {
 			b.Fatal(err)
 		}
-		done(nil)
 	}
 }
 
-// BenchmarkAllowOpen is a request refused by an open breaker.
-func BenchmarkAllowOpen(b *testing.B) {
+// BenchmarkDoOpen is a request refused by an open breaker.
+func BenchmarkDoOpen(b *testing.B) {
 	br := New("w", Settings{Timeout: time.Hour}, nil)
 	br.Trip()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := br.Allow(); err != ErrOpen {
+		if err := br.Do(func() Outcome { return Success }); err != ErrOpen {
 			b.Fatal(err)
 		}
 	}

@@ -79,7 +79,7 @@ type Breaker struct {
 // replaced, never reconfigured.
 type instance struct {
 	b        *Breaker
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb       *gobreaker.CircuitBreaker[struct{}]
 	settings Settings
 
 	// provisional marks a gobreaker built with a shortened open timeout, to
@@ -120,47 +120,28 @@ func New(name string, s Settings, onChange func(from, to State)) *Breaker {
 	return b
 }
 
-// Allow asks to let one request through. If the breaker refuses it, Allow
-// returns ErrOpen or ErrTooManyRequests. Otherwise the caller must call done
-// exactly once with the request's outcome; further calls are ignored. A done
-// that is never called holds a half-open probe slot until the state changes.
+// Do lets one request through the breaker and books its outcome: it calls
+// fn, which runs the request and returns its Outcome. If the breaker
+// refuses the request, Do returns ErrOpen or ErrTooManyRequests without
+// calling fn. A panic in fn counts as a failure and is re-raised.
 //
-// Allow costs two small allocations: the library's callback and the returned
-// function.
-func (b *Breaker) Allow() (done func(Outcome), err error) {
-	report, err := b.cur.Load().cb.Allow()
-	if err != nil {
-		switch err {
-		case gobreaker.ErrOpenState:
-			return nil, ErrOpen
-		case gobreaker.ErrTooManyRequests:
-			return nil, ErrTooManyRequests
-		}
-		return nil, err
+// Do runs the request inside the library's Execute, so admission and
+// outcome are one call: unlike a two-step Allow/done, it allocates nothing
+// (fn does not escape), and no outcome can be forgotten.
+func (b *Breaker) Do(fn func() Outcome) error {
+	_, err := b.cur.Load().cb.Execute(func() (struct{}, error) {
+		return struct{}{}, fn().err()
+	})
+	switch err {
+	case nil, errFailure, errExcluded:
+		return nil
+	case gobreaker.ErrOpenState:
+		return ErrOpen
+	case gobreaker.ErrTooManyRequests:
+		return ErrTooManyRequests
 	}
-	t, _ := tickets.Get().(*ticket)
-	if t == nil {
-		t = new(ticket)
-	}
-	seq := t.seq.Load()
-	return func(o Outcome) {
-		if !t.seq.CompareAndSwap(seq, seq+1) {
-			return
-		}
-		tickets.Put(t)
-		report(o.err())
-	}, nil
+	return err
 }
-
-// ticket makes a done function idempotent without allocating a flag for every
-// request. Tickets are pooled, and each done function remembers the sequence
-// number its ticket had when it was handed out. The first call advances the
-// number and returns the ticket to the pool; a later call, even once the ticket
-// serves another request, finds a different number and does nothing.
-type ticket struct{ seq atomic.Uint64 }
-
-// tickets holds the unused tickets.
-var tickets = sync.Pool{New: func() any { return new(ticket) }}
 
 // State returns the current state. It takes the library's lock, and if an open
 // breaker's timeout has passed it turns it half-open (calling onChange) first,
@@ -290,7 +271,7 @@ func (b *Breaker) newInstance(s Settings, openFor time.Duration, provisional boo
 	if s.Window > 0 {
 		gs.Interval, gs.BucketPeriod = window(s.Window)
 	}
-	in.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gs)
+	in.cb = gobreaker.NewCircuitBreaker[struct{}](gs)
 	return in
 }
 
@@ -427,11 +408,7 @@ func (in *instance) stateChanged(_ string, _, to gobreaker.State) {
 func (in *instance) forceOpen() {
 	in.force.Store(true)
 	defer in.force.Store(false)
-	report, err := in.cb.Allow()
-	if err != nil {
-		return
-	}
-	report(errFailure)
+	_, _ = in.cb.Execute(func() (struct{}, error) { return struct{}{}, errFailure })
 }
 
 // settle returns the state of an instance that is not live yet, and for an open

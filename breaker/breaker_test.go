@@ -53,12 +53,40 @@ var (
 	openToClosed     = transition{StateOpen, StateClosed}
 )
 
+// allow lets one request through b and keeps it in flight, as a two-step
+// breaker would: the request runs inside Do on a goroutine of its own, and
+// the returned function reports its outcome and waits until Do has booked
+// it. A refused request returns Do's error and no function.
+func allow(b *Breaker) (done func(Outcome), err error) {
+	admitted := make(chan struct{})
+	outcome := make(chan Outcome)
+	returned := make(chan error, 1)
+	go func() {
+		returned <- b.Do(func() Outcome {
+			close(admitted)
+			return <-outcome
+		})
+	}()
+	select {
+	case <-admitted:
+		var once sync.Once
+		return func(o Outcome) {
+			once.Do(func() {
+				outcome <- o
+				<-returned
+			})
+		}, nil
+	case err := <-returned:
+		return nil, err
+	}
+}
+
 // report lets one request through b and reports its outcome.
 func report(t *testing.T, b *Breaker, o Outcome) {
 	t.Helper()
-	done, err := b.Allow()
+	done, err := allow(b)
 	if err != nil {
-		t.Fatalf("Allow() refused a %v: %v", o, err)
+		t.Fatalf("allow() refused a %v: %v", o, err)
 	}
 	done(o)
 }
@@ -85,15 +113,17 @@ func outcomeOf(t *testing.T, c rune) Outcome {
 	return Failure
 }
 
-// admit takes n requests through b and returns their done functions.
+// admit takes n requests through b and returns their done functions. The
+// requests a test leaves in flight end, excluded, when it is over.
 func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
 	t.Helper()
 	var dones []func(Outcome)
 	for i := range n {
-		done, err := b.Allow()
+		done, err := allow(b)
 		if err != nil {
-			t.Fatalf("Allow() #%d refused: %v", i+1, err)
+			t.Fatalf("allow() #%d refused: %v", i+1, err)
 		}
+		t.Cleanup(func() { done(Excluded) })
 		dones = append(dones, done)
 	}
 	return dones
@@ -101,15 +131,15 @@ func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
 
 func expectRefused(t *testing.T, b *Breaker, want error) {
 	t.Helper()
-	done, err := b.Allow()
+	done, err := allow(b)
 	if !errors.Is(err, want) {
 		if done != nil {
 			done(Excluded)
 		}
-		t.Fatalf("Allow() = %v, want %v", err, want)
+		t.Fatalf("allow() = %v, want %v", err, want)
 	}
 	if done != nil {
-		t.Fatal("Allow() refused but returned a done function")
+		t.Fatal("allow() refused but returned a done function")
 	}
 }
 
@@ -357,7 +387,7 @@ func TestHalfOpen(t *testing.T) {
 		for range 64 {
 			wg.Go(func() {
 				<-start
-				done, err := b.Allow()
+				done, err := allow(b)
 				if err != nil {
 					if errors.Is(err, ErrTooManyRequests) {
 						refuse.Add(1)
@@ -741,54 +771,6 @@ func TestUpdate(t *testing.T) {
 	})
 }
 
-func TestDoneOnce(t *testing.T) {
-	t.Run("second call ignored", func(t *testing.T) {
-		b := New("w", Settings{Failures: 2}, nil)
-		done, err := b.Allow()
-		if err != nil {
-			t.Fatal(err)
-		}
-		done(Failure)
-		done(Failure)
-		done(Success)
-		expectState(t, b, StateClosed)
-		if c := b.Counts(); c.TotalFailures != 1 || c.TotalSuccesses != 0 {
-			t.Fatalf("Counts() = %+v, want one failure", c)
-		}
-	})
-
-	t.Run("late call after its ticket was reused", func(t *testing.T) {
-		b := New("w", Settings{Failures: 1}, nil)
-		first := admit(t, b, 1)[0]
-		first(Success)
-		for range 100 {
-			// Likely hands out the ticket first returned to the pool.
-			done := admit(t, b, 1)[0]
-			first(Failure)
-			done(Success)
-		}
-		expectState(t, b, StateClosed)
-		if c := b.Counts(); c.TotalSuccesses != 101 || c.TotalFailures != 0 {
-			t.Fatalf("Counts() = %+v, want 101 successes", c)
-		}
-	})
-
-	t.Run("concurrent calls count once", func(t *testing.T) {
-		b := New("w", Settings{Failures: 1000}, nil)
-		var wg sync.WaitGroup
-		for range 20 {
-			done := admit(t, b, 1)[0]
-			for range 8 {
-				wg.Go(func() { done(Failure) })
-			}
-		}
-		wg.Wait()
-		if c := b.Counts(); c.TotalFailures != 20 {
-			t.Fatalf("Counts() = %+v, want 20 failures", c)
-		}
-	})
-}
-
 func TestRollingWindow(t *testing.T) {
 	const window = 200 * time.Millisecond
 	b := New("w", Settings{Failures: 3, Window: window, Timeout: time.Hour}, nil)
@@ -842,10 +824,10 @@ func TestConcurrent(t *testing.T) {
 				// interleave with requests even on one CPU.
 				runtime.Gosched()
 				attempts.Add(1)
-				done, err := b.Allow()
+				done, err := allow(b)
 				if err != nil {
 					if !errors.Is(err, ErrOpen) && !errors.Is(err, ErrTooManyRequests) {
-						t.Errorf("Allow() = %v", err)
+						t.Errorf("allow() = %v", err)
 					}
 					b.Ready()
 					continue
@@ -943,4 +925,48 @@ func TestReplaceStale(t *testing.T) {
 	}
 	expectState(t, b, StateClosed)
 	rec.expect(t, closedToOpen, openToClosed)
+}
+
+func TestDo(t *testing.T) {
+	t.Run("refused request never runs", func(t *testing.T) {
+		b := New("w", Settings{Timeout: time.Hour}, nil)
+		b.Trip()
+		ran := false
+		if err := b.Do(func() Outcome { ran = true; return Success }); !errors.Is(err, ErrOpen) {
+			t.Fatalf("Do() on an open breaker = %v, want ErrOpen", err)
+		}
+		if ran {
+			t.Fatal("Do() ran a refused request")
+		}
+	})
+
+	t.Run("outcomes are booked", func(t *testing.T) {
+		b := New("w", Settings{Failures: 2}, nil)
+		for _, o := range []Outcome{Success, Excluded, Failure} {
+			if err := b.Do(func() Outcome { return o }); err != nil {
+				t.Fatalf("Do() returned %v for an admitted request", err)
+			}
+		}
+		c := b.Counts()
+		if c.TotalSuccesses != 1 || c.TotalFailures != 1 || c.Requests != 3 {
+			t.Fatalf("Counts() = %+v, want 1 success, 1 failure, 3 requests", c)
+		}
+		if err := b.Do(func() Outcome { return Failure }); err != nil {
+			t.Fatal(err)
+		}
+		expectState(t, b, StateOpen)
+	})
+
+	t.Run("a panic is a failure and goes on", func(t *testing.T) {
+		b := New("w", Settings{Failures: 1}, nil)
+		func() {
+			defer func() {
+				if v := recover(); v != "boom" {
+					t.Fatalf("recovered %v, want the request's panic", v)
+				}
+			}()
+			_ = b.Do(func() Outcome { panic("boom") })
+		}()
+		expectState(t, b, StateOpen)
+	})
 }

@@ -1,6 +1,6 @@
 // Package breaker implements the per-worker circuit breakers of Bifrost.
 //
-// A Breaker wraps a two-step circuit breaker from github.com/sony/gobreaker/v2
+// A Breaker wraps a circuit breaker from github.com/sony/gobreaker/v2
 // without exposing any of its types. It has three states:
 //
 //   - closed: requests pass; failures are counted. Settings.Failures consecutive
@@ -10,9 +10,9 @@
 //   - half-open: up to Settings.Successes requests pass as probes; as many
 //     consecutive successes close the breaker, and one failure opens it again.
 //
-// A request is admitted with Allow, which returns a done function that reports
-// its Outcome once it is known. Excluded outcomes (for example a client that went
-// away) count against nobody.
+// A request runs inside Do, which admits it or refuses it and books the
+// Outcome it returns. Excluded outcomes (for example a client that went away)
+// count against nobody.
 //
 // The breaker keeps a lock-free mirror of its state, so Ready, OpenedAt, RetryAt
 // and Trips never take the library's lock: they are cheap enough to call for every
