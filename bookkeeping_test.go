@@ -99,8 +99,16 @@ func BenchmarkProxy(b *testing.B) {
 			if err := caddy.Load(js, true); err != nil {
 				b.Fatal(err)
 			}
+			conns := func() (n int64) {
+				for _, bk := range backs {
+					n += bk.conns.Load()
+				}
+				return n
+			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			before := conns()
+			defer func() { b.ReportMetric(float64(conns()-before)/float64(b.N), "conns/op") }()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					resp, err := client.Get(testSite + "/")

@@ -85,6 +85,7 @@ type backend struct {
 	handler atomic.Pointer[http.HandlerFunc]
 	health  atomic.Pointer[http.HandlerFunc] // nil: /health answers 200
 	hits    atomic.Int64
+	conns   atomic.Int64 // connections accepted
 
 	mu     sync.Mutex
 	bodies [][]byte
@@ -103,7 +104,12 @@ func newBackend(t *testing.T) *backend {
 	b.set(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "ok from %s", b.addr)
 	})
-	b.srv = &http.Server{Handler: http.HandlerFunc(b.serve), ReadHeaderTimeout: 5 * time.Second}
+	b.srv = &http.Server{Handler: http.HandlerFunc(b.serve), ReadHeaderTimeout: 5 * time.Second,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				b.conns.Add(1)
+			}
+		}}
 	go func() { _ = b.srv.Serve(ln) }()
 	t.Cleanup(b.close)
 	return b

@@ -38,8 +38,10 @@ const tickInterval = 250 * time.Millisecond
 // already: health, error history, metrics, logs, and the escalations a
 // failure calls for.
 func (h *Handler) record(res tryResult, panicMode bool) {
-	wk, cls := res.wk, res.cls
-	now := time.Now()
+	wk, cls, now := res.wk, res.cls, res.end
+	if now.IsZero() {
+		now = time.Now()
+	}
 	h.metrics.request(wk, cls)
 	h.metrics.latency(wk, res.latency)
 	if cls.Kind == recovery.KindCanceled {

@@ -225,6 +225,7 @@ type tryResult struct {
 	errText  string
 	canRetry bool
 	latency  time.Duration
+	end      time.Time // when the try ended
 	attempt  int
 	// refused is set when the worker's breaker refused a racing try,
 	// which therefore never ran
@@ -274,7 +275,8 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 	abort, err := h.serveWorker(wk, tw, rr, next)
 	wk.health.EndRequest()
 	tw.unwind()
-	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: time.Since(start), abort: abort}
+	now := time.Now()
+	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: now.Sub(start), end: now, abort: abort}
 	if abort != nil {
 		err = io.ErrUnexpectedEOF
 		res.err = err
@@ -310,7 +312,6 @@ func (h *Handler) try(ctx context.Context, wk *worker, tw *tryWriter, r *http.Re
 	case err != nil && tw.status != 0 && !tw.passed && !tw.held:
 		att.Status = 0
 	}
-	now := time.Now()
 	res.cls = h.classifier.Classify(att, now)
 	res.status = att.Status
 	if token := tw.hook.token; !tw.hook.answered {
