@@ -152,3 +152,67 @@ func TestHungBackendIsIsolated(t *testing.T) {
 		t.Fatalf("hung worker got %d requests; want it out after a few stuck ones", hits)
 	}
 }
+
+// A try whose worker's breaker refuses it (half-open, its one probe slot
+// taken) never reaches that worker: another worker takes its place at once,
+// in a try alone and in a race of hedged tries (without waiting for the
+// hedge delay).
+func TestRefusedTryIsReplaced(t *testing.T) {
+	for name, retry := range map[string]string{
+		"alone":  "",
+		"racing": "retry {\n\t\t\thedge 5s\n\t\t}",
+	} {
+		t.Run(name, func(t *testing.T) { testRefusedTryIsReplaced(t, retry) })
+	}
+}
+
+func testRefusedTryIsReplaced(t *testing.T, retry string) {
+	a, b := newBackend(t), newBackend(t)
+	a.set(status(http.StatusBadGateway, "bad"))
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr}, `
+		name refused
+		lb_policy first
+		breaker {
+			failures 1
+			successes 1
+			timeout 200ms
+		}
+		`+retry))
+	// one failure opens a's breaker; the request is retried on b
+	if code, body := get(t, "/"); code != http.StatusOK || body != "ok from "+b.addr {
+		t.Fatalf("first request: %d %q", code, body)
+	}
+	wk := workerOf(t, "refused", a.addr)
+	eventually(t, 2*time.Second, "a's breaker to be ready for a probe", wk.breaker.Ready)
+
+	// the next request is a's half-open probe, and a holds it
+	release := make(chan struct{})
+	a.set(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		fmt.Fprint(w, "probe answered")
+	})
+	hits := a.hits.Load()
+	probe := make(chan string, 1)
+	go func() {
+		_, body := get(t, "/")
+		probe <- body
+	}()
+	eventually(t, 2*time.Second, "the probe to reach a", func() bool { return a.hits.Load() == hits+1 })
+
+	// a is still the policy's first choice, but its breaker refuses
+	start := time.Now()
+	code, body := get(t, "/")
+	if code != http.StatusOK || body != "ok from "+b.addr {
+		t.Fatalf("request during the probe: %d %q, want b's answer", code, body)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("request during the probe took %s: the refused try was not replaced at once", d)
+	}
+	if n := a.hits.Load(); n != hits+1 {
+		t.Fatalf("a saw %d requests after the probe, want none", n-hits-1)
+	}
+	close(release)
+	if body := <-probe; body != "probe answered" {
+		t.Fatalf("probe answered %q", body)
+	}
+}

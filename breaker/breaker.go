@@ -9,10 +9,10 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// ErrOpen is returned by Allow while the breaker is open.
+// ErrOpen is returned by Do while the breaker is open.
 var ErrOpen = errors.New("circuit breaker is open")
 
-// ErrTooManyRequests is returned by Allow while the breaker is half-open and all
+// ErrTooManyRequests is returned by Do while the breaker is half-open and all
 // of its probe slots (Settings.Successes) are taken.
 var ErrTooManyRequests = errors.New("circuit breaker is half-open and at its request limit")
 
@@ -52,7 +52,7 @@ type Breaker struct {
 	name     string
 	onChange func(from, to State)
 
-	// cur is the gobreaker in use. Allow loads it without a lock. Reset, Trip
+	// cur is the gobreaker in use. Do loads it without a lock. Reset, Trip
 	// and Update replace it, and so does the state-change hook of a
 	// provisional instance (see instance.provisional).
 	cur atomic.Pointer[instance]
@@ -145,7 +145,7 @@ func (b *Breaker) Do(fn func() Outcome) error {
 
 // State returns the current state. It takes the library's lock, and if an open
 // breaker's timeout has passed it turns it half-open (calling onChange) first,
-// as Allow would.
+// as Do would.
 func (b *Breaker) State() State {
 	return fromGobreaker(b.cur.Load().cb.State())
 }
@@ -158,7 +158,7 @@ func (b *Breaker) Counts() Counts {
 	return countsFrom(in.cb.Counts())
 }
 
-// Ready reports whether Allow would likely let a request through now: the
+// Ready reports whether Do would likely let a request through now: the
 // breaker is closed or half-open (whose probe slots may all be taken), or open
 // with its timeout passed. It takes no lock, does not allocate, and does not
 // change the state or take a probe slot.

@@ -70,8 +70,8 @@ func fromGobreaker(s gobreaker.State) State {
 	return StateClosed
 }
 
-// Outcome is the result of a request admitted by Allow, as reported to its done
-// function. It is a plain value, safe for concurrent use.
+// Outcome is the result of a request admitted by Do, as the request's function
+// returns it. It is a plain value, safe for concurrent use.
 type Outcome uint8
 
 // The outcomes of a request.
@@ -101,15 +101,15 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// errFailure and errExcluded carry an Outcome through gobreaker's done(error)
-// callback: IsExcluded recognises errExcluded, and every other non-nil error is a
-// failure.
+// errFailure and errExcluded carry an Outcome out of the function gobreaker's
+// Execute runs: IsExcluded recognises errExcluded, and every other non-nil error
+// is a failure.
 var (
 	errFailure  = errors.New("breaker: request failed")
 	errExcluded = errors.New("breaker: request excluded")
 )
 
-// err returns the error that stands for o in gobreaker's done callback.
+// err returns the error that stands for o in the function Execute runs.
 func (o Outcome) err() error {
 	switch o {
 	case Success:
