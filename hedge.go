@@ -54,6 +54,7 @@ const (
 // others are cancelled at once.
 type race struct {
 	winner atomic.Pointer[tryWriter]
+	rs     *requestState // whose placeholders show the winner
 
 	mu      sync.Mutex
 	cancels map[*tryWriter]context.CancelFunc
@@ -115,7 +116,7 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 // decides the request: the winner's, or a failure when every try failed;
 // false if no try could run at all.
 func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, next caddyhttp.Handler) (tryResult, bool) {
-	rc := new(race)
+	rc := &race{rs: rs}
 	results := make(chan tryResult, 1+h.hedge.Max+len(h.workers))
 	// the client writer's headers, read once before any try can write
 	// them: hedges start from this copy
@@ -150,6 +151,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		}
 		rs.attempts++
 		rs.tried = append(rs.tried, wk)
+		rs.publish()
 		launch(wk, tw, rs.attempts)
 		return true
 	}
@@ -196,6 +198,11 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 	}
 	if abort != nil {
 		panic(abort)
+	}
+	if best.wk != nil {
+		// the worker whose answer decides the request
+		rs.last = best.wk
+		rs.publish()
 	}
 	return best, best.tw != nil
 }

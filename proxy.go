@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -47,11 +48,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	rs := &requestState{r: r, body: body}
 	rs.tried = rs.triedBuf[:0]
+	// Bifrost's placeholders are read from the request's state whenever
+	// they are used: deferred header operations see the try whose response
+	// is written, and the access log the whole request.
+	repl.Map(rs.placeholder)
 	var sched *recovery.Schedule
 	var held *tryWriter
 
 	for {
-		res, ok := h.attempt(w, r, rs, repl, next)
+		res, ok := h.attempt(w, r, rs, next)
 		if !ok {
 			break
 		}
@@ -105,7 +110,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// No more tries. A held failure response is an upstream's own answer;
 	// a failure that was unsafe to retry stands; otherwise, degrade.
-	h.setPlaceholders(repl, rs)
 	if held != nil {
 		return held.replay()
 	}
@@ -118,7 +122,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // attempt makes one try of the request, or, when hedging applies, a race
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
-func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, repl *caddy.Replacer, next caddyhttp.Handler) (tryResult, bool) {
+func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
 	for {
 		// Every try starts from the client writer's headers as the
 		// previous handlers left them: a try that is retried never
@@ -135,9 +139,7 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		rs.attempts++
 		rs.last = wk
 		rs.tried = append(rs.tried, wk)
-		// set before the try, so that deferred header operations see
-		// them when its response is written
-		h.setPlaceholders(repl, rs)
+		rs.publish()
 		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
 		if h.hedgeDelay(rs, panicMode) > 0 {
 			return h.race(w, r, rs, tw, wk, next)
@@ -199,6 +201,11 @@ type requestState struct {
 	// here to save an allocation per request.
 	firstTry     tryWriter
 	firstTryUsed bool
+
+	// attempts and last as the placeholders show them (see publish); a
+	// racing try's response may read them while the race goes on.
+	shownAttempts atomic.Int64
+	shownLast     atomic.Pointer[worker]
 }
 
 // refused takes back the try given to wk, whose breaker refused it: the
@@ -213,6 +220,14 @@ func (rs *requestState) refused(wk *worker) {
 	if n := len(rs.tried); n > 0 {
 		rs.last = rs.tried[n-1]
 	}
+	rs.publish()
+}
+
+// publish makes the request's attempts and last worker visible to its
+// placeholders, which racing tries may read while the request goes on.
+func (rs *requestState) publish() {
+	rs.shownAttempts.Store(int64(rs.attempts))
+	rs.shownLast.Store(rs.last)
 }
 
 // tryResult is the outcome of one try.
@@ -365,9 +380,14 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 			return true
 		}
 	}
-	if k.rc != nil && !k.rc.claim(tw) {
-		tw.discard.Store(true)
-		return true
+	if k.rc != nil {
+		if !k.rc.claim(tw) {
+			tw.discard.Store(true)
+			return true
+		}
+		// the winner's response is about to be written: its deferred
+		// header operations name its worker
+		k.rc.rs.shownLast.Store(k.wk)
 	}
 	return false
 }
@@ -523,17 +543,35 @@ func (h *Handler) soonestRecovery(now time.Time) time.Duration {
 	return soonest
 }
 
-// setPlaceholders describes the whole request for logs and headers.
-func (h *Handler) setPlaceholders(repl *caddy.Replacer, rs *requestState) {
-	if rs.last != nil {
-		repl.Set("http.bifrost.worker", rs.last.idValue)
+// placeholder answers Bifrost's placeholders from the request's state,
+// at the time they are used. The error fields change only between tries,
+// never while a try (or a race of them) is running.
+func (rs *requestState) placeholder(key string) (any, bool) {
+	name, ok := strings.CutPrefix(key, "http.bifrost.")
+	if !ok {
+		return nil, false
 	}
-	repl.Set("http.bifrost.attempts", rs.attempts)
-	if rs.lastCls.Failure {
-		repl.Set("http.bifrost.error_kind", rs.lastCls.Kind.String())
-		repl.Set("http.bifrost.error_severity", rs.lastCls.Severity.String())
-		repl.Set("http.bifrost.recovery_action", rs.lastCls.Action.String())
+	switch name {
+	case "worker":
+		if wk := rs.shownLast.Load(); wk != nil {
+			return wk.idValue, true
+		}
+	case "attempts":
+		return rs.shownAttempts.Load(), true
+	case "error_kind":
+		if rs.lastCls.Failure {
+			return rs.lastCls.Kind.String(), true
+		}
+	case "error_severity":
+		if rs.lastCls.Failure {
+			return rs.lastCls.Severity.String(), true
+		}
+	case "recovery_action":
+		if rs.lastCls.Failure {
+			return rs.lastCls.Action.String(), true
+		}
 	}
+	return nil, false
 }
 
 // noBody is the replay body of every request without one.

@@ -410,4 +410,29 @@ func TestPlaceholders(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, got, v)
 		}
 	}
+
+	// in a hedged race, the worker that answers is the one named
+	hung := newBackend(t)
+	hung.set(hang)
+	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	header >X-Attempts {http.bifrost.attempts}
+	header >X-Worker {http.bifrost.worker}
+	bifrost %s %s {
+		name ph
+		lb_policy first
+		retry {
+			hedge 20ms
+		}
+	}
+}`, hung.addr, good.addr))
+	code, _, hdr = do(t, http.MethodGet, testSite+"/", nil)
+	if code != http.StatusOK {
+		t.Fatalf("hedged request: got %d", code)
+	}
+	if got, want := hdr.Get("X-Worker"), workerID("ph", good.addr); got != want {
+		t.Errorf("hedged request: X-Worker = %q, want the hedge's worker %q", got, want)
+	}
+	if got := hdr.Get("X-Attempts"); got != "2" {
+		t.Errorf("hedged request: X-Attempts = %q, want 2", got)
+	}
 }
