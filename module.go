@@ -49,8 +49,10 @@ func init() {
 // Retry.MaxBody) and `dynamic_upstreams` (not supported yet).
 // `load_balancing.selection_policy` selects among available workers.
 //
-// This handler sets these placeholders, describing the whole request
-// rather than its last try:
+// This handler provides these placeholders, describing the whole request
+// rather than its last try; they are read from the request's state when
+// used, so a deferred header operation sees the try whose response is
+// written and an access log the request as it ended:
 //
 // Placeholder | Description
 // ------------|-------------
