@@ -67,7 +67,7 @@ func BenchmarkBookkeeping(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, attempt: 1}, false)
+				h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, end: time.Now(), attempt: 1}, false)
 			}
 		})
 	}

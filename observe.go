@@ -39,9 +39,6 @@ const tickInterval = 250 * time.Millisecond
 // failure calls for.
 func (h *Handler) record(res tryResult, panicMode bool) {
 	wk, cls, now := res.wk, res.cls, res.end
-	if now.IsZero() {
-		now = time.Now()
-	}
 	h.metrics.request(wk, cls)
 	h.metrics.latency(wk, res.latency)
 	if cls.Kind == recovery.KindCanceled {

@@ -66,8 +66,14 @@ func TestFailureStatusIsHeldBackOnlyWhileRetryPossible(t *testing.T) {
 		_, _ = w.Write([]byte("bad-gw-body!!"))
 	})
 
+	// a header set before bifrost runs must outlive every try that is
+	// held back and retried
+	before := func(ups []string, block string) string {
+		return strings.Replace(siteConfig(ups, block), ":9080 {\n", ":9080 {\n\theader X-Before kept\n", 1)
+	}
+
 	t.Run("retried", func(t *testing.T) {
-		loadCaddyfile(t, siteConfig([]string{bad.addr, good.addr}, `
+		loadCaddyfile(t, before([]string{bad.addr, good.addr}, `
 			name held
 			lb_policy first
 			breaker {
@@ -81,9 +87,30 @@ func TestFailureStatusIsHeldBackOnlyWhileRetryPossible(t *testing.T) {
 			if hdr.Get("X-Bad") != "" || len(hdr.Values("Content-Length")) > 1 {
 				t.Fatalf("request %d: headers of the retried try leaked: %v", i, hdr)
 			}
+			if hdr.Get("X-Before") != "kept" {
+				t.Fatalf("request %d: a header set before bifrost was lost: %v", i, hdr)
+			}
 		}
 		if bad.hits.Load() == 0 {
 			t.Fatal("the failing worker was never tried")
+		}
+	})
+
+	t.Run("held, then replayed", func(t *testing.T) {
+		loadCaddyfile(t, before([]string{bad.addr, deadAddr(t)}, `
+			name replayed
+			lb_policy first
+			breaker {
+				failures 1000
+			}
+			retry {
+				attempts 2
+			}`))
+		// the first try's 502 is held back; the second try cannot
+		// connect, so the held response is what the client gets
+		code, body, hdr := do(t, http.MethodGet, testSite+"/", nil)
+		if code != http.StatusBadGateway || body != "bad-gw-body!!" || hdr.Get("X-Bad") != "leaked" || hdr.Get("X-Before") != "kept" {
+			t.Fatalf("got %d %q %v, want the held 502 with its headers and X-Before", code, body, hdr)
 		}
 	})
 
