@@ -42,8 +42,16 @@ func benchHandler(b *testing.B, n int) *Handler {
 // workers, breaker Allow and done, the latency tracker, classification,
 // and recording (health, monitor, metrics).
 func BenchmarkBookkeeping(b *testing.B) {
-	for _, n := range []int{3, 300} {
-		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
+	for _, c := range []struct {
+		n        int
+		parallel bool
+	}{{3, false}, {300, false}, {3, true}} {
+		n, parallel := c.n, c.parallel
+		name := fmt.Sprintf("workers=%d", n)
+		if parallel {
+			name += "/parallel"
+		}
+		b.Run(name, func(b *testing.B) {
 			h := benchHandler(b, n)
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			w := httptest.NewRecorder()
@@ -51,26 +59,41 @@ func BenchmarkBookkeeping(b *testing.B) {
 			body := &replayBody{replayable: true}
 			b.ReportAllocs()
 			b.ResetTimer()
-			for b.Loop() {
-				rs := requestState{r: r, body: body}
-				wk, _ := h.pick(r, w, &rs)
-				var cls recovery.Classification
-				err := wk.breaker.Do(func() breaker.Outcome {
-					now := time.Now()
-					tok := wk.tracker.Start(now)
-					wk.health.BeginRequest()
-					cls = h.classifier.Classify(recovery.Attempt{Status: http.StatusOK, Dialed: true, Wrote: true}, now)
-					wk.tracker.Done(tok, now, 0, false)
-					wk.health.EndRequest()
-					return breakerOutcome(cls)
+			if parallel {
+				b.RunParallel(func(pb *testing.PB) {
+					tw := &tryWriter{method: http.MethodGet}
+					for pb.Next() {
+						bookkeep(b, h, r, w, tw, body)
+					}
 				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, end: time.Now(), attempt: 1}, false)
+				return
+			}
+			for b.Loop() {
+				bookkeep(b, h, r, w, tw, body)
 			}
 		})
 	}
+}
+
+// bookkeep is one request's bookkeeping around a successful try.
+func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, tw *tryWriter, body *replayBody) {
+	rs := requestState{r: r, body: body}
+	wk, _ := h.pick(r, w, &rs)
+	var cls recovery.Classification
+	err := wk.breaker.Do(func() breaker.Outcome {
+		now := time.Now()
+		tok := wk.tracker.Start(now)
+		wk.health.BeginRequest()
+		cls = h.classifier.Classify(recovery.Attempt{Status: http.StatusOK, Dialed: true, Wrote: true}, now)
+		wk.tracker.Done(tok, now, 0, false)
+		wk.health.EndRequest()
+		return breakerOutcome(cls)
+	})
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, end: time.Now(), attempt: 1}, false)
 }
 
 // BenchmarkProxy compares a GET through plain reverse_proxy and through

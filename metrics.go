@@ -225,12 +225,12 @@ func (m *poolMetrics) breakerState(id string, s breaker.State) {
 }
 
 // workerGauges refreshes a worker's state gauges.
-func (m *poolMetrics) workerGauges(wk *worker, now time.Time) {
+func (m *poolMetrics) workerGauges(wk *worker) {
 	if m == nil {
 		return
 	}
 	m.breakerState(wk.id, wk.breaker.State())
-	collectors.healthy.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.available(now)))
+	collectors.healthy.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.available()))
 	collectors.isolated.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.health.Isolated()))
 }
 

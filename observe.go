@@ -413,7 +413,7 @@ func (h *Handler) tick(ctx context.Context) {
 		now := time.Now()
 		h.detectHangs(now)
 		for _, wk := range h.workers {
-			h.metrics.workerGauges(wk, now)
+			h.metrics.workerGauges(wk)
 		}
 	}
 }

@@ -151,7 +151,7 @@ const maxRestarts = 8
 // is ramping up after reinstatement (slow start) is offered only to its
 // current share of selections.
 func (w *worker) OK() bool {
-	if !w.available(time.Now()) {
+	if !w.available() {
 		return false
 	}
 	if wt := w.ps.monitor.Weight(w.health); wt < 1 {
@@ -165,12 +165,13 @@ func (w *worker) OK() bool {
 // every outcome in its own request loop instead.
 func (*worker) RecordMetric(int, time.Duration) {}
 
-// available reports whether the worker may take a new request now.
-func (w *worker) available(now time.Time) bool {
+// available reports whether the worker may take a new request now. It
+// reads the clock only when a breaker is open or a throttle was set.
+func (w *worker) available() bool {
 	if max := w.maxRequests.Load(); max > 0 && w.health.InFlight() >= max {
 		return false
 	}
-	return w.breaker.Ready() && w.health.Available(now)
+	return w.breaker.Ready() && w.health.AvailableNow()
 }
 
 // firstUpstream is the selection policy of each worker's own proxy: the

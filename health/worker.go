@@ -19,23 +19,27 @@ import (
 type WorkerHealth struct {
 	id, pool, upstream string
 
-	// Request path: atomics only.
+	// Read on every selection; written by a Monitor while holding mu (the
+	// throttle by Throttle), so they always agree with iso.
+	isolated       atomic.Bool
+	onProbation    atomic.Bool
+	restoredAt     atomic.Int64 // unix nanoseconds of the last reinstatement; 0 when not ramping
+	slowStart      atomic.Int64 // ramp window in nanoseconds; set by the Monitor
+	throttledUntil atomic.Int64 // unix nanoseconds; 0 means never
+
+	// The request path's counters, which every try writes, have cache
+	// lines of their own: sharing one with the fields above would make
+	// every selection on another CPU miss its cache.
+	_               cacheLinePad
 	inFlight        atomic.Int64
 	requests        atomic.Uint64
 	failures        atomic.Uint64
 	consecFailures  atomic.Int64
 	lastSuccess     atomic.Int64 // unix nanoseconds; 0 means never
 	lastFailure     atomic.Int64 // unix nanoseconds; 0 means never
-	throttledUntil  atomic.Int64 // unix nanoseconds; 0 means never
 	windowSuccesses atomic.Uint64
 	windowFailures  atomic.Uint64
-
-	// Read on every selection; written by a Monitor while holding mu, so
-	// they always agree with iso.
-	isolated    atomic.Bool
-	onProbation atomic.Bool
-	restoredAt  atomic.Int64 // unix nanoseconds of the last reinstatement; 0 when not ramping
-	slowStart   atomic.Int64 // ramp window in nanoseconds; set by the Monitor
+	_               cacheLinePad
 
 	// Active probes.
 	probeHealthy atomic.Bool
@@ -60,6 +64,10 @@ type isolationRecord struct {
 	probationSuccesses int
 	healthySince       time.Time // last reinstatement or last decay step
 }
+
+// cacheLinePad keeps the fields on either side of it off each other's cache
+// lines. It is two lines long, since CPUs fetch lines in adjacent pairs.
+type cacheLinePad [128]byte
 
 // NewWorkerHealth returns the health record of the worker id, which proxies
 // to upstream in the pool named pool. It starts healthy and probe-healthy.
@@ -142,6 +150,17 @@ func (w *WorkerHealth) ThrottledUntil() time.Time { return fromNanos(w.throttled
 // reinstatement (probation, slow start, its event) happens in one place.
 func (w *WorkerHealth) Available(now time.Time) bool {
 	return !w.isolated.Load() && now.UnixNano() >= w.throttledUntil.Load()
+}
+
+// AvailableNow is Available at the current time. It reads the clock only
+// for a worker that has been throttled, so that the request path's
+// availability checks cost no clock read in the common case.
+func (w *WorkerHealth) AvailableNow() bool {
+	if w.isolated.Load() {
+		return false
+	}
+	until := w.throttledUntil.Load()
+	return until == 0 || time.Now().UnixNano() >= until
 }
 
 // Isolated reports whether the worker is isolated.

@@ -383,3 +383,38 @@ func TestRequestPathDoesNotAllocate(t *testing.T) {
 		t.Errorf("request path allocates %v times per request, want 0", allocs)
 	}
 }
+
+// AvailableNow reads the real clock, so its cases use times far from now.
+func TestWorkerAvailableNow(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name     string
+		throttle time.Duration // Throttle(now + d) unless 0
+		isolate  bool
+		want     bool
+	}{
+		{name: "never throttled", want: true},
+		{name: "throttle in the future", throttle: time.Hour, want: false},
+		{name: "throttle in the past", throttle: -time.Hour, want: true},
+		{name: "isolated", isolate: true, want: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := NewWorkerHealth("p", "w", "u")
+			if tc.throttle != 0 {
+				w.Throttle(now.Add(tc.throttle))
+			}
+			if tc.isolate {
+				w.mu.Lock()
+				w.setIsolatedLocked(now.Add(time.Hour), "test")
+				w.mu.Unlock()
+			}
+			if got := w.AvailableNow(); got != tc.want {
+				t.Errorf("AvailableNow() = %v, want %v", got, tc.want)
+			}
+			if got := w.Available(time.Now()); got != tc.want {
+				t.Errorf("Available(now) = %v, want %v (AvailableNow must agree)", got, tc.want)
+			}
+		})
+	}
+}
