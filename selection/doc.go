@@ -10,8 +10,10 @@
 //     load balancers: an observation at or above the current estimate
 //     replaces it at once (slowness is believed immediately); an
 //     observation below it pulls the estimate towards it with the time
-//     constant decay (default 10s), so good news is believed gradually.
-//     Without news, the estimate decays towards zero with the same time
+//     constant decay (default 10s), so good news is believed gradually,
+//     but by at least a sixteenth of the way per answer, so that one
+//     hiccup of a busy worker is forgotten within dozens of answers
+//     rather than seconds. Without news, the estimate decays towards zero with the same time
 //     constant: a worker that gets no traffic because it was slow is
 //     eventually tried again, and one fast answer brings it back (see
 //     [Tracker.Estimate] for the exact formula);

@@ -29,7 +29,9 @@ const drawAttempts = 4
 //	max(latency estimate, age of its oldest unanswered request) × (requests in flight + 1)
 //
 // The latency estimate is a peak EWMA: a slow answer raises it at once, fast
-// answers lower it over time, and without answers it decays towards zero,
+// answers lower it over time (and each by at least a sixteenth of the way,
+// so a busy upstream's lone hiccup is soon forgotten), and without answers
+// it decays towards zero,
 // so an upstream that was avoided for being slow is tried again after a
 // while and wins its traffic back as soon as it answers fast. The age term
 // makes an upstream whose requests go unanswered (a hang) more expensive at
@@ -55,7 +57,8 @@ type P2C struct {
 	// upstream that was avoided for being N times slower than its peers
 	// is tried again after about ln(N) × decay (e.g. 300× slower: about
 	// 6 × decay); answers faster than the estimate pull it down at the
-	// same rate. Shorter values recover faster and follow noise more.
+	// same rate, or by a sixteenth of the way each if that is more.
+	// Shorter values recover faster and follow noise more.
 	Decay caddy.Duration `json:"decay,omitempty"`
 
 	once     sync.Once

@@ -71,7 +71,8 @@ type Settings struct {
 	// the estimate falls to 1/e (37%) of its value in Decay, and an
 	// observation below it moves it from there towards the observation by
 	// the share 1 - exp(-elapsed/Decay), elapsed being the time since the
-	// previous observation (see Tracker.Estimate). Zero or less selects
+	// previous observation, or by a sixteenth if that is more (see
+	// Tracker.Estimate). Zero or less selects
 	// DefaultDecay.
 	Decay time.Duration
 
@@ -263,6 +264,15 @@ func (t *Tracker) Cancel(token int64, now time.Time, elapsed time.Duration) {
 	}
 }
 
+// answerPull is the least share of the way from the estimate to a faster
+// answer that the answer moves it. Time alone would leave a busy worker's
+// estimate at its latest peak for seconds, since answers a millisecond
+// apart move it by a ten-thousandth each: one hiccup would then cost a
+// healthy worker its traffic and load its peers. With a sixteenth, a
+// peak five times the usual latency is down to within 10% of it after
+// about 60 fast answers.
+const answerPull = 1.0 / 16
+
 // observe folds the latency x (ns, at least 1) observed at now into the
 // estimate.
 func (t *Tracker) observe(now int64, x float64) {
@@ -275,8 +285,10 @@ func (t *Tracker) observe(now int64, x float64) {
 		est := obs
 		if old != 0 && obs < cur {
 			// Below the estimate: move from it towards obs by the share
-			// 1-w that the elapsed time gives.
-			est = obs + (cur-obs)*w
+			// 1-w that the elapsed time gives, and by at least
+			// answerPull, so that a lone slow answer among many fast
+			// ones is soon forgotten however busy the worker is.
+			est = obs + (cur-obs)*min(w, 1-answerPull)
 		}
 		est = min(est, maxEstimate)
 		if t.estimate.CompareAndSwap(oldBits, math.Float64bits(est)) {
@@ -444,7 +456,7 @@ func (t *Tracker) Cost(now time.Time) float64 {
 // is E × exp(-(t-s)/decay). An observation x at t stores
 //
 //	x                          if x ≥ the estimate at t (peak: at once)
-//	x + (estimate − x) × w     otherwise, with w = exp(-(t-s)/decay)
+//	x + (estimate − x) × w     otherwise, with w = min(exp(-(t-s)/decay), 15/16)
 //
 // where s is the time of the previous observation.
 func (t *Tracker) Estimate(now time.Time) (time.Duration, bool) {

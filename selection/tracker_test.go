@@ -147,10 +147,17 @@ func TestEstimatePeakAndDecay(t *testing.T) {
 			want:   100 * ms,
 		},
 		{
-			name:   "a faster answer at the same instant changes nothing",
+			name:   "a faster answer at the same instant pulls it a sixteenth of the way",
 			obs:    obsList(0, 100*time.Millisecond, 0, time.Millisecond),
 			readAt: 0,
-			want:   100 * ms,
+			want:   1*ms + 99*ms*15/16,
+		},
+		{
+			name:   "a faster answer soon after pulls it a sixteenth of the way",
+			obs:    obsList(0, 100*time.Millisecond, time.Millisecond, time.Millisecond),
+			readAt: time.Millisecond,
+			// time alone would keep exp(-1ms/10s) of the gap
+			want: 1*ms + (100*ms*math.Exp(-1e-4)-1*ms)*15/16,
 		},
 		{
 			name:   "a faster answer one decay later moves it towards the answer",
@@ -218,6 +225,28 @@ func obsList(pairs ...time.Duration) []struct {
 		}{pairs[i], pairs[i+1]})
 	}
 	return out
+}
+
+func TestLoneSlowAnswerIsSoonForgotten(t *testing.T) {
+	// A busy worker answering in 1ms every 200µs has one 5ms hiccup: 60
+	// answers (12ms) later its estimate must be back near 1ms. With the
+	// time constant alone (10s) it would still be about 5ms, and the
+	// worker would lose its traffic to its peers for seconds.
+	tr := NewTracker(Settings{})
+	clock := fakeClock{t0}
+	for range 100 {
+		observeAt(tr, clock.advance(200*time.Microsecond), time.Millisecond)
+	}
+	observeAt(tr, clock.advance(200*time.Microsecond), 5*time.Millisecond)
+	if got, _ := tr.Estimate(clock.now()); !near(float64(got), 5*ms) {
+		t.Fatalf("Estimate = %v right after the hiccup, want 5ms (peak)", got)
+	}
+	for range 60 {
+		observeAt(tr, clock.advance(200*time.Microsecond), time.Millisecond)
+	}
+	if got, _ := tr.Estimate(clock.now()); got > 1100*time.Microsecond {
+		t.Errorf("Estimate = %v 60 answers after the hiccup, want within 10%% of 1ms", got)
+	}
 }
 
 func TestEstimateConvergesToSteadyLatency(t *testing.T) {

@@ -366,6 +366,17 @@ func TestMedianAndFormat(t *testing.T) {
 	if median([]float64{3, 1, 2}) != 2 || median([]float64{4, 1, 2, 3}) != 2.5 || median(nil) != 0 {
 		t.Fatal("median")
 	}
+	// quartiles of 1..5 by linear interpolation between ranks: 2 and 4;
+	// of 1..4: 1.75 and 3.25
+	if q := quartiles([]float64{5, 1, 4, 2, 3}); q != [2]float64{2, 4} {
+		t.Errorf("quartiles(1..5) = %v, want [2 4]", q)
+	}
+	if q := quartiles([]float64{4, 3, 2, 1}); q != [2]float64{1.75, 3.25} {
+		t.Errorf("quartiles(1..4) = %v, want [1.75 3.25]", q)
+	}
+	if q := quartiles([]float64{7}); q != [2]float64{7, 7} {
+		t.Errorf("quartiles of one value = %v, want [7 7]", q)
+	}
 	for _, tc := range []struct {
 		d    time.Duration
 		want string

@@ -65,8 +65,8 @@ type preset struct {
 var presets = map[string]preset{
 	"full": {
 		timing:   timing{Run: 22 * time.Second, FaultAt: 6 * time.Second, Window: 10 * time.Second, Outage: 5 * time.Second, Settle: 1500 * time.Millisecond},
-		pairs:    11,
-		duration: 5 * time.Second,
+		pairs:    19,
+		duration: 3 * time.Second,
 		warmup:   2 * time.Second,
 		out:      "bench/results/latest",
 		mode:     "full",
@@ -142,8 +142,8 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.Float64Var(&o.load.POSTShare, "post-share", 0.1, "share of POST requests")
 	fs.DurationVar(&o.load.Timeout, "timeout", 5*time.Second, "client timeout of each request")
 	fs.DurationVar(&o.poll, "poll", 100*time.Millisecond, "how often Bifrost's admin API is polled")
-	fs.IntVar(&o.overhead.Pairs, "pairs", 0, "happy path: number of plain/Bifrost run pairs (default 11; -quick 5; at least 5)")
-	fs.DurationVar(&o.overhead.Duration, "overhead-run", 0, "happy path: length of each run (default 5s; -quick 2s)")
+	fs.IntVar(&o.overhead.Pairs, "pairs", 0, "happy path: number of plain/Bifrost run pairs (default 19; -quick 5; at least 5)")
+	fs.DurationVar(&o.overhead.Duration, "overhead-run", 0, "happy path: length of each run (default 3s; -quick 2s)")
 	fs.IntVar(&o.overhead.Clients, "clients", 16, "happy path: closed-loop clients")
 	fs.StringVar(&o.overhead.Policy, "overhead-policy", "", "happy path: Bifrost's lb_policy (default: its own default, bifrost_p2c)")
 	fs.BoolVar(&o.noOverhead, "no-overhead", false, "skip the happy-path comparison")

@@ -34,9 +34,13 @@ type overheadRun struct {
 	CPUPerRequestUS float64 `json:"cpu_us_per_request,omitempty"`
 }
 
-// overheadPair is plain reverse_proxy (A) then Bifrost (B), run back to
-// back, and B's ratios to A.
+// overheadPair is a run of plain reverse_proxy (A) and one of Bifrost (B),
+// back to back, and B's ratios to A.
 type overheadPair struct {
+	// BifrostFirst is set when B ran before A: pairs alternate the
+	// order, so that whatever one run leaves behind (garbage to collect,
+	// warm caches) weighs on both proxies alike.
+	BifrostFirst    bool        `json:"bifrost_first,omitempty"`
 	Plain           overheadRun `json:"plain"`
 	Bifrost         overheadRun `json:"bifrost"`
 	ThroughputRatio float64     `json:"throughput_ratio"`
@@ -50,6 +54,10 @@ type OverheadResult struct {
 	Pairs                 []overheadPair   `json:"pairs"`
 	MedianThroughputRatio float64          `json:"median_throughput_ratio"`
 	MedianP99Ratio        float64          `json:"median_p99_ratio"`
+	// The middle half of the pairs' ratios (first and third quartiles):
+	// how far a single pair may stray from the median on this machine.
+	ThroughputQuartiles [2]float64 `json:"throughput_ratio_quartiles"`
+	P99Quartiles        [2]float64 `json:"p99_ratio_quartiles"`
 	// MedianCPURatio is the median of Bifrost's CPU time per request over
 	// plain's: the proxy's own cost, which the throughput ratio
 	// understates because the load generator and the backends share the
@@ -60,8 +68,8 @@ type OverheadResult struct {
 
 // runOverhead compares Bifrost (defaults) with plain reverse_proxy in
 // front of the same three healthy backends: both Caddy processes run side
-// by side and take turns, A B A B ..., so that drift in the machine's
-// load hits both alike.
+// by side and take turns, A B B A A B ..., so that drift in the machine's
+// load hits both alike, and neither always runs second.
 func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResult {
 	out := &OverheadResult{Settings: s}
 	backends, err := startBackends(backendCount, -1)
@@ -93,17 +101,25 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 		}
 	}
 	for i := range s.Pairs {
-		a, err := closedLoop(ctx, client, plain, s.Clients, s.Duration)
+		first, second := plain, bif
+		if i%2 == 1 {
+			first, second = bif, plain
+		}
+		r1, err := closedLoop(ctx, client, first, s.Clients, s.Duration)
 		if err != nil {
 			out.Error = err.Error()
 			return out
 		}
-		b, err := closedLoop(ctx, client, bif, s.Clients, s.Duration)
+		r2, err := closedLoop(ctx, client, second, s.Clients, s.Duration)
 		if err != nil {
 			out.Error = err.Error()
 			return out
 		}
-		pair := overheadPair{Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS), CPURatio: safeDiv(b.CPUPerRequestUS, a.CPUPerRequestUS)}
+		a, b := r1, r2
+		if i%2 == 1 {
+			a, b = r2, r1
+		}
+		pair := overheadPair{BifrostFirst: i%2 == 1, Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS), CPURatio: safeDiv(b.CPUPerRequestUS, a.CPUPerRequestUS)}
 		out.Pairs = append(out.Pairs, pair)
 		e.log("overhead pair %d/%d: plain %.0f req/s p99 %.2fms %.1fµs CPU/req, bifrost %.0f req/s p99 %.2fms %.1fµs CPU/req: ratio %.3f, p99 ratio %.3f, CPU ratio %.3f",
 			i+1, s.Pairs, a.Throughput, a.P99MS, a.CPUPerRequestUS, b.Throughput, b.P99MS, b.CPUPerRequestUS, pair.ThroughputRatio, pair.P99Ratio, pair.CPURatio)
@@ -117,6 +133,7 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 		}
 	}
 	out.MedianThroughputRatio, out.MedianP99Ratio, out.MedianCPURatio = median(tps), median(p99s), median(cpus)
+	out.ThroughputQuartiles, out.P99Quartiles = quartiles(tps), quartiles(p99s)
 	return out
 }
 
@@ -151,16 +168,28 @@ func closedLoop(ctx context.Context, client *http.Client, p *caddyProc, clients 
 // median returns the median of xs (the mean of the middle two for an
 // even count), 0 for none.
 func median(xs []float64) float64 {
+	return quantile(xs, 0.5)
+}
+
+// quartiles returns the first and third quartiles of xs.
+func quartiles(xs []float64) [2]float64 {
+	return [2]float64{quantile(xs, 0.25), quantile(xs, 0.75)}
+}
+
+// quantile returns the q-quantile of xs, interpolating linearly between
+// the closest ranks; 0 for none.
+func quantile(xs []float64, q float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
 	}
-	return (s[n/2-1] + s[n/2]) / 2
+	return s[i] + (s[i+1]-s[i])*(pos-float64(i))
 }
 
 func safeDiv(a, b float64) float64 {
@@ -175,6 +204,6 @@ func (o *OverheadResult) String() string {
 	if o.Error != "" {
 		return "overhead: " + o.Error
 	}
-	return fmt.Sprintf("overhead: median throughput ratio %.3f, median p99 ratio %.3f, median CPU-per-request ratio %.3f over %d pairs",
-		o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio, len(o.Pairs))
+	return fmt.Sprintf("overhead: median throughput ratio %.3f (middle half %.3f–%.3f), median p99 ratio %.3f (%.3f–%.3f), median CPU-per-request ratio %.3f over %d pairs",
+		o.MedianThroughputRatio, o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.MedianP99Ratio, o.P99Quartiles[0], o.P99Quartiles[1], o.MedianCPURatio, len(o.Pairs))
 }
