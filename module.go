@@ -118,7 +118,10 @@ type Handler struct {
 	maxBody    int64
 	maxHeld    int64
 	perTry     time.Duration
-	hedge      *HedgeConfig   // with defaults applied; nil when off
+	hedge      *HedgeConfig // with defaults applied; nil when off
+	// reuseState is set when no part of a request outlives its handler
+	// (no racing tries, no per-try timer), so its state can be reused.
+	reuseState bool
 	p2c        *selection.P2C // the selection policy, when it learns latencies
 	hangAfter  time.Duration
 	hangCount  int
@@ -271,6 +274,7 @@ func (h *Handler) provisionPolicies() error {
 		hc.Percentile = cmp.Or(hc.Percentile, defaultHedgePercentile)
 		h.hedge = &hc
 	}
+	h.reuseState = h.hedge == nil && h.perTry == 0
 
 	h.classifier = &recovery.Classifier{}
 	for i, cr := range h.Classify {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,12 +48,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
 	}
 
-	rs := &requestState{r: r, body: body, arrived: arrived}
-	rs.tried = rs.triedBuf[:0]
+	rs := h.newRequestState(r, body, arrived)
 	// Bifrost's placeholders are read from the request's state whenever
 	// they are used: deferred header operations see the try whose response
 	// is written, and the access log the whole request.
-	repl.Map(rs.placeholder)
+	repl.Map(rs.shown.placeholder)
+	err = h.serve(w, r, repl, rs, next)
+	h.releaseRequestState(rs)
+	return err
+}
+
+// serve runs the request loop of ServeHTTP.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, rs *requestState, next caddyhttp.Handler) error {
 	var sched *recovery.Schedule
 	var held *tryWriter
 
@@ -77,7 +84,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 
 		// a failure the client has not seen: try again if it is safe
-		rs.lastCls = cls
+		rs.shown.cls = cls
 		if res.tw.held && !res.tw.discard.Load() {
 			held = res.tw
 		}
@@ -202,7 +209,6 @@ type requestState struct {
 	attempts int
 	hedges   int
 	last     *worker
-	lastCls  recovery.Classification
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
@@ -211,10 +217,52 @@ type requestState struct {
 	firstTry     tryWriter
 	firstTryUsed bool
 
-	// attempts and last as the placeholders show them (see publish); a
-	// racing try's response may read them while the race goes on.
-	shownAttempts atomic.Int64
-	shownLast     atomic.Pointer[worker]
+	// shown is what the placeholders show of the request.
+	shown *shownState
+}
+
+// shownState is what Bifrost's placeholders show of a request: its tries
+// so far and the worker of the latest (see publish; a racing try's
+// response may read them while the race goes on), and its last failure.
+// It lives apart from the requestState, which is reused once the handler
+// returns, because Caddy reads placeholders after that too: error routes
+// and access logs.
+type shownState struct {
+	attempts atomic.Int64
+	last     atomic.Pointer[worker]
+	cls      recovery.Classification // changes only between tries
+}
+
+// requestStates keeps the states of finished requests for reuse: a
+// request's state, with its first try's writer, is the biggest
+// allocation Bifrost makes per request, and garbage costs a proxy more
+// than the allocation itself.
+var requestStates = sync.Pool{New: func() any { return new(requestState) }}
+
+// newRequestState returns the state of a new request, reused if the
+// handler allows it (see Handler.reuseState).
+func (h *Handler) newRequestState(r *http.Request, body *replayBody, arrived time.Time) *requestState {
+	var rs *requestState
+	if h.reuseState {
+		rs = requestStates.Get().(*requestState)
+	} else {
+		rs = new(requestState)
+	}
+	rs.r, rs.body, rs.arrived = r, body, arrived
+	rs.tried = rs.triedBuf[:0]
+	rs.shown = new(shownState)
+	return rs
+}
+
+// releaseRequestState makes a finished request's state reusable. Nothing
+// may use it afterwards: the handler returned, and nothing it started
+// outlives it when reuseState is set.
+func (h *Handler) releaseRequestState(rs *requestState) {
+	if !h.reuseState {
+		return
+	}
+	*rs = requestState{}
+	requestStates.Put(rs)
 }
 
 // refused takes back the try given to wk, whose breaker refused it: the
@@ -235,8 +283,8 @@ func (rs *requestState) refused(wk *worker) {
 // publish makes the request's attempts and last worker visible to its
 // placeholders, which racing tries may read while the request goes on.
 func (rs *requestState) publish() {
-	rs.shownAttempts.Store(int64(rs.attempts))
-	rs.shownLast.Store(rs.last)
+	rs.shown.attempts.Store(int64(rs.attempts))
+	rs.shown.last.Store(rs.last)
 }
 
 // tryResult is the outcome of one try.
@@ -313,13 +361,8 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// of reflection and nine allocations per request; this is enough for
 	// safe-retry decisions.
 	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
-	var de reverseproxy.DialError
-	if errors.As(err, &de) {
-		att.Dialed, att.Wrote, att.Err = false, false, de
-		if msg := de.Error(); strings.Contains(msg, "timeout") || strings.Contains(msg, "deadline exceeded") {
-			// DialError has no Unwrap: keep a dial timeout a timeout
-			att.Err = timeoutError{de}
-		}
+	if err != nil {
+		markDialError(&att)
 	}
 	switch {
 	case r.Context().Err() != nil:
@@ -362,6 +405,21 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	return res
 }
 
+// markDialError marks att as never sent if its error is reverse_proxy's
+// DialError. It is apart from try because errors.As moves its target to
+// the heap, which would cost every try, failed or not, an allocation.
+func markDialError(att *recovery.Attempt) {
+	var de reverseproxy.DialError
+	if !errors.As(att.Err, &de) {
+		return
+	}
+	att.Dialed, att.Wrote, att.Err = false, false, de
+	if msg := de.Error(); strings.Contains(msg, "timeout") || strings.Contains(msg, "deadline exceeded") {
+		// DialError has no Unwrap: keep a dial timeout a timeout
+		att.Err = timeoutError{de}
+	}
+}
+
 // tryHook is what a try's writer needs to decide, when the response
 // headers arrive, whether the response is held back.
 type tryHook struct {
@@ -396,7 +454,7 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		}
 		// the winner's response is about to be written: its deferred
 		// header operations name its worker
-		k.rc.rs.shownLast.Store(k.wk)
+		k.rc.rs.shown.last.Store(k.wk)
 	}
 	return false
 }
@@ -522,8 +580,8 @@ func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Re
 	}
 	w.Header().Set("Retry-After", secs)
 	err := errNoWorker
-	if rs.lastCls.Failure {
-		err = fmt.Errorf("%w after %d tries: last failure %s", errNoWorker, rs.attempts, rs.lastCls.Kind)
+	if cls := rs.shown.cls; cls.Failure {
+		err = fmt.Errorf("%w after %d tries: last failure %s", errNoWorker, rs.attempts, cls.Kind)
 	}
 	return caddyhttp.Error(http.StatusServiceUnavailable, err)
 }
@@ -552,32 +610,32 @@ func (h *Handler) soonestRecovery(now time.Time) time.Duration {
 	return soonest
 }
 
-// placeholder answers Bifrost's placeholders from the request's state,
-// at the time they are used. The error fields change only between tries,
+// placeholder answers Bifrost's placeholders from what is shown of the
+// request, at the time they are used. The error fields change only between tries,
 // never while a try (or a race of them) is running.
-func (rs *requestState) placeholder(key string) (any, bool) {
+func (s *shownState) placeholder(key string) (any, bool) {
 	name, ok := strings.CutPrefix(key, "http.bifrost.")
 	if !ok {
 		return nil, false
 	}
 	switch name {
 	case "worker":
-		if wk := rs.shownLast.Load(); wk != nil {
+		if wk := s.last.Load(); wk != nil {
 			return wk.idValue, true
 		}
 	case "attempts":
-		return rs.shownAttempts.Load(), true
+		return s.attempts.Load(), true
 	case "error_kind":
-		if rs.lastCls.Failure {
-			return rs.lastCls.Kind.String(), true
+		if s.cls.Failure {
+			return s.cls.Kind.String(), true
 		}
 	case "error_severity":
-		if rs.lastCls.Failure {
-			return rs.lastCls.Severity.String(), true
+		if s.cls.Failure {
+			return s.cls.Severity.String(), true
 		}
 	case "recovery_action":
-		if rs.lastCls.Failure {
-			return rs.lastCls.Action.String(), true
+		if s.cls.Failure {
+			return s.cls.Action.String(), true
 		}
 	}
 	return nil, false

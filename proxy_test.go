@@ -3,8 +3,11 @@ package bifrost
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -461,5 +464,86 @@ func TestPlaceholders(t *testing.T) {
 	}
 	if got := hdr.Get("X-Attempts"); got != "2" {
 		t.Errorf("hedged request: X-Attempts = %q, want 2", got)
+	}
+}
+
+// Caddy reads placeholders after the handler has returned, for instance
+// in access log fields that log_append adds, while the handler reuses the
+// state of finished requests: what the placeholders show must outlive it.
+func TestPlaceholdersOutliveTheHandler(t *testing.T) {
+	dead := deadAddr(t)
+	good := newBackend(t)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	// Response headers, set while the handler runs, are the reference
+	// for the log fields, read after it returned. The first requests try
+	// the dead worker first (2 tries, a connection error); once its
+	// breaker opens the rest go straight to the good one.
+	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	log {
+		output file %s
+		format json
+	}
+	header >X-Attempts {http.bifrost.attempts}
+	header >X-Worker {http.bifrost.worker}
+	header >X-Kind {http.bifrost.error_kind}
+	log_append bifrost_attempts {http.bifrost.attempts}
+	log_append bifrost_worker {http.bifrost.worker}
+	log_append bifrost_error {http.bifrost.error_kind}
+	bifrost %s %s {
+		name outlive
+		lb_policy first
+	}
+}`, logFile, dead, good.addr))
+	const n = 20
+	want := map[string]string{}
+	retried := 0
+	for i := range n {
+		uri := fmt.Sprintf("/r%d", i)
+		code, _, hdr := do(t, http.MethodGet, testSite+uri, nil)
+		if code != http.StatusOK {
+			t.Fatalf("%s: got %d", uri, code)
+		}
+		if hdr.Get("X-Attempts") == "2" {
+			retried++
+		}
+		// a header shows an unknown placeholder as is, a log field as ""
+		kind := hdr.Get("X-Kind")
+		if kind == "{http.bifrost.error_kind}" {
+			kind = ""
+		}
+		want[uri] = hdr.Get("X-Attempts") + " " + hdr.Get("X-Worker") + " " + kind
+	}
+	if retried == 0 {
+		t.Fatal("no request was retried: the test needs some that were")
+	}
+	// the log file is written as requests end; a new config closes it
+	loadCaddyfile(t, ":9080 {\n\trespond ok\n}\n")
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		var entry struct {
+			Request struct {
+				URI string `json:"uri"`
+			} `json:"request"`
+			Attempts json.Number `json:"bifrost_attempts"`
+			Worker   string      `json:"bifrost_worker"`
+			Error    string      `json:"bifrost_error"`
+		}
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			continue
+		}
+		w, ok := want[entry.Request.URI]
+		if !ok {
+			continue
+		}
+		delete(want, entry.Request.URI)
+		if got := entry.Attempts.String() + " " + entry.Worker + " " + entry.Error; got != w {
+			t.Errorf("%s: the access log shows %q (attempts, worker, error), its response headers %q", entry.Request.URI, got, w)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("%d requests have no access log entry:\n%s", len(want), data)
 	}
 }
