@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -214,5 +215,46 @@ func testRefusedTryIsReplaced(t *testing.T, retry string) {
 	close(release)
 	if body := <-probe; body != "probe answered" {
 		t.Fatalf("probe answered %q", body)
+	}
+}
+
+// A client that takes its time to send a request body does not make the
+// worker look slow: the try starts once the body is buffered.
+func TestSlowUploadIsNotTheWorkersLatency(t *testing.T) {
+	bk := newBackend(t)
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	loadCaddyfile(t, siteConfig([]string{bk.addr}, "\t\tname upload"))
+	provisioned = nil
+	if h == nil || len(h.workers) != 1 {
+		t.Fatal("handler not provisioned")
+	}
+
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("first half, "))
+		time.Sleep(400 * time.Millisecond)
+		_, _ = pw.Write([]byte("second half"))
+		pw.Close()
+	}()
+	req, err := http.NewRequest(http.MethodPost, testSite+"/", pr) // chunked: no length
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %d", resp.StatusCode)
+	}
+	est, ok := h.workers[0].tracker.Estimate(time.Now())
+	if !ok {
+		t.Fatal("the worker's tracker saw no answer")
+	}
+	if est > 200*time.Millisecond {
+		t.Errorf("worker latency estimate %v after a 400ms upload to a backend that answers at once; want the backend's own time", est)
 	}
 }

@@ -37,9 +37,6 @@ var errPerTryTimeout = errors.New("worker did not answer within per_try_timeout"
 // retry would be unsafe, or the tries are used up (see RetryConfig).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	arrived := time.Now()
-	h.pool.budget.OnRequest(arrived)
-
 	body, err := h.bufferBody(r)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -47,8 +44,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
 	}
+	// after the body, which a slow client may take long to send: that
+	// time is not the worker's
+	ready := time.Now()
+	h.pool.budget.OnRequest(ready)
 
-	rs := h.newRequestState(r, body, arrived)
+	rs := h.newRequestState(r, body, ready)
 	// Bifrost's placeholders are read from the request's state whenever
 	// they are used: deferred header operations see the try whose response
 	// is written, and the access log the whole request.
@@ -152,10 +153,10 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		if h.hedgeDelay(rs, panicMode) > 0 {
 			return h.race(w, r, rs, tw, wk, next)
 		}
-		// the first try starts when the request arrived: one clock read
-		// less, and the selection's few hundred nanoseconds are nothing
-		// next to a round trip
-		start := rs.arrived
+		// the first try starts when the request was ready: one clock
+		// read less, and the selection's few hundred nanoseconds are
+		// nothing next to a round trip
+		start := rs.ready
 		if rs.attempts > 1 {
 			start = time.Now()
 		}
@@ -201,7 +202,7 @@ func (h *Handler) newTry(w http.ResponseWriter, rs *requestState) *tryWriter {
 // requestState is what the request loop knows about one request.
 type requestState struct {
 	r        *http.Request
-	arrived  time.Time // when the handler got the request
+	ready    time.Time // when the request's body was buffered, ready for its first try
 	body     *replayBody
 	tried    []*worker // workers that got a try
 	triedBuf [4]*worker
@@ -241,14 +242,14 @@ var requestStates = sync.Pool{New: func() any { return new(requestState) }}
 
 // newRequestState returns the state of a new request, reused if the
 // handler allows it (see Handler.reuseState).
-func (h *Handler) newRequestState(r *http.Request, body *replayBody, arrived time.Time) *requestState {
+func (h *Handler) newRequestState(r *http.Request, body *replayBody, ready time.Time) *requestState {
 	var rs *requestState
 	if h.reuseState {
 		rs = requestStates.Get().(*requestState)
 	} else {
 		rs = new(requestState)
 	}
-	rs.r, rs.body, rs.arrived = r, body, arrived
+	rs.r, rs.body, rs.ready = r, body, ready
 	rs.tried = rs.triedBuf[:0]
 	rs.shown = new(shownState)
 	return rs

@@ -156,11 +156,10 @@ func (w *WorkerHealth) Available(now time.Time) bool {
 // for a worker that has been throttled, so that the request path's
 // availability checks cost no clock read in the common case.
 func (w *WorkerHealth) AvailableNow() bool {
-	if w.isolated.Load() {
-		return false
+	if w.throttledUntil.Load() == 0 {
+		return !w.isolated.Load()
 	}
-	until := w.throttledUntil.Load()
-	return until == 0 || time.Now().UnixNano() >= until
+	return w.Available(time.Now())
 }
 
 // Isolated reports whether the worker is isolated.
