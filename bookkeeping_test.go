@@ -75,10 +75,44 @@ func BenchmarkBookkeeping(b *testing.B) {
 	}
 }
 
+// BenchmarkChoose compares the default policy's choice made over the
+// workers directly (as the handler does) with the same choice made through
+// the policy's Select, which finds trackers by address and workers by
+// upstream, on both CPUs at once as under real traffic.
+func BenchmarkChoose(b *testing.B) {
+	for _, n := range []int{3, 300} {
+		h := benchHandler(b, n)
+		if !h.directP2C {
+			b.Fatal("the default policy's choice is not made directly")
+		}
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		for _, direct := range []bool{true, false} {
+			name := fmt.Sprintf("workers=%d/select", n)
+			if direct {
+				name = fmt.Sprintf("workers=%d/direct", n)
+			}
+			b.Run(name, func(b *testing.B) {
+				h.directP2C = direct
+				defer func() { h.directP2C = true }()
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					w := httptest.NewRecorder()
+					for pb.Next() {
+						if h.choose(r, w, time.Now()) == nil {
+							b.Error("no worker chosen")
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
+
 // bookkeep is one request's bookkeeping around a successful try.
 func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, tw *tryWriter, body *replayBody) {
 	rs := requestState{r: r, body: body}
-	wk, _ := h.pick(r, w, &rs)
+	wk, _ := h.pick(r, w, &rs, time.Now())
 	var cls recovery.Classification
 	err := wk.breaker.Do(func() breaker.Outcome {
 		now := time.Now()

@@ -232,13 +232,11 @@ func better(a, b tryResult) bool {
 // pickFresh picks an available worker that has not been tried or refused
 // for this request, for a hedge.
 func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) *worker {
-	var wk *worker
-	if up := h.selector.Select(h.upstreams, r, w); up != nil {
-		wk = h.byUpstream[up]
-	}
+	now := time.Now()
+	wk := h.choose(r, w, now)
 	if wk == nil || slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) {
 		// the policy's choice was tried: take the cheapest other one
-		wk = h.cheapestUntried(rs, time.Now())
+		wk = h.cheapestUntried(rs, now)
 	}
 	return wk
 }

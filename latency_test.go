@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -257,4 +258,42 @@ func TestSlowUploadIsNotTheWorkersLatency(t *testing.T) {
 	if est > 200*time.Millisecond {
 		t.Errorf("worker latency estimate %v after a 400ms upload to a backend that answers at once; want the backend's own time", est)
 	}
+}
+
+// The default policy's choice, which the handler makes over its workers
+// directly, is the choice the policy's Select makes: never a worker that
+// is unavailable, never the dearer of two.
+func TestDirectChoiceIsThePolicys(t *testing.T) {
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	loadCaddyfile(t, siteConfig([]string{deadAddr(t), deadAddr(t), deadAddr(t)}, "\t\tname direct"))
+	provisioned = nil
+	if h == nil || len(h.workers) != 3 {
+		t.Fatal("handler not provisioned")
+	}
+	if !h.directP2C {
+		t.Fatal("the default policy's choice is not made over the workers")
+	}
+	slow, tripped, fast := h.workers[0], h.workers[1], h.workers[2]
+	now := time.Now()
+	for _, wk := range []*worker{slow, fast} {
+		lat := time.Millisecond
+		if wk == slow {
+			lat = 300 * time.Millisecond
+		}
+		wk.tracker.Done(wk.tracker.Start(now), now, lat, false)
+	}
+	tripped.breaker.Trip()
+	defer tripped.breaker.Reset()
+
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	for _, direct := range []bool{true, false} {
+		h.directP2C = direct
+		for range 200 {
+			if got := h.choose(r, httptest.NewRecorder(), now); got != fast {
+				t.Fatalf("direct=%v: chose %s; want %s, the only cheap available worker", direct, got.id, fast.id)
+			}
+		}
+	}
+	h.directP2C = true
 }

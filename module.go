@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,11 +124,14 @@ type Handler struct {
 	// (no racing tries, no per-try timer), so its state can be reused.
 	reuseState bool
 	p2c        *selection.P2C // the selection policy, when it learns latencies
-	hangAfter  time.Duration
-	hangCount  int
-	keys       []string
-	metrics    *poolMetrics
-	proxyCfg   []byte // the workers' shared reverse_proxy JSON, for restarts
+	// directP2C is set when p2c's trackers are the workers' own, so the
+	// handler can make its choice over the workers directly (see choose).
+	directP2C bool
+	hangAfter time.Duration
+	hangCount int
+	keys      []string
+	metrics   *poolMetrics
+	proxyCfg  []byte // the workers' shared reverse_proxy JSON, for restarts
 }
 
 // CaddyModule returns the Caddy module information.
@@ -390,6 +394,9 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		states = append(states, ws)
 	}
 	h.pool.setWorkers(states)
+	h.directP2C = h.p2c != nil && !slices.ContainsFunc(h.workers, func(w *worker) bool {
+		return w.tracker != h.p2c.Trackers().Get(w.up.Dial)
+	})
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
+	"github.com/bifrost-proxy/bifrost/selection"
 )
 
 // errNoWorker is returned (as a 503) when no worker could serve a request.
@@ -140,7 +141,14 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		// cookie policy sets one), so that only the worker that answers
 		// leaves its cookie.
 		tw := h.newTry(w, rs)
-		wk, panicMode := h.pick(r, tw, rs)
+		// The request's first try starts when it was ready: one clock
+		// read less, and the selection's few hundred nanoseconds are
+		// nothing next to a round trip.
+		start := rs.ready
+		if rs.attempts > 0 || len(rs.skipped) > 0 {
+			start = time.Now()
+		}
+		wk, panicMode := h.pick(r, tw, rs, start)
 		if wk == nil {
 			tw.unwind()
 			return tryResult{}, false
@@ -152,13 +160,6 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
 		if h.hedgeDelay(rs, panicMode) > 0 {
 			return h.race(w, r, rs, tw, wk, next)
-		}
-		// the first try starts when the request was ready: one clock
-		// read less, and the selection's few hundred nanoseconds are
-		// nothing next to a round trip
-		start := rs.ready
-		if rs.attempts > 1 {
-			start = time.Now()
 		}
 		var res tryResult
 		run := func() breaker.Outcome {
@@ -510,15 +511,12 @@ func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status
 // for the first try, it returns the least-bad worker with panicMode set:
 // one try is better than failing everything, and a recovered pool serves
 // again at once.
-func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState) (*worker, bool) {
-	var chosen *worker
-	if up := h.selector.Select(h.upstreams, r, w); up != nil {
-		chosen = h.byUpstream[up]
-	}
+func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState, now time.Time) (*worker, bool) {
+	chosen := h.choose(r, w, now)
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.tried, chosen) {
 		return chosen, false
 	}
-	if wk := h.cheapestUntried(rs, time.Now()); wk != nil {
+	if wk := h.cheapestUntried(rs, now); wk != nil {
 		return wk, false
 	}
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) {
@@ -536,6 +534,27 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState)
 		}
 	}
 	return best, true
+}
+
+// choose returns the selection policy's choice of worker for r at now, or
+// nil. The default policy's choice is made over the workers themselves:
+// the same draws and costs as its Select, without finding each worker's
+// tracker by its address and each upstream's worker in a map.
+func (h *Handler) choose(r *http.Request, w http.ResponseWriter, now time.Time) *worker {
+	if !h.directP2C {
+		if up := h.selector.Select(h.upstreams, r, w); up != nil {
+			return h.byUpstream[up]
+		}
+		return nil
+	}
+	ia, ib := selection.PickTwo(h.workers, (*worker).selectable)
+	switch {
+	case ia < 0:
+		return nil
+	case ib >= 0 && h.p2c.Cheaper(h.workers[ib].candidate(), h.workers[ia].candidate(), now):
+		return h.workers[ib]
+	}
+	return h.workers[ia]
 }
 
 // cheapestUntried returns the available worker not tried or skipped yet

@@ -174,6 +174,15 @@ func (w *worker) available() bool {
 	return w.breaker.Ready() && w.health.AvailableNow()
 }
 
+// selectable reports whether a selection policy may choose the worker, as
+// reverse_proxy's Upstream.Available does (it calls OK).
+func (w *worker) selectable() bool { return w.up.Available() }
+
+// candidate is the worker as the P2C policy compares it.
+func (w *worker) candidate() selection.Candidate {
+	return selection.Candidate{Tracker: w.tracker, Requests: int64(w.up.NumRequests())}
+}
+
 // firstUpstream is the selection policy of each worker's own proxy: the
 // worker has exactly one upstream, and Bifrost has already decided that it
 // is the one to use, so it is returned even if Caddy would consider it

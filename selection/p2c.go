@@ -118,34 +118,52 @@ func (p *P2C) Trackers() *Trackers {
 // one if just one is available, or nil if none is.
 func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
 	p.once.Do(p.setup)
-	a, b := pickTwo(pool)
-	if b != nil && p.cheaper(b, a) {
-		return b
+	ia, ib := PickTwo(pool, available)
+	switch {
+	case ia < 0:
+		return nil
+	case ib >= 0 && p.cheaper(pool[ib], pool[ia]):
+		return pool[ib]
 	}
-	return a
+	return pool[ia]
 }
 
 // cheaper reports whether sending the request to b costs less than to a.
 // On a tie it returns false: a is the first of two random draws, so that
 // breaks ties at random.
 func (p *P2C) cheaper(b, a *reverseproxy.Upstream) bool {
-	ta, tb := p.trackers.Get(a.Dial), p.trackers.Get(b.Dial)
-	if ta == nil && tb == nil {
+	ca := Candidate{p.trackers.Get(a.Dial), numRequests(a)}
+	cb := Candidate{p.trackers.Get(b.Dial), numRequests(b)}
+	if ca.Tracker == nil && cb.Tracker == nil {
 		// Plain reverse_proxy: nothing is fed, and costs with equal
 		// latencies compare as the loads do (no clock needed).
-		return numRequests(b) < numRequests(a)
+		return cb.Requests < ca.Requests
 	}
-	now := p.clock()
-	va, vb := ta.view(now), tb.view(now)
-	va.inflight = max(va.inflight, numRequests(a))
-	vb.inflight = max(vb.inflight, numRequests(b))
+	return p.Cheaper(cb, ca, p.clock())
+}
+
+// Candidate is one side of a comparison: an upstream's tracker (nil if it
+// has none) and Caddy's count of its active requests.
+type Candidate struct {
+	Tracker  *Tracker
+	Requests int64
+}
+
+// Cheaper reports whether b costs less than a at now, as Select compares
+// its two draws; on a tie it returns false. A handler that owns the
+// policy's trackers can make Select's choice itself with PickTwo and
+// Cheaper, without looking its upstreams' trackers up by address.
+func (p *P2C) Cheaper(b, a Candidate, now time.Time) bool {
+	va, vb := a.Tracker.view(now), b.Tracker.view(now)
+	va.inflight = max(va.inflight, a.Requests)
+	vb.inflight = max(vb.inflight, b.Requests)
 	switch {
 	case va.known && !vb.known:
 		vb.latency = va.latency
 	case vb.known && !va.known:
 		va.latency = vb.latency
 	case !va.known && !vb.known:
-		va.latency = float64(p.trackers.Settings().Initial)
+		va.latency = float64(p.Trackers().Settings().Initial)
 		vb.latency = va.latency
 	}
 	return costOf(vb) < costOf(va)
@@ -172,54 +190,52 @@ func available(u *reverseproxy.Upstream) bool {
 	return u != nil && u.Available()
 }
 
-// pickTwo returns two different available upstreams of pool, each pair
-// equally likely, in random order; b is nil if only one is available, and
-// both are nil if none is. It draws at random first, so a mostly
-// available pool costs a few Available calls whatever its size, and falls
-// back to a reservoir scan when draws keep hitting unavailable upstreams.
+// PickTwo returns the indices of two different items for which ok
+// reports true, each pair equally likely, in random order; b is -1 if only
+// one is, and both are -1 if none is. It draws at random first, so a
+// mostly available pool costs a few ok calls whatever its size, and falls
+// back to a reservoir scan when draws keep hitting unavailable items.
 // Rejected draws and the scan both sample uniformly among the available
-// upstreams, so their mix does too.
-func pickTwo(pool reverseproxy.UpstreamPool) (a, b *reverseproxy.Upstream) {
-	n := len(pool)
+// items, so their mix does too.
+func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
+	n := len(items)
 	if n == 0 {
-		return nil, nil
+		return -1, -1
 	}
-	ia := -1
+	a = -1
 	for range drawAttempts {
-		if i := rand.IntN(n); available(pool[i]) { //nolint:gosec // load balancing, not security
-			ia = i
+		if i := rand.IntN(n); ok(items[i]) { //nolint:gosec // load balancing, not security
+			a = i
 			break
 		}
 	}
-	if ia < 0 {
-		if ia = scanOne(pool, -1); ia < 0 {
-			return nil, nil
+	if a < 0 {
+		if a = scanOne(items, ok, -1); a < 0 {
+			return -1, -1
 		}
 	}
 	if n == 1 {
-		return pool[ia], nil
+		return a, -1
 	}
 	for range drawAttempts {
 		j := rand.IntN(n - 1) //nolint:gosec // load balancing, not security
-		if j >= ia {
-			j++ // skip ia: j is uniform over the others
+		if j >= a {
+			j++ // skip a: j is uniform over the others
 		}
-		if available(pool[j]) {
-			return pool[ia], pool[j]
+		if ok(items[j]) {
+			return a, j
 		}
 	}
-	if ib := scanOne(pool, ia); ib >= 0 {
-		return pool[ia], pool[ib]
-	}
-	return pool[ia], nil
+	return a, scanOne(items, ok, a)
 }
 
-// scanOne returns the index of an available upstream of pool other than
-// skip, chosen uniformly by reservoir sampling, or -1 if there is none.
-func scanOne(pool reverseproxy.UpstreamPool, skip int) int {
+// scanOne returns the index of an item other than skip for which ok
+// reports true, chosen uniformly by reservoir sampling, or -1 if there is
+// none.
+func scanOne[T any](items []T, ok func(T) bool, skip int) int {
 	chosen, seen := -1, 0
-	for i, u := range pool {
-		if i == skip || !available(u) {
+	for i, it := range items {
+		if i == skip || !ok(it) {
 			continue
 		}
 		seen++

@@ -355,3 +355,65 @@ func TestP2CEmptyAndSingle(t *testing.T) {
 		t.Error("Select on a pool of one did not return it")
 	}
 }
+
+func TestPickTwo(t *testing.T) {
+	// PickTwo over plain values: both indices satisfy ok and differ, -1
+	// stands for "none", and every ordered pair of the allowed items is
+	// about equally likely, whether draws or the scan found them.
+	tests := []struct {
+		name    string
+		n       int
+		allowed []int
+	}{
+		{"empty", 0, nil},
+		{"none allowed", 4, nil},
+		{"one allowed", 4, []int{2}},
+		{"single item", 1, []int{0}},
+		{"all of four", 4, []int{0, 1, 2, 3}},
+		{"two of many (scan fallback)", 80, []int{5, 71}},
+		{"three of six", 6, []int{0, 2, 5}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			items := make([]int, tc.n)
+			for i := range items {
+				items[i] = i
+			}
+			ok := func(i int) bool { return slices.Contains(tc.allowed, i) }
+			pairs := map[[2]int]int{}
+			const picks = 24_000
+			for range picks {
+				a, b := PickTwo(items, ok)
+				switch {
+				case len(tc.allowed) == 0:
+					if a != -1 || b != -1 {
+						t.Fatalf("PickTwo = %d, %d with nothing allowed, want -1, -1", a, b)
+					}
+					continue
+				case a < 0 || !ok(items[a]):
+					t.Fatalf("PickTwo's first index %d is not allowed", a)
+				case len(tc.allowed) == 1:
+					if b != -1 {
+						t.Fatalf("PickTwo's second index = %d with one item allowed, want -1", b)
+					}
+				case b < 0 || b == a || !ok(items[b]):
+					t.Fatalf("PickTwo = %d, %d: the second must be another allowed item", a, b)
+				}
+				pairs[[2]int{a, b}]++
+			}
+			if len(tc.allowed) < 2 {
+				return
+			}
+			k := len(tc.allowed)
+			want := picks / (k * (k - 1))
+			if len(pairs) != k*(k-1) {
+				t.Errorf("saw %d ordered pairs, want %d: %v", len(pairs), k*(k-1), pairs)
+			}
+			for p, c := range pairs {
+				if d := c - want; d > want/5 || d < -want/5 {
+					t.Errorf("pair %v picked %d times, want about %d (all: %v)", p, c, want, pairs)
+				}
+			}
+		})
+	}
+}
