@@ -100,7 +100,43 @@ type instance struct {
 	// then its hook does nothing, so an instance can be prepared while hookMu
 	// is held.
 	live atomic.Bool
+
+	// lean marks an instance whose closed state trips on consecutive
+	// failures alone (no FailureRatio, no Window, not provisional). Such an
+	// instance lets a request skip the library while it is clean: closed,
+	// with no failure since its last success. A success then costs one
+	// atomic add instead of the library's two locks and two clock reads,
+	// and any other outcome is handed to the library as it would have been
+	// (see fast). The fields below are used by lean instances only.
+	lean bool
+
+	// word holds the clean flag in its low bit and, above it, a sequence
+	// number that every failure and every change of state advances, so
+	// that a success which found the instance failing can mark it clean
+	// again only if nothing failed in between (see recheck).
+	word atomic.Uint64
+
+	// pending counts failures that have marked the instance failing but
+	// are not booked in the library yet.
+	pending atomic.Int64
+
+	// gen advances on every change of state: an outcome admitted in one
+	// state is not booked in another, as the library does with its own
+	// generations.
+	gen atomic.Uint64
+
+	// fastOK counts the successes booked on the fast path since the
+	// instance last closed; runStart is fastOK's value when the instance
+	// last became clean, where its current run of successes began.
+	fastOK   atomic.Uint64
+	runStart atomic.Uint64
 }
+
+// cleanBit is word's clean flag; the sequence number counts in units of seqStep.
+const (
+	cleanBit = 1
+	seqStep  = 2
+)
 
 // New returns a closed breaker with settings s, after WithDefaults. New does not
 // fail: values that Validate would reject are replaced by safe ones (a bad
@@ -129,9 +165,96 @@ func New(name string, s Settings, onChange func(from, to State)) *Breaker {
 // outcome are one call: unlike a two-step Allow/done, it allocates nothing
 // (fn does not escape), and no outcome can be forgotten.
 func (b *Breaker) Do(fn func() Outcome) error {
-	_, err := b.cur.Load().cb.Execute(func() (struct{}, error) {
-		return struct{}{}, fn().err()
+	in := b.cur.Load()
+	if in.lean && in.word.Load()&cleanBit != 0 {
+		in.fast(fn)
+		return nil
+	}
+	return in.slow(fn)
+}
+
+// fast runs fn, admitted by a clean lean instance, outside the library. A
+// success only counts; any other outcome is handed to the library, which
+// books it as though it had admitted the request. The closed state admits
+// every request, so skipping the library's admission changes nothing. What
+// the library would have done differently is the rare interleaving: a
+// success admitted before a failure but finishing after it does not end
+// that failure's streak.
+func (in *instance) fast(fn func() Outcome) {
+	gen := in.gen.Load()
+	booked := false
+	defer func() {
+		if !booked {
+			// fn panicked: a failure, as in the library
+			in.book(gen, Failure)
+		}
+	}()
+	o := fn()
+	booked = true
+	if o == Success {
+		in.fastOK.Add(1)
+		return
+	}
+	in.book(gen, o)
+}
+
+// book hands an outcome of the fast path to the library, if the instance
+// has not changed state since the request was admitted (in generation gen).
+// A failure marks the instance failing first, so that later requests take
+// the library's path and its successes end the streak.
+func (in *instance) book(gen uint64, o Outcome) {
+	if o != Excluded {
+		in.failing()
+		defer in.pending.Add(-1)
+	}
+	if in.gen.Load() != gen {
+		return
+	}
+	// If the library refuses (a concurrent failure opened it), the outcome
+	// belongs to a state that is over, and is dropped as the library would.
+	_, _ = in.cb.Execute(func() (struct{}, error) { return struct{}{}, o.err() })
+}
+
+// failing marks a lean instance as failing (not clean) and counts a failure
+// pending, before the failure is booked in the library.
+func (in *instance) failing() {
+	in.pending.Add(1)
+	for {
+		w := in.word.Load()
+		if in.word.CompareAndSwap(w, w&^cleanBit+seqStep) {
+			return
+		}
+	}
+}
+
+// slow runs fn through the library's Execute. On a lean instance, failures
+// mark it failing before the library books them, and a success checks
+// whether it is clean again.
+func (in *instance) slow(fn func() Outcome) error {
+	failed := false
+	if in.lean {
+		defer func() {
+			if failed {
+				in.pending.Add(-1)
+			}
+		}()
+	}
+	_, err := in.cb.Execute(func() (struct{}, error) {
+		o := Failure // if fn panics
+		if in.lean {
+			defer func() {
+				if o != Success && o != Excluded {
+					in.failing()
+					failed = true
+				}
+			}()
+		}
+		o = fn()
+		return struct{}{}, o.err()
 	})
+	if err == nil && in.lean {
+		in.recheck()
+	}
 	switch err {
 	case nil, errFailure, errExcluded:
 		return nil
@@ -150,12 +273,41 @@ func (b *Breaker) State() State {
 	return fromGobreaker(b.cur.Load().cb.State())
 }
 
+// recheck marks a failing lean instance clean again after a success, if the
+// library is closed with no failure streak, and no failure is pending or
+// came in since the check began.
+func (in *instance) recheck() {
+	w := in.word.Load()
+	if w&cleanBit != 0 || in.pending.Load() != 0 {
+		return
+	}
+	// Any change of state or failure after w was read moves word on, and
+	// the swap below fails; one before it is in the library's state now.
+	if in.cb.State() != gobreaker.StateClosed || in.cb.Counts().ConsecutiveFailures != 0 {
+		return
+	}
+	run := in.fastOK.Load()
+	if in.word.CompareAndSwap(w, w|cleanBit) {
+		in.runStart.Store(run)
+	}
+}
+
 // Counts returns the counts of the current state (see Counts). Like State, it
 // brings the state and the rolling window up to date first.
 func (b *Breaker) Counts() Counts {
 	in := b.cur.Load()
-	in.cb.State()
-	return countsFrom(in.cb.Counts())
+	st := in.cb.State()
+	c := countsFrom(in.cb.Counts())
+	if in.lean && st == gobreaker.StateClosed {
+		// the successes of the fast path since the instance closed
+		ok := in.fastOK.Load()
+		c.Requests += uint32(ok)
+		c.TotalSuccesses += uint32(ok)
+		if in.word.Load()&cleanBit != 0 {
+			c.ConsecutiveSuccesses += uint32(ok - in.runStart.Load())
+		}
+	}
+	return c
 }
 
 // Ready reports whether Do would likely let a request through now: the
@@ -260,6 +412,10 @@ func (b *Breaker) Update(s Settings) {
 // open timeout: s.Timeout, except for a provisional instance.
 func (b *Breaker) newInstance(s Settings, openFor time.Duration, provisional bool) *instance {
 	in := &instance{b: b, settings: s, provisional: provisional}
+	in.lean = !provisional && s.FailureRatio == 0 && s.Window == 0
+	if in.lean {
+		in.word.Store(cleanBit) // closed, with nothing counted
+	}
 	gs := gobreaker.Settings{
 		Name:          b.name,
 		MaxRequests:   s.Successes,
@@ -385,6 +541,9 @@ func (in *instance) stateChanged(_ string, _, to gobreaker.State) {
 		return
 	}
 	st := fromGobreaker(to)
+	if in.lean {
+		in.changed(st)
+	}
 	var retryAt int64
 	switch {
 	case in.provisional && st == StateOpen:
@@ -403,11 +562,33 @@ func (in *instance) stateChanged(_ string, _, to gobreaker.State) {
 	b.publish(st, retryAt)
 }
 
+// changed starts a new generation of a lean instance entering state st: the
+// fast path's counts start over, and the instance is clean if st is closed
+// (the library has just cleared its counts).
+func (in *instance) changed(st State) {
+	in.gen.Add(1)
+	if st == StateClosed {
+		in.fastOK.Store(0)
+		in.runStart.Store(0)
+	}
+	for {
+		w := in.word.Load()
+		next := w&^cleanBit + seqStep
+		if st == StateClosed {
+			next |= cleanBit
+		}
+		if in.word.CompareAndSwap(w, next) {
+			return
+		}
+	}
+}
+
 // forceOpen opens a fresh instance that is not live yet, by reporting one
 // failure while force is set.
 func (in *instance) forceOpen() {
 	in.force.Store(true)
 	defer in.force.Store(false)
+	in.word.Store(0) // not clean: open
 	_, _ = in.cb.Execute(func() (struct{}, error) { return struct{}{}, errFailure })
 }
 

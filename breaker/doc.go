@@ -14,6 +14,14 @@
 // Outcome it returns. Excluded outcomes (for example a client that went away)
 // count against nobody.
 //
+// With the default rule alone (Settings.Failures consecutive failures, no
+// FailureRatio, no Window), a closed breaker with no failure since its last
+// success lets requests skip the library: a success costs one atomic add,
+// and any other outcome is handed to the library as if it had admitted the
+// request. Counts merges both. Only the rare interleaving differs: a success
+// admitted before a failure and finishing after it does not end that
+// failure's streak.
+//
 // The breaker keeps a lock-free mirror of its state, so Ready, OpenedAt, RetryAt
 // and Trips never take the library's lock: they are cheap enough to call for every
 // worker on every request. State changes are reported to an optional callback that
