@@ -161,9 +161,10 @@ func New(name string, s Settings, onChange func(from, to State)) *Breaker {
 // refuses the request, Do returns ErrOpen or ErrTooManyRequests without
 // calling fn. A panic in fn counts as a failure and is re-raised.
 //
-// Do runs the request inside the library's Execute, so admission and
-// outcome are one call: unlike a two-step Allow/done, it allocates nothing
-// (fn does not escape), and no outcome can be forgotten.
+// Admission and outcome are one call: unlike a two-step Allow/done, Do
+// allocates nothing (fn does not escape), and no outcome can be forgotten.
+// Under the default rule a clean closed breaker runs fn without the
+// library (see fast); otherwise fn runs inside the library's Execute.
 func (b *Breaker) Do(fn func() Outcome) error {
 	in := b.cur.Load()
 	if in.lean && in.word.Load()&cleanBit != 0 {
