@@ -220,9 +220,18 @@ func (in *instance) book(gen uint64, o Outcome) {
 // pending, before the failure is booked in the library.
 func (in *instance) failing() {
 	in.pending.Add(1)
+	in.step(false)
+}
+
+// step advances word's sequence number and sets its clean flag to clean.
+func (in *instance) step(clean bool) {
 	for {
 		w := in.word.Load()
-		if in.word.CompareAndSwap(w, w&^cleanBit+seqStep) {
+		next := w&^cleanBit + seqStep
+		if clean {
+			next |= cleanBit
+		}
+		if in.word.CompareAndSwap(w, next) {
 			return
 		}
 	}
@@ -572,16 +581,7 @@ func (in *instance) changed(st State) {
 		in.fastOK.Store(0)
 		in.runStart.Store(0)
 	}
-	for {
-		w := in.word.Load()
-		next := w&^cleanBit + seqStep
-		if st == StateClosed {
-			next |= cleanBit
-		}
-		if in.word.CompareAndSwap(w, next) {
-			return
-		}
-	}
+	in.step(st == StateClosed)
 }
 
 // forceOpen opens a fresh instance that is not live yet, by reporting one
