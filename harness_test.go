@@ -63,7 +63,7 @@ func loadCaddyfile(t *testing.T, body string) {
 }
 
 // loadJSON runs a JSON config.
-func loadJSON(t *testing.T, js []byte) {
+func loadJSON(t testing.TB, js []byte) {
 	t.Helper()
 	if err := caddy.Load(js, true); err != nil {
 		t.Fatalf("loading config: %v\n%s", err, js)
