@@ -24,9 +24,10 @@
 //
 // Its cost is
 //
-//	cost = max(estimate, age of the oldest unanswered request) × (in-flight + 1)
+//	cost = (max(estimate, age of the oldest unanswered request)
+//	        + failure share × 50ms) × (in-flight + 1)
 //
-// in nanoseconds × requests. The age term is the hang detector: a worker
+// in nanoseconds × requests (the failure share is explained below). The age term is the hang detector: a worker
 // whose requests pile up without answers sees its cost rise at once and
 // keep rising, long before any timeout fires, while a worker that answers
 // keeps its cost near its latency. [Tracker.Stuck] counts the requests
@@ -44,9 +45,21 @@
 // Settings.MaxFailurePenalty). A fast failure (a refused connection, an
 // instant 502) therefore never makes a broken worker look like the fastest
 // one; a worker that keeps failing gets about one try per second; and one
-// that has recovered serves again within a second. Breakers and isolation
-// remain the tools that take a failing worker out; the cost only steers
-// traffic.
+// that has recovered serves again within a second.
+//
+// A success ends that avoidance, so on its own it would let a worker that
+// fails a share of its requests (say 30%) keep a good part of its traffic
+// between failures. Each outcome therefore also moves the worker's failure
+// share a sixteenth of the way towards 1 (a failure) or 0 (a success), and
+// the cost adds the share times the penalty (50ms) to the latency: a
+// failure costs a client a retry, so a worker that fails 30% of the time
+// costs about 15ms more per request than its latency says, and gets
+// traffic only when its peers are that much busier. Without news the
+// share decays with the time constant Settings.MaxFailurePenalty (1s), so
+// a worker that traffic avoids is tried again within seconds; the share
+// of a worker that does not fail stays 0, at the price of one atomic load
+// per answer. Breakers and isolation remain the tools that take a failing
+// worker out; the cost only steers traffic.
 //
 // # Feeding a tracker
 //

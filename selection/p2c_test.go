@@ -2,6 +2,7 @@ package selection
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync/atomic"
@@ -214,13 +215,19 @@ type sim struct {
 	pool    reverseproxy.UpstreamPool
 	latency []time.Duration
 	pending []simRequest
+
+	// failRatio, if set, is the share of each upstream's answers that
+	// are failures, drawn from rng.
+	failRatio []float64
+	rng       *rand.Rand
 }
 
 type simRequest struct {
-	due   time.Time
-	up    int
-	token int64
-	lat   time.Duration
+	due    time.Time
+	up     int
+	token  int64
+	lat    time.Duration
+	failed bool
 }
 
 // newSim returns a simulation whose upstreams have been observed once at
@@ -247,6 +254,9 @@ func (s *sim) run(n int, interval time.Duration) []int {
 		counts[up]++
 		tr := s.p.Tracker(s.pool[up].Dial)
 		r := simRequest{up: up, token: tr.Start(now), lat: s.latency[up]}
+		if s.failRatio != nil {
+			r.failed = s.rng.Float64() < s.failRatio[up]
+		}
 		if r.lat >= 0 {
 			r.due = now.Add(r.lat)
 			s.pending = append(s.pending, r)
@@ -263,7 +273,7 @@ func (s *sim) answer(now time.Time) {
 		if r.due.After(now) {
 			break
 		}
-		s.p.Tracker(s.pool[r.up].Dial).Done(r.token, r.due, r.lat, false)
+		s.p.Tracker(s.pool[r.up].Dial).Done(r.token, r.due, r.lat, r.failed)
 		n++
 	}
 	s.pending = s.pending[n:]
@@ -309,6 +319,29 @@ func TestP2CRecoveredUpstreamEarnsTrafficBack(t *testing.T) {
 		t.Errorf("after recovery: upstream got %.1f%% of picks (%v), want about a third", 100*share, late)
 	}
 	t.Logf("slow phase %v, after recovery %v", slow, late)
+}
+
+// TestP2CFlakyUpstreamShare: an upstream that fails 30% of its requests
+// as fast as its peers answer keeps little traffic through its failure
+// share, although each success ends the avoidance of its last failure;
+// once it stops failing it earns its third back within seconds.
+func TestP2CFlakyUpstreamShare(t *testing.T) {
+	s := newSim(t, 2*time.Millisecond, 2*time.Millisecond, 2*time.Millisecond)
+	s.failRatio = []float64{0, 0, 0.3}
+	s.rng = rand.New(rand.NewPCG(1, 2))
+	const interval = 2 * time.Millisecond // 500 req/s
+	s.run(500, interval)                  // its first second
+	flaky := s.run(5000, interval)        // ten seconds
+	if share := float64(flaky[2]) / 5000; share >= 0.02 {
+		t.Errorf("flaky upstream got %.1f%% of picks (%v), want < 2%%", 100*share, flaky)
+	}
+	s.failRatio[2] = 0
+	s.run(1500, interval) // three seconds
+	late := s.run(2500, interval)
+	if share := float64(late[2]) / 2500; share < 0.25 {
+		t.Errorf("after recovery: upstream got %.1f%% of picks (%v), want about a third", 100*share, late)
+	}
+	t.Logf("flaky phase %v, after recovery %v", flaky, late)
 }
 
 func TestP2CHungUpstreamGetsNoNewRequests(t *testing.T) {

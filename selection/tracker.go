@@ -25,6 +25,16 @@ const (
 	// so that a recovered worker is tried, and serves again, within it.
 	DefaultMaxFailurePenalty = time.Second
 
+	// failurePull is the share of the way each outcome moves the failure
+	// share towards 1 (a failure) or 0 (a success): the share follows
+	// roughly the last 16 outcomes.
+	failurePull = 1.0 / 16
+
+	// minFailureShare is the failure share below which it is dropped to
+	// 0, so that a worker that has stopped failing is back on the
+	// success path's single atomic load.
+	minFailureShare = 1e-3
+
 	// penaltyFactor multiplies the cost of a worker that is being avoided
 	// after a failure: it loses every comparison with one that is not.
 	penaltyFactor = 1e9
@@ -80,12 +90,16 @@ type Settings struct {
 	// observation. Zero or less selects DefaultInitial.
 	Initial time.Duration
 
-	// FailurePenalty is how long a worker is avoided after a failure;
-	// see Tracker.Done. Zero or less selects DefaultFailurePenalty.
+	// FailurePenalty is how long a worker is avoided after a failure,
+	// and the latency a failure is reckoned to cost in the worker's cost
+	// (weighted by its failure share); see Tracker.Done. Zero or less
+	// selects DefaultFailurePenalty.
 	FailurePenalty time.Duration
 
-	// MaxFailurePenalty caps the avoidance after consecutive failures.
-	// Zero or less selects DefaultMaxFailurePenalty.
+	// MaxFailurePenalty caps the avoidance after consecutive failures,
+	// and is the time constant with which a worker's failure share is
+	// forgotten without news. Zero or less selects
+	// DefaultMaxFailurePenalty.
 	MaxFailurePenalty time.Duration
 
 	// MaxTrackers bounds the number of entries of a Trackers registry.
@@ -129,6 +143,12 @@ type Tracker struct {
 	// timestamp) is the end of the avoidance they earned.
 	failures   atomic.Int32
 	avoidUntil atomic.Int64
+
+	// failShare holds the float64 bits of the failure share as of
+	// failStamp (a mono timestamp); 0 while the worker has not failed
+	// recently. See Done.
+	failShare atomic.Uint64
+	failStamp atomic.Int64
 
 	inflight atomic.Int64
 
@@ -208,7 +228,13 @@ func (t *Tracker) release(token int64) bool {
 // the avoidance. So a fast failure (a refused connection, an instant 502)
 // never makes a broken worker look like the fastest, a worker that keeps
 // failing is tried about once per MaxFailurePenalty, and one that has
-// recovered serves again within that time. A token that is not in flight
+// recovered serves again within that time.
+//
+// Every outcome also moves the worker's failure share (see FailureShare)
+// a sixteenth of the way towards 1 or 0, and the cost adds the share times
+// FailurePenalty to the latency: a worker that fails some of its requests
+// (a success between failures ends each avoidance) costs what a failure
+// costs its clients, a retry, in proportion to how often it fails. A token that is not in flight
 // (already finished) is ignored; a 0 token always releases one in-flight
 // request, since untimed requests cannot be told apart.
 func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed bool) {
@@ -226,11 +252,62 @@ func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed
 			t.failures.Store(0)
 			t.avoidUntil.Store(0)
 		}
+		if t.failShare.Load() != 0 {
+			t.account(n, false)
+		}
 		return
 	}
+	t.account(n, true)
 	streak := min(t.failures.Add(1), 30)
 	d := min(t.penaltyNs()*float64(int64(1)<<(streak-1)), t.maxPenaltyNs())
 	t.avoidUntil.Store(n + int64(d))
+}
+
+// account folds one outcome at now (mono) into the failure share.
+func (t *Tracker) account(now int64, failed bool) {
+	w := t.forget(advanceStamp(&t.failStamp, now))
+	for {
+		oldBits := t.failShare.Load()
+		share := math.Float64frombits(oldBits) * w
+		if failed {
+			share += (1 - share) * failurePull
+		} else {
+			share -= share * failurePull
+		}
+		if share < minFailureShare {
+			share = 0
+		}
+		if t.failShare.CompareAndSwap(oldBits, math.Float64bits(share)) {
+			return
+		}
+	}
+}
+
+// forget returns exp(-dt/MaxFailurePenalty), the share of the failure
+// share that survives dt nanoseconds without news: a worker that traffic
+// avoids because it failed is forgiven with that time constant, and tried
+// again.
+func (t *Tracker) forget(dt int64) float64 {
+	if dt <= 0 {
+		return 1
+	}
+	return math.Exp(-float64(dt) / t.maxPenaltyNs())
+}
+
+// FailureShare returns the worker's failure share at now, in [0, 1): an
+// exponentially weighted share of its recent outcomes that were failures
+// (each outcome weighs a sixteenth), which without news decays with the
+// time constant MaxFailurePenalty. It is 0 for a worker that has not
+// failed recently.
+func (t *Tracker) FailureShare(now time.Time) float64 {
+	if t == nil {
+		return 0
+	}
+	share := math.Float64frombits(t.failShare.Load())
+	if share == 0 {
+		return 0
+	}
+	return share * t.forget(mono(now)-t.failStamp.Load())
 }
 
 // Observe folds a latency measured outside the request path, such as an
@@ -315,13 +392,16 @@ func (t *Tracker) raise(now int64, x float64) {
 // advance moves the estimate's stamp forward to now and returns the time
 // it moved (0 if now is not after it). Concurrent updates each get a
 // disjoint share of the elapsed time, so decay is applied once in total.
-func (t *Tracker) advance(now int64) int64 {
+func (t *Tracker) advance(now int64) int64 { return advanceStamp(&t.stamp, now) }
+
+// advanceStamp is advance for any stamp.
+func advanceStamp(stamp *atomic.Int64, now int64) int64 {
 	for {
-		prev := t.stamp.Load()
+		prev := stamp.Load()
 		if now <= prev {
 			return 0
 		}
-		if t.stamp.CompareAndSwap(prev, now) {
+		if stamp.CompareAndSwap(prev, now) {
 			if prev == 0 {
 				return 0 // first observation: nothing to decay
 			}
@@ -380,6 +460,7 @@ type view struct {
 	inflight int64
 	age      float64 // ns since the start of the oldest timed request in flight
 	avoided  bool    // failed recently: see Done
+	failing  float64 // ns: the failure share × FailurePenalty
 }
 
 // view reads the tracker at now. A nil tracker gives the zero view.
@@ -389,6 +470,9 @@ func (t *Tracker) view(now time.Time) view {
 	}
 	n := mono(now)
 	v := view{inflight: max(t.inflight.Load(), 0), avoided: n < t.avoidUntil.Load()}
+	if share := math.Float64frombits(t.failShare.Load()); share != 0 {
+		v.failing = share * t.forget(n-t.failStamp.Load()) * t.penaltyNs()
+	}
 	if est := math.Float64frombits(t.estimate.Load()); est != 0 {
 		v.latency = est * t.weight(n-t.stamp.Load())
 		v.known = true
@@ -419,13 +503,13 @@ func (t *Tracker) oldest() (int64, bool) {
 }
 
 // cost is the cost formula of the package documentation.
-func cost(latency, age float64, inflight int64) float64 {
-	return max(latency, age) * float64(inflight+1)
+func cost(latency, age, failing float64, inflight int64) float64 {
+	return (max(latency, age) + failing) * float64(inflight+1)
 }
 
 // costOf is the cost of a view, with the avoidance of a recent failure.
 func costOf(v view) float64 {
-	c := cost(v.latency, v.age, v.inflight)
+	c := cost(v.latency, v.age, v.failing, v.inflight)
 	if v.avoided {
 		c = (c + 1) * penaltyFactor
 	}
@@ -435,7 +519,8 @@ func costOf(v view) float64 {
 // Cost returns the cost of sending one more request to the upstream at
 // now, in nanoseconds × requests:
 //
-//	max(estimate, age of the oldest unanswered request) × (in-flight + 1)
+//	(max(estimate, age of the oldest unanswered request)
+//	 + failure share × FailurePenalty) × (in-flight + 1)
 //
 // with Settings.Initial as the estimate before the first observation, and
 // multiplied by a huge factor while the worker is avoided after a failure.

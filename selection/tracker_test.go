@@ -318,6 +318,100 @@ func TestFailurePenalty(t *testing.T) {
 	})
 }
 
+func TestFailureShare(t *testing.T) {
+	done := func(tr *Tracker, at time.Time, failed bool) {
+		tr.Done(tr.Start(at), at, 2*time.Millisecond, failed)
+	}
+	const pull = 1.0 / 16
+
+	t.Run("successes alone leave it at 0", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		for i := range 100 {
+			done(tr, t0.Add(time.Duration(i)*time.Millisecond), false)
+		}
+		if got := tr.FailureShare(t0.Add(time.Second)); got != 0 {
+			t.Fatalf("FailureShare = %g, want 0", got)
+		}
+	})
+
+	t.Run("each outcome moves it a sixteenth of the way", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		done(tr, t0, true)
+		done(tr, t0, true)
+		want := pull + (1-pull)*pull
+		if got := tr.FailureShare(t0); !nearShare(got, want) {
+			t.Fatalf("after 2 failures: %g, want %g", got, want)
+		}
+		done(tr, t0, false)
+		want -= want * pull
+		if got := tr.FailureShare(t0); !nearShare(got, want) {
+			t.Fatalf("after a success: %g, want %g", got, want)
+		}
+		// enough successes take it below the floor, to 0 exactly
+		for range 80 {
+			done(tr, t0, false)
+		}
+		if got := tr.FailureShare(t0); got != 0 {
+			t.Fatalf("after 80 successes: %g, want 0", got)
+		}
+	})
+
+	t.Run("without news it decays with MaxFailurePenalty", func(t *testing.T) {
+		tr := NewTracker(Settings{MaxFailurePenalty: 2 * time.Second})
+		done(tr, t0, true)
+		if got := tr.FailureShare(t0.Add(2 * time.Second)); !nearShare(got, pull/math.E) {
+			t.Fatalf("one time constant later: %g, want %g", got, pull/math.E)
+		}
+		// the next outcome starts from the decayed share
+		done(tr, t0.Add(2*time.Second), true)
+		want := pull/math.E + (1-pull/math.E)*pull
+		if got := tr.FailureShare(t0.Add(2 * time.Second)); !nearShare(got, want) {
+			t.Fatalf("failure after the decay: %g, want %g", got, want)
+		}
+	})
+
+	t.Run("it follows the failure ratio", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		at := t0
+		for i := range 300 {
+			at = at.Add(time.Millisecond)
+			done(tr, at, i%10 < 3) // 30%
+		}
+		if got := tr.FailureShare(at); got < 0.2 || got > 0.4 {
+			t.Fatalf("FailureShare = %g after 30%% failures, want about 0.3", got)
+		}
+	})
+
+	t.Run("it prices a flaky worker above a busier healthy one", func(t *testing.T) {
+		flaky, healthy := NewTracker(Settings{}), NewTracker(Settings{})
+		at := t0
+		for i := range 300 {
+			at = at.Add(time.Millisecond)
+			done(flaky, at, i%10 < 3)
+			done(healthy, at, false)
+		}
+		// The flaky worker's last outcome was a success, so it is not
+		// avoided; the healthy one has three requests in flight.
+		if flaky.Avoided(at) {
+			t.Fatal("flaky worker still avoided after a success")
+		}
+		for range 3 {
+			healthy.Start(at)
+		}
+		share := flaky.FailureShare(at)
+		want := (2*ms + share*float64(DefaultFailurePenalty)) * 1
+		if got := flaky.Cost(at); !near(got, want) {
+			t.Fatalf("flaky cost %g, want %g", got, want)
+		}
+		if flaky.Cost(at) <= healthy.Cost(at) {
+			t.Fatalf("flaky cost %g <= cost %g of a healthy worker with 3 in flight", flaky.Cost(at), healthy.Cost(at))
+		}
+	})
+}
+
+// nearShare reports whether two failure shares agree to 1e-9.
+func nearShare(got, want float64) bool { return math.Abs(got-want) <= 1e-9 }
+
 func TestCancel(t *testing.T) {
 	tests := []struct {
 		name    string
