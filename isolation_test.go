@@ -302,3 +302,48 @@ func TestRestartOnReinstatement(t *testing.T) {
 		t.Errorf("restart_worker recovery actions = %v, want 1", got)
 	}
 }
+
+// A worker that health checks reinstate starts with a clean selection
+// cost: the failure share that its failures built up is forgotten, so the
+// default policy sends it traffic at once rather than once the share has
+// decayed. (Round robin keeps sending it requests while it fails, to build
+// the share up; the trackers are fed whatever the policy.)
+func TestReinstatedWorkerStartsClean(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	defer func() { provisioned = nil }()
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name clean
+		lb_policy round_robin
+		health {
+			uri /health
+			interval 50ms
+			passes 1
+			fails 1
+		}`))
+	var wk *worker
+	for _, w := range h.workers {
+		if w.upstream == a.addr {
+			wk = w
+		}
+	}
+	a.set(status(http.StatusBadGateway, "bad"))
+	for range 12 {
+		get(t, "/")
+	}
+	if got := wk.tracker.FailureShare(time.Now()); got < 0.1 {
+		t.Fatalf("failure share after 4 failures = %g, want more than 0.1", got)
+	}
+	a.setHealth(status(http.StatusServiceUnavailable, ""))
+	eventually(t, 3*time.Second, "isolation", func() bool { return wk.health.Isolated() })
+	a.set(status(http.StatusOK, "a"))
+	a.setHealth(status(http.StatusOK, ""))
+	eventually(t, 3*time.Second, "reinstatement", func() bool { return !wk.health.Isolated() })
+	if got := wk.tracker.FailureShare(time.Now()); got != 0 {
+		t.Fatalf("failure share after reinstatement = %g, want 0", got)
+	}
+	if wk.tracker.Avoided(time.Now()) {
+		t.Fatal("the reinstated worker is still avoided after its failures")
+	}
+}

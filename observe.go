@@ -244,7 +244,8 @@ func (h *Handler) emit(name string, data map[string]any) {
 }
 
 // emitHealth logs, counts and emits an isolation transition; a worker
-// that comes back is restarted.
+// that comes back is restarted, and its selection cost forgets the
+// failures that got it isolated.
 func (h *Handler) emitHealth(ev health.Event) {
 	emitWorkerEvent(h.ctx, h.events, h.logger, ev)
 	if ev.Type != health.EventRestored {
@@ -252,6 +253,7 @@ func (h *Handler) emitHealth(ev health.Event) {
 	}
 	for _, wk := range h.workers {
 		if wk.health == ev.Worker {
+			wk.tracker.Forgive()
 			h.restart(wk)
 		}
 	}

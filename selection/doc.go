@@ -56,7 +56,9 @@
 // costs about 15ms more per request than its latency says, and gets
 // traffic only when its peers are that much busier. Without news the
 // share decays with the time constant Settings.MaxFailurePenalty (1s), so
-// a worker that traffic avoids is tried again within seconds; the share
+// a worker that traffic avoids is tried again within seconds
+// ([Tracker.Forgive] clears it at once, for a worker that health checks
+// have reinstated); the share
 // of a worker that does not fail stays 0, at the price of one atomic load
 // per answer. Breakers and isolation remain the tools that take a failing
 // worker out; the cost only steers traffic.

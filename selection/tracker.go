@@ -310,6 +310,19 @@ func (t *Tracker) FailureShare(now time.Time) float64 {
 	return share * t.forget(mono(now)-t.failStamp.Load())
 }
 
+// Forgive clears the worker's failure share and its avoidance after a
+// failure, for a worker that health checks have reinstated: it competes
+// on latency and load alone again, instead of waiting out the failures
+// that got it isolated.
+func (t *Tracker) Forgive() {
+	if t == nil {
+		return
+	}
+	t.failures.Store(0)
+	t.avoidUntil.Store(0)
+	t.failShare.Store(0)
+}
+
 // Observe folds a latency measured outside the request path, such as an
 // active health probe's, into the estimate, leaving the requests in flight
 // and the avoidance after a failure alone. It lets a worker that traffic

@@ -382,6 +382,30 @@ func TestFailureShare(t *testing.T) {
 		}
 	})
 
+	t.Run("Forgive clears it and the avoidance, and nothing else", func(t *testing.T) {
+		tr := NewTracker(Settings{})
+		observeAt(tr, t0, 4*time.Millisecond)
+		tr.Start(t0)
+		done(tr, t0, true)
+		done(tr, t0, true)
+		est, _ := tr.Estimate(t0)
+		tr.Forgive()
+		if got := tr.FailureShare(t0); got != 0 {
+			t.Errorf("FailureShare = %g after Forgive", got)
+		}
+		if tr.Avoided(t0) {
+			t.Error("still avoided after Forgive")
+		}
+		if got, _ := tr.Estimate(t0); got != est || tr.InFlight() != 1 {
+			t.Errorf("estimate %v, in flight %d after Forgive; want %v and 1", got, tr.InFlight(), est)
+		}
+		// the streak starts over: the next failure is avoided for 50ms
+		done(tr, t0, true)
+		if tr.Avoided(t0.Add(50 * time.Millisecond)) {
+			t.Error("the failure streak survived Forgive")
+		}
+	})
+
 	t.Run("it prices a flaky worker above a busier healthy one", func(t *testing.T) {
 		flaky, healthy := NewTracker(Settings{}), NewTracker(Settings{})
 		at := t0
