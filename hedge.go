@@ -131,7 +131,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		go func() {
 			var res tryResult
 			err := wk.breaker.Do(func() breaker.Outcome {
-				res = h.try(ctx, time.Now(), wk, tw, r, rs.body, true, rc, next)
+				res = h.try(ctx, time.Now(), wk, tw, r, rs.body, true, false, rc, next)
 				return breakerOutcome(res.cls)
 			})
 			if err != nil {

@@ -132,6 +132,51 @@ func TestWholePoolRecoversAtOnce(t *testing.T) {
 	}
 }
 
+// Failures in panic mode, when every worker is out, do not add to the
+// workers' failure shares: they tell nothing about one worker against
+// another, and the shares would keep the workers avoided, some more than
+// others, once the pool is back.
+func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
+	bs := []*backend{newBackend(t), newBackend(t), newBackend(t)}
+	addrs := make([]string, len(bs))
+	for i, b := range bs {
+		b.set(status(http.StatusBadGateway, "down"))
+		addrs[i] = b.addr
+	}
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	defer func() { provisioned = nil }()
+	loadCaddyfile(t, siteConfig(addrs, `
+		name panicshare
+		breaker {
+			timeout 1m
+		}`))
+	// until every breaker is open, each failure counts
+	eventually(t, 3*time.Second, "every breaker open", func() bool {
+		get(t, "/")
+		for _, wk := range h.workers {
+			if wk.breaker.State() != breaker.StateOpen {
+				return false
+			}
+		}
+		return true
+	})
+	before := make([]float64, len(h.workers))
+	now := time.Now()
+	for i, wk := range h.workers {
+		before[i] = wk.tracker.FailureShare(now)
+	}
+	for range 30 {
+		get(t, "/") // panic mode: one try each, every one a 502
+	}
+	now = time.Now()
+	for i, wk := range h.workers {
+		if got := wk.tracker.FailureShare(now); got > before[i] {
+			t.Errorf("worker %s: failure share %g after panic-mode failures, was %g", wk.upstream, got, before[i])
+		}
+	}
+}
+
 // A backend failing 30% of its requests is isolated by success-rate
 // outlier detection while its peers are healthy.
 func TestSuccessRateOutlierIsIsolated(t *testing.T) {

@@ -163,7 +163,7 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		}
 		var res tryResult
 		run := func() breaker.Outcome {
-			res = h.try(r.Context(), start, wk, tw, r, rs.body, canRetry, nil, next)
+			res = h.try(r.Context(), start, wk, tw, r, rs.body, canRetry, panicMode, nil, next)
 			return breakerOutcome(res.cls)
 		}
 		if panicMode {
@@ -314,10 +314,13 @@ type tryResult struct {
 // is when the try began, for its latency. A failure response is held back
 // when canRetry and it is retryable. In a race (rc not nil), a response
 // that is not held back must also win the race to reach the client; a
-// loser's response is discarded.
-func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry bool, rc *race, next caddyhttp.Handler) tryResult {
+// loser's response is discarded. In panic mode (the whole pool out) the
+// latency tracker books a failure as an answer: when every worker fails
+// alike a failure says nothing about this one against its peers, and
+// counting it would keep the worker avoided after the pool recovers.
+func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry, panicMode bool, rc *race, next caddyhttp.Handler) tryResult {
 	tw.method = r.Method
-	tw.hook = tryHook{h: h, wk: wk, r: r, rc: rc, token: wk.tracker.Start(start), canRetry: canRetry}
+	tw.hook = tryHook{h: h, wk: wk, r: r, rc: rc, token: wk.tracker.Start(start), canRetry: canRetry, panicMode: panicMode}
 	if rc != nil {
 		tw.quiet = true // a racing try forwards no 1xx response
 	}
@@ -394,7 +397,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 			// selection policy, so a hanging worker stops winning picks
 			wk.tracker.Done(token, now, now.Sub(start), true)
 		default:
-			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure)
+			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && !tw.hook.panicMode)
 		}
 	}
 	if att.Err != nil {
@@ -431,7 +434,10 @@ type tryHook struct {
 	rc       *race // nil unless the try races others
 	token    int64 // of the worker's latency tracker
 	canRetry bool
-	answered bool // the upstream answered (set by decide)
+	// panicMode: the whole pool was out; failures do not count against
+	// the worker's selection cost (see try)
+	panicMode bool
+	answered  bool // the upstream answered (set by decide)
 }
 
 // decide is called once, when the final response headers of the try
@@ -441,7 +447,7 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	now := time.Now()
 	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
 		k.answered = true
-		k.wk.tracker.Done(k.token, now, 0, status >= 500)
+		k.wk.tracker.Done(k.token, now, 0, status >= 500 && !k.panicMode)
 	}
 	if k.canRetry {
 		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
