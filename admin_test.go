@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -332,7 +333,10 @@ func TestStatusCommand(t *testing.T) {
 		breaker {
 			failures 1
 		}`))
-	for range 5 {
+	// the default policy draws the dead worker for about half of the
+	// requests until its first failure opens its breaker
+	ws := workerOf(t, "cli", dead)
+	for i := 0; i < 50 && ws.breaker.State() != breaker.StateOpen; i++ {
 		get(t, "/")
 	}
 	var out bytes.Buffer
