@@ -234,9 +234,11 @@ func (t *Tracker) release(token int64) bool {
 // a sixteenth of the way towards 1 or 0, and the cost adds the share times
 // FailurePenalty to the latency: a worker that fails some of its requests
 // (a success between failures ends each avoidance) costs what a failure
-// costs its clients, a retry, in proportion to how often it fails. A token that is not in flight
-// (already finished) is ignored; a 0 token always releases one in-flight
-// request, since untimed requests cannot be told apart.
+// costs its clients, a retry, in proportion to how often it fails.
+//
+// A token that is not in flight (already finished) is ignored; a 0 token
+// always releases one in-flight request, since untimed requests cannot be
+// told apart.
 func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed bool) {
 	if t == nil || !t.release(token) {
 		return
