@@ -75,6 +75,33 @@ func loadJSON(t testing.TB, js []byte) {
 	})
 }
 
+// loadHandler loads a Caddyfile body like loadCaddyfile and returns the
+// bifrost handler it provisioned, for tests that look at a handler's
+// workers.
+func loadHandler(t *testing.T, body string) *Handler {
+	t.Helper()
+	var h *Handler
+	provisioned = func(p *Handler) { h = p }
+	defer func() { provisioned = nil }()
+	loadCaddyfile(t, body)
+	if h == nil {
+		t.Fatal("handler not provisioned")
+	}
+	return h
+}
+
+// workerAt returns h's worker for the upstream dial.
+func workerAt(t *testing.T, h *Handler, dial string) *worker {
+	t.Helper()
+	for _, wk := range h.workers {
+		if wk.upstream == dial {
+			return wk
+		}
+	}
+	t.Fatalf("no worker for %s", dial)
+	return nil
+}
+
 // backend is a real HTTP server on 127.0.0.1 whose behaviour a test sets
 // and changes, and which counts what it received.
 type backend struct {

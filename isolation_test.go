@@ -143,10 +143,7 @@ func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
 		b.set(status(http.StatusBadGateway, "down"))
 		addrs[i] = b.addr
 	}
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	defer func() { provisioned = nil }()
-	loadCaddyfile(t, siteConfig(addrs, `
+	h := loadHandler(t, siteConfig(addrs, `
 		name panicshare
 		breaker {
 			timeout 1m
@@ -315,10 +312,7 @@ func TestReloadKeepsWorkerState(t *testing.T) {
 // through it.
 func TestRestartOnReinstatement(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	defer func() { provisioned = nil }()
-	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
 		name restart
 		lb_policy round_robin
 		health {
@@ -327,12 +321,7 @@ func TestRestartOnReinstatement(t *testing.T) {
 			passes 1
 			fails 1
 		}`))
-	var wk *worker
-	for _, w := range h.workers {
-		if w.upstream == a.addr {
-			wk = w
-		}
-	}
+	wk := workerAt(t, h, a.addr)
 	first := wk.proxy.Load()
 	a.setHealth(status(http.StatusServiceUnavailable, ""))
 	eventually(t, 3*time.Second, "isolation", func() bool { return wk.health.Isolated() })
@@ -355,10 +344,7 @@ func TestRestartOnReinstatement(t *testing.T) {
 // the share up; the trackers are fed whatever the policy.)
 func TestReinstatedWorkerStartsClean(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	defer func() { provisioned = nil }()
-	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
 		name clean
 		lb_policy round_robin
 		health {
@@ -367,12 +353,7 @@ func TestReinstatedWorkerStartsClean(t *testing.T) {
 			passes 1
 			fails 1
 		}`))
-	var wk *worker
-	for _, w := range h.workers {
-		if w.upstream == a.addr {
-			wk = w
-		}
-	}
+	wk := workerAt(t, h, a.addr)
 	a.set(status(http.StatusBadGateway, "bad"))
 	for range 12 {
 		get(t, "/")

@@ -223,12 +223,9 @@ func testRefusedTryIsReplaced(t *testing.T, retry string) {
 // worker look slow: the try starts once the body is buffered.
 func TestSlowUploadIsNotTheWorkersLatency(t *testing.T) {
 	bk := newBackend(t)
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	loadCaddyfile(t, siteConfig([]string{bk.addr}, "\t\tname upload"))
-	provisioned = nil
-	if h == nil || len(h.workers) != 1 {
-		t.Fatal("handler not provisioned")
+	h := loadHandler(t, siteConfig([]string{bk.addr}, "\t\tname upload"))
+	if len(h.workers) != 1 {
+		t.Fatalf("%d workers, want 1", len(h.workers))
 	}
 
 	pr, pw := io.Pipe()
@@ -264,12 +261,9 @@ func TestSlowUploadIsNotTheWorkersLatency(t *testing.T) {
 // directly, is the choice the policy's Select makes: never a worker that
 // is unavailable, never the dearer of two.
 func TestDirectChoiceIsThePolicys(t *testing.T) {
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	loadCaddyfile(t, siteConfig([]string{deadAddr(t), deadAddr(t), deadAddr(t)}, "\t\tname direct"))
-	provisioned = nil
-	if h == nil || len(h.workers) != 3 {
-		t.Fatal("handler not provisioned")
+	h := loadHandler(t, siteConfig([]string{deadAddr(t), deadAddr(t), deadAddr(t)}, "\t\tname direct"))
+	if len(h.workers) != 3 {
+		t.Fatalf("%d workers, want 3", len(h.workers))
 	}
 	if !h.directP2C {
 		t.Fatal("the default policy's choice is not made over the workers")

@@ -305,11 +305,16 @@ func (t *Tracker) FailureShare(now time.Time) float64 {
 	if t == nil {
 		return 0
 	}
+	return t.shareAt(mono(now))
+}
+
+// shareAt is FailureShare at the mono timestamp now.
+func (t *Tracker) shareAt(now int64) float64 {
 	share := math.Float64frombits(t.failShare.Load())
 	if share == 0 {
 		return 0
 	}
-	return share * t.forget(mono(now)-t.failStamp.Load())
+	return share * t.forget(now-t.failStamp.Load())
 }
 
 // Forgive clears the worker's failure share and its avoidance after a
@@ -485,8 +490,8 @@ func (t *Tracker) view(now time.Time) view {
 	}
 	n := mono(now)
 	v := view{inflight: max(t.inflight.Load(), 0), avoided: n < t.avoidUntil.Load()}
-	if share := math.Float64frombits(t.failShare.Load()); share != 0 {
-		v.failing = share * t.forget(n-t.failStamp.Load()) * t.penaltyNs()
+	if share := t.shareAt(n); share != 0 {
+		v.failing = share * t.penaltyNs()
 	}
 	if est := math.Float64frombits(t.estimate.Load()); est != 0 {
 		v.latency = est * t.weight(n-t.stamp.Load())
