@@ -56,7 +56,7 @@ func BenchmarkBookkeeping(b *testing.B) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			w := httptest.NewRecorder()
 			tw := &tryWriter{method: http.MethodGet}
-			body := &replayBody{replayable: true}
+			body := noBody
 			b.ReportAllocs()
 			b.ResetTimer()
 			if parallel {
@@ -110,7 +110,7 @@ func BenchmarkChoose(b *testing.B) {
 }
 
 // bookkeep is one request's bookkeeping around a successful try.
-func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, tw *tryWriter, body *replayBody) {
+func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, tw *tryWriter, body *requestBody) {
 	rs := requestState{r: r, body: body}
 	wk, _ := h.pick(r, w, &rs, time.Now())
 	var cls recovery.Classification

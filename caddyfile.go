@@ -329,7 +329,10 @@ func (p *parser) retry(d *caddyfile.Dispenser) error {
 			}
 			rc.On = append(rc.On, args...)
 		case "max_body":
-			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxBody) })
+			rc.MaxBody = new(int64)
+			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, rc.MaxBody) })
+		case "max_body_total":
+			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxBodyTotal) })
 		case "hedge":
 			hc, err := parseHedge(d)
 			if err != nil {

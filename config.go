@@ -105,10 +105,21 @@ type RetryConfig struct {
 	// reset 5xx 429`. Conditions not listed still count against the worker.
 	On []string `json:"on,omitempty"`
 
-	// MaxBody is the largest request body, in bytes, kept in memory so
-	// that the request can be replayed on another worker. A larger body is
-	// streamed to one worker and never retried. Default: 1 MiB.
-	MaxBody int64 `json:"max_body,omitempty"`
+	// MaxBody is the largest request body, in bytes, copied for a retry.
+	// A body is never read ahead of the first try: it streams to the
+	// upstream as the upstream reads it, and a copy of what was sent is
+	// kept, so that the request can be sent whole to another worker. A
+	// larger body, or one past MaxBodyTotal, streams without a copy: the
+	// request is retried only if its body was never read (a dial that
+	// failed). Requests that cannot be retried once sent (methods not in
+	// Methods, upgrades, extended CONNECT, gRPC, `Incremental: ?1`) keep
+	// no copy. 0 keeps no copy of any body. Default: 1 MiB.
+	MaxBody *int64 `json:"max_body,omitempty"`
+
+	// MaxBodyTotal bounds the memory that the copies of request bodies
+	// hold at once, together, in one pool; past it, requests stream
+	// without a copy (see MaxBody). Default: 64 MiB.
+	MaxBodyTotal int64 `json:"max_body_total,omitempty"`
 
 	// Hedge enables hedged requests (off by default): see HedgeConfig.
 	Hedge *HedgeConfig `json:"hedge,omitempty"`
@@ -244,6 +255,7 @@ type FallbackConfig struct {
 // Defaults chosen for the request path; see each field's documentation.
 const (
 	defaultMaxBody         = 1 << 20
+	defaultMaxBodyTotal    = 64 << 20
 	defaultMaxHeldResponse = 64 << 10
 	defaultBudget          = 0.2
 	defaultBreakerTrips    = 2
@@ -291,7 +303,7 @@ func (rc *RetryConfig) validate() error {
 	if rc.Budget < 0 || rc.Budget > 1 {
 		return fmt.Errorf("retry: budget must be between 0 and 1, got %g", rc.Budget)
 	}
-	if rc.MaxBody < 0 || rc.MaxHeldResponse < 0 {
+	if (rc.MaxBody != nil && *rc.MaxBody < 0) || rc.MaxBodyTotal < 0 || rc.MaxHeldResponse < 0 {
 		return fmt.Errorf("retry: max_body and max_held_response must not be negative")
 	}
 	if hc := rc.Hedge; hc != nil {

@@ -95,7 +95,7 @@ func (rc *race) claim(tw *tryWriter) bool {
 // attempts are used up.
 func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 	hc := h.hedge
-	if hc == nil || panicMode || !rs.body.replayable || rs.hedges >= hc.Max || rs.attempts >= h.policy.Attempts {
+	if hc == nil || panicMode || !rs.body.complete() || rs.hedges >= hc.Max || rs.attempts >= h.policy.Attempts {
 		return 0
 	}
 	r := rs.r
@@ -131,7 +131,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		go func() {
 			var res tryResult
 			err := wk.breaker.Do(func() breaker.Outcome {
-				res = h.try(ctx, time.Now(), wk, tw, r, rs.body, true, false, rc, next)
+				res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
 				return breakerOutcome(res.cls)
 			})
 			if err != nil {
@@ -221,7 +221,7 @@ func better(a, b tryResult) bool {
 	case decisive(a):
 		return false
 	}
-	replayable := func(r tryResult) bool { return r.tw.held && !r.tw.discard.Load() }
+	replayable := func(r tryResult) bool { return r.tw.held && !r.tw.discard.Load() && !r.tw.broken }
 	if replayable(a) != replayable(b) {
 		return replayable(a)
 	}

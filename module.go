@@ -117,6 +117,8 @@ type Handler struct {
 	methods    []string
 	retryOn    retryOn
 	maxBody    int64
+	// maxBodyTotal is the pool's bound on body copies (see replayMemory)
+	maxBodyTotal int64
 	maxHeld    int64
 	perTry     time.Duration
 	hedge      *HedgeConfig // with defaults applied; nil when off
@@ -262,10 +264,11 @@ func (h *Handler) provisionPolicies() error {
 			h.retryOn = h.retryOn.with(c)
 		}
 	}
-	h.maxBody = rc.MaxBody
-	if h.maxBody == 0 {
-		h.maxBody = defaultMaxBody
+	h.maxBody = defaultMaxBody
+	if rc.MaxBody != nil {
+		h.maxBody = *rc.MaxBody
 	}
+	h.maxBodyTotal = cmp.Or(rc.MaxBodyTotal, defaultMaxBodyTotal)
 	h.maxHeld = rc.MaxHeldResponse
 	if h.maxHeld == 0 {
 		h.maxHeld = defaultMaxHeldResponse
@@ -333,6 +336,7 @@ func (h *Handler) applyPoolSettings() {
 		budget = h.Retry.Budget
 	}
 	h.pool.budget.Update(budget, 0)
+	h.pool.replay.limit.Store(h.maxBodyTotal)
 }
 
 // breakerSettings converts the breaker block.

@@ -1,7 +1,6 @@
 package bifrost
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,24 +37,19 @@ var errPerTryTimeout = errors.New("worker did not answer within per_try_timeout"
 // retry would be unsafe, or the tries are used up (see RetryConfig).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	body, err := h.bufferBody(r)
-	if err != nil {
-		if r.Context().Err() != nil {
-			return caddyhttp.Error(499, err)
-		}
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
-	}
-	// after the body, which a slow client may take long to send: that
-	// time is not the worker's
 	ready := time.Now()
 	h.pool.budget.OnRequest(ready)
+	// The body streams to the first try as the upstream reads it; a copy
+	// is kept for a retry only when the request may need one.
+	body := newRequestBody(r, h.maxBody, &h.pool.replay, h.keepsCopy(r))
+	defer body.release()
 
 	rs := h.newRequestState(r, body, ready)
 	// Bifrost's placeholders are read from the request's state whenever
 	// they are used: deferred header operations see the try whose response
 	// is written, and the access log the whole request.
 	repl.Map(rs.shown.placeholder)
-	err = h.serve(w, r, repl, rs, next)
+	err := h.serve(w, r, repl, rs, next)
 	h.releaseRequestState(rs)
 	return err
 }
@@ -87,8 +81,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 
 		// a failure the client has not seen: try again if it is safe
 		rs.shown.cls = cls
-		if res.tw.held && !res.tw.discard.Load() {
-			held = res.tw
+		if res.status != 0 {
+			rs.answered = append(rs.answered, res.wk)
+		}
+		if tw := res.tw; tw.held && !tw.discard.Load() && (held == nil || !tw.broken || held.broken) {
+			// the latest upstream answer, a whole one if there is one
+			held = tw
+		}
+		if res.status == 0 {
+			rs.lastErr = res.err
 		}
 		if !h.retryable(r, cls, res.status) {
 			if !res.tw.held {
@@ -97,7 +98,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			}
 			break
 		}
-		if !res.canRetry {
+		if !res.canRetry || !rs.body.replayable() || !h.anotherWorker(rs, nil) {
 			break
 		}
 		if !h.pool.budget.TryRetry(time.Now()) {
@@ -118,15 +119,32 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		h.metrics.retry(res.wk)
 	}
 
-	// No more tries. A held failure response is an upstream's own answer;
-	// a failure that was unsafe to retry stands; otherwise, degrade.
-	if held != nil {
+	// No more tries. As with reverse_proxy, an upstream's answer stands
+	// (the latest, failure or not), then the error of a try that was
+	// unsafe to retry, then the last try's error, unless a fallback is
+	// configured; a request that no worker could take degrades.
+	switch {
+	case held != nil:
 		return held.replay()
-	}
-	if rs.unsafeErr != nil {
+	case rs.unsafeErr != nil:
 		return rs.unsafeErr
+	case rs.lastErr != nil && h.Fallback == nil:
+		return rs.lastErr
 	}
 	return h.degrade(w, r, repl, rs)
+}
+
+// anotherWorker reports whether a retry of the request has a worker to go
+// to: one that is available, did not refuse it, and has not answered it
+// already (asking a worker again that answered with a failure only loads
+// it more; its answer is given instead). except is left out, if set.
+func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
+	for _, wk := range h.workers {
+		if wk != except && !slices.Contains(rs.skipped, wk) && !slices.Contains(rs.answered, wk) && wk.available() {
+			return true
+		}
+	}
+	return false
 }
 
 // attempt makes one try of the request, or, when hedging applies, a race
@@ -157,13 +175,13 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		rs.last = wk
 		rs.tried = append(rs.tried, wk)
 		rs.publish()
-		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable
+		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable()
 		if h.hedgeDelay(rs, panicMode) > 0 {
 			return h.race(w, r, rs, tw, wk, next)
 		}
 		var res tryResult
 		run := func() breaker.Outcome {
-			res = h.try(r.Context(), start, wk, tw, r, rs.body, canRetry, panicMode, nil, next)
+			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 			return breakerOutcome(res.cls)
 		}
 		if panicMode {
@@ -203,9 +221,10 @@ func (h *Handler) newTry(w http.ResponseWriter, rs *requestState) *tryWriter {
 // requestState is what the request loop knows about one request.
 type requestState struct {
 	r        *http.Request
-	ready    time.Time // when the request's body was buffered, ready for its first try
-	body     *replayBody
+	ready    time.Time // when the request arrived, ready for its first try
+	body     *requestBody
 	tried    []*worker // workers that got a try
+	answered []*worker // workers whose upstream answered with a failure
 	triedBuf [4]*worker
 	skipped  []*worker // workers whose breaker refused this request
 	attempts int
@@ -214,6 +233,8 @@ type requestState struct {
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
+	// lastErr is the error of the latest try that got no answer.
+	lastErr error
 	// firstTry is the writer of the first try when it runs alone, kept
 	// here to save an allocation per request.
 	firstTry     tryWriter
@@ -243,7 +264,7 @@ var requestStates = sync.Pool{New: func() any { return new(requestState) }}
 
 // newRequestState returns the state of a new request, reused if the
 // handler allows it (see Handler.reuseState).
-func (h *Handler) newRequestState(r *http.Request, body *replayBody, ready time.Time) *requestState {
+func (h *Handler) newRequestState(r *http.Request, body *requestBody, ready time.Time) *requestState {
 	var rs *requestState
 	if h.reuseState {
 		rs = requestStates.Get().(*requestState)
@@ -318,9 +339,9 @@ type tryResult struct {
 // latency tracker books a failure as an answer: when every worker fails
 // alike a failure says nothing about this one against its peers, and
 // counting it would keep the worker avoided after the pool recovers.
-func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, body *replayBody, canRetry, panicMode bool, rc *race, next caddyhttp.Handler) tryResult {
+func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, rs *requestState, canRetry, panicMode bool, rc *race, next caddyhttp.Handler) tryResult {
 	tw.method = r.Method
-	tw.hook = tryHook{h: h, wk: wk, r: r, rc: rc, token: wk.tracker.Start(start), canRetry: canRetry, panicMode: panicMode}
+	tw.hook = tryHook{h: h, wk: wk, r: r, rs: rs, rc: rc, start: start, token: wk.tracker.Start(start), canRetry: canRetry, panicMode: panicMode}
 	if rc != nil {
 		tw.quiet = true // a racing try forwards no 1xx response
 	}
@@ -346,7 +367,11 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	if ctx != r.Context() {
 		rr = r.WithContext(ctx)
 	}
-	body.reset(rr)
+	tw.hook.body = rs.body.forTry(rr)
+	if tw.hook.body != nil {
+		// the transport may go on reading after the try: not this body
+		defer tw.hook.body.Close()
+	}
 
 	wk.health.BeginRequest()
 	abort, err := h.serveWorker(wk, tw, rr, next)
@@ -374,6 +399,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		att.Err, att.Status = context.Canceled, 0
 	case tw.timedOut.Load():
 		att.Err, att.Status = timeoutError{errPerTryTimeout}, 0
+		res.err = caddyhttp.Error(http.StatusGatewayTimeout, errPerTryTimeout)
 	case tw.status == 499 && err == nil:
 		// reverse_proxy reports a cancelled round trip as 499: here, a
 		// racing try that lost
@@ -404,8 +430,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		res.errText = truncate(att.Err.Error(), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
-		// a held response whose body failed cannot be replayed
-		tw.discard.Store(true)
+		// a held response whose body failed can only be replayed as
+		// reverse_proxy would have passed it: cut short
+		tw.broken = true
 	}
 	return res
 }
@@ -431,8 +458,11 @@ type tryHook struct {
 	h        *Handler
 	wk       *worker
 	r        *http.Request
-	rc       *race // nil unless the try races others
-	token    int64 // of the worker's latency tracker
+	rs       *requestState
+	rc       *race     // nil unless the try races others
+	body     *tryBody  // the try's request body, nil if none
+	start    time.Time // when the try started
+	token    int64     // of the worker's latency tracker
 	canRetry bool
 	// panicMode: the whole pool was out; failures do not count against
 	// the worker's selection cost (see try)
@@ -447,9 +477,17 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	now := time.Now()
 	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
 		k.answered = true
-		k.wk.tracker.Done(k.token, now, 0, status >= 500 && !k.panicMode)
+		// the worker's latency runs from when it had the whole request:
+		// a slow upload is the client's time, not the worker's
+		var latency time.Duration
+		if sent := k.body.sentAt(); sent.After(k.start) {
+			latency = max(now.Sub(sent), 1)
+		}
+		k.wk.tracker.Done(k.token, now, latency, status >= 500 && !k.panicMode)
 	}
-	if k.canRetry {
+	// (racing tries share the request's state with the race's loop: they
+	// leave the choice of a next worker to it)
+	if k.canRetry && k.rs.body.replayable() && (k.rc != nil || k.h.anotherWorker(k.rs, k.wk)) {
 		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
 		if cls.Failure && k.h.retryable(k.r, cls, status) {
 			return true
@@ -525,7 +563,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	if wk := h.cheapestUntried(rs, now); wk != nil {
 		return wk, false
 	}
-	if chosen != nil && !slices.Contains(rs.skipped, chosen) {
+	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.answered, chosen) {
 		return chosen, false
 	}
 	if rs.attempts > 0 {
@@ -665,59 +703,6 @@ func (s *shownState) placeholder(key string) (any, bool) {
 		}
 	}
 	return nil, false
-}
-
-// noBody is the replay body of every request without one.
-var noBody = &replayBody{replayable: true}
-
-// replayBody keeps a request body so that it can be sent again. It is not
-// modified after bufferBody.
-type replayBody struct {
-	data       []byte
-	replayable bool
-	stream     io.ReadCloser // a body too large to keep, sent once
-}
-
-// bufferBody reads the request body into memory when it fits in
-// retry.max_body, so each try sends identical bytes. A larger body is
-// streamed to a single try and never replayed.
-func (h *Handler) bufferBody(r *http.Request) (*replayBody, error) {
-	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
-		return noBody, nil
-	}
-	if r.ContentLength > h.maxBody {
-		return &replayBody{stream: r.Body}, nil
-	}
-	data, err := io.ReadAll(io.LimitReader(r.Body, h.maxBody+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > h.maxBody {
-		return &replayBody{stream: readCloser{io.MultiReader(bytes.NewReader(data), r.Body), r.Body}}, nil
-	}
-	return &replayBody{data: data, replayable: true}, nil
-}
-
-// reset gives the request of one try its body.
-func (b *replayBody) reset(r *http.Request) {
-	switch {
-	case b.stream != nil:
-		r.Body = b.stream
-	case b.data != nil:
-		r.Body = io.NopCloser(bytes.NewReader(b.data))
-		r.ContentLength = int64(len(b.data))
-		r.GetBody = func() (io.ReadCloser, error) {
-			return io.NopCloser(bytes.NewReader(b.data)), nil
-		}
-	default:
-		r.Body = http.NoBody
-	}
-}
-
-// readCloser joins a reader with the closer of the original body.
-type readCloser struct {
-	io.Reader
-	io.Closer
 }
 
 // logDebug writes a debug entry about one request's retry loop.

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -211,19 +210,19 @@ func TestBodyReplay(t *testing.T) {
 	}
 }
 
-// With every worker down the client gets a 503 with Retry-After, which
-// handle_errors can catch; a fallback block answers instead when set.
+// With every worker down the client gets what reverse_proxy would
+// answer, the last try's 502, which handle_errors can catch; a fallback
+// block answers instead when set.
 func TestAllWorkersDown(t *testing.T) {
 	d1, d2 := deadAddr(t), deadAddr(t)
 
-	t.Run("503 with Retry-After", func(t *testing.T) {
+	t.Run("502 like reverse_proxy", func(t *testing.T) {
 		loadCaddyfile(t, siteConfig([]string{d1, d2}, `name alldown`))
-		code, _, hdr := do(t, http.MethodGet, testSite+"/", nil)
-		if code != http.StatusServiceUnavailable {
-			t.Fatalf("got %d, want 503", code)
-		}
-		if ra, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || ra < 1 {
-			t.Fatalf("Retry-After = %q", hdr.Get("Retry-After"))
+		for i := range 3 { // fresh, then with the breakers counting
+			code, _, _ := do(t, http.MethodGet, testSite+"/", nil)
+			if code != http.StatusBadGateway {
+				t.Fatalf("request %d: got %d, want 502", i, code)
+			}
 		}
 	})
 
@@ -233,11 +232,11 @@ func TestAllWorkersDown(t *testing.T) {
 		name alldown2
 	}
 	handle_errors {
-		respond "degraded {err.status_code}" 503
+		respond "degraded {err.status_code} {http.bifrost.error_kind}" 503
 	}
 }`, d1, d2))
 		code, body := get(t, "/")
-		if code != http.StatusServiceUnavailable || body != "degraded 503" {
+		if code != http.StatusServiceUnavailable || body != "degraded 502 connection" {
 			t.Fatalf("got %d %q", code, body)
 		}
 	})

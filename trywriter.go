@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -68,7 +69,11 @@ type tryWriter struct {
 	wroteHeader bool
 	held        bool
 	passed      bool
-	buf         bytes.Buffer
+	// broken is set when a held response's body failed (or outgrew its
+	// cap) before its end: replayed, it is cut short as reverse_proxy
+	// would have cut it.
+	broken bool
+	buf    bytes.Buffer
 }
 
 // Phases of a try (tryWriter.phase).
@@ -189,6 +194,9 @@ func (tw *tryWriter) WriteHeader(code int) {
 	tw.passed = true
 	if !tw.direct {
 		replaceHeader(tw.ResponseWriter.Header(), tw.header)
+		// from now on the try writes the client's headers: its
+		// trailers, set after the body, must reach the client too
+		tw.header = tw.ResponseWriter.Header()
 	}
 	tw.ResponseWriter.WriteHeader(code)
 }
@@ -238,13 +246,54 @@ func (tw *tryWriter) FlushError() error {
 	return http.NewResponseController(tw.ResponseWriter).Flush()
 }
 
-// replay writes a held-back response to the client.
+// replay writes a held-back response to the client, its trailers after
+// its body. A broken one is cut short after what arrived of its body, the
+// way reverse_proxy aborts a response that fails mid-stream.
 func (tw *tryWriter) replay() error {
 	tw.passed = true
-	replaceHeader(tw.ResponseWriter.Header(), tw.header)
+	real := tw.ResponseWriter.Header()
+	replaceHeader(real, tw.header)
+	trailers := splitTrailers(real)
 	tw.ResponseWriter.WriteHeader(tw.status)
 	_, err := tw.ResponseWriter.Write(tw.buf.Bytes())
+	maps.Copy(real, trailers)
+	if tw.broken {
+		if err == nil {
+			_ = http.NewResponseController(tw.ResponseWriter).Flush()
+		}
+		panic(http.ErrAbortHandler)
+	}
 	return err
+}
+
+// splitTrailers removes from h the values of the trailers a held
+// response set after its body (fields announced in its Trailer header,
+// or named with http.TrailerPrefix) and returns them: they are sent
+// after the body, as the upstream sent them.
+func splitTrailers(h http.Header) http.Header {
+	var out http.Header
+	move := func(name string) {
+		if vals, ok := h[name]; ok {
+			if out == nil {
+				out = make(http.Header)
+			}
+			out[name] = vals
+			delete(h, name)
+		}
+	}
+	for _, line := range h.Values("Trailer") {
+		for name := range strings.SplitSeq(line, ",") {
+			if name = http.CanonicalHeaderKey(strings.TrimSpace(name)); name != "" {
+				move(name)
+			}
+		}
+	}
+	for name := range h {
+		if strings.HasPrefix(name, http.TrailerPrefix) {
+			move(name)
+		}
+	}
+	return out
 }
 
 // replaceHeader makes dst hold exactly the fields of src.

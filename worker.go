@@ -82,6 +82,7 @@ type poolState struct {
 	manager *recovery.Manager
 	budget  *recovery.Budget
 	latency latencyRing // recent successful try latencies (hedge delay)
+	replay  replayMemory // what request body copies hold (retry.max_body_total)
 
 	// changes carries breaker transitions out of the breakers' locks; a
 	// full channel drops the event (counted), never blocks a request.
