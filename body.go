@@ -48,7 +48,7 @@ type requestBody struct {
 	read int64  // bytes read from src; guarded by mu
 	err  error  // src's error, returned to every later read; guarded by mu
 
-	limit  int64       // the most the copy may hold (retry.max_body)
+	limit  int64 // the most the copy may hold (retry.max_body)
 	memory *replayMemory
 	// reserved is what the copy holds of memory, or -1 once released.
 	reserved atomic.Int64

@@ -119,9 +119,9 @@ type Handler struct {
 	maxBody    int64
 	// maxBodyTotal is the pool's bound on body copies (see replayMemory)
 	maxBodyTotal int64
-	maxHeld    int64
-	perTry     time.Duration
-	hedge      *HedgeConfig // with defaults applied; nil when off
+	maxHeld      int64
+	perTry       time.Duration
+	hedge        *HedgeConfig // with defaults applied; nil when off
 	// reuseState is set when no part of a request outlives its handler
 	// (no racing tries, no per-try timer), so its state can be reused.
 	reuseState bool

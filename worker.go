@@ -81,7 +81,7 @@ type poolState struct {
 	monitor *health.Monitor
 	manager *recovery.Manager
 	budget  *recovery.Budget
-	latency latencyRing // recent successful try latencies (hedge delay)
+	latency latencyRing  // recent successful try latencies (hedge delay)
 	replay  replayMemory // what request body copies hold (retry.max_body_total)
 
 	// changes carries breaker transitions out of the breakers' locks; a
