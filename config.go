@@ -244,11 +244,12 @@ type FallbackConfig struct {
 	// Status of the fallback response. Default: 503.
 	Status int `json:"status,omitempty"`
 
-	// Body of the fallback response. Placeholders are replaced.
+	// Body of the fallback response. Known placeholders are replaced;
+	// anything else in braces, such as a JSON body, stays as written.
 	Body string `json:"body,omitempty"`
 
-	// Headers set on the fallback response. Placeholders in values are
-	// replaced.
+	// Headers set on the fallback response. Known placeholders in values
+	// are replaced.
 	Headers http.Header `json:"headers,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
@@ -130,6 +132,16 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		}
 		go func() {
 			var res tryResult
+			defer func() {
+				// a panic in a worker's handler is the request's, not the
+				// process's: it is raised again on the request's
+				// goroutine once the race is over
+				if v := recover(); v != nil {
+					h.logger.Error("panic in a hedged try", zap.String("worker", wk.id), zap.Any("panic", v))
+					results <- tryResult{wk: wk, tw: tw, attempt: attempt, abort: v,
+						cls: h.classifier.Classify(recovery.Attempt{Err: fmt.Errorf("panic: %v", v), Dialed: true, Wrote: true}, time.Now())}
+				}
+			}()
 			err := wk.breaker.Do(func() breaker.Outcome {
 				res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
 				return breakerOutcome(res.cls)

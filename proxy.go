@@ -84,15 +84,18 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if res.status != 0 {
 			rs.answered = append(rs.answered, res.wk)
 		}
-		if tw := res.tw; tw.held && !tw.discard.Load() && (held == nil || !tw.broken || held.broken) {
+		// an upstream's answer held back (not one abandoned: timed out
+		// or lost a race) can still be given to the client
+		answer := res.tw.held && !res.tw.discard.Load()
+		if answer && (held == nil || !res.tw.broken || held.broken) {
 			// the latest upstream answer, a whole one if there is one
-			held = tw
+			held = res.tw
 		}
 		if res.status == 0 {
 			rs.lastErr = res.err
 		}
 		if !h.retryable(r, cls, res.status) {
-			if !res.tw.held {
+			if !answer {
 				// may have been executed: reverse_proxy's own error stands
 				rs.unsafeErr = res.err
 			}
@@ -628,7 +631,7 @@ func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Re
 		for name, vals := range fb.Headers {
 			hdr.Del(name)
 			for _, v := range vals {
-				hdr.Add(name, repl.ReplaceAll(v, ""))
+				hdr.Add(name, repl.ReplaceKnown(v, ""))
 			}
 		}
 		if hdr.Get("Retry-After") == "" {
@@ -639,7 +642,7 @@ func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Re
 			status = http.StatusServiceUnavailable
 		}
 		w.WriteHeader(status)
-		_, err := io.WriteString(w, repl.ReplaceAll(fb.Body, ""))
+		_, err := io.WriteString(w, repl.ReplaceKnown(fb.Body, ""))
 		return err
 	}
 	w.Header().Set("Retry-After", secs)

@@ -1,0 +1,197 @@
+package bifrost
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// The tests of this file check that what a client sees keeps the meaning
+// it has with reverse_proxy: an upstream's answer stands, errors are
+// reverse_proxy's, and a request that may have been executed is never
+// answered with an invitation to send it again.
+
+// A single upstream answering 500 is asked once, and its own 500 (with
+// its body) reaches the client, as with reverse_proxy: asking the same
+// failing backend again only loads it more.
+func TestSingleUpstreamFailureStands(t *testing.T) {
+	bk := newBackend(t)
+	bk.set(status(http.StatusInternalServerError, "upstream says no"))
+	loadCaddyfile(t, siteConfig([]string{bk.addr}, "\t\tname single500"))
+	for i := range 8 { // past the breaker's 5 failures
+		code, body, hdr := do(t, http.MethodGet, testSite+"/", nil)
+		if code != http.StatusInternalServerError || body != "upstream says no" {
+			t.Fatalf("request %d: got %d %q; want the upstream's 500", i, code, body)
+		}
+		if hdr.Get("Retry-After") != "" {
+			t.Fatalf("request %d: Retry-After %q on an upstream's answer", i, hdr.Get("Retry-After"))
+		}
+	}
+	if n := bk.hits.Load(); n != 8 {
+		t.Fatalf("the upstream got %d requests for 8; want each asked once", n)
+	}
+}
+
+// With the single worker's breaker open, its upstream still gets the
+// request and its answer reaches the client: a breaker-made 503 in front
+// of the only upstream, which answers, would be worse than reverse_proxy.
+func TestSingleUpstreamOpenBreakerStillServes(t *testing.T) {
+	bk := newBackend(t)
+	h := loadHandler(t, siteConfig([]string{bk.addr}, "\t\tname singleopen"))
+	h.workers[0].breaker.Trip()
+	code, body := get(t, "/")
+	if code != http.StatusOK || !strings.HasPrefix(body, "ok from") {
+		t.Fatalf("got %d %q; want the upstream's answer", code, body)
+	}
+}
+
+// When every try got an upstream's answer, the client gets the last one:
+// a 500 stays a 500, never Bifrost's 503.
+func TestEveryUpstreamAnswersFailure(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	for _, bk := range []*backend{a, b, c} {
+		bk.set(status(http.StatusInternalServerError, "failed at "+bk.addr))
+	}
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr, c.addr}, "\t\tname all500"))
+	code, body, _ := do(t, http.MethodGet, testSite+"/", nil)
+	if code != http.StatusInternalServerError || !strings.HasPrefix(body, "failed at ") {
+		t.Fatalf("got %d %q; want an upstream's 500", code, body)
+	}
+	if n := a.hits.Load() + b.hits.Load() + c.hits.Load(); n != 3 {
+		t.Fatalf("%d tries; want one per worker", n)
+	}
+}
+
+// An upstream that aborts its response after the status and part of the
+// body: the client gets that status and part, cut short, as from
+// reverse_proxy (Caddy's TestReverseProxyResponseHandling /partial).
+func TestPartialFailureResponseIsCutShort(t *testing.T) {
+	partial := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "500")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, "partial")
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	})
+	a, b := rawBackend(t, partial), rawBackend(t, partial)
+	loadCaddyfile(t, siteConfig([]string{a, b}, "\t\tname partial"))
+	resp, err := client.Get(testSite + "/partial")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusInternalServerError || string(body) != "partial" {
+		t.Fatalf("got %d %q; want the upstream's 500 and its partial body", resp.StatusCode, body)
+	}
+	if err == nil {
+		t.Fatal("the cut-short body read as complete")
+	}
+}
+
+// A POST abandoned after it reached its upstream (per_try_timeout) is not
+// retried and answers 504: never a 503 with Retry-After, or a fallback,
+// that invites the client to send it again.
+func TestAbandonedPostAnswersGatewayTimeout(t *testing.T) {
+	hung, other := newBackend(t), newBackend(t)
+	hung.set(hang)
+	loadCaddyfile(t, siteConfig([]string{hung.addr, other.addr}, `
+		name abandoned
+		lb_policy first
+		retry {
+			per_try_timeout 200ms
+		}
+		fallback {
+			status 200
+			body "fallback"
+		}`))
+	code, body, hdr := do(t, http.MethodPost, testSite+"/", []byte("order"), "X-Request-Id", "post-1")
+	if code != http.StatusGatewayTimeout {
+		t.Fatalf("got %d %q; want 504", code, body)
+	}
+	if hdr.Get("Retry-After") != "" {
+		t.Fatalf("Retry-After %q on a request that may have been executed", hdr.Get("Retry-After"))
+	}
+	if n := hung.executions("post-1") + other.executions("post-1"); n != 1 {
+		t.Fatalf("the POST reached upstreams %d times; want once", n)
+	}
+}
+
+// Fallback bodies keep literal braces: only known placeholders are
+// replaced, so a JSON body is sent as written.
+func TestFallbackKeepsLiteralBraces(t *testing.T) {
+	loadCaddyfile(t, siteConfig([]string{deadAddr(t)}, `
+		name fbjson
+		fallback {
+			body "{\"json\":1,\"path\":\"{http.request.uri.path}\"}"
+			header Content-Type application/json
+		}`))
+	code, body := get(t, "/x")
+	if code != http.StatusServiceUnavailable || body != `{"json":1,"path":"/x"}` {
+		t.Fatalf("got %d %q", code, body)
+	}
+}
+
+func init() {
+	caddy.RegisterModule(panicHandler{})
+}
+
+// panicHandler is a handler that panics, to put a panic inside a
+// worker's reverse_proxy (through handle_response).
+type panicHandler struct{}
+
+func (panicHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.bifrost_test_panic", New: func() caddy.Module { return new(panicHandler) }}
+}
+
+func (panicHandler) ServeHTTP(http.ResponseWriter, *http.Request, caddyhttp.Handler) error {
+	panic(errors.New("test panic inside a worker's handler"))
+}
+
+// A panic inside a hedged try, which runs on a goroutine of its own, is
+// handed back to the request, as a panic in a try that runs alone is: the
+// request fails (Go's server closes its connection) and the process goes
+// on serving. Without the hand-back the panic ends the process.
+func TestPanicInHedgedTryIsTheRequests(t *testing.T) {
+	boom := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			w.WriteHeader(http.StatusTeapot)
+		}
+		_, _ = io.WriteString(w, "fine")
+	}
+	a, b := newBackend(t), newBackend(t)
+	a.set(boom)
+	b.set(boom)
+	js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n" +
+		siteConfig([]string{a.addr, b.addr}, `
+		name hedgepanic
+		retry {
+			hedge 10ms
+		}
+		@teapot status 418
+		handle_response @teapot {
+			respond "PANIC"
+		}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
+	if !strings.Contains(s, "bifrost_test_panic") {
+		t.Fatalf("could not put the panicking handler in %s", js)
+	}
+	loadJSON(t, []byte(s))
+	for range 3 {
+		if resp, err := client.Get(testSite + "/boom"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("a request whose try panicked got %d", resp.StatusCode)
+		}
+		if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
+			t.Fatalf("after a panic: got %d %q", code, body)
+		}
+	}
+}
