@@ -102,7 +102,9 @@ func TestHungBackendIsHedgedAround(t *testing.T) {
 // With the default policy and hedging, a hung backend stops getting new
 // requests within a second. (On a loaded 2-core machine a healthy worker's
 // latency can spike past the hung one's decaying estimate, so a stray pick
-// is tolerated: at most 0.5% of the requests of the second second.)
+// is tolerated: at most 3% of the requests of the second second, against
+// a third without steering. 0.5% failed twice on a clean tree while four
+// test runs shared the machine's two cores.)
 func TestHungBackendStopsGettingRequests(t *testing.T) {
 	hung, b, c := newBackend(t), newBackend(t), newBackend(t)
 	hung.set(hang)
@@ -117,7 +119,7 @@ func TestHungBackendStopsGettingRequests(t *testing.T) {
 	}
 	before := hung.hits.Load()
 	sent, failed = load(t, 4, time.Second)
-	if failed != 0 || float64(hung.hits.Load()-before) > 0.005*float64(sent) {
+	if failed != 0 || float64(hung.hits.Load()-before) > 0.03*float64(sent) {
 		t.Fatalf("after a second of load the hung worker still got %d of %d new requests (%d failed)",
 			hung.hits.Load()-before, sent, failed)
 	}

@@ -369,6 +369,8 @@ func (h *Handler) detectHangs(now time.Time) {
 		})
 		h.metrics.failure(wk.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
 		h.isolate(wk, reasonHang, msg)
+		// its requests that can go elsewhere need not wait any longer
+		wk.waiting.takeBack(now, h.hangAfter)
 	}
 }
 

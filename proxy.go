@@ -349,12 +349,19 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		tw.quiet = true // a racing try forwards no 1xx response
 	}
 
-	if rc != nil || h.perTry > 0 {
+	// a try that could go to another worker can be taken back from a
+	// worker found hanging (see waitingTries)
+	movable := rc == nil && canRetry && len(h.workers) > 1 && methodRetried(h.methods, r.Method)
+	if rc != nil || h.perTry > 0 || movable {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		if rc != nil {
 			rc.add(tw, cancel)
+		}
+		if movable {
+			wk.waiting.add(tw, start, rs.body, cancel)
+			defer wk.waiting.remove(tw)
 		}
 		if h.perTry > 0 {
 			t := time.AfterFunc(h.perTry, func() {
@@ -401,8 +408,12 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	case r.Context().Err() != nil:
 		att.Err, att.Status = context.Canceled, 0
 	case tw.timedOut.Load():
-		att.Err, att.Status = timeoutError{errPerTryTimeout}, 0
-		res.err = caddyhttp.Error(http.StatusGatewayTimeout, errPerTryTimeout)
+		why := errPerTryTimeout
+		if tw.hung.Load() {
+			why = errWorkerHung
+		}
+		att.Err, att.Status = timeoutError{why}, 0
+		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
 	case tw.status == 499 && err == nil:
 		// reverse_proxy reports a cancelled round trip as 499: here, a
 		// racing try that lost

@@ -2,10 +2,13 @@ package bifrost
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -193,5 +196,50 @@ func TestPanicInHedgedTryIsTheRequests(t *testing.T) {
 		if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
 			t.Fatalf("after a panic: got %d %q", code, body)
 		}
+	}
+}
+
+// Requests already waiting on a worker when it is found hanging are moved
+// to another worker, with no per_try_timeout and no hedging: none waits
+// for the client's own timeout (here 5 s, far above the 300 ms hang
+// threshold). A POST, which may have been executed, is not moved.
+func TestWaitingRequestsLeaveAHungWorker(t *testing.T) {
+	hung, b, c := newBackend(t), newBackend(t), newBackend(t)
+	hung.set(hang)
+	loadCaddyfile(t, siteConfig([]string{hung.addr, b.addr, c.addr}, `
+		name moved
+		lb_policy round_robin
+		isolation {
+			hang_threshold 300ms
+			hang_requests 2
+		}`))
+	impatient := &http.Client{Timeout: 5 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, 12)
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := impatient.Get(fmt.Sprintf("%s/?n=%d", testSite, i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Errorf("request %d: status %d", i, resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if hung.hits.Load() == 0 {
+		t.Fatal("the hung backend got no request; the test needs some waiting on it")
+	}
+	if !workerOf(t, "moved", hung.addr).health.Isolated() {
+		t.Fatal("the hung worker was not isolated")
 	}
 }

@@ -59,6 +59,9 @@ type tryWriter struct {
 	// client: it timed out, or it lost a race. timedOut says which.
 	discard  atomic.Bool
 	timedOut atomic.Bool
+	// hung is set with timedOut when the try was taken back from a
+	// worker found hanging (see waitingTries).
+	hung atomic.Bool
 	// phase decides between the final response headers arriving and
 	// per_try_timeout firing: whichever moves it from phaseWaiting first
 	// wins, so a response is never passed to the client by a try that is

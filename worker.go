@@ -135,6 +135,7 @@ type worker struct {
 	up          *reverseproxy.Upstream               // proxy.Upstreams[0], what selection policies see
 	tracker     *selection.Tracker                   // latency, load and hangs
 	series      *workerSeries                        // hot-path metric series; nil without metrics
+	waiting     waitingTries                         // tries a hang can take back
 	provisioned bool
 
 	mu       sync.Mutex
