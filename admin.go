@@ -166,6 +166,13 @@ func operatorAction(ctx caddy.Context, events *caddyevents.App, logger *zap.Logg
 	return nil
 }
 
+// maxIsolateDuration caps the duration of an operator's isolation, from
+// the admin API or the status page: a slip of the keyboard (or a page
+// someone else reached) must not take a worker out for years. Without a
+// duration, an isolation lasts until the worker is restored, which is
+// explicit and visible.
+const maxIsolateDuration = 24 * time.Hour
+
 // parseIsolateRequest reads the optional duration and reason of an
 // isolate request, from the query or a JSON body.
 func parseIsolateRequest(r *http.Request) (time.Duration, string, error) {
@@ -195,6 +202,9 @@ func parseIsolateRequest(r *http.Request) (time.Duration, string, error) {
 		d, err = caddy.ParseDuration(body.Duration)
 		if err != nil || d <= 0 {
 			return 0, "", apiError(http.StatusBadRequest, "duration: %q is not a positive duration", body.Duration)
+		}
+		if d > maxIsolateDuration {
+			return 0, "", apiError(http.StatusBadRequest, "duration: %q is longer than the limit of 24h for an operator isolation", body.Duration)
 		}
 	}
 	reason := "isolated by an operator"

@@ -355,3 +355,37 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("unreachable admin: %v", err)
 	}
 }
+
+// An operator isolation is capped at 24h: a longer one is refused with a
+// JSON 400 that names the limit, and leaves the worker in.
+func TestAdminIsolateDurationCap(t *testing.T) {
+	a := newBackend(t)
+	loadCaddyfile(t, siteConfig([]string{a.addr}, `
+		name cap`))
+	path := "http://" + testAdmin + "/bifrost/workers/" + workerID("cap", a.addr) + "/isolate"
+	ws := workerOf(t, "cap", a.addr)
+	for _, tc := range []struct {
+		query string
+		body  []byte
+	}{
+		{query: "?duration=1000000h"},
+		{body: []byte(`{"duration":"24h1s"}`)},
+		{body: []byte(`{"duration":"2d"}`)},
+	} {
+		code, body, hdr := do(t, http.MethodPost, path+tc.query, tc.body, "Content-Type", "application/json")
+		var e struct{ Error string }
+		_ = json.Unmarshal([]byte(body), &e)
+		if code != http.StatusBadRequest || !strings.Contains(hdr.Get("Content-Type"), "json") || !strings.Contains(e.Error, "limit of 24h") {
+			t.Errorf("isolate %s%s: %d %s, want a JSON 400 naming the limit", tc.query, tc.body, code, body)
+		}
+		if ws.health.Isolated() {
+			t.Fatalf("isolate %s%s isolated the worker", tc.query, tc.body)
+		}
+	}
+	var v workerView
+	code, body, _ := do(t, http.MethodPost, path+"?duration=24h", nil)
+	if err := json.Unmarshal([]byte(body), &v); code != http.StatusOK || err != nil || !v.Isolated ||
+		time.Until(v.IsolatedUntil) > maxIsolateDuration || time.Until(v.IsolatedUntil) < maxIsolateDuration-time.Minute {
+		t.Fatalf("isolate for exactly the limit: %d %s", code, body)
+	}
+}

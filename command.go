@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,56 +22,46 @@ func init() {
 Commands to inspect the Bifrost pools of a running Caddy instance through
 its admin API.
 
-  caddy bifrost status [--address <admin address>]
+  caddy bifrost status [--config <path> [--adapter <name>]] [--address <admin address>]
 
 prints every worker as a table: pool, upstream, state, breaker, isolation
-and counters. The address defaults to the CADDY_ADMIN environment variable,
-else localhost:2019.
+and counters. The admin address is found as "caddy stop" finds it: from
+--address, else from the config given with --config, else the default
+(the CADDY_ADMIN environment variable, or localhost:2019). Every form of
+Caddy's admin address works, such as localhost:2019 or
+unix//run/caddy/admin.sock.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			status := &cobra.Command{
-				Use:   "status [--address <admin address>]",
+				Use:   "status [--config <path> [--adapter <name>]] [--address <admin address>]",
 				Short: "Prints the workers of every Bifrost pool",
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
-					addr, _ := c.Flags().GetString("address")
-					return printStatus(c.OutOrStdout(), addr, 5*time.Second)
+					fl := caddycmd.Flags{FlagSet: c.Flags()}
+					addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+					if err != nil {
+						return fmt.Errorf("couldn't determine admin API address: %w", err)
+					}
+					return printStatus(c.OutOrStdout(), addr, statusTimeout)
 				},
 			}
+			status.Flags().StringP("config", "c", "", "Configuration file to read the admin address from, if --address is not used")
+			status.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (when --config is used)")
 			status.Flags().String("address", "", "The address of Caddy's admin API (default: $CADDY_ADMIN or localhost:2019)")
 			cmd.AddCommand(status)
 		},
 	})
 }
 
-// printStatus fetches the workers from the admin API at addr and prints
-// them as a table.
+// statusTimeout bounds the admin request of `caddy bifrost status`.
+const statusTimeout = 10 * time.Second
+
+// printStatus fetches the workers from the admin API at addr, in any
+// form of Caddy's admin address, and prints them as a table.
 func printStatus(out io.Writer, addr string, timeout time.Duration) error {
-	if addr == "" {
-		addr = os.Getenv("CADDY_ADMIN")
-	}
-	if addr == "" {
-		addr = "localhost:2019"
-	}
-	url := addr
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	client := &http.Client{Timeout: timeout}
-	resp, err := client.Get(strings.TrimSuffix(url, "/") + "/bifrost/workers")
+	body, err := adminGet(addr, "/bifrost/workers", timeout)
 	if err != nil {
-		return fmt.Errorf("cannot reach Caddy's admin API at %s (is Caddy running, and is --address right?): %w", addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("reading the admin API's answer: %w", err)
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("the admin API at %s has no /bifrost/ endpoints: is this Caddy built with Bifrost?", addr)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin API answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return err
 	}
 	var workers []workerView
 	if err := json.Unmarshal(body, &workers); err != nil {
@@ -86,10 +76,84 @@ func printStatus(out io.Writer, addr string, timeout time.Duration) error {
 	fmt.Fprintln(tw, "POOL\tWORKER\tUPSTREAM\tSTATE\tBREAKER\tIN-FLIGHT\tREQUESTS\tFAILURES\tDETAIL")
 	for _, w := range workers {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n",
-			w.Pool, w.ID, w.Upstream, stateWord(w), w.Breaker.State, w.InFlight, w.Requests, w.Failures, detail(w, now))
+			termSafe(w.Pool), termSafe(w.ID), termSafe(w.Upstream), stateWord(w), termSafe(w.Breaker.State.String()),
+			w.InFlight, w.Requests, w.Failures, termSafe(detail(w, now)))
 	}
 	return tw.Flush()
 }
+
+// adminGet sends a GET to Caddy's admin API at addr through caddycmd's
+// AdminAPIRequest, which speaks every admin address form (TCP, unix
+// socket, file descriptor) as Caddy's own commands do, and returns the
+// body of a 200. AdminAPIRequest has no timeout of its own, so it runs
+// under one here: if it expires, the command fails and exits, which ends
+// the request with it.
+func adminGet(addr, uri string, timeout time.Duration) ([]byte, error) {
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, uri, nil, nil)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		done <- result{body, err}
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var res result
+	select {
+	case res = <-done:
+	case <-timer.C:
+		return nil, fmt.Errorf("no answer from Caddy's admin API at %s within %s", addr, timeout)
+	}
+	if res.err == nil {
+		return res.body, nil
+	}
+	// AdminAPIRequest's errors are plain text: an answer of 400 or more
+	// is "caddy responded with error: HTTP <code>: <body>"
+	msg := res.err.Error()
+	switch {
+	case strings.Contains(msg, "invalid admin address"):
+		return nil, res.err
+	case strings.Contains(msg, "making request"):
+		return nil, fmt.Errorf("invalid admin address %s: %w", addr, res.err)
+	case strings.Contains(msg, "HTTP 404:"):
+		return nil, fmt.Errorf("the admin API at %s has no /bifrost/ endpoints: is this Caddy built with Bifrost?", addr)
+	case strings.Contains(msg, "caddy responded with error"):
+		return nil, fmt.Errorf("admin API at %s: %s", addr, termSafe(msg))
+	}
+	return nil, fmt.Errorf("cannot reach Caddy's admin API at %s (is Caddy running, and is --address right?): %w", addr, res.err)
+}
+
+// termSafe escapes what a terminal would act on instead of print: control
+// characters (escape sequences, carriage returns, tabs that would break
+// the table) and other unprintable runes such as bidirectional overrides.
+// Pool names, upstreams and isolation reasons come from configs and
+// upstreams, not from this terminal's user.
+func termSafe(s string) string {
+	if !strings.ContainsFunc(s, unprintable) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unprintable(r) {
+			q := strconv.QuoteRuneToASCII(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// unprintable reports whether r must be escaped before it is printed.
+func unprintable(r rune) bool { return !strconv.IsPrint(r) }
 
 // stateWord sums a worker's state up in one word.
 func stateWord(w workerView) string {
@@ -112,13 +176,32 @@ func stateWord(w workerView) string {
 func detail(w workerView, now time.Time) string {
 	switch {
 	case w.Isolated && !w.IsolatedUntil.IsZero():
-		return fmt.Sprintf("%s (%s left)", w.IsolationReason, w.IsolatedUntil.Sub(now).Round(time.Second))
+		// the isolation ends at the pool's next tick, and only once a
+		// probe passes when probes run and fail
+		ended := "expired, returning"
+		if !w.ProbeHealthy {
+			ended = "expired, waiting for a passing probe"
+		}
+		return fmt.Sprintf("%s (%s)", w.IsolationReason, timeLeft(w.IsolatedUntil.Sub(now), time.Second, ended))
 	case w.Isolated:
-		return w.IsolationReason
+		return w.IsolationReason + " (until restored)"
 	case w.Throttled:
-		return fmt.Sprintf("throttled (%s left)", w.ThrottledUntil.Sub(now).Round(100*time.Millisecond))
+		return fmt.Sprintf("throttled (%s)", timeLeft(w.ThrottledUntil.Sub(now), 100*time.Millisecond, "ending now"))
 	case !w.Breaker.RetryAt.IsZero():
-		return fmt.Sprintf("breaker half-opens in %s", w.Breaker.RetryAt.Sub(now).Round(100*time.Millisecond))
+		left := w.Breaker.RetryAt.Sub(now)
+		if left < 100*time.Millisecond {
+			return "breaker half-opens at its next request"
+		}
+		return fmt.Sprintf("breaker half-opens in %s", left.Round(100*time.Millisecond))
 	}
 	return ""
+}
+
+// timeLeft says how long is left, rounded to unit; under one unit (the
+// end passed, or the server's clock is ahead of this one) it says ended.
+func timeLeft(left, unit time.Duration, ended string) string {
+	if left < unit {
+		return ended
+	}
+	return left.Round(unit).String() + " left"
 }

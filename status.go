@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,8 +43,8 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("bifrost_status", httpcaddyfile.After, "metrics")
 }
 
-// StatusPage serves Bifrost's status page: one HTML page that shows every
-// pool of the running config, its workers (state in colour and in words,
+// StatusPage serves Bifrost's status page: one HTML page that shows the
+// pools of its site (see Pools), their workers (state in colour and in words,
 // breaker state and counts, isolation reason and time left, requests in
 // flight, request and error rates), error totals by severity and kind, the
 // most recent classified errors, and requests and errors per second over
@@ -82,7 +84,8 @@ func init() {
 //
 // The page is read-only unless Actions is enabled. Put it behind
 // authentication (e.g. `basic_auth`) on any network you do not trust: it
-// shows upstream addresses and error messages.
+// shows upstream addresses and error messages, and with Actions anyone
+// who reaches it can take workers out.
 type StatusPage struct {
 	// Prefix is the path prefix where the page is mounted, e.g.
 	// "/status", as this handler sees the path (after any prefix a
@@ -100,6 +103,27 @@ type StatusPage struct {
 	// requests are refused with 403.
 	Actions bool `json:"actions,omitempty"`
 
+	// Pools names the pools the page shows and acts on; `["*"]` means
+	// every pool of the running config, as the admin API shows them. A
+	// worker of another pool is answered 404, like an unknown one, and
+	// stays out of the totals, series and recent errors.
+	//
+	// Default: the pools of the bifrost handlers of the page's own site.
+	// Those are the handlers in the same HTTP server whose top-level
+	// route matches the same host names as the route that holds the page
+	// (walking subroutes, `handle_errors` routes and invoked named
+	// routes). A Caddyfile site block is one such route, so this is the
+	// site block's pools; in a server whose routes match no host names
+	// (a lone site like `:8080`), it is the whole server. A site on
+	// another host or port never shows up. The scope is found at the
+	// first request, not in Provision: only then are all the server's
+	// handlers provisioned and the server known (Caddy passes it in the
+	// request's context). Pools are matched by name, so two sites that
+	// name the same pool, and share its workers, both show it. Name the
+	// pools to show, on an operations host say, pools that other sites
+	// serve.
+	Pools []string `json:"pools,omitempty"`
+
 	ctx    caddy.Context
 	logger *zap.Logger
 	events *caddyevents.App
@@ -107,6 +131,22 @@ type StatusPage struct {
 	held   bool // whether Provision acquired the series from statusStates
 	cancel context.CancelFunc
 	wg     *sync.WaitGroup // the sampler; a pointer, the module is copied by value in CaddyModule
+	scope  *statusScopeOnce
+}
+
+// statusScope is the set of pools a page shows.
+type statusScope struct {
+	all   bool
+	pools map[string]bool
+}
+
+// has reports whether the pool named pool is in the scope.
+func (sc statusScope) has(pool string) bool { return sc.all || sc.pools[pool] }
+
+// statusScopeOnce is a page's scope, found once.
+type statusScopeOnce struct {
+	once  sync.Once
+	scope statusScope
 }
 
 // CaddyModule returns the Caddy module information.
@@ -127,6 +167,15 @@ func (s *StatusPage) Provision(ctx caddy.Context) error {
 	s.ctx = ctx
 	s.logger = ctx.Logger()
 	s.Prefix = strings.TrimSuffix(s.Prefix, "/")
+	s.scope = new(statusScopeOnce)
+	if len(s.Pools) > 0 {
+		sc := statusScope{pools: map[string]bool{}}
+		for _, name := range s.Pools {
+			sc.all = sc.all || name == "*"
+			sc.pools[name] = true
+		}
+		s.scope.once.Do(func() { s.scope.scope = sc })
+	}
 
 	v, _, err := statusStates.LoadOrNew(statusSeriesKey, func() (caddy.Destructor, error) {
 		return newStatusSeries(), nil
@@ -151,7 +200,137 @@ func (s *StatusPage) Validate() error {
 	if s.Prefix != "" && (!strings.HasPrefix(s.Prefix, "/") || strings.ContainsAny(s.Prefix, "*?#")) {
 		return fmt.Errorf("prefix must be a path starting with '/' and without '*', '?' or '#', got %q", s.Prefix)
 	}
+	for i, name := range s.Pools {
+		if name == "" {
+			return fmt.Errorf("pools[%d] is empty", i)
+		}
+		if name == "*" && len(s.Pools) > 1 {
+			return errors.New("pools: \"*\" (every pool) cannot be combined with pool names")
+		}
+	}
 	return nil
+}
+
+// poolScope returns the pools the page shows, finding them from the
+// request's server at the first request when Pools is not set.
+func (s *StatusPage) poolScope(r *http.Request) statusScope {
+	s.scope.once.Do(func() {
+		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+		pools, found := sitePools(srv, s)
+		if !found {
+			s.logger.Warn("status page not found in its server's routes; it shows no pool until `pools` names them")
+		}
+		s.scope.scope = statusScope{pools: pools}
+	})
+	return s.scope.scope
+}
+
+// sitePools returns the pool names of the bifrost handlers that serve the
+// same site as page in srv (see StatusPage.Pools), and whether page was
+// found in srv's routes.
+func sitePools(srv *caddyhttp.Server, page *StatusPage) (map[string]bool, bool) {
+	pools := map[string]bool{}
+	if srv == nil {
+		return pools, false
+	}
+	lists := []caddyhttp.RouteList{srv.Routes}
+	if srv.Errors != nil {
+		lists = append(lists, srv.Errors.Routes)
+	}
+	type site struct {
+		hosts string
+		walk  *routeWalk
+	}
+	var sites []site
+	pageHosts := map[string]bool{}
+	for _, rl := range lists {
+		for i := range rl {
+			w := &routeWalk{srv: srv, page: page, named: map[string]bool{}}
+			w.handlers(rl[i].Handlers)
+			hosts := routeHosts(rl[i].MatcherSets)
+			sites = append(sites, site{hosts, w})
+			if w.found {
+				pageHosts[hosts] = true
+			}
+		}
+	}
+	for _, st := range sites {
+		if pageHosts[st.hosts] {
+			for _, name := range st.walk.pools {
+				pools[name] = true
+			}
+		}
+	}
+	return pools, len(pageHosts) > 0
+}
+
+// routeHosts returns the host names a top-level route is limited to, as
+// one sorted, comma-separated string; "" for a route that matches any
+// host (no matcher set, or one without a host matcher).
+func routeHosts(sets caddyhttp.MatcherSets) string {
+	var hosts []string
+	for _, set := range sets {
+		found := false
+		for _, m := range set {
+			var mh caddyhttp.MatchHost
+			switch m := m.(type) {
+			case *caddyhttp.MatchHost:
+				mh = *m
+			case caddyhttp.MatchHost:
+				mh = m
+			default:
+				continue
+			}
+			found = true
+			for _, h := range mh {
+				hosts = append(hosts, strings.ToLower(h))
+			}
+		}
+		if !found {
+			return ""
+		}
+	}
+	sort.Strings(hosts)
+	return strings.Join(slices.Compact(hosts), ",")
+}
+
+// routeWalk collects the pools of the bifrost handlers in a tree of
+// routes, and whether a status page is in it.
+type routeWalk struct {
+	srv   *caddyhttp.Server
+	page  *StatusPage
+	found bool
+	pools []string
+	named map[string]bool // named routes walked, so each is walked once
+}
+
+// handlers walks a route's handlers and the routes they hold.
+func (w *routeWalk) handlers(hs []caddyhttp.MiddlewareHandler) {
+	for _, mh := range hs {
+		switch h := mh.(type) {
+		case *StatusPage:
+			w.found = w.found || h == w.page
+		case *Handler:
+			w.pools = append(w.pools, h.poolName)
+		case *caddyhttp.Subroute:
+			w.routes(h.Routes)
+			if h.Errors != nil {
+				w.routes(h.Errors.Routes)
+			}
+		case *caddyhttp.Invoke:
+			if r := w.srv.NamedRoutes[h.Name]; r != nil && !w.named[h.Name] {
+				w.named[h.Name] = true
+				w.handlers(r.Handlers)
+			}
+		}
+	}
+}
+
+// routes walks a list of routes.
+func (w *routeWalk) routes(rl caddyhttp.RouteList) {
+	for i := range rl {
+		w.handlers(rl[i].Handlers)
+	}
 }
 
 // Cleanup stops the sampler and releases the shared time series. It is
@@ -303,7 +482,7 @@ func (s *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	case routeAsset:
 		return serveAsset(w, r, statusAssets[t.asset])
 	case routeState:
-		return writeStatusJSON(w, http.StatusOK, s.feed(time.Now()))
+		return writeStatusJSON(w, http.StatusOK, s.feed(time.Now(), s.poolScope(r)))
 	}
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(statusIndex)))
@@ -361,6 +540,10 @@ func (s *StatusPage) serveAction(w http.ResponseWriter, r *http.Request, id, act
 	ws, err := lookupWorker(id)
 	if err != nil {
 		return statusAPIError(w, err)
+	}
+	if !s.poolScope(r).has(ws.pool) {
+		// another site's worker: as unknown as one that does not exist
+		return statusError(w, http.StatusNotFound, fmt.Sprintf("unknown worker %q", id))
 	}
 	var (
 		d      time.Duration
@@ -477,13 +660,15 @@ type statusWorker struct {
 	ErrorRate   float64 `json:"error_rate"`
 }
 
-// feed builds the JSON feed.
-func (s *StatusPage) feed(now time.Time) statusFeed {
-	stats := collectStats()
+// feed builds the JSON feed of the pools in scope.
+func (s *StatusPage) feed(now time.Time, scope statusScope) statusFeed {
+	stats := scopeStats(collectStats(), scope)
 	rates := s.series.workerRates()
 	byPool := map[string][]statusWorker{}
 	for _, v := range workerViews("") {
-		byPool[v.Pool] = append(byPool[v.Pool], s.worker(v, now, rates))
+		if scope.has(v.Pool) {
+			byPool[v.Pool] = append(byPool[v.Pool], s.worker(v, now, rates))
+		}
 	}
 	names := make([]string, 0, len(stats.Pools))
 	for name := range stats.Pools {
@@ -509,9 +694,54 @@ func (s *StatusPage) feed(now time.Time) statusFeed {
 		RefreshMS: statusStep.Milliseconds(),
 		Stats:     stats,
 		Pools:     pools,
-		Series:    s.series.view(""),
-		Errors:    collectErrors(recovery.Filter{Limit: statusErrorLimit}),
+		Series:    s.series.sum(scope),
+		Errors:    scopeErrors(scope, statusErrorLimit),
 	}
+}
+
+// scopeStats keeps the pools of st that are in scope and sums them up.
+func scopeStats(st statsView, scope statusScope) statsView {
+	if scope.all {
+		return st
+	}
+	out := statsView{
+		Statistics: recovery.Statistics{BySeverity: map[string]uint64{}, ByKind: map[string]uint64{}},
+		Pools:      map[string]poolStats{},
+	}
+	for name, ps := range st.Pools {
+		if !scope.has(name) {
+			continue
+		}
+		out.Pools[name] = ps
+		out.TotalErrors += ps.TotalErrors
+		out.Retries += ps.Retries
+		out.RecoveryAttempts += ps.RecoveryAttempts
+		out.RecoverySuccesses += ps.RecoverySuccesses
+		out.BreakerTrips += ps.BreakerTrips
+		for k, v := range ps.BySeverity {
+			out.BySeverity[k] += v
+		}
+		for k, v := range ps.ByKind {
+			out.ByKind[k] += v
+		}
+		out.HealthyWorkers += ps.HealthyWorkers
+		out.IsolatedWorkers += ps.IsolatedWorkers
+		out.TotalWorkers += ps.TotalWorkers
+	}
+	return out
+}
+
+// scopeErrors returns the most recent errors of the pools in scope,
+// newest first, at most limit.
+func scopeErrors(scope statusScope, limit int) []recovery.ContextualError {
+	out := []recovery.ContextualError{}
+	for _, ps := range allPools() {
+		if scope.has(ps.name) {
+			out = append(out, ps.manager.Errors(recovery.Filter{Limit: limit})...)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Timestamp.After(out[j].Timestamp) })
+	return out[:min(len(out), limit)]
 }
 
 // worker completes a worker's view for the feed.
@@ -781,6 +1011,40 @@ func (ss *statusSeries) view(pool string) seriesView {
 	return v
 }
 
+// sum returns the series of the pools in scope added up: the total with
+// every pool, else the pools' points summed by sample time (every pool's
+// ring gets its points from the same samples).
+func (ss *statusSeries) sum(scope statusScope) seriesView {
+	if scope.all {
+		return ss.view("")
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	type rates struct{ requests, errors float64 }
+	byTime := map[int64]*rates{}
+	for name, r := range ss.pools {
+		if !scope.has(name) {
+			continue
+		}
+		for i := range r.n {
+			p := r.pts[(r.next+len(r.pts)-r.n+i)%len(r.pts)]
+			t := p.t.UnixMilli()
+			if byTime[t] == nil {
+				byTime[t] = new(rates)
+			}
+			byTime[t].requests += p.requests
+			byTime[t].errors += p.errors
+		}
+	}
+	times := append([]int64{}, slices.Sorted(maps.Keys(byTime))...)
+	times = times[max(len(times)-statusSeriesLen, 0):]
+	v := seriesView{StepMS: statusStep.Milliseconds(), Times: times, Requests: make([]float64, len(times)), Errors: make([]float64, len(times))}
+	for i, t := range times {
+		v.Requests[i], v.Errors[i] = round2(byTime[t].requests), round2(byTime[t].errors)
+	}
+	return v
+}
+
 // sampleLoop samples the counters once per step until ctx is done.
 func (s *StatusPage) sampleLoop(ctx context.Context) {
 	defer s.wg.Done()
@@ -856,9 +1120,10 @@ func parseStatusCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	bifrost_status {
 //	    prefix <path>
 //	    actions
+//	    pools <name...>|*
 //	}
 //
-// Both subdirectives are optional; see StatusPage's fields.
+// Every subdirective is optional; see StatusPage's fields.
 func (s *StatusPage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the directive name
 	if d.NextArg() {
@@ -888,6 +1153,14 @@ func (s *StatusPage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			s.Actions = true
+		case "pools":
+			s.Pools = d.RemainingArgs()
+			if len(s.Pools) == 0 {
+				return d.ArgErr()
+			}
+			if err := s.Validate(); err != nil {
+				return d.Err(err.Error())
+			}
 		default:
 			return d.Errf("unrecognized bifrost_status subdirective %s", sub)
 		}

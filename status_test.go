@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
@@ -184,6 +186,11 @@ func TestStatusCaddyfile(t *testing.T) {
 		{in: "bifrost_status {\n\tprefix /s*\n}", wantErr: "prefix must be a path"},
 		{in: "bifrost_status {\n\tactions\n\tactions\n}", wantErr: "actions already specified"},
 		{in: "bifrost_status {\n\tread_only\n}", wantErr: "unrecognized bifrost_status subdirective read_only"},
+		{in: "bifrost_status {\n\tpools api web\n}", want: StatusPage{Pools: []string{"api", "web"}}},
+		{in: "bifrost_status {\n\tpools *\n}", want: StatusPage{Pools: []string{"*"}}},
+		{in: "bifrost_status {\n\tpools\n}", wantErr: "wrong argument count"},
+		{in: "bifrost_status {\n\tpools * api\n}", wantErr: "cannot be combined"},
+		{in: "bifrost_status {\n\tpools a\n\tpools b\n}", wantErr: "pools already specified"},
 	} {
 		var s StatusPage
 		err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
@@ -192,7 +199,7 @@ func TestStatusCaddyfile(t *testing.T) {
 			t.Errorf("%q: error %v, want one containing %q", tc.in, err, tc.wantErr)
 		case tc.wantErr == "" && err != nil:
 			t.Errorf("%q: %v", tc.in, err)
-		case tc.wantErr == "" && (s.Actions != tc.want.Actions || s.Prefix != tc.want.Prefix):
+		case tc.wantErr == "" && (s.Actions != tc.want.Actions || s.Prefix != tc.want.Prefix || !slices.Equal(s.Pools, tc.want.Pools)):
 			t.Errorf("%q: got %+v, want %+v", tc.in, s, tc.want)
 		}
 	}
@@ -215,6 +222,10 @@ func TestStatusCaddyfile(t *testing.T) {
 	}
 	if !strings.Contains(s, `"actions":true`) {
 		t.Fatalf("actions lost in adaptation:\n%s", js)
+	}
+
+	if err := (&StatusPage{Pools: []string{"api", ""}}).Validate(); err == nil || !strings.Contains(err.Error(), "pools[1] is empty") {
+		t.Errorf("an empty pool name in JSON: %v", err)
 	}
 }
 
@@ -660,4 +671,197 @@ func TestStatusHandler(t *testing.T) {
 			t.Fatalf("restore: %d %s", code, body)
 		}
 	})
+}
+
+// doHost sends a request to the test server for the site named host.
+func doHost(t *testing.T, method, host, path string, body []byte, hdr ...string) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = strings.NewReader(string(body))
+	}
+	req, err := http.NewRequest(method, testSite+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host + ":9080"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, host, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// feedOf fetches and decodes the feed of the status page of site host.
+func feedOf(t *testing.T, host, path string) (statusFeedJSON, string) {
+	t.Helper()
+	code, body := doHost(t, http.MethodGet, host, path, nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s%s: %d %s", host, path, code, body)
+	}
+	var f statusFeedJSON
+	if err := json.Unmarshal([]byte(body), &f); err != nil {
+		t.Fatalf("GET %s%s: %v: %s", host, path, err, body)
+	}
+	return f, body
+}
+
+// feedPools lists the pool names of a feed.
+func feedPools(f statusFeedJSON) string {
+	var names []string
+	for _, p := range f.Pools {
+		names = append(names, p.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+// A status page shows and acts on its own site's pools only, unless
+// `pools` names others: sites on one server do not see each other's
+// workers, upstreams, errors or traffic.
+func TestStatusPageScope(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	b.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	loadCaddyfile(t, fmt.Sprintf(`
+&(backend_c) {
+	bifrost %s {
+		name site_c
+	}
+}
+http://a.localhost {
+	handle /status/* {
+		bifrost_status {
+			actions
+		}
+	}
+	handle {
+		bifrost %s {
+			name site_a
+		}
+	}
+}
+http://b.localhost {
+	bifrost %s {
+		name site_b
+	}
+}
+http://c.localhost {
+	handle /status/* {
+		bifrost_status
+	}
+	handle {
+		invoke backend_c
+	}
+}
+http://ops.localhost {
+	bifrost_status {
+		pools site_b
+		actions
+	}
+}
+http://all.localhost {
+	bifrost_status {
+		pools *
+	}
+}
+`, c.addr, a.addr, b.addr))
+	idA, idB := workerID("site_a", a.addr), workerID("site_b", b.addr)
+	// an error in site b, with b's upstream address in its message
+	if code, _ := doHost(t, http.MethodPost, "b.localhost", "/fail", nil); code != http.StatusInternalServerError {
+		t.Fatalf("b: %d", code)
+	}
+
+	f, body := feedOf(t, "a.localhost", "/status/api/state")
+	if got := feedPools(f); got != "site_a" {
+		t.Errorf("site a's page shows pools %q, want site_a", got)
+	}
+	for _, leak := range []string{b.addr, "site_b", c.addr, "site_c"} {
+		if strings.Contains(body, leak) {
+			t.Errorf("site a's feed contains %q:\n%s", leak, body)
+		}
+	}
+	if f.Stats.TotalWorkers != 1 || f.Stats.TotalErrors != 0 || len(f.Errors) != 0 {
+		t.Errorf("site a's totals count other sites: %+v, %d errors", f.Stats, len(f.Errors))
+	}
+	if f, _ := feedOf(t, "c.localhost", "/status/api/state"); feedPools(f) != "site_c" {
+		t.Errorf("site c's page (its bifrost in a named route) shows pools %q, want site_c", feedPools(f))
+	}
+	f, _ = feedOf(t, "ops.localhost", "/api/state")
+	if feedPools(f) != "site_b" || f.Stats.TotalErrors != 1 || len(f.Errors) != 1 {
+		t.Errorf("the page with `pools site_b` shows %q, %d errors", feedPools(f), len(f.Errors))
+	}
+	if f, _ := feedOf(t, "all.localhost", "/api/state"); feedPools(f) != "site_a,site_b,site_c" {
+		t.Errorf("the page with `pools *` shows %q", feedPools(f))
+	}
+
+	// another site's worker is unknown to a page's actions, whatever
+	// the duration; its own workers are not
+	for _, tc := range []struct{ host, path, id string }{
+		{"a.localhost", "/status/api/workers/", idB},
+		{"ops.localhost", "/api/workers/", idA},
+	} {
+		code, body := doHost(t, http.MethodPost, tc.host, tc.path+tc.id+"/isolate", []byte(`{"duration":"1000000h"}`),
+			"Origin", "http://"+tc.host+":9080")
+		if code != http.StatusNotFound || !strings.Contains(body, "unknown worker") {
+			t.Errorf("%s isolating %s: %d %s, want 404 unknown worker", tc.host, tc.id, code, body)
+		}
+	}
+	if workerOf(t, "site_b", b.addr).health.Snapshot(time.Now()).Isolated || workerOf(t, "site_a", a.addr).health.Snapshot(time.Now()).Isolated {
+		t.Fatal("a page isolated another site's worker")
+	}
+	code, body := doHost(t, http.MethodPost, "a.localhost", "/status/api/workers/"+idA+"/isolate", []byte(`{"duration":"25h"}`),
+		"Origin", "http://a.localhost:9080")
+	if code != http.StatusBadRequest || !strings.Contains(body, "limit of 24h") {
+		t.Errorf("site a isolating its own worker for 25h: %d %s, want 400 naming the limit", code, body)
+	}
+	code, body = doHost(t, http.MethodPost, "a.localhost", "/status/api/workers/"+idA+"/isolate", []byte(`{"duration":"1m"}`),
+		"Origin", "http://a.localhost:9080")
+	if code != http.StatusOK {
+		t.Fatalf("site a isolating its own worker: %d %s", code, body)
+	}
+	if code, body := doHost(t, http.MethodPost, "a.localhost", "/status/api/workers/"+idA+"/restore", nil,
+		"Sec-Fetch-Site", "same-origin"); code != http.StatusOK {
+		t.Fatalf("site a restoring its own worker: %d %s", code, body)
+	}
+
+	// traffic of site b shows in the series of the pages that show b,
+	// not in site a's
+	eventually(t, 20*time.Second, "site b's traffic in the series", func() bool {
+		doHost(t, http.MethodGet, "b.localhost", "/", nil)
+		f, _ := feedOf(t, "ops.localhost", "/api/state")
+		return slices.ContainsFunc(f.Series.Requests, func(r float64) bool { return r > 0 })
+	})
+	f, _ = feedOf(t, "a.localhost", "/status/api/state")
+	if slices.ContainsFunc(f.Series.Requests, func(r float64) bool { return r > 0 }) || len(f.Series.Times) == 0 {
+		t.Errorf("site a's series shows other sites' traffic (or none at all): %+v", f.Series)
+	}
+}
+
+func TestStatusRouteHosts(t *testing.T) {
+	ab, b := caddyhttp.MatchHost{"B.example", "a.example"}, caddyhttp.MatchHost{"b.example"}
+	for _, tc := range []struct {
+		name string
+		sets caddyhttp.MatcherSets
+		want string
+	}{
+		{"no matcher", nil, ""},
+		{"a path only", caddyhttp.MatcherSets{{caddyhttp.MatchPath{"/x"}}}, ""},
+		{"hosts, sorted and lower case", caddyhttp.MatcherSets{{&ab, caddyhttp.MatchPath{"/x"}}}, "a.example,b.example"},
+		{"hosts over sets, once each", caddyhttp.MatcherSets{{&ab}, {b}}, "a.example,b.example"},
+		{"a set without a host matches any host", caddyhttp.MatcherSets{{&ab}, {caddyhttp.MatchPath{"/x"}}}, ""},
+	} {
+		if got := routeHosts(tc.sets); got != tc.want {
+			t.Errorf("%s: routeHosts = %q, want %q", tc.name, got, tc.want)
+		}
+	}
 }
