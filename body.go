@@ -28,9 +28,12 @@ var errTryOver = errors.New("request body read after its try ended")
 // while the copy is complete from the first byte, or while no byte of the
 // body was read yet (a dial that failed).
 //
-// Reads of the client's body and of the copy are serialized by mu, so a
-// transport still writing an abandoned try in the background cannot take
-// bytes from the next try: whatever any try reads goes into the copy.
+// One try at a time reads the client's body (srcMu), and whatever it
+// reads goes into the copy: a transport still writing an abandoned try
+// in the background cannot take bytes from the next try. The copy is
+// held in chunks from a pool (mu), returned when the request ends; a
+// reader waiting for the client never holds mu, so the end of a request
+// never waits for a slow client.
 type requestBody struct {
 	src    io.ReadCloser // the client's body; nil when the request has none
 	length int64         // the request's ContentLength, for every try
@@ -39,20 +42,32 @@ type requestBody struct {
 	keep atomic.Bool
 	// consumed is set once a byte was read from src.
 	consumed atomic.Bool
-
 	// eof is set once src was read to its end.
 	eof atomic.Bool
 
-	mu   sync.Mutex
-	buf  []byte // the copy; guarded by mu
-	read int64  // bytes read from src; guarded by mu
-	err  error  // src's error, returned to every later read; guarded by mu
+	srcMu sync.Mutex // held while reading src
+
+	mu       sync.Mutex
+	chunks   []*copyChunk // the copy; guarded by mu
+	copied   int64        // bytes in chunks; guarded by mu
+	read     int64        // bytes read from src; guarded by mu
+	err      error        // src's error, returned to every later read; guarded by mu
+	released bool         // the request ended; guarded by mu
 
 	limit  int64 // the most the copy may hold (retry.max_body)
 	memory *replayMemory
-	// reserved is what the copy holds of memory, or -1 once released.
-	reserved atomic.Int64
 }
+
+// copyChunkSize is the size of the chunks a body copy is made of.
+const copyChunkSize = 32 << 10
+
+// copyChunk is one chunk of a body copy.
+type copyChunk [copyChunkSize]byte
+
+// copyChunks recycles the chunks of finished requests: a copy of each
+// retryable upload would otherwise be garbage that the collector must
+// clear and scan.
+var copyChunks = sync.Pool{New: func() any { return new(copyChunk) }}
 
 // noBody is the body of every request without one.
 var noBody = &requestBody{}
@@ -67,9 +82,6 @@ func newRequestBody(r *http.Request, limit int64, memory *replayMemory, copy boo
 	b := &requestBody{src: r.Body, length: r.ContentLength, limit: limit, memory: memory}
 	if copy && limit > 0 && r.ContentLength <= limit {
 		b.keep.Store(true)
-		if r.ContentLength > 0 && b.grow(r.ContentLength) {
-			b.buf = make([]byte, 0, r.ContentLength)
-		}
 	}
 	return b
 }
@@ -134,63 +146,97 @@ func (b *requestBody) forTry(r *http.Request) *tryBody {
 	return tb
 }
 
-// release returns the copy's memory to the pool, once. The bytes
-// themselves go with the last try that refers to them.
+// release ends the request's use of the body: the copy's chunks go back
+// to the pool, and its memory to the pool's budget. A try still reading
+// in the background reads errTryOver from now on.
 func (b *requestBody) release() {
-	if n := b.reserved.Swap(-1); n > 0 {
-		b.memory.free(n)
+	if b.src == nil {
+		return
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropCopy()
+	b.released = true
 }
 
-// grow reserves room for n more bytes of copy, or gives up the copy if
-// the pool's replay memory has none.
-func (b *requestBody) grow(n int64) bool {
-	if !b.memory.take(n) {
-		b.keep.Store(false)
-		b.release()
-		return false
+// dropCopy gives the copy up; mu is held.
+func (b *requestBody) dropCopy() {
+	b.keep.Store(false)
+	for i, c := range b.chunks {
+		copyChunks.Put(c)
+		b.chunks[i] = nil
 	}
-	for {
-		v := b.reserved.Load()
-		if v < 0 { // released meanwhile
-			b.memory.free(n)
-			return false
-		}
-		if b.reserved.CompareAndSwap(v, v+n) {
-			return true
-		}
-	}
+	b.memory.free(int64(len(b.chunks)) * copyChunkSize)
+	b.chunks, b.copied = nil, 0
 }
 
 // readAt reads the body for a try that has read off bytes of it.
 func (b *requestBody) readAt(off int64, p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if off < int64(len(b.buf)) {
-		return copy(p, b.buf[off:]), nil
+	for {
+		b.mu.Lock()
+		switch {
+		case b.released:
+			b.mu.Unlock()
+			return 0, errTryOver
+		case off < b.copied:
+			n := b.copyOut(off, p)
+			b.mu.Unlock()
+			return n, nil
+		case off < b.read:
+			b.mu.Unlock()
+			return 0, errBodyGone
+		case b.eof.Load():
+			b.mu.Unlock()
+			return 0, io.EOF
+		case b.err != nil:
+			err := b.err
+			b.mu.Unlock()
+			return 0, err
+		}
+		b.mu.Unlock()
+
+		b.srcMu.Lock()
+		b.mu.Lock()
+		moved := b.read != off || b.released
+		b.mu.Unlock()
+		if moved {
+			// another try read meanwhile: look again
+			b.srcMu.Unlock()
+			continue
+		}
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		if n > 0 {
+			b.consumed.Store(true)
+			b.read += int64(n)
+			if !b.released {
+				b.save(p[:n])
+			}
+		}
+		switch {
+		case err == io.EOF:
+			b.eof.Store(true)
+		case err != nil:
+			b.err = err
+		}
+		b.mu.Unlock()
+		b.srcMu.Unlock()
+		return n, err
 	}
-	if off < b.read {
-		return 0, errBodyGone
+}
+
+// copyOut copies the copy's bytes from off into p; mu is held.
+func (b *requestBody) copyOut(off int64, p []byte) int {
+	n := 0
+	for n < len(p) && off < b.copied {
+		c := b.chunks[off/copyChunkSize]
+		i := off % copyChunkSize
+		end := min(int64(copyChunkSize), b.copied-(off-i))
+		m := copy(p[n:], c[i:end])
+		n += m
+		off += int64(m)
 	}
-	if b.eof.Load() {
-		return 0, io.EOF
-	}
-	if b.err != nil {
-		return 0, b.err
-	}
-	n, err := b.src.Read(p)
-	if n > 0 {
-		b.consumed.Store(true)
-		b.read += int64(n)
-		b.save(p[:n])
-	}
-	switch {
-	case err == io.EOF:
-		b.eof.Store(true)
-	case err != nil:
-		b.err = err
-	}
-	return n, err
+	return n
 }
 
 // save appends p to the copy while it is kept and within its limits;
@@ -199,24 +245,23 @@ func (b *requestBody) save(p []byte) {
 	if !b.keep.Load() {
 		return
 	}
-	need := int64(len(b.buf) + len(p))
-	if need > b.limit {
-		b.keep.Store(false)
-		b.release()
-		b.buf = nil
+	if b.copied+int64(len(p)) > b.limit {
+		b.dropCopy()
 		return
 	}
-	if need > int64(cap(b.buf)) {
-		size := min(max(2*int64(cap(b.buf)), need, 4096), b.limit)
-		if !b.grow(size - int64(cap(b.buf))) {
-			b.buf = nil
-			return
+	for len(p) > 0 {
+		i := b.copied % copyChunkSize
+		if i == 0 && b.copied/copyChunkSize == int64(len(b.chunks)) {
+			if !b.memory.take(copyChunkSize) {
+				b.dropCopy()
+				return
+			}
+			b.chunks = append(b.chunks, copyChunks.Get().(*copyChunk))
 		}
-		grown := make([]byte, len(b.buf), size)
-		copy(grown, b.buf)
-		b.buf = grown
+		m := copy(b.chunks[b.copied/copyChunkSize][i:], p)
+		b.copied += int64(m)
+		p = p[m:]
 	}
-	b.buf = append(b.buf, p...)
 }
 
 // tryBody is the body of one try: the request body read from its start.
