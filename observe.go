@@ -9,8 +9,10 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -176,14 +178,38 @@ func (h *Handler) reconnect(wk *worker) {
 	})
 }
 
+// provisionMu serializes the provisioning of restarted workers' proxies.
+// Provisioning loads modules (the transport) through the config's
+// caddy.Context, whose LoadModule records them in maps without a lock:
+// two restarts at once, of this handler or of another one of the same
+// config (as when several workers come back in one tick), would write
+// them concurrently.
+var provisionMu sync.Mutex
+
+// configActive reports whether ctx is the context of the running config.
+// Until it is, Caddy may still be provisioning other modules of the same
+// config through it, so a restart must not load modules with it.
+// (The handler's context wraps the config's root context with values, so
+// the two are compared by the channel that closes when the config stops.)
+func configActive(ctx caddy.Context) bool {
+	active := caddy.ActiveContext()
+	return ctx.Context != nil && active.Context != nil && active.Done() == ctx.Done()
+}
+
 // restart replaces a worker's reverse_proxy handler with a freshly
 // provisioned one (a new transport and connection pool), under the
 // recovery manager's concurrency limit. It runs when a worker comes back
 // from an automatic isolation, so that it starts without the connections
 // of the time it was failing. The replaced handler keeps serving the
 // requests it has and is cleaned up with this config; restarts per worker
-// are bounded by maxRestarts.
+// are bounded by maxRestarts. Restarts are provisioned one at a time, and
+// only once this handler's config is the running one; before that, the
+// worker's idle connections are dropped instead.
 func (h *Handler) restart(wk *worker) {
+	if !configActive(h.ctx) {
+		h.reconnect(wk)
+		return
+	}
 	wk.mu.Lock()
 	if wk.restarts >= maxRestarts {
 		wk.mu.Unlock()
@@ -198,7 +224,9 @@ func (h *Handler) restart(wk *worker) {
 		}
 		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
 		if err == nil {
+			provisionMu.Lock()
 			err = rp.Provision(h.ctx)
+			provisionMu.Unlock()
 		}
 		if err != nil {
 			h.recordCritical(wk.workerState, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
