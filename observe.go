@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"runtime/debug"
 	"strings"
@@ -500,16 +501,16 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		Transport:     roundTripperFunc(roundTrip),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	url := "http://" + wk.upstream + h.Health.URI
+	target := "http://" + wk.upstream + h.Health.URI
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
 			return err
 		}
 		start := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
-			return err
+			return redactProbeError(err)
 		}
 		defer resp.Body.Close()
 		if statusMatches(resp.StatusCode, expect) {
@@ -534,6 +535,29 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		}
 		return nil
 	}
+}
+
+// redactProbeError removes the query of the probed URL from a probe's
+// error. net/http reports a failed round trip as a *url.Error that quotes
+// the whole URL, and a health URI's query may carry a token; the error
+// goes on to isolation reasons, the error history, events, logs and the
+// status page. The query is replaced, not dropped, so that the message
+// still shows that the URL had one.
+func redactProbeError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: redactQuery(ue.URL), Err: ue.Err}
+}
+
+// redactQuery replaces the query of a URL, if it has one, with
+// "redacted".
+func redactQuery(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		return u[:i] + "?redacted"
+	}
+	return u
 }
 
 // roundTripperFunc adapts a function to http.RoundTripper.
