@@ -416,3 +416,27 @@ func TestSimultaneousRestartsDoNotRace(t *testing.T) {
 		}
 	}
 }
+
+// isolation { max_percent 0 } turns automatic isolation off, as its
+// documentation says; it used to become the default 50. A worker whose
+// probes fail is marked probe-unhealthy and stays in rotation.
+func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	c.setHealth(status(http.StatusServiceUnavailable, ""))
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name noiso
+		health {
+			uri /health
+			interval 50ms
+			fails 1
+		}
+		isolation {
+			max_percent 0
+		}`))
+	wk := workerAt(t, h, c.addr)
+	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.health.ProbeHealthy() })
+	time.Sleep(300 * time.Millisecond) // a few more probes and ticks
+	if wk.health.Isolated() {
+		t.Fatalf("worker isolated with max_percent 0: %s", wk.health.Snapshot(time.Now()).IsolationReason)
+	}
+}

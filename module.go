@@ -311,6 +311,9 @@ func (h *Handler) applyPoolSettings() {
 	}
 	if ic.MaxPercent != nil {
 		is.MaxPercent = *ic.MaxPercent
+		if is.MaxPercent == 0 {
+			is.MaxPercent = health.NoAutomaticIsolation
+		}
 	}
 	if ic.SuccessRateMinRequests != nil {
 		is.SuccessRateMinRequests = *ic.SuccessRateMinRequests

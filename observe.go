@@ -453,12 +453,7 @@ func (h *Handler) tick(ctx context.Context) {
 // probe is a GET of health.uri through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
 	hc := h.Health
-	ps := health.ProbeSettings{
-		Interval: time.Duration(hc.Interval),
-		Timeout:  time.Duration(hc.Timeout),
-		Passes:   hc.Passes,
-		Fails:    hc.Fails,
-	}.WithDefaults()
+	ps := hc.probeSettings().WithDefaults()
 	if err := ps.Validate(); err != nil {
 		return nil, fmt.Errorf("health: %w", err)
 	}
