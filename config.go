@@ -204,8 +204,11 @@ type IsolationConfig struct {
 
 	// HangThreshold is how long a request may wait for its response
 	// headers before it counts as stuck. A worker with HangRequests stuck
-	// requests while its peers answer is hanging: it is isolated (kind
-	// `timeout`) before any timeout fires. Its stuck requests are answered
+	// requests that has answered nothing else for HangThreshold, since the
+	// oldest of them was sent, while its peers answer, is hanging: it is
+	// isolated (kind `timeout`) before any timeout fires. A worker that
+	// keeps answering other requests is not hanging, whatever its slow
+	// requests (long polls). Its stuck requests are answered
 	// through hedging or retry.per_try_timeout when configured. Default:
 	// 2s.
 	HangThreshold caddy.Duration `json:"hang_threshold,omitempty"`

@@ -372,8 +372,11 @@ func (h *Handler) onBreakerChange(ch breakerChange, threshold int32) {
 const reasonHang health.Reason = "requests_hanging"
 
 // detectHangs isolates a worker whose requests wait for an answer longer
-// than the hang threshold while its peers answer: it is failing, even if
-// no timeout has fired yet (kind timeout).
+// than the hang threshold while its peers answer and it does not: it is
+// failing, even if no timeout has fired yet (kind timeout). Requests that
+// are slow by nature (long polls, large reports) keep no worker from
+// answering its other requests, so a worker that answered one within the
+// hang threshold, after its oldest waiting request was sent, is not hung.
 func (h *Handler) detectHangs(now time.Time) {
 	if len(h.workers) < 2 {
 		return
@@ -383,10 +386,18 @@ func (h *Handler) detectHangs(now time.Time) {
 			continue
 		}
 		stuck := wk.tracker.Stuck(now, h.hangAfter)
-		if stuck < h.hangCount || !h.peersAnswering(wk, now) {
+		if stuck < h.hangCount {
 			continue
 		}
-		msg := fmt.Sprintf("%d requests without an answer for more than %s while peers answer", stuck, h.hangAfter)
+		since := now.Add(-wk.tracker.OldestAge(now))
+		if h.answering(wk, since, now) || !h.peersAnswering(wk, since) {
+			continue
+		}
+		msg := fmt.Sprintf("%d requests without an answer for more than %s, and no other answer since, while peers answer", stuck, h.hangAfter)
+		ev, ok := h.pool.monitor.Isolate(wk.health, reasonHang, msg)
+		if !ok {
+			continue // max_percent: booked once it can be acted on
+		}
 		kind := recovery.KindTimeout
 		h.pool.manager.Record(recovery.ContextualError{
 			Kind:      kind,
@@ -397,17 +408,24 @@ func (h *Handler) detectHangs(now time.Time) {
 			Timestamp: now,
 		})
 		h.metrics.failure(wk.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
-		h.isolate(wk, reasonHang, msg)
+		h.emitHealth(ev)
 	}
 }
 
+// answering reports whether wk itself still answers: it served a request
+// after since (when its oldest unanswered request was sent) and within
+// the hang threshold before now.
+func (h *Handler) answering(wk *worker, since, now time.Time) bool {
+	last := wk.health.LastSuccess()
+	return last.After(since) && now.Sub(last) < h.hangAfter
+}
+
 // peersAnswering reports whether another worker answered a request after
-// the oldest unanswered request of wk was sent: the pool is answering,
-// this worker is not.
-func (h *Handler) peersAnswering(wk *worker, now time.Time) bool {
-	since := now.Add(-wk.tracker.OldestAge(now))
+// since, when the oldest unanswered request of wk was sent: the pool is
+// answering, this worker is not.
+func (h *Handler) peersAnswering(wk *worker, since time.Time) bool {
 	for _, other := range h.workers {
-		if other != wk && other.health.Snapshot(now).LastSuccess.After(since) {
+		if other != wk && other.health.LastSuccess().After(since) {
 			return true
 		}
 	}
