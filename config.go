@@ -103,8 +103,18 @@ type RetryConfig struct {
 
 	// On lists the failure conditions that cause a retry. Values:
 	// `connect_failure`, `timeout`, `reset`, `5xx`, `429`, or a single
-	// status code such as `503`. Default: all of `connect_failure timeout
-	// reset 5xx 429`. Conditions not listed still count against the worker.
+	// status code such as `503`. Default: `connect_failure timeout reset
+	// 5xx`. Conditions not listed still count against the worker, except a
+	// 429.
+	//
+	// A 429 is not retried by default: it is as often one client's rate
+	// limit as the server's state, and a retry would spend other workers
+	// on that client. The client gets the upstream's 429 with its
+	// Retry-After, and the worker is throttled (taken out of rotation
+	// until its Retry-After) only when its last three answers were 429s,
+	// and never when no other worker could serve. Listing `429` declares
+	// 429s to be the worker's state: they are retried on another worker,
+	// and each one throttles its worker, as a 503 with Retry-After does.
 	On []string `json:"on,omitempty"`
 
 	// MaxBody is the largest request body, in bytes, kept in memory so
@@ -459,8 +469,10 @@ type retryOn struct {
 	codes                               []int
 }
 
-// allRetryConditions is the default: every condition.
-var allRetryConditions = retryOn{connect: true, timeout: true, reset: true, s5xx: true, s429: true}
+// defaultRetryConditions is the default of RetryConfig.On: every
+// condition but 429, which is as often about the client as about the
+// worker.
+var defaultRetryConditions = retryOn{connect: true, timeout: true, reset: true, s5xx: true}
 
 // parseRetryCondition parses one value of RetryConfig.On into a set
 // holding just that condition.

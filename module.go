@@ -251,7 +251,7 @@ func (h *Handler) provisionPolicies() error {
 	if len(h.methods) == 0 {
 		h.methods = defaultRetryMethods
 	}
-	h.retryOn = allRetryConditions
+	h.retryOn = defaultRetryConditions
 	if len(rc.On) > 0 {
 		h.retryOn = retryOn{}
 		for _, s := range rc.On {

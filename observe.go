@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,9 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
+	if cls.Kind != recovery.KindThrottled && wk.throttles.Load() != 0 {
+		wk.throttles.Store(0) // an answer that is not a 429 ends a streak
+	}
 	if !cls.Failure {
 		wk.health.RecordSuccess(now)
 		if h.hedge != nil {
@@ -62,9 +66,18 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
-	wk.health.RecordFailure(now)
+	// a 429 that may be about its client rather than the worker counts
+	// against nobody: the client gets it as the upstream answered it
+	clientLimit := false
 	if cls.Kind == recovery.KindThrottled {
-		wk.health.Throttle(now.Add(cls.Delay))
+		if h.throttlesWorker(wk, res.status, panicMode) {
+			wk.health.Throttle(now.Add(cls.Delay))
+		} else {
+			clientLimit = true
+		}
+	}
+	if !clientLimit {
+		wk.health.RecordFailure(now)
 	}
 	ce := recovery.ContextualError{
 		Kind:     cls.Kind,
@@ -97,7 +110,36 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		// a reset on a pooled connection: drop the worker's idle ones
 		h.reconnect(wk)
 	}
-	h.onResult(wk, true)
+	if !clientLimit {
+		h.onResult(wk, true)
+	}
+}
+
+// throttleStreak is how many 429s in a row, to as many requests, show
+// that a worker throttles everyone rather than one client.
+const throttleStreak = 3
+
+// throttlesWorker reports whether a throttled answer takes its worker out
+// of rotation until its Retry-After. A 503 with Retry-After does. A 429 is
+// as often about one client (a per-user rate limit) as about the server,
+// so by default it does only when the worker's last throttleStreak
+// answers were all 429s (any other answer ends a streak), and never when
+// no other worker could serve: one client's burst must not put the pool
+// into panic mode. With `retry { on 429 }` the operator declares 429s to
+// be the worker's state: each one throttles its worker, as 503s do.
+func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
+	if status != http.StatusTooManyRequests || h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
+		return true
+	}
+	if wk.throttles.Add(1) < throttleStreak || panicMode {
+		return false
+	}
+	for _, other := range h.workers {
+		if other != wk && other.available() {
+			return true
+		}
+	}
+	return false
 }
 
 // breakerOutcome is what a try's classification means to its worker's

@@ -136,6 +136,10 @@ type worker struct {
 	series      *workerSeries                        // hot-path metric series; nil without metrics
 	provisioned bool
 
+	// throttles counts the worker's 429 answers in a row (see
+	// throttlesWorker).
+	throttles atomic.Int32
+
 	mu       sync.Mutex
 	retired  []*reverseproxy.Handler // replaced proxies, cleaned up with the handler
 	restarts int                     // guarded by mu
