@@ -656,12 +656,30 @@ func (p *parser) mapped1(d *caddyfile.Dispenser, name, equivalent string, set fu
 }
 
 // finish checks what can only be checked once every segment was read:
-// a reverse_proxy subdirective and its Bifrost equivalent both given.
+// a reverse_proxy subdirective and its Bifrost equivalent both given, and
+// the settings that reverse_proxy's subdirectives put together (such as
+// health_interval with health_timeout), which no block checked.
 func (p *parser) finish(d *caddyfile.Dispenser) error {
 	for rp, eq := range p.mapped {
 		block := strings.Fields(eq)[0]
 		if p.seen[block] {
 			return d.Errf("%s conflicts with the %s block: use '%s' only", rp, block, eq)
+		}
+	}
+	h := p.h
+	if h.Retry != nil && !p.seen["retry"] {
+		if err := h.Retry.validate(); err != nil {
+			return d.Err(err.Error())
+		}
+	}
+	if h.Health != nil && !p.seen["health"] {
+		if err := h.Health.validate(); err != nil {
+			return d.Err(err.Error())
+		}
+	}
+	if h.Breaker != nil && !p.seen["breaker"] {
+		if err := h.Breaker.validate(); err != nil {
+			return d.Err(err.Error())
 		}
 	}
 	return nil

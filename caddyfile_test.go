@@ -155,6 +155,18 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"max_fails with breaker block", "max_fails 2\n\tbreaker {\n\t}", "max_fails conflicts with the breaker block", "Caddyfile:"},
 		{"unknown reverse_proxy option", "frobnicate 1", "unrecognized subdirective frobnicate", "Caddyfile:3"},
 		{"block args", "breaker 5 {\n\t}", "wrong argument count", "Caddyfile:3"},
+		// accepted before, then ignored or changed at run time
+		{"health timeout above interval", "health {\n\t\turi /health\n\t\tinterval 1s\n\t\ttimeout 5s\n\t}", "health: timeout (5s) must not exceed interval (1s)", "Caddyfile:7"},
+		{"health timeout above default interval", "health {\n\t\turi /health\n\t\ttimeout 6s\n\t}", "timeout (6s) must not exceed interval (5s, the default)", "Caddyfile:6"},
+		{"health_timeout above health_interval", "health_uri /health\n\thealth_interval 1s\n\thealth_timeout 5s", "timeout (5s) must not exceed interval (1s)", "Caddyfile:"},
+		{"health without uri", "health {\n\t\tinterval 1s\n\t}", "health: uri is required", "Caddyfile:5"},
+		{"health_interval without uri", "health_interval 1s", "health: uri is required", "Caddyfile:"},
+		{"isolation max_time below default base", "isolation {\n\t\tmax_time 5s\n\t}", "max_time 5s is below the default base_time 10s", "Caddyfile:5"},
+		{"isolation base_time above default max", "isolation {\n\t\tbase_time 10m\n\t}", "base_time 10m0s is above the default max_time 5m0s", "Caddyfile:5"},
+		{"isolation off with hang settings", "isolation {\n\t\tmax_percent 0\n\t\thang_requests 5\n\t}", "max_percent 0 turns automatic isolation off", "Caddyfile:6"},
+		{"hedge with one attempt", "retry {\n\t\tattempts 1\n\t\thedge auto\n\t}", "hedge needs attempts of at least 2", "Caddyfile:6"},
+		{"hedge percentile with fixed delay", "retry {\n\t\thedge 5ms percentile 90\n\t}", "does nothing with a fixed delay", "Caddyfile:5"},
+		{"fail_duration too long", "fail_duration 20000d", "window must be at most", "Caddyfile:"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,6 +200,15 @@ func TestJSONConfigErrors(t *testing.T) {
 		{"negative max_requests", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"max_requests":-1}`, "max_requests must not be negative"},
 		{"bad classify", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"classify":[{"status":"5xx","kind":"boom"}]}`, "classify[0]"},
 		{"max percent", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"max_percent":101}}`, "isolation: max_percent must be between 0 and 100, got 101"},
+		// accepted before, then ignored or changed at run time
+		{"health timeout above interval", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"health":{"uri":"/health","interval":"1s","timeout":"5s"}}`, "health: timeout (5s) must not exceed interval (1s)"},
+		{"health without uri", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"health":{"fails":2}}`, "health: uri is required"},
+		{"max_time below default base", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"max_time":"5s"}}`, "isolation: max_time 5s is below the default base_time 10s"},
+		{"outlier tuning with detection off", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"success_rate_min_requests":0,"success_rate_stdev_factor":2}}`, "which success_rate_min_requests 0 turns off"},
+		{"isolation off with detection on", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"max_percent":0,"success_rate_min_requests":10}}`, "isolation: max_percent 0 turns automatic isolation off"},
+		{"min_requests without ratio", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"breaker":{"min_requests":5}}`, "breaker: min_requests applies to failure_ratio only"},
+		{"backoff max below default initial", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"retry":{"backoff_max":"10ms"}}`, "retry: backoff maximum 10ms is below the default initial backoff 20ms"},
+		{"hedge with one attempt", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"retry":{"attempts":1,"hedge":{}}}`, "retry: hedge needs attempts of at least 2"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -101,8 +103,18 @@ type RetryConfig struct {
 
 	// On lists the failure conditions that cause a retry. Values:
 	// `connect_failure`, `timeout`, `reset`, `5xx`, `429`, or a single
-	// status code such as `503`. Default: all of `connect_failure timeout
-	// reset 5xx 429`. Conditions not listed still count against the worker.
+	// status code such as `503`. Default: `connect_failure timeout reset
+	// 5xx`. Conditions not listed still count against the worker, except a
+	// 429.
+	//
+	// A 429 is not retried by default: it is as often one client's rate
+	// limit as the server's state, and a retry would spend other workers
+	// on that client. The client gets the upstream's 429 with its
+	// Retry-After, and the worker is throttled (taken out of rotation
+	// until its Retry-After) only when its last three answers were 429s,
+	// and never when no other worker could serve. Listing `429` declares
+	// 429s to be the worker's state: they are retried on another worker,
+	// and each one throttles its worker, as a 503 with Retry-After does.
 	On []string `json:"on,omitempty"`
 
 	// MaxBody is the largest request body, in bytes, copied for a retry.
@@ -177,7 +189,11 @@ type IsolationConfig struct {
 
 	// MaxPercent is the largest share of a pool's workers (0-100) that may
 	// be isolated automatically. At least one worker always stays in
-	// rotation, and in a pool of two or more at least one may be isolated.
+	// rotation, and in a pool of two or more (and MaxPercent above 0) at
+	// least one may be isolated. 0 turns automatic isolation off: breakers
+	// and throttling still take a worker out for a moment and failing
+	// probes mark it unhealthy (it keeps its traffic), but only an
+	// operator isolates it.
 	// Default: 50.
 	MaxPercent *int `json:"max_percent,omitempty"`
 
@@ -209,8 +225,11 @@ type IsolationConfig struct {
 
 	// HangThreshold is how long a request may wait for its response
 	// headers before it counts as stuck. A worker with HangRequests stuck
-	// requests while its peers answer is hanging: it is isolated (kind
-	// `timeout`) before any timeout fires. Its stuck requests are answered
+	// requests that has answered nothing else for HangThreshold, since the
+	// oldest of them was sent, while its peers answer, is hanging: it is
+	// isolated (kind `timeout`) before any timeout fires. A worker that
+	// keeps answering other requests is not hanging, whatever its slow
+	// requests (long polls). Its stuck requests are answered
 	// through hedging or retry.per_try_timeout when configured. Default:
 	// 2s.
 	HangThreshold caddy.Duration `json:"hang_threshold,omitempty"`
@@ -298,6 +317,10 @@ func (rc *RetryConfig) validate() error {
 		return fmt.Errorf("retry: backoff initial %s is above its maximum %s",
 			time.Duration(rc.BackoffInitial), time.Duration(rc.BackoffMax))
 	}
+	if rc.BackoffMax > 0 && rc.BackoffInitial == 0 && time.Duration(rc.BackoffMax) < defaultBackoffInitial {
+		return fmt.Errorf("retry: backoff maximum %s is below the default initial backoff %s; set the initial backoff too",
+			time.Duration(rc.BackoffMax), defaultBackoffInitial)
+	}
 	if rc.Jitter != nil && (*rc.Jitter < 0 || *rc.Jitter > 1) {
 		return fmt.Errorf("retry: jitter must be between 0 and 1, got %g", *rc.Jitter)
 	}
@@ -313,6 +336,12 @@ func (rc *RetryConfig) validate() error {
 		}
 		if hc.Percentile != 0 && (hc.Percentile < 50 || hc.Percentile > 99.9) {
 			return fmt.Errorf("retry: hedge percentile must be between 50 and 99.9, got %g", hc.Percentile)
+		}
+		if hc.Percentile != 0 && hc.Delay > 0 {
+			return fmt.Errorf("retry: hedge percentile sets the automatic delay; it does nothing with a fixed delay (%s)", time.Duration(hc.Delay))
+		}
+		if rc.Attempts == 1 {
+			return fmt.Errorf("retry: hedge needs attempts of at least 2 (a hedge is a try); attempts is 1")
 		}
 	}
 	for _, m := range rc.Methods {
@@ -339,13 +368,33 @@ func (bc *BreakerConfig) validate() error {
 	if bc.Window < 0 || bc.Timeout < 0 {
 		return fmt.Errorf("breaker: window and timeout must not be negative")
 	}
+	if bc.MinRequests > 0 && bc.FailureRatio == 0 {
+		return fmt.Errorf("breaker: min_requests applies to failure_ratio only, which is not set")
+	}
+	if err := (breaker.Settings{Window: time.Duration(bc.Window)}).Validate(); err != nil {
+		return fmt.Errorf("breaker: %w", err)
+	}
 	return nil
+}
+
+// probeSettings returns the prober's settings for this block, defaults
+// not applied.
+func (hc *HealthConfig) probeSettings() health.ProbeSettings {
+	return health.ProbeSettings{
+		Interval: time.Duration(hc.Interval),
+		Timeout:  time.Duration(hc.Timeout),
+		Passes:   hc.Passes,
+		Fails:    hc.Fails,
+	}
 }
 
 // validate checks the health block; errors name the field.
 func (hc *HealthConfig) validate() error {
 	if hc.URI != "" && !strings.HasPrefix(hc.URI, "/") {
-		return fmt.Errorf("health: uri must start with '/', got %q", hc.URI)
+		return fmt.Errorf("health: uri must start with '/'")
+	}
+	if hc.URI == "" && (hc.Interval != 0 || hc.Timeout != 0 || hc.ExpectStatus != 0 || hc.ExpectBody != "" || hc.Passes != 0 || hc.Fails != 0) {
+		return fmt.Errorf("health: uri is required: interval, timeout, expect_status, expect_body, passes and fails configure active probes, which probe uri")
 	}
 	if hc.Interval < 0 || hc.Timeout < 0 {
 		return fmt.Errorf("health: interval and timeout must not be negative")
@@ -361,7 +410,24 @@ func (hc *HealthConfig) validate() error {
 			return fmt.Errorf("health: expect_body: %w", err)
 		}
 	}
+	if err := hc.probeSettings().Validate(); err != nil {
+		if hc.Timeout == 0 || hc.Interval == 0 {
+			// name the default that takes part
+			ps := hc.probeSettings().WithDefaults()
+			return fmt.Errorf("health: timeout (%s%s) must not exceed interval (%s%s)",
+				ps.Timeout, defaultNote(hc.Timeout == 0), ps.Interval, defaultNote(hc.Interval == 0))
+		}
+		return fmt.Errorf("health: %w", err)
+	}
 	return nil
+}
+
+// defaultNote marks a value in an error as a default the user did not set.
+func defaultNote(isDefault bool) string {
+	if isDefault {
+		return ", the default"
+	}
+	return ""
 }
 
 // validate checks the isolation block; errors name the field.
@@ -373,11 +439,25 @@ func (ic *IsolationConfig) validate() error {
 		return fmt.Errorf("isolation: base_time %s is above max_time %s",
 			time.Duration(ic.BaseTime), time.Duration(ic.MaxTime))
 	}
+	if ic.BaseTime == 0 && ic.MaxTime > 0 && time.Duration(ic.MaxTime) < health.DefaultBaseTime {
+		return fmt.Errorf("isolation: max_time %s is below the default base_time %s; set base_time too",
+			time.Duration(ic.MaxTime), health.DefaultBaseTime)
+	}
+	if ic.MaxTime == 0 && time.Duration(ic.BaseTime) > health.DefaultMaxTime {
+		return fmt.Errorf("isolation: base_time %s is above the default max_time %s; set max_time too",
+			time.Duration(ic.BaseTime), health.DefaultMaxTime)
+	}
 	if ic.MaxPercent != nil && (*ic.MaxPercent < 0 || *ic.MaxPercent > 100) {
 		return fmt.Errorf("isolation: max_percent must be between 0 and 100, got %d", *ic.MaxPercent)
 	}
 	if (ic.SuccessRateMinRequests != nil && *ic.SuccessRateMinRequests < 0) || ic.SuccessRateStdevFactor < 0 {
 		return fmt.Errorf("isolation: success_rate values must not be negative")
+	}
+	if ic.SuccessRateMinRequests != nil && *ic.SuccessRateMinRequests == 0 && (ic.SuccessRateStdevFactor != 0 || ic.OutlierInterval != 0) {
+		return fmt.Errorf("isolation: success_rate_stdev_factor and outlier_interval tune outlier detection, which success_rate_min_requests 0 turns off")
+	}
+	if ic.MaxPercent != nil && *ic.MaxPercent == 0 && (ic.SuccessRateMinRequests != nil && *ic.SuccessRateMinRequests > 0 || ic.BreakerTrips != 0 || ic.HangThreshold != 0 || ic.HangRequests != 0) {
+		return fmt.Errorf("isolation: max_percent 0 turns automatic isolation off; success_rate, breaker_trips, hang_threshold and hang_requests would do nothing")
 	}
 	if ic.HangThreshold < 0 || ic.HangRequests < 0 {
 		return fmt.Errorf("isolation: hang_threshold and hang_requests must not be negative")
@@ -402,8 +482,10 @@ type retryOn struct {
 	codes                               []int
 }
 
-// allRetryConditions is the default: every condition.
-var allRetryConditions = retryOn{connect: true, timeout: true, reset: true, s5xx: true, s429: true}
+// defaultRetryConditions is the default of RetryConfig.On: every
+// condition but 429, which is as often about the client as about the
+// worker.
+var defaultRetryConditions = retryOn{connect: true, timeout: true, reset: true, s5xx: true}
 
 // parseRetryCondition parses one value of RetryConfig.On into a set
 // holding just that condition.

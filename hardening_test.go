@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -306,6 +308,69 @@ func TestAdminBadInput(t *testing.T) {
 		ae, ok := err.(caddy.APIError)
 		if !ok || ae.HTTPStatus < 400 || ae.HTTPStatus > 499 {
 			t.Errorf("%s %s: %v (%d), want a 4xx APIError", tc.method, tc.target, err, rec.Code)
+		}
+	}
+}
+
+// A token in the health URI's query stays out of everything a failing
+// probe is reported through: isolation reasons, the error history and
+// the logs (events are logged too). net/http's errors quote the URL.
+func TestProbeURLQueryIsRedacted(t *testing.T) {
+	const secret = "s3cr3t-t0ken"
+	a, b := newBackend(t), newBackend(t)
+	slow := newBackend(t)
+	slow.setHealth(hang)
+	dead := deadAddr(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	js, err := adapt(fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", testAdmin, logFile) +
+		siteConfig([]string{a.addr, b.addr, slow.addr, dead}, `
+			name secret
+			health {
+				uri /health?token=`+secret+`
+				interval 250ms
+				timeout 200ms
+				fails 1
+			}
+			isolation {
+				max_percent 100
+			}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadJSON(t, js)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := os.ReadFile(logFile)
+			t.Logf("log:\n%s", logs)
+		}
+	})
+	for _, addr := range []string{dead, slow.addr} {
+		ws := workerOf(t, "secret", addr)
+		eventually(t, 5*time.Second, "isolation of "+addr, func() bool { return ws.health.Isolated() })
+		reason := ws.health.Snapshot(time.Now()).IsolationReason
+		if !strings.Contains(reason, "/health?redacted") {
+			t.Errorf("isolation reason of %s = %q, want the probe URL with its query redacted", addr, reason)
+		}
+	}
+	for _, path := range []string{"/bifrost/workers", "/bifrost/errors"} {
+		_, body, _ := do(t, http.MethodGet, "http://"+testAdmin+path, nil)
+		if strings.Contains(body, secret) {
+			t.Errorf("%s shows the health URI's token: %s", path, body)
+		}
+		if !strings.Contains(body, "redacted") {
+			t.Errorf("%s does not show the probe failures: %s", path, body)
+		}
+	}
+	logs, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(logs), "probe failed") {
+		t.Fatalf("the log has no probe failure:\n%s", logs)
+	}
+	for _, line := range strings.Split(string(logs), "\n") {
+		if strings.Contains(line, secret) {
+			t.Errorf("a log line shows the health URI's token: %s", line)
 		}
 	}
 }

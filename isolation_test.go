@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
 	"github.com/bifrost-proxy/bifrost/breaker"
 )
 
@@ -371,5 +373,70 @@ func TestReinstatedWorkerStartsClean(t *testing.T) {
 	}
 	if wk.tracker.Avoided(time.Now()) {
 		t.Fatal("the reinstated worker is still avoided after its failures")
+	}
+}
+
+// Workers that come back together, as after an outage, are restarted
+// together: each restart provisions a new proxy through the config's
+// context, whose module maps have no lock. Run with -race: before the
+// restarts were serialized, three of them at once raced on those maps.
+func TestSimultaneousRestartsDoNotRace(t *testing.T) {
+	bs := []*backend{newBackend(t), newBackend(t), newBackend(t), newBackend(t)}
+	addrs := make([]string, len(bs))
+	for i, b := range bs {
+		addrs[i] = b.addr
+	}
+	h := loadHandler(t, siteConfig(addrs, `
+		name together
+		lb_policy round_robin
+		isolation {
+			max_percent 100
+		}`))
+	for round := range 3 {
+		firsts := make(map[*worker]*reverseproxy.Handler)
+		for _, wk := range h.workers[:3] {
+			firsts[wk] = wk.proxy.Load()
+			// the same expiry for all three: one tick restores them
+			if _, ok := h.pool.monitor.IsolateFor(wk.health, 300*time.Millisecond, "test"); !ok {
+				t.Fatalf("round %d: isolating %s refused", round, wk.id)
+			}
+		}
+		eventually(t, 5*time.Second, "three restarted proxies", func() bool {
+			for wk, first := range firsts {
+				if wk.proxy.Load() == first {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for i := range 8 {
+		if code, _ := get(t, "/"); code != http.StatusOK {
+			t.Fatalf("request %d after the restarts: %d", i, code)
+		}
+	}
+}
+
+// isolation { max_percent 0 } turns automatic isolation off, as its
+// documentation says; it used to become the default 50. A worker whose
+// probes fail is marked probe-unhealthy and stays in rotation.
+func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	c.setHealth(status(http.StatusServiceUnavailable, ""))
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name noiso
+		health {
+			uri /health
+			interval 50ms
+			fails 1
+		}
+		isolation {
+			max_percent 0
+		}`))
+	wk := workerAt(t, h, c.addr)
+	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.health.ProbeHealthy() })
+	time.Sleep(300 * time.Millisecond) // a few more probes and ticks
+	if wk.health.Isolated() {
+		t.Fatalf("worker isolated with max_percent 0: %s", wk.health.Snapshot(time.Now()).IsolationReason)
 	}
 }

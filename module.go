@@ -253,7 +253,7 @@ func (h *Handler) provisionPolicies() error {
 	if len(h.methods) == 0 {
 		h.methods = defaultRetryMethods
 	}
-	h.retryOn = allRetryConditions
+	h.retryOn = defaultRetryConditions
 	if len(rc.On) > 0 {
 		h.retryOn = retryOn{}
 		for _, s := range rc.On {
@@ -314,6 +314,9 @@ func (h *Handler) applyPoolSettings() {
 	}
 	if ic.MaxPercent != nil {
 		is.MaxPercent = *ic.MaxPercent
+		if is.MaxPercent == 0 {
+			is.MaxPercent = health.NoAutomaticIsolation
+		}
 	}
 	if ic.SuccessRateMinRequests != nil {
 		is.SuccessRateMinRequests = *ic.SuccessRateMinRequests

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -45,6 +49,9 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
+	if cls.Kind != recovery.KindThrottled && wk.throttles.Load() != 0 {
+		wk.throttles.Store(0) // an answer that is not a 429 ends a streak
+	}
 	if !cls.Failure {
 		wk.health.RecordSuccess(now)
 		if h.hedge != nil {
@@ -59,9 +66,18 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
-	wk.health.RecordFailure(now)
+	// a 429 that may be about its client rather than the worker counts
+	// against nobody: the client gets it as the upstream answered it
+	clientLimit := false
 	if cls.Kind == recovery.KindThrottled {
-		wk.health.Throttle(now.Add(cls.Delay))
+		if h.throttlesWorker(wk, res.status, panicMode) {
+			wk.health.Throttle(now.Add(cls.Delay))
+		} else {
+			clientLimit = true
+		}
+	}
+	if !clientLimit {
+		wk.health.RecordFailure(now)
 	}
 	ce := recovery.ContextualError{
 		Kind:     cls.Kind,
@@ -94,7 +110,36 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		// a reset on a pooled connection: drop the worker's idle ones
 		h.reconnect(wk)
 	}
-	h.onResult(wk, true)
+	if !clientLimit {
+		h.onResult(wk, true)
+	}
+}
+
+// throttleStreak is how many 429s in a row, to as many requests, show
+// that a worker throttles everyone rather than one client.
+const throttleStreak = 3
+
+// throttlesWorker reports whether a throttled answer takes its worker out
+// of rotation until its Retry-After. A 503 with Retry-After does. A 429 is
+// as often about one client (a per-user rate limit) as about the server,
+// so by default it does only when the worker's last throttleStreak
+// answers were all 429s (any other answer ends a streak), and never when
+// no other worker could serve: one client's burst must not put the pool
+// into panic mode. With `retry { on 429 }` the operator declares 429s to
+// be the worker's state: each one throttles its worker, as 503s do.
+func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
+	if status != http.StatusTooManyRequests || h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
+		return true
+	}
+	if wk.throttles.Add(1) < throttleStreak || panicMode {
+		return false
+	}
+	for _, other := range h.workers {
+		if other != wk && other.available() {
+			return true
+		}
+	}
+	return false
 }
 
 // breakerOutcome is what a try's classification means to its worker's
@@ -176,14 +221,38 @@ func (h *Handler) reconnect(wk *worker) {
 	})
 }
 
+// provisionMu serializes the provisioning of restarted workers' proxies.
+// Provisioning loads modules (the transport) through the config's
+// caddy.Context, whose LoadModule records them in maps without a lock:
+// two restarts at once, of this handler or of another one of the same
+// config (as when several workers come back in one tick), would write
+// them concurrently.
+var provisionMu sync.Mutex
+
+// configActive reports whether ctx is the context of the running config.
+// Until it is, Caddy may still be provisioning other modules of the same
+// config through it, so a restart must not load modules with it.
+// (The handler's context wraps the config's root context with values, so
+// the two are compared by the channel that closes when the config stops.)
+func configActive(ctx caddy.Context) bool {
+	active := caddy.ActiveContext()
+	return ctx.Context != nil && active.Context != nil && active.Done() == ctx.Done()
+}
+
 // restart replaces a worker's reverse_proxy handler with a freshly
 // provisioned one (a new transport and connection pool), under the
 // recovery manager's concurrency limit. It runs when a worker comes back
 // from an automatic isolation, so that it starts without the connections
 // of the time it was failing. The replaced handler keeps serving the
 // requests it has and is cleaned up with this config; restarts per worker
-// are bounded by maxRestarts.
+// are bounded by maxRestarts. Restarts are provisioned one at a time, and
+// only once this handler's config is the running one; before that, the
+// worker's idle connections are dropped instead.
 func (h *Handler) restart(wk *worker) {
+	if !configActive(h.ctx) {
+		h.reconnect(wk)
+		return
+	}
 	wk.mu.Lock()
 	if wk.restarts >= maxRestarts {
 		wk.mu.Unlock()
@@ -198,7 +267,9 @@ func (h *Handler) restart(wk *worker) {
 		}
 		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
 		if err == nil {
+			provisionMu.Lock()
 			err = rp.Provision(h.ctx)
+			provisionMu.Unlock()
 		}
 		if err != nil {
 			h.recordCritical(wk.workerState, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
@@ -343,8 +414,11 @@ func (h *Handler) onBreakerChange(ch breakerChange, threshold int32) {
 const reasonHang health.Reason = "requests_hanging"
 
 // detectHangs isolates a worker whose requests wait for an answer longer
-// than the hang threshold while its peers answer: it is failing, even if
-// no timeout has fired yet (kind timeout).
+// than the hang threshold while its peers answer and it does not: it is
+// failing, even if no timeout has fired yet (kind timeout). Requests that
+// are slow by nature (long polls, large reports) keep no worker from
+// answering its other requests, so a worker that answered one within the
+// hang threshold, after its oldest waiting request was sent, is not hung.
 func (h *Handler) detectHangs(now time.Time) {
 	if len(h.workers) < 2 {
 		return
@@ -354,10 +428,21 @@ func (h *Handler) detectHangs(now time.Time) {
 			continue
 		}
 		stuck := wk.tracker.Stuck(now, h.hangAfter)
-		if stuck < h.hangCount || !h.peersAnswering(wk, now) {
+		if stuck < h.hangCount {
 			continue
 		}
-		msg := fmt.Sprintf("%d requests without an answer for more than %s while peers answer", stuck, h.hangAfter)
+		since := now.Add(-wk.tracker.OldestAge(now))
+		if h.answering(wk, since, now) || !h.peersAnswering(wk, since) {
+			continue
+		}
+		msg := fmt.Sprintf("%d requests without an answer for more than %s, and no other answer since, while peers answer", stuck, h.hangAfter)
+		// its requests that can go elsewhere need not wait any longer,
+		// whether or not max_percent lets it be isolated
+		wk.waiting.takeBack(now, h.hangAfter)
+		ev, ok := h.pool.monitor.Isolate(wk.health, reasonHang, msg)
+		if !ok {
+			continue // max_percent: booked once it can be acted on
+		}
 		kind := recovery.KindTimeout
 		h.pool.manager.Record(recovery.ContextualError{
 			Kind:      kind,
@@ -368,19 +453,24 @@ func (h *Handler) detectHangs(now time.Time) {
 			Timestamp: now,
 		})
 		h.metrics.failure(wk.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
-		h.isolate(wk, reasonHang, msg)
-		// its requests that can go elsewhere need not wait any longer
-		wk.waiting.takeBack(now, h.hangAfter)
+		h.emitHealth(ev)
 	}
 }
 
+// answering reports whether wk itself still answers: it served a request
+// after since (when its oldest unanswered request was sent) and within
+// the hang threshold before now.
+func (h *Handler) answering(wk *worker, since, now time.Time) bool {
+	last := wk.health.LastSuccess()
+	return last.After(since) && now.Sub(last) < h.hangAfter
+}
+
 // peersAnswering reports whether another worker answered a request after
-// the oldest unanswered request of wk was sent: the pool is answering,
-// this worker is not.
-func (h *Handler) peersAnswering(wk *worker, now time.Time) bool {
-	since := now.Add(-wk.tracker.OldestAge(now))
+// since, when the oldest unanswered request of wk was sent: the pool is
+// answering, this worker is not.
+func (h *Handler) peersAnswering(wk *worker, since time.Time) bool {
 	for _, other := range h.workers {
-		if other != wk && other.health.Snapshot(now).LastSuccess.After(since) {
+		if other != wk && other.health.LastSuccess().After(since) {
 			return true
 		}
 	}
@@ -426,12 +516,7 @@ func (h *Handler) tick(ctx context.Context) {
 // probe is a GET of health.uri through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
 	hc := h.Health
-	ps := health.ProbeSettings{
-		Interval: time.Duration(hc.Interval),
-		Timeout:  time.Duration(hc.Timeout),
-		Passes:   hc.Passes,
-		Fails:    hc.Fails,
-	}.WithDefaults()
+	ps := hc.probeSettings().WithDefaults()
 	if err := ps.Validate(); err != nil {
 		return nil, fmt.Errorf("health: %w", err)
 	}
@@ -474,16 +559,16 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		Transport:     roundTripperFunc(roundTrip),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	url := "http://" + wk.upstream + h.Health.URI
+	target := "http://" + wk.upstream + h.Health.URI
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
 			return err
 		}
 		start := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
-			return err
+			return redactProbeError(err)
 		}
 		defer resp.Body.Close()
 		if statusMatches(resp.StatusCode, expect) {
@@ -508,6 +593,29 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 		}
 		return nil
 	}
+}
+
+// redactProbeError removes the query of the probed URL from a probe's
+// error. net/http reports a failed round trip as a *url.Error that quotes
+// the whole URL, and a health URI's query may carry a token; the error
+// goes on to isolation reasons, the error history, events, logs and the
+// status page. The query is replaced, not dropped, so that the message
+// still shows that the URL had one.
+func redactProbeError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: redactQuery(ue.URL), Err: ue.Err}
+}
+
+// redactQuery replaces the query of a URL, if it has one, with
+// "redacted".
+func redactQuery(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		return u[:i] + "?redacted"
+	}
+	return u
 }
 
 // roundTripperFunc adapts a function to http.RoundTripper.

@@ -256,8 +256,10 @@ func TestAllWorkersDown(t *testing.T) {
 	})
 }
 
-// A 429 with Retry-After throttles that worker: the client never sees it,
-// and the worker gets no traffic until the time has passed.
+// With `retry { on ... 429 }`, a 429 with Retry-After throttles that
+// worker: the client never sees it, and the worker gets no traffic until
+// the time has passed. (By default a 429 goes to its client: see
+// throttle_test.go.)
 func TestThrottledWorker(t *testing.T) {
 	limited, other := newBackend(t), newBackend(t)
 	limited.set(func(w http.ResponseWriter, r *http.Request) {
@@ -266,7 +268,10 @@ func TestThrottledWorker(t *testing.T) {
 	})
 	loadCaddyfile(t, siteConfig([]string{limited.addr, other.addr}, `
 		name throttle
-		lb_policy first`))
+		lb_policy first
+		retry {
+			on connect_failure timeout reset 5xx 429
+		}`))
 
 	code, _ := get(t, "/")
 	if code != http.StatusOK {
@@ -393,6 +398,9 @@ func TestFailuresAreClassifiedFromRealErrors(t *testing.T) {
 				lb_policy first
 				transport http {
 					response_header_timeout 300ms
+				}
+				retry {
+					on connect_failure timeout reset 5xx 429
 				}`, pool)))
 			code, _, hdr := do(t, http.MethodGet, testSite+"/", nil)
 			if code != http.StatusOK {

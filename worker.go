@@ -138,6 +138,10 @@ type worker struct {
 	waiting     waitingTries                         // tries a hang can take back
 	provisioned bool
 
+	// throttles counts the worker's 429 answers in a row (see
+	// throttlesWorker).
+	throttles atomic.Int32
+
 	mu       sync.Mutex
 	retired  []*reverseproxy.Handler // replaced proxies, cleaned up with the handler
 	restarts int                     // guarded by mu

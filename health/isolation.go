@@ -46,6 +46,10 @@ const (
 	DefaultProbationSuccesses = 5
 )
 
+// NoAutomaticIsolation is the MaxPercent that turns automatic isolation
+// off (0 selects the default): only an operator isolates.
+const NoAutomaticIsolation = -1
+
 // minSlowStartWeight is the weight at the start of a slow-start ramp: never
 // 0, so a reinstated worker always gets some traffic to prove itself.
 const minSlowStartWeight = 0.1
@@ -71,7 +75,7 @@ type IsolationSettings struct {
 	DecayAfter time.Duration
 	// MaxPercent is the largest share of the pool's workers, in percent,
 	// that automatic isolation may take out of rotation; see MaxIsolated
-	// (default DefaultMaxPercent).
+	// (default DefaultMaxPercent). NoAutomaticIsolation allows none.
 	MaxPercent int
 	// SuccessRateMinRequests turns success-rate outlier detection on: a
 	// worker takes part when it served at least this many requests in the
@@ -157,7 +161,7 @@ func (s IsolationSettings) Validate() error {
 		return fmt.Errorf("jitter must be at least 0 and below 1, got %v", s.Jitter)
 	case s.DecayAfter < 0:
 		return fmt.Errorf("decay_after must not be negative, got %v", s.DecayAfter)
-	case s.MaxPercent < 0 || s.MaxPercent > 100:
+	case (s.MaxPercent < 0 && s.MaxPercent != NoAutomaticIsolation) || s.MaxPercent > 100:
 		return fmt.Errorf("max_percent must be between 0 and 100, got %d", s.MaxPercent)
 	case s.SuccessRateMinRequests < 0:
 		return fmt.Errorf("success_rate min_requests must not be negative, got %d", s.SuccessRateMinRequests)

@@ -162,6 +162,10 @@ func (w *WorkerHealth) AvailableNow() bool {
 	return w.Available(time.Now())
 }
 
+// LastSuccess returns the time of the worker's last successful request,
+// or the zero time if it never had one.
+func (w *WorkerHealth) LastSuccess() time.Time { return fromNanos(w.lastSuccess.Load()) }
+
 // Isolated reports whether the worker is isolated.
 func (w *WorkerHealth) Isolated() bool { return w.isolated.Load() }
 
