@@ -307,7 +307,7 @@ func (h *Handler) applyPoolSettings() {
 		SlowStart:              time.Duration(ic.SlowStart),
 		DetectionInterval:      cmp.Or(time.Duration(ic.OutlierInterval), defaultOutlierInterval),
 		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
-		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
+		ProbesConfigured:       h.Health.active(),
 	}
 	if ic.MaxPercent != nil {
 		is.MaxPercent = *ic.MaxPercent
