@@ -60,6 +60,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_body <size>
 //	        max_held_response <size>
 //	        hedge <delay|auto> [max <n>] [percentile <p>]
+//	        match <matcher...>
 //	    }
 //
 //	    health {
@@ -340,6 +341,8 @@ func (p *parser) retry(d *caddyfile.Dispenser) error {
 			continue
 		case "max_held_response":
 			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxHeldResponse) })
+		case "match":
+			err = parseRetryMatch(d, rc)
 		default:
 			return d.Errf("unrecognized retry subdirective %q", sub)
 		}
@@ -703,7 +706,13 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 		}
 		return true, nil
 	case "lb_retry_match":
-		return true, d.Errf("lb_retry_match is not supported by bifrost: use 'retry { methods <METHOD...> }' and 'retry { on <condition...> }'")
+		// repeatable, like reverse_proxy's: each one adds a matcher set
+		if p.mapped == nil {
+			p.mapped = make(map[string]string)
+		}
+		p.mapped[name] = "retry match"
+		h.Retry = ensure(h.Retry)
+		return true, parseRetryMatch(d, h.Retry)
 	case "unhealthy_latency":
 		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
 	case "request_buffers":
@@ -733,6 +742,21 @@ func (p *parser) mark(d *caddyfile.Dispenser, name, equivalent string) error {
 		p.mapped = make(map[string]string)
 	}
 	p.mapped[name] = equivalent
+	return nil
+}
+
+// parseRetryMatch parses `match <matcher...>` (or a block of matchers,
+// which must all match) into one more matcher set of rc.
+func parseRetryMatch(d *caddyfile.Dispenser, rc *RetryConfig) error {
+	name := d.Val()
+	set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(d)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	if len(set) == 0 {
+		return d.Errf("%s: at least one matcher is required", name)
+	}
+	rc.MatchRaw = append(rc.MatchRaw, set)
 	return nil
 }
 

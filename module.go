@@ -183,6 +183,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionPolicies(); err != nil {
 		return err
 	}
+	if err := h.provisionRetryMatch(ctx); err != nil {
+		return err
+	}
 
 	// shared pool state, then the workers; every acquired key is
 	// recorded at once so Cleanup can release it whatever fails next
