@@ -71,6 +71,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        expect_body <regexp>
 //	        passes <n>
 //	        fails <n>
+//	        port <port>
+//	        upstream <host:port>
+//	        header <field> [<values...>]
+//	        method <method>
+//	        body <text>
+//	        follow_redirects
+//	        max_size <size>
 //	    }
 //
 //	    isolation {
@@ -104,9 +111,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // `health_status`, `health_body`, `health_passes` and `health_fails` are
 // the `health` block's fields, `max_fails` is `breaker { failures }`,
 // `fail_duration` is `breaker { window }`, `unhealthy_status` adds a
-// `classify` rule and `unhealthy_request_count` is `max_requests`. The
-// others (`lb_retry_match`, `unhealthy_latency` and the remaining
-// `health_*`) are refused with the equivalent to use.
+// `classify` rule and `unhealthy_request_count` is `max_requests`;
+// `health_port`, `health_upstream`, `health_headers`, `health_method`,
+// `health_request_body` and `health_follow_redirects` are the `health`
+// block's `port`, `upstream`, `header`, `method`, `body` and
+// `follow_redirects`; `lb_retry_match` is `retry { match }` and
+// `request_buffers <size>` is `retry { max_body <size> }`.
+// `unhealthy_latency` and `request_buffers unlimited` are refused with the
+// equivalent to use.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return h.unmarshal(d, nil)
 }
@@ -716,7 +728,16 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 	case "unhealthy_latency":
 		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
 	case "request_buffers":
-		return true, d.Errf("request_buffers is not supported by bifrost, which buffers replayable bodies itself: use 'retry { max_body <size> }'")
+		// Bifrost reads request bodies into memory itself, up to retry
+		// max_body, before the first try: what request_buffers does,
+		// and the copy that retries replay
+		return true, p.mapped1(d, name, "retry max_body", func(v string) error {
+			if v == "unlimited" {
+				return d.Errf("request_buffers unlimited: bifrost bounds the bodies it buffers; use 'retry { max_body <size> }'")
+			}
+			h.Retry = ensure(h.Retry)
+			return parseSize(d, name, v, &h.Retry.MaxBody)
+		})
 	case "dynamic":
 		return true, d.Errf("dynamic upstreams are not supported by bifrost: list the upstreams")
 	}

@@ -44,11 +44,17 @@ func init() {
 // response or a 503 with Retry-After is returned.
 //
 // Every reverse_proxy field is accepted and applied to each worker, except
-// the ones Bifrost replaces: `load_balancing.retries`, `try_duration`,
-// `try_interval` and `retry_match` (see Retry), `health_checks` (see Health
-// and Breaker), `circuit_breaker` (see Breaker), `request_buffers` (see
-// Retry.MaxBody) and `dynamic_upstreams` (not supported yet).
-// `load_balancing.selection_policy` selects among available workers.
+// the ones Bifrost replaces, which are mapped onto its own when the handler
+// is provisioned: `load_balancing.retries`, `try_duration`, `try_interval`
+// and `retry_match` onto Retry, `health_checks.active` onto Health,
+// `health_checks.passive` onto Breaker, Classify and MaxRequests (its
+// `unhealthy_latency` is refused: see Retry.PerTryTimeout), and
+// `request_buffers` onto Retry.MaxBody; setting a field both ways is an
+// error. `circuit_breaker` (see Breaker) and `dynamic_upstreams` are not
+// supported. `load_balancing.selection_policy` selects among available
+// workers. An upstream listed more than once is one worker that the
+// selection policy sees once per listing, as reverse_proxy users weigh
+// upstreams.
 //
 // This handler provides these placeholders, describing the whole request
 // rather than its last try; they are read from the request's state when
@@ -153,6 +159,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger()
 
+	if err := h.adoptReverseProxyFields(); err != nil {
+		return err
+	}
 	if err := h.validateConfig(); err != nil {
 		return err
 	}
@@ -366,7 +375,14 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	bs := h.breakerSettings()
 	h.byUpstream = make(map[*reverseproxy.Upstream]*worker, len(h.Upstreams))
 	states := make([]*workerState, 0, len(h.Upstreams))
+	byDial := make(map[string]*worker, len(h.Upstreams))
 	for i, up := range h.Upstreams {
+		if wk := byDial[up.Dial]; wk != nil {
+			// listed again: the same worker, one more share for the
+			// selection policy (see checkDuplicateUpstreams)
+			h.upstreams = append(h.upstreams, wk.up)
+			continue
+		}
 		ws, err := h.acquireWorkerState(up.Dial, bs)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
@@ -394,6 +410,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)
 		h.byUpstream[w.up] = w
+		byDial[up.Dial] = w
 		states = append(states, ws)
 	}
 	h.pool.setWorkers(states)
@@ -452,15 +469,10 @@ func (h *Handler) validateConfig() error {
 	if len(h.Upstreams) == 0 {
 		return errors.New("upstreams: at least one upstream is required")
 	}
-	seen := make(map[string]bool, len(h.Upstreams))
 	for i, up := range h.Upstreams {
 		if up == nil || up.Dial == "" {
 			return fmt.Errorf("upstreams[%d]: dial address is empty", i)
 		}
-		if seen[up.Dial] {
-			return fmt.Errorf("upstreams[%d]: %s is listed twice", i, up.Dial)
-		}
-		seen[up.Dial] = true
 	}
 	if lb := h.LoadBalancing; lb != nil {
 		switch {
