@@ -92,7 +92,11 @@ func newRequestBody(r *http.Request, limit int64, memory *replayMemory, copy boo
 // its own; a request asking for incremental forwarding; gRPC) keeps
 // none, and goes to a second worker only if its body was never read.
 func (h *Handler) keepsCopy(r *http.Request) bool {
-	if h.policy.Attempts < 2 || !methodRetried(h.methods, r.Method) {
+	if h.policy.Attempts < 2 {
+		return false
+	}
+	if !methodRetried(h.methods, r.Method) && (h.Retry == nil || len(h.Retry.match) == 0) {
+		// only a retry match could make this request retryable once sent
 		return false
 	}
 	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == "" &&

@@ -1,6 +1,7 @@
 package bifrost
 
 import (
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -59,6 +60,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_body <size>
 //	        max_held_response <size>
 //	        hedge <delay|auto> [max <n>] [percentile <p>]
+//	        match <matcher...>
 //	    }
 //
 //	    health {
@@ -69,6 +71,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        expect_body <regexp>
 //	        passes <n>
 //	        fails <n>
+//	        port <port>
+//	        upstream <host:port>
+//	        header <field> [<values...>]
+//	        method <method>
+//	        body <text>
+//	        follow_redirects
+//	        max_size <size>
 //	    }
 //
 //	    isolation {
@@ -102,9 +111,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // `health_status`, `health_body`, `health_passes` and `health_fails` are
 // the `health` block's fields, `max_fails` is `breaker { failures }`,
 // `fail_duration` is `breaker { window }`, `unhealthy_status` adds a
-// `classify` rule and `unhealthy_request_count` is `max_requests`. The
-// others (`lb_retry_match`, `unhealthy_latency` and the remaining
-// `health_*`) are refused with the equivalent to use.
+// `classify` rule and `unhealthy_request_count` is `max_requests`;
+// `health_port`, `health_upstream`, `health_headers`, `health_method`,
+// `health_request_body` and `health_follow_redirects` are the `health`
+// block's `port`, `upstream`, `header`, `method`, `body` and
+// `follow_redirects`; `lb_retry_match` is `retry { match }`.
+// `unhealthy_latency` is refused with the equivalent to use.
+// `request_buffers` applies to each try unchanged: every try reads the
+// body from its start (see requestBody).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return h.unmarshal(d, nil)
 }
@@ -342,6 +356,8 @@ func (p *parser) retry(d *caddyfile.Dispenser) error {
 			continue
 		case "max_held_response":
 			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &rc.MaxHeldResponse) })
+		case "match":
+			err = parseRetryMatch(d, rc)
 		default:
 			return d.Errf("unrecognized retry subdirective %q", sub)
 		}
@@ -375,6 +391,23 @@ func (p *parser) health(d *caddyfile.Dispenser) error {
 			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &hc.Passes) })
 		case "fails":
 			err = singleArg(d, func(v string) error { return parseInt(d, sub, v, &hc.Fails) })
+		case "port":
+			err = singleArg(d, func(v string) error { return parsePort(d, sub, v, &hc.Port) })
+		case "upstream":
+			err = singleArg(d, func(v string) error { hc.Upstream = v; return nil })
+		case "header":
+			err = parseProbeHeader(d, hc)
+		case "method":
+			err = singleArg(d, func(v string) error { hc.Method = v; return nil })
+		case "body":
+			err = singleArg(d, func(v string) error { hc.Body = v; return nil })
+		case "follow_redirects":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			hc.FollowRedirects = true
+		case "max_size":
+			err = singleArg(d, func(v string) error { return parseSize(d, sub, v, &hc.MaxSize) })
 		default:
 			return d.Errf("unrecognized health subdirective %q", sub)
 		}
@@ -597,6 +630,66 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 			h.Health = ensure(h.Health)
 			return parseInt(d, name, v, &h.Health.Fails)
 		})
+	case "health_port":
+		return true, p.mapped1(d, name, "health port", func(v string) error {
+			h.Health = ensure(h.Health)
+			return parsePort(d, name, v, &h.Health.Port)
+		})
+	case "health_upstream":
+		return true, p.mapped1(d, name, "health upstream", func(v string) error {
+			h.Health = ensure(h.Health)
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return d.Errf("%s: %q must be host:port", name, v)
+			}
+			h.Health.Upstream = v
+			return nil
+		})
+	case "health_method":
+		return true, p.mapped1(d, name, "health method", func(v string) error {
+			h.Health = ensure(h.Health)
+			h.Health.Method = v
+			return nil
+		})
+	case "health_request_body":
+		return true, p.mapped1(d, name, "health body", func(v string) error {
+			h.Health = ensure(h.Health)
+			h.Health.Body = v
+			return nil
+		})
+	case "health_follow_redirects":
+		if err := p.mark(d, name, "health follow_redirects"); err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		h.Health = ensure(h.Health)
+		h.Health.FollowRedirects = true
+		return true, nil
+	case "health_headers":
+		// health_headers {
+		//     <field> [<values...>]
+		// }
+		if err := p.mark(d, name, "health header"); err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		h.Health = ensure(h.Health)
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			field, values := d.Val(), d.RemainingArgs()
+			if len(values) == 0 {
+				values = []string{""}
+			}
+			if h.Health.Headers == nil {
+				h.Health.Headers = make(http.Header)
+			}
+			for _, v := range values {
+				h.Health.Headers.Add(field, v)
+			}
+		}
+		return true, nil
 	case "max_fails":
 		return true, p.mapped1(d, name, "breaker failures", func(v string) error {
 			h.Breaker = ensure(h.Breaker)
@@ -628,14 +721,15 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 		}
 		return true, nil
 	case "lb_retry_match":
-		return true, d.Errf("lb_retry_match is not supported by bifrost: use 'retry { methods <METHOD...> }' and 'retry { on <condition...> }'")
+		// repeatable, like reverse_proxy's: each one adds a matcher set
+		if p.mapped == nil {
+			p.mapped = make(map[string]string)
+		}
+		p.mapped[name] = "retry match"
+		h.Retry = ensure(h.Retry)
+		return true, parseRetryMatch(d, h.Retry)
 	case "unhealthy_latency":
 		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
-	case "health_port", "health_upstream", "health_headers", "health_method",
-		"health_request_body", "health_follow_redirects":
-		return true, d.Errf("%s is not supported by bifrost: use the 'health' block (uri, interval, timeout, expect_status, expect_body, passes, fails)", name)
-	case "request_buffers":
-		return true, d.Errf("request_buffers is not supported by bifrost, which buffers replayable bodies itself: use 'retry { max_body <size> }'")
 	case "dynamic":
 		return true, d.Errf("dynamic upstreams are not supported by bifrost: list the upstreams")
 	}
@@ -645,6 +739,15 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 // mapped1 parses a one-argument reverse_proxy subdirective that maps onto
 // a Bifrost field, refusing it when given twice.
 func (p *parser) mapped1(d *caddyfile.Dispenser, name, equivalent string, set func(string) error) error {
+	if err := p.mark(d, name, equivalent); err != nil {
+		return err
+	}
+	return singleArg(d, set)
+}
+
+// mark records a reverse_proxy subdirective that maps onto a Bifrost
+// field (equivalent, "<block> <field>"), refusing it when given twice.
+func (p *parser) mark(d *caddyfile.Dispenser, name, equivalent string) error {
 	if err := p.once(d, name); err != nil {
 		return err
 	}
@@ -652,7 +755,51 @@ func (p *parser) mapped1(d *caddyfile.Dispenser, name, equivalent string, set fu
 		p.mapped = make(map[string]string)
 	}
 	p.mapped[name] = equivalent
-	return singleArg(d, set)
+	return nil
+}
+
+// parseRetryMatch parses `match <matcher...>` (or a block of matchers,
+// which must all match) into one more matcher set of rc.
+func parseRetryMatch(d *caddyfile.Dispenser, rc *RetryConfig) error {
+	name := d.Val()
+	set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(d)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	if len(set) == 0 {
+		return d.Errf("%s: at least one matcher is required", name)
+	}
+	rc.MatchRaw = append(rc.MatchRaw, set)
+	return nil
+}
+
+// parsePort parses a port number, 1-65535.
+func parsePort(d *caddyfile.Dispenser, name, v string, dst *int) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 65535 {
+		return d.Errf("%s: %q is not a port number (1-65535)", name, v)
+	}
+	*dst = n
+	return nil
+}
+
+// parseProbeHeader parses `header <field> [<values...>]` of the health
+// block; a field without values is sent empty.
+func parseProbeHeader(d *caddyfile.Dispenser, hc *HealthConfig) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	field, values := d.Val(), d.RemainingArgs()
+	if len(values) == 0 {
+		values = []string{""}
+	}
+	if hc.Headers == nil {
+		hc.Headers = make(http.Header)
+	}
+	for _, v := range values {
+		hc.Headers.Add(field, v)
+	}
+	return nil
 }
 
 // finish checks what can only be checked once every segment was read:
@@ -668,18 +815,18 @@ func (p *parser) finish(d *caddyfile.Dispenser) error {
 	}
 	h := p.h
 	if h.Retry != nil && !p.seen["retry"] {
-		if err := h.Retry.validate(); err != nil {
-			return d.Err(err.Error())
+		if err := wrapValidate(d, h.Retry.validate()); err != nil {
+			return err
 		}
 	}
 	if h.Health != nil && !p.seen["health"] {
-		if err := h.Health.validate(); err != nil {
-			return d.Err(err.Error())
+		if err := wrapValidate(d, h.Health.validate()); err != nil {
+			return err
 		}
 	}
 	if h.Breaker != nil && !p.seen["breaker"] {
-		if err := h.Breaker.validate(); err != nil {
-			return d.Err(err.Error())
+		if err := wrapValidate(d, h.Breaker.validate()); err != nil {
+			return err
 		}
 	}
 	return nil

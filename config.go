@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
@@ -141,6 +142,24 @@ type RetryConfig struct {
 	// grows beyond it is abandoned and the request is retried. Default:
 	// 64 KiB.
 	MaxHeldResponse int64 `json:"max_held_response,omitempty"`
+
+	// MatchRaw scopes retries by request: when set, a request that
+	// reached an upstream is retried only if it matches one of these
+	// matcher sets (or its method is listed in an explicit Methods),
+	// whatever its method: a POST that matches may be executed again, so
+	// match only requests that are safe to repeat. Without Methods, the
+	// default idempotent methods no longer apply. A request whose dial
+	// failed is retried whatever it is, because it never left. Expression
+	// matchers may read the failed try's response through
+	// `{http.reverse_proxy.status_code}`, `{http.reverse_proxy.status_text}`
+	// and `{http.reverse_proxy.header.*}`, or
+	// `{http.reverse_proxy.is_transport_error}` when no response arrived;
+	// they only see the failures listed in On (this is reverse_proxy's
+	// `load_balancing.retry_match`).
+	MatchRaw caddyhttp.RawMatcherSets `json:"match,omitempty" caddy:"namespace=http.matchers"`
+
+	// match is MatchRaw, provisioned.
+	match caddyhttp.MatcherSets
 }
 
 // HealthConfig configures active health probes. Without a URI, health is
@@ -171,6 +190,48 @@ type HealthConfig struct {
 	// Fails is the number of consecutive failing probes that mark a
 	// healthy worker unhealthy and isolate it (fall). Default: 3.
 	Fails int `json:"fails,omitempty"`
+
+	// Port, when set, is the port probed on the worker's host instead of
+	// its own port. It also turns probes on without a URI (they then
+	// request `/`). It cannot be combined with Upstream.
+	Port int `json:"port,omitempty"`
+
+	// Upstream, when set, is the address (`host:port`) every probe is sent
+	// to instead of the worker: a service that checks the workers more
+	// thoroughly. Each probe names its worker in the placeholder
+	// `{http.reverse_proxy.active.target_upstream}`, for use in Headers
+	// or Body. It does not turn probes on by itself.
+	Upstream string `json:"upstream,omitempty"`
+
+	// Headers are set on each probe request. A `Host` header sets the
+	// probe's Host. Placeholders are replaced in names and values: global
+	// ones such as `{env.*}`, and
+	// `{http.reverse_proxy.active.target_upstream}`, the probed worker's
+	// address; unknown placeholders in values are left as they are.
+	Headers http.Header `json:"headers,omitempty"`
+
+	// Method is the HTTP method of the probe request. Default: GET.
+	Method string `json:"method,omitempty"`
+
+	// Body is sent with each probe request. Known placeholders (the same
+	// as in Headers) are replaced; anything else in braces, such as JSON,
+	// is left as it is.
+	Body string `json:"body,omitempty"`
+
+	// FollowRedirects makes a probe follow redirects (up to 10), sent to
+	// the same worker. By default a redirect is the probe's answer and is
+	// judged by ExpectStatus.
+	FollowRedirects bool `json:"follow_redirects,omitempty"`
+
+	// MaxSize bounds how much of a probe's response body is read, in
+	// bytes. Default: 64 KiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+}
+
+// active reports whether active probes are configured: a URI or a port
+// to probe, as reverse_proxy's active health checks require.
+func (hc *HealthConfig) active() bool {
+	return hc != nil && (hc.URI != "" || hc.Port != 0)
 }
 
 // IsolationConfig configures isolation, the escalation above the breaker:
@@ -393,9 +454,6 @@ func (hc *HealthConfig) validate() error {
 	if hc.URI != "" && !strings.HasPrefix(hc.URI, "/") {
 		return fmt.Errorf("health: uri must start with '/'")
 	}
-	if hc.URI == "" && (hc.Interval != 0 || hc.Timeout != 0 || hc.ExpectStatus != 0 || hc.ExpectBody != "" || hc.Passes != 0 || hc.Fails != 0) {
-		return fmt.Errorf("health: uri is required: interval, timeout, expect_status, expect_body, passes and fails configure active probes, which probe uri")
-	}
 	if hc.Interval < 0 || hc.Timeout < 0 {
 		return fmt.Errorf("health: interval and timeout must not be negative")
 	}
@@ -409,6 +467,13 @@ func (hc *HealthConfig) validate() error {
 		if _, err := regexp.Compile(hc.ExpectBody); err != nil {
 			return fmt.Errorf("health: expect_body: %w", err)
 		}
+	}
+	if err := hc.validateProbe(); err != nil {
+		return err
+	}
+	if !hc.active() && (hc.Interval != 0 || hc.Timeout != 0 || hc.ExpectStatus != 0 || hc.ExpectBody != "" || hc.Passes != 0 || hc.Fails != 0 ||
+		hc.Upstream != "" || len(hc.Headers) > 0 || hc.Method != "" || hc.Body != "" || hc.FollowRedirects || hc.MaxSize != 0) {
+		return fmt.Errorf("health: uri is required (or port): the other settings configure active probes, which probe uri on each worker")
 	}
 	if err := hc.probeSettings().Validate(); err != nil {
 		if hc.Timeout == 0 || hc.Interval == 0 {

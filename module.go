@@ -44,11 +44,18 @@ func init() {
 // response or a 503 with Retry-After is returned.
 //
 // Every reverse_proxy field is accepted and applied to each worker, except
-// the ones Bifrost replaces: `load_balancing.retries`, `try_duration`,
-// `try_interval` and `retry_match` (see Retry), `health_checks` (see Health
-// and Breaker), `circuit_breaker` (see Breaker), `request_buffers` (see
-// Retry.MaxBody) and `dynamic_upstreams` (not supported yet).
-// `load_balancing.selection_policy` selects among available workers.
+// the ones Bifrost replaces, which are mapped onto its own when the handler
+// is provisioned: `load_balancing.retries`, `try_duration`, `try_interval`
+// and `retry_match` onto Retry, `health_checks.active` onto Health,
+// `health_checks.passive` onto Breaker, Classify and MaxRequests (its
+// `unhealthy_latency` is refused: see Retry.PerTryTimeout); setting a
+// field both ways is an error. `request_buffers` applies to each try as
+// in reverse_proxy: every try reads the request body from its start,
+// from the copy Bifrost keeps for retries (see Retry.MaxBody). `circuit_breaker` (see Breaker) and `dynamic_upstreams` are not
+// supported. `load_balancing.selection_policy` selects among available
+// workers. An upstream listed more than once is one worker that the
+// selection policy sees once per listing, as reverse_proxy users weigh
+// upstreams.
 //
 // This handler provides these placeholders, describing the whole request
 // rather than its last try; they are read from the request's state when
@@ -155,6 +162,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger()
 
+	if err := h.adoptReverseProxyFields(); err != nil {
+		return err
+	}
 	if err := h.validateConfig(); err != nil {
 		return err
 	}
@@ -183,6 +193,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if err := h.provisionPolicies(); err != nil {
+		return err
+	}
+	if err := h.provisionRetryMatch(ctx); err != nil {
 		return err
 	}
 
@@ -310,7 +323,7 @@ func (h *Handler) applyPoolSettings() {
 		SlowStart:              time.Duration(ic.SlowStart),
 		DetectionInterval:      cmp.Or(time.Duration(ic.OutlierInterval), defaultOutlierInterval),
 		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
-		ProbesConfigured:       h.Health != nil && h.Health.URI != "",
+		ProbesConfigured:       h.Health.active(),
 	}
 	if ic.MaxPercent != nil {
 		is.MaxPercent = *ic.MaxPercent
@@ -370,7 +383,14 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	bs := h.breakerSettings()
 	h.byUpstream = make(map[*reverseproxy.Upstream]*worker, len(h.Upstreams))
 	states := make([]*workerState, 0, len(h.Upstreams))
+	byDial := make(map[string]*worker, len(h.Upstreams))
 	for i, up := range h.Upstreams {
+		if wk := byDial[up.Dial]; wk != nil {
+			// listed again: the same worker, one more share for the
+			// selection policy (see checkDuplicateUpstreams)
+			h.upstreams = append(h.upstreams, wk.up)
+			continue
+		}
 		ws, err := h.acquireWorkerState(up.Dial, bs)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
@@ -398,6 +418,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)
 		h.byUpstream[w.up] = w
+		byDial[up.Dial] = w
 		states = append(states, ws)
 	}
 	h.pool.setWorkers(states)
@@ -456,15 +477,10 @@ func (h *Handler) validateConfig() error {
 	if len(h.Upstreams) == 0 {
 		return errors.New("upstreams: at least one upstream is required")
 	}
-	seen := make(map[string]bool, len(h.Upstreams))
 	for i, up := range h.Upstreams {
 		if up == nil || up.Dial == "" {
 			return fmt.Errorf("upstreams[%d]: dial address is empty", i)
 		}
-		if seen[up.Dial] {
-			return fmt.Errorf("upstreams[%d]: %s is listed twice", i, up.Dial)
-		}
-		seen[up.Dial] = true
 	}
 	if lb := h.LoadBalancing; lb != nil {
 		switch {
@@ -483,9 +499,6 @@ func (h *Handler) validateConfig() error {
 	}
 	if h.CBRaw != nil {
 		return errors.New("circuit_breaker: each worker has its own breaker; configure it with the breaker block")
-	}
-	if h.RequestBuffers != 0 {
-		return errors.New("request_buffers: bifrost buffers replayable bodies itself; use retry.max_body instead")
 	}
 	if h.MaxRequests < 0 {
 		return fmt.Errorf("max_requests must not be negative, got %d", h.MaxRequests)

@@ -1,6 +1,7 @@
 package bifrost
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -335,7 +336,7 @@ func (h *Handler) emitHealth(ev health.Event) {
 func (h *Handler) startBackground(ctx context.Context) {
 	h.goSafe(ctx, "breaker_changes", h.drainBreakerChanges)
 	h.goSafe(ctx, "ticker", h.tick)
-	if h.Health != nil && h.Health.URI != "" {
+	if h.Health.active() {
 		checker, err := h.newChecker()
 		if err != nil {
 			h.logger.Error("active health checks disabled", zap.Error(err))
@@ -513,7 +514,8 @@ func (h *Handler) tick(ctx context.Context) {
 }
 
 // newChecker builds the active prober of this handler's workers. Each
-// probe is a GET of health.uri through the worker's own transport.
+// probe is a request for health.uri (GET unless health.method says
+// otherwise) through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
 	hc := h.Health
 	ps := hc.probeSettings().WithDefaults()
@@ -533,35 +535,46 @@ func (h *Handler) newChecker() (*health.Checker, error) {
 	}
 	targets := make([]health.Target, 0, len(h.workers))
 	for _, wk := range h.workers {
-		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, expect, bodyRe)})
+		pt, err := newProbeTarget(hc, wk.upstream)
+		if err != nil {
+			return nil, fmt.Errorf("health: worker %s: %w", wk.id, err)
+		}
+		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, expect, bodyRe)})
 	}
 	return health.NewChecker(ps, targets, h.onProbe, h.logger.Named("health")), nil
 }
 
-// maxProbeBody bounds how much of a probe's body is read.
+// maxProbeBody bounds how much of a probe's body is read by default.
 const maxProbeBody = 64 << 10
 
-// probeFunc returns the probe of one worker.
-func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) health.Probe {
+// probeFunc returns the probe of one worker, sent to pt.
+func (h *Handler) probeFunc(wk *worker, pt *probeTarget, expect int, bodyRe *regexp.Regexp) health.Probe {
+	hc := h.Health
+	maxBody := cmp.Or(hc.MaxSize, maxProbeBody)
 	// each probe goes through the worker's current transport (a restart
 	// replaces it), so it tests what requests use, TLS settings included
-	roundTrip := func(req *http.Request) (*http.Response, error) {
-		ht, ok := wk.proxy.Load().Transport.(*reverseproxy.HTTPTransport)
-		if !ok || ht.Transport == nil {
-			return http.DefaultTransport.RoundTrip(req)
+	transport := func() http.RoundTripper {
+		if rt := wk.proxy.Load().Transport; rt != nil {
+			return rt
 		}
-		if ht.TLSEnabled() {
-			req.URL.Scheme = "https"
-		}
-		return ht.Transport.RoundTrip(req)
+		return http.DefaultTransport
 	}
 	client := &http.Client{
-		Transport:     roundTripperFunc(roundTrip),
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Transport: roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			return transport().RoundTrip(req)
+		}),
+		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+			if !hc.FollowRedirects {
+				return http.ErrUseLastResponse
+			}
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			return nil
+		},
 	}
-	target := "http://" + wk.upstream + h.Health.URI
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		req, err := pt.request(ctx, hc, transport())
 		if err != nil {
 			return err
 		}
@@ -577,14 +590,14 @@ func (h *Handler) probeFunc(wk *worker, expect int, bodyRe *regexp.Regexp) healt
 			wk.tracker.Observe(time.Now(), time.Since(start))
 		}
 		if !statusMatches(resp.StatusCode, expect) {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxProbeBody))
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
 			return fmt.Errorf("probe answered status %d", resp.StatusCode)
 		}
 		if bodyRe == nil {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxProbeBody))
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
 			return nil
 		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, maxProbeBody))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 		if err != nil {
 			return err
 		}

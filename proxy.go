@@ -550,8 +550,8 @@ func (timeoutError) Temporary() bool { return true }
 func (e timeoutError) Unwrap() error { return e.error }
 
 // retryable reports whether a failure may be retried: its condition is
-// in retry.on, and either the request never reached the upstream or its
-// method is one that may be repeated.
+// in retry.on, and either the request never reached the upstream or it
+// may be repeated (retry.methods, retry.match: see mayRepeat).
 func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status int) bool {
 	if !cls.Failure || cls.Action == recovery.ActionIgnore {
 		return false
@@ -559,7 +559,7 @@ func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status
 	if !h.retryOn.matches(cls, status) {
 		return false
 	}
-	return !cls.Sent || slices.Contains(h.methods, r.Method)
+	return !cls.Sent || h.mayRepeat(r, status)
 }
 
 // pick chooses the next worker: the selection policy's choice among

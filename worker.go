@@ -206,16 +206,15 @@ func (firstUpstream) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ h
 // workerProxyConfig returns the JSON of the reverse_proxy handler shared by
 // every worker: the user's reverse_proxy configuration without the parts
 // Bifrost replaces (selection, retries, health checks, circuit breaker,
-// request buffering, upstreams). Request buffering is dropped because
-// Bifrost buffers replayable bodies itself; with both, the next worker
-// would silently receive an empty body.
+// upstreams). Request buffering stays: each try hands its worker a body
+// read from its start (see requestBody), which the worker's proxy may
+// buffer as reverse_proxy's request_buffers says.
 func workerProxyConfig(rp reverseproxy.Handler) ([]byte, error) {
 	rp.Upstreams = nil
 	rp.DynamicUpstreamsRaw = nil
 	rp.LoadBalancing = nil
 	rp.HealthChecks = nil
 	rp.CBRaw = nil
-	rp.RequestBuffers = 0
 	if rp.TransportRaw == nil {
 		// An explicit transport is loaded through the context and
 		// cleaned up with it; the implicit default one is not, and
