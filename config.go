@@ -160,6 +160,10 @@ type RetryConfig struct {
 
 	// match is MatchRaw, provisioned.
 	match caddyhttp.MatcherSets
+	// onResponse are the sets of match that look at the response
+	// ({rp.status_code}, {rp.header.*}): as with reverse_proxy, a
+	// response they match is retried even if it is no failure.
+	onResponse caddyhttp.MatcherSets
 }
 
 // HealthConfig configures active health probes. Without a URI, health is
@@ -476,23 +480,9 @@ func (hc *HealthConfig) validate() error {
 		return fmt.Errorf("health: uri is required (or port): the other settings configure active probes, which probe uri on each worker")
 	}
 	if err := hc.probeSettings().Validate(); err != nil {
-		if hc.Timeout == 0 || hc.Interval == 0 {
-			// name the default that takes part
-			ps := hc.probeSettings().WithDefaults()
-			return fmt.Errorf("health: timeout (%s%s) must not exceed interval (%s%s)",
-				ps.Timeout, defaultNote(hc.Timeout == 0), ps.Interval, defaultNote(hc.Interval == 0))
-		}
 		return fmt.Errorf("health: %w", err)
 	}
 	return nil
-}
-
-// defaultNote marks a value in an error as a default the user did not set.
-func defaultNote(isDefault bool) string {
-	if isDefault {
-		return ", the default"
-	}
-	return ""
 }
 
 // validate checks the isolation block; errors name the field.

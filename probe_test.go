@@ -215,3 +215,22 @@ func TestProbeFollowRedirects(t *testing.T) {
 		})
 	}
 }
+
+// A probe timeout above the probe interval, which reverse_proxy accepts
+// (Caddy's own health check tests use 10ms and 100ms), is accepted and
+// probes run: a worker whose probes fail is isolated.
+func TestProbeTimeoutAboveInterval(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	b.setHealth(status(http.StatusServiceUnavailable, "down"))
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr}, `
+		name slowprobe
+		health_uri /health
+		health_interval 10ms
+		health_timeout 100ms`))
+	eventually(t, 10*time.Second, "the failing worker isolated by its probes", func() bool {
+		return workerOf(t, "slowprobe", b.addr).health.Isolated()
+	})
+	if workerOf(t, "slowprobe", a.addr).health.Isolated() {
+		t.Fatal("the healthy worker was isolated")
+	}
+}

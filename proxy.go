@@ -67,8 +67,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		cls := res.cls
 		switch {
 		case cls.Kind == recovery.KindCanceled:
-			// the client went away: nothing to answer, nobody to blame
-			return nil
+			// the client went away (or its body stalled past its
+			// timeout): nobody to blame, and as with reverse_proxy a
+			// 499 for the logs, which reaches a client still there
+			if res.tw.passed || res.err != nil {
+				return res.err
+			}
+			return caddyhttp.Error(499, context.Canceled)
 		case !cls.Failure:
 			if res.tw.held {
 				return res.tw.replay()
@@ -94,7 +99,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if res.status == 0 {
 			rs.lastErr = res.err
 		}
-		if !h.retryable(r, cls, res.status) {
+		if !res.tw.retryMatched && !h.retryable(r, cls, res.status) {
 			if !answer {
 				// may have been executed: reverse_proxy's own error stands
 				rs.unsafeErr = res.err
@@ -426,6 +431,12 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	}
 	res.cls = h.classifier.Classify(att, now)
 	res.status = att.Status
+	if tw.retryMatched && att.Err == nil {
+		// retried as reverse_proxy retries a retry_match response: a
+		// failure of its worker
+		res.cls = recovery.Classification{Kind: recovery.KindHTTP, Severity: recovery.KindHTTP.Severity(),
+			Action: recovery.ActionRetry, Failure: true, Sent: true}
+	}
 	if token := tw.hook.token; !tw.hook.answered {
 		switch {
 		case r.Context().Err() != nil:
@@ -504,6 +515,11 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	if k.canRetry && k.rs.body.replayable() && (k.rc != nil || k.h.anotherWorker(k.rs, k.wk)) {
 		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
 		if cls.Failure && k.h.retryable(k.r, cls, status) {
+			return true
+		}
+		if !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r) {
+			// a response the user's retry match asks to retry
+			tw.retryMatched = true
 			return true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -26,12 +27,23 @@ func (h *Handler) provisionRetryMatch(ctx caddy.Context) error {
 	if rc == nil || len(rc.MatchRaw) == 0 {
 		return nil
 	}
+	// which sets look at the response, read before loading clears MatchRaw
+	var onResponse []int
+	for i, raw := range rc.MatchRaw {
+		if referencesResponse(raw) {
+			onResponse = append(onResponse, i)
+		}
+	}
 	mods, err := ctx.LoadModule(rc, "MatchRaw")
 	if err != nil {
 		return fmt.Errorf("retry: loading match: %w", err)
 	}
 	if err := rc.match.FromInterface(mods); err != nil {
 		return fmt.Errorf("retry: match: %w", err)
+	}
+	rc.onResponse = nil
+	for _, i := range onResponse {
+		rc.onResponse = append(rc.onResponse, rc.match[i])
 	}
 	if len(rc.Methods) == 0 {
 		h.methods = nil
@@ -65,6 +77,37 @@ func (h *Handler) mayRepeat(r *http.Request, status int) bool {
 	match, err := h.Retry.match.AnyMatchWithError(r)
 	if err != nil {
 		h.logger.Error("error matching request for retry", zap.String("pool", h.poolName), zap.Error(err))
+		return false
+	}
+	return match
+}
+
+// referencesResponse reports whether a raw matcher set names a response
+// placeholder, in its long or short form, so that it can only be decided
+// once a response arrived.
+func referencesResponse(set caddy.ModuleMap) bool {
+	for _, raw := range set {
+		s := string(raw)
+		for _, p := range []string{"rp.status_code", "rp.status_text", "rp.header.",
+			"reverse_proxy.status_code", "reverse_proxy.status_text", "reverse_proxy.header."} {
+			if strings.Contains(s, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// retryMatchesResponse reports whether the response of a try, whose
+// placeholders reverse_proxy has set, matches a retry match set that
+// looks at responses: such a response is retried like a failure.
+func (h *Handler) retryMatchesResponse(r *http.Request) bool {
+	if h.Retry == nil || len(h.Retry.onResponse) == 0 {
+		return false
+	}
+	match, err := h.Retry.onResponse.AnyMatchWithError(r)
+	if err != nil {
+		h.logger.Error("error matching a response for retry", zap.String("pool", h.poolName), zap.Error(err))
 		return false
 	}
 	return match

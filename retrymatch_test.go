@@ -137,3 +137,29 @@ func TestRetryMatchStatusIsThisTrysOnly(t *testing.T) {
 			code, body, busy.executions("stale-1"), resetter.executions("stale-1"))
 	}
 }
+
+// A retry match that looks at the response retries a response it
+// matches even when it is no failure, as reverse_proxy's retry_match
+// does: a 200 that asks for a retry in a header goes to the next worker,
+// and the client gets that worker's answer.
+func TestRetryMatchOnResponseHeader(t *testing.T) {
+	bad, good := newBackend(t), newBackend(t)
+	bad.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream-Retry", "true")
+		_, _ = w.Write([]byte("bad"))
+	})
+	good.set(status(http.StatusOK, "good"))
+	loadCaddyfile(t, siteConfig([]string{bad.addr, good.addr}, `
+		name rmheader
+		lb_policy first
+		lb_retry_match {
+			expression `+"`{rp.header.X-Upstream-Retry} == \"true\"`"+`
+		}`))
+	code, body := get(t, "/")
+	if code != http.StatusOK || body != "good" {
+		t.Fatalf("got %d %q; want the second worker's answer", code, body)
+	}
+	if bad.hits.Load() != 1 || good.hits.Load() != 1 {
+		t.Fatalf("tries: bad %d, good %d; want one each", bad.hits.Load(), good.hits.Load())
+	}
+}

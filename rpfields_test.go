@@ -41,7 +41,7 @@ func TestAdoptReverseProxyFields(t *testing.T) {
 	}
 	wantRetry := &RetryConfig{Attempts: 3, TryDuration: caddy.Duration(3 * time.Second),
 		BackoffInitial: caddy.Duration(100 * time.Millisecond),
-		MatchRaw: caddyhttp.RawMatcherSets{{"path": json.RawMessage(`["/idempotent/*"]`)}}}
+		MatchRaw:       caddyhttp.RawMatcherSets{{"path": json.RawMessage(`["/idempotent/*"]`)}}}
 	if !reflect.DeepEqual(h.Retry, wantRetry) {
 		t.Errorf("retry = %+v\nwant %+v", h.Retry, wantRetry)
 	}

@@ -72,6 +72,9 @@ type tryWriter struct {
 	wroteHeader bool
 	held        bool
 	passed      bool
+	// retryMatched is set when the response is held back because the
+	// handler's retry match asked for a retry of it (not a failure).
+	retryMatched bool
 	// broken is set when a held response's body failed (or outgrew its
 	// cap) before its end: replayed, it is cut short as reverse_proxy
 	// would have cut it.

@@ -47,8 +47,9 @@ type ProbeSettings struct {
 	// DefaultProbeInterval).
 	Interval time.Duration
 	// Timeout bounds each probe (default DefaultProbeTimeout, or Interval
-	// if that is shorter); it must not exceed Interval. A probe that
-	// returns after its timeout fails, whatever it returned.
+	// if that is shorter). It may exceed Interval: a worker's next probe
+	// then waits for the slow one. A probe that returns after its timeout
+	// fails, whatever it returned.
 	Timeout time.Duration
 	// Passes is how many consecutive passes make a probe-unhealthy worker
 	// healthy again (rise; default DefaultProbePasses).
@@ -108,9 +109,6 @@ func (s ProbeSettings) Validate() error {
 		return fmt.Errorf("fast_interval must not be negative, got %v", s.FastInterval)
 	}
 	d := s.WithDefaults()
-	if d.Timeout > d.Interval {
-		return fmt.Errorf("timeout (%v) must not exceed interval (%v)", d.Timeout, d.Interval)
-	}
 	if d.FastInterval > d.Interval {
 		return fmt.Errorf("fast_interval (%v) must not exceed interval (%v)", d.FastInterval, d.Interval)
 	}
@@ -187,11 +185,11 @@ type Checker struct {
 // fields taking their defaults. It calls onResult (which may be nil) after
 // every probe that was recorded. A nil logger logs nothing.
 //
-// NewChecker does not validate s (call [ProbeSettings.Validate]); a timeout
-// above the interval is lowered to it.
+// NewChecker does not validate s (call [ProbeSettings.Validate]). A
+// timeout above the interval is allowed, as reverse_proxy allows it: a
+// probe that takes longer than the interval delays the worker's next one.
 func NewChecker(s ProbeSettings, targets []Target, onResult func(Target, ProbeResult), logger *zap.Logger) *Checker {
 	s = s.WithDefaults()
-	s.Timeout = min(s.Timeout, s.Interval)
 	if logger == nil {
 		logger = zap.NewNop()
 	}

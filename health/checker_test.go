@@ -73,7 +73,7 @@ func TestProbeSettingsValidate(t *testing.T) {
 		{name: "jitter above one", in: ProbeSettings{Jitter: 1.5}, wantErr: "jitter"},
 		{name: "negative jitter", in: ProbeSettings{Jitter: -0.1}, wantErr: "jitter"},
 		{name: "negative fast interval", in: ProbeSettings{FastInterval: -1}, wantErr: "fast_interval"},
-		{name: "timeout above interval", in: ProbeSettings{Interval: time.Second, Timeout: 2 * time.Second}, wantErr: "timeout (2s) must not exceed interval (1s)"},
+		{name: "timeout above interval, as reverse_proxy allows", in: ProbeSettings{Interval: time.Second, Timeout: 2 * time.Second}},
 		{name: "default timeout above short interval is lowered", in: ProbeSettings{Interval: time.Second}},
 		{name: "fast interval above interval", in: ProbeSettings{Interval: time.Second, FastInterval: 2 * time.Second}, wantErr: "fast_interval"},
 	}
