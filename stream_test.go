@@ -4,17 +4,21 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -251,30 +255,7 @@ func TestSSEFirstEventArrivesAtOnce(t *testing.T) {
 // A WebSocket upgrade over HTTP/1.1 goes through, and messages flow both
 // ways after it.
 func TestWebSocketOverHTTP1(t *testing.T) {
-	addr := rawBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			http.Error(w, "not an upgrade", http.StatusBadRequest)
-			return
-		}
-		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-			base64.StdEncoding.EncodeToString(sum[:]))
-		_ = brw.Flush()
-		// an echo of lines: enough to show bytes flow both ways
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			_, _ = brw.WriteString("echo " + line)
-			_ = brw.Flush()
-		}
-	}))
+	addr := rawBackend(t, http.HandlerFunc(echoWebSocket))
 	loadCaddyfile(t, siteConfig([]string{addr}, "\t\tname ws"))
 
 	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(testSite, "http://"), 5*time.Second)
@@ -476,4 +457,87 @@ func TestHedgedResponseKeepsTrailers(t *testing.T) {
 	if n.Load() < 2 {
 		t.Fatalf("%d tries; the test needs a hedge", n.Load())
 	}
+}
+
+// echoWebSocket is a backend that accepts a WebSocket upgrade and then
+// echoes lines: enough to show bytes flow both ways after the upgrade.
+func echoWebSocket(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Upgrade") != "websocket" {
+		http.Error(w, "not an upgrade", http.StatusBadRequest)
+		return
+	}
+	sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(sum[:]))
+	_ = brw.Flush()
+	for {
+		line, err := brw.ReadString('\n')
+		if err != nil {
+			return
+		}
+		_, _ = brw.WriteString("echo " + line)
+		_ = brw.Flush()
+	}
+}
+
+// A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) goes through: the
+// request's body is the client's half of the stream, so it must reach the
+// upstream as it is written, never be read ahead, and messages flow both
+// ways.
+//
+// Go's HTTP/2 server offers extended CONNECT only with
+// GODEBUG=http2xconnect=1 in its environment when it starts (as a Caddy
+// operator sets it), so the test runs itself again with it.
+func TestWebSocketOverHTTP2(t *testing.T) {
+	if !strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=1") {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestWebSocketOverHTTP2$", "-test.v")
+		cmd.Env = append(os.Environ(), "GODEBUG=http2xconnect=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestWebSocketOverHTTP2") {
+			t.Fatalf("with GODEBUG=http2xconnect=1: %v\n%s", err, out)
+		}
+		return
+	}
+	addr := rawBackend(t, http.HandlerFunc(echoWebSocket))
+	js, err := adapt(strings.Replace(grpcSite("wsh2", addr), "h2c://", "", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadJSON(t, js)
+
+	tr := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, testSite+"/ws", pr)
+	req.Header.Set(":protocol", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("extended CONNECT answered %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		fmt.Fprintf(pw, "ping %d\n", i)
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("echo ping %d\n", i) {
+			t.Fatalf("round trip %d: %q, %v", i, line, err)
+		}
+	}
+	_ = pw.Close()
 }
