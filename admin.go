@@ -345,30 +345,39 @@ type poolStats struct {
 }
 
 func collectStats() statsView {
-	out := statsView{
+	out := newStatsView()
+	for _, ps := range allPools() {
+		healthy, isolated, total := ps.monitor.Counts()
+		out.add(ps.name, poolStats{Statistics: ps.manager.Stats(), HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total})
+	}
+	return out
+}
+
+// newStatsView returns empty statistics, ready for add.
+func newStatsView() statsView {
+	return statsView{
 		Statistics: recovery.Statistics{BySeverity: map[string]uint64{}, ByKind: map[string]uint64{}},
 		Pools:      map[string]poolStats{},
 	}
-	for _, ps := range allPools() {
-		st := ps.manager.Stats()
-		healthy, isolated, total := ps.monitor.Counts()
-		out.Pools[ps.name] = poolStats{Statistics: st, HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total}
-		out.TotalErrors += st.TotalErrors
-		out.Retries += st.Retries
-		out.RecoveryAttempts += st.RecoveryAttempts
-		out.RecoverySuccesses += st.RecoverySuccesses
-		out.BreakerTrips += st.BreakerTrips
-		for k, v := range st.BySeverity {
-			out.BySeverity[k] += v
-		}
-		for k, v := range st.ByKind {
-			out.ByKind[k] += v
-		}
-		out.HealthyWorkers += healthy
-		out.IsolatedWorkers += isolated
-		out.TotalWorkers += total
+}
+
+// add counts the statistics of one pool into the totals.
+func (v *statsView) add(name string, ps poolStats) {
+	v.Pools[name] = ps
+	v.TotalErrors += ps.TotalErrors
+	v.Retries += ps.Retries
+	v.RecoveryAttempts += ps.RecoveryAttempts
+	v.RecoverySuccesses += ps.RecoverySuccesses
+	v.BreakerTrips += ps.BreakerTrips
+	for k, n := range ps.BySeverity {
+		v.BySeverity[k] += n
 	}
-	return out
+	for k, n := range ps.ByKind {
+		v.ByKind[k] += n
+	}
+	v.HealthyWorkers += ps.HealthyWorkers
+	v.IsolatedWorkers += ps.IsolatedWorkers
+	v.TotalWorkers += ps.TotalWorkers
 }
 
 // collectErrors merges the pools' histories, newest first.

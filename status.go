@@ -704,29 +704,11 @@ func scopeStats(st statsView, scope statusScope) statsView {
 	if scope.all {
 		return st
 	}
-	out := statsView{
-		Statistics: recovery.Statistics{BySeverity: map[string]uint64{}, ByKind: map[string]uint64{}},
-		Pools:      map[string]poolStats{},
-	}
+	out := newStatsView()
 	for name, ps := range st.Pools {
-		if !scope.has(name) {
-			continue
+		if scope.has(name) {
+			out.add(name, ps)
 		}
-		out.Pools[name] = ps
-		out.TotalErrors += ps.TotalErrors
-		out.Retries += ps.Retries
-		out.RecoveryAttempts += ps.RecoveryAttempts
-		out.RecoverySuccesses += ps.RecoverySuccesses
-		out.BreakerTrips += ps.BreakerTrips
-		for k, v := range ps.BySeverity {
-			out.BySeverity[k] += v
-		}
-		for k, v := range ps.ByKind {
-			out.ByKind[k] += v
-		}
-		out.HealthyWorkers += ps.HealthyWorkers
-		out.IsolatedWorkers += ps.IsolatedWorkers
-		out.TotalWorkers += ps.TotalWorkers
 	}
 	return out
 }
