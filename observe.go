@@ -426,6 +426,10 @@ func (h *Handler) detectHangs(now time.Time) {
 	}
 	for _, wk := range h.workers {
 		if wk.health.Isolated() {
+			// out of rotation for whatever reason (its probes failed,
+			// say): its requests that waited past the hang threshold
+			// can go elsewhere too
+			wk.waiting.takeBack(now, h.hangAfter)
 			continue
 		}
 		stuck := wk.tracker.Stuck(now, h.hangAfter)

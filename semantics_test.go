@@ -243,3 +243,34 @@ func TestWaitingRequestsLeaveAHungWorker(t *testing.T) {
 		t.Fatal("the hung worker was not isolated")
 	}
 }
+
+// A request waiting on a worker that is taken out of rotation for another
+// reason than hang detection (here its probes time out; a single waiting
+// request is too few for hang detection) moves on too, once it has waited
+// past the hang threshold, instead of waiting for the client's timeout.
+func TestWaitingRequestLeavesAnIsolatedWorker(t *testing.T) {
+	hung, good := newBackend(t), newBackend(t)
+	hung.set(hang)
+	hung.setHealth(hang)
+	loadCaddyfile(t, siteConfig([]string{hung.addr, good.addr}, `
+		name movedout
+		lb_policy first
+		health {
+			uri /health
+			interval 200ms
+			timeout 100ms
+			fails 2
+		}
+		isolation {
+			hang_threshold 500ms
+		}`))
+	impatient := &http.Client{Timeout: 6 * time.Second}
+	resp, err := impatient.Get(testSite + "/")
+	if err != nil {
+		t.Fatalf("the request waited for the client's timeout: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || hung.hits.Load() != 1 || good.hits.Load() != 1 {
+		t.Fatalf("got %d, tries: hung %d, good %d; want the request moved to the good worker", resp.StatusCode, hung.hits.Load(), good.hits.Load())
+	}
+}
