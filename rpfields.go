@@ -93,6 +93,7 @@ func (h *Handler) adoptHealthChecks() error {
 		}
 		uri := a.URI
 		if uri == "" {
+			//lint:ignore SA1019 reverse_proxy still reads path when uri is unset, so a config may use it
 			uri = a.Path
 		}
 		h.Health = &HealthConfig{
