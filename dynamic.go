@@ -34,10 +34,6 @@ import (
 const (
 	defaultDynamicRetire     = 30 * time.Second
 	defaultDynamicMaxWorkers = 256
-	// dynamicRefreshInterval is how often the source is asked. Caddy's
-	// sources cache their lookups for their own `refresh` time, so this
-	// only bounds how late a change they learnt is applied.
-	dynamicRefreshInterval = time.Second
 	// dynamicLookupTimeout bounds one call to the source.
 	dynamicLookupTimeout = 5 * time.Second
 	// dynamicFirstWait bounds how long a request waits for the first
@@ -50,6 +46,11 @@ const (
 	eventDynamicFailed    = "dynamic_upstreams_failed"
 	eventDynamicRecovered = "dynamic_upstreams_recovered"
 )
+
+// dynamicRefreshInterval is how often the source is asked (a variable
+// for tests). Caddy's sources cache their lookups for their own `refresh`
+// time, so this only bounds how late a change they learnt is applied.
+var dynamicRefreshInterval = time.Second
 
 var (
 	errNoDynamicUpstreams = errors.New("the dynamic upstream source returned no upstreams")
@@ -337,6 +338,14 @@ func (d *dynamicPool) apply(ctx context.Context, ups []*reverseproxy.Upstream, n
 			dials = append(dials, up.Dial)
 		}
 	}
+	// first what went away, so that room can be made for what is new
+	for dial, w := range d.known {
+		if _, ok := seen[dial]; !ok && w.dyn.gone.IsZero() {
+			w.dyn.gone = now
+			d.h.logger.Info("dynamic worker gone from its source; retiring it unless it comes back",
+				zap.String("pool", d.h.poolName), zap.String("worker", w.id), zap.Duration("retire_after", d.retire))
+		}
+	}
 	order := make([]*worker, 0, len(dials))
 	left := 0
 	for _, dial := range dials {
@@ -354,13 +363,6 @@ func (d *dynamicPool) apply(ctx context.Context, ups []*reverseproxy.Upstream, n
 			d.h.logger.Info("dynamic worker back", zap.String("pool", d.h.poolName), zap.String("worker", w.id))
 		}
 		order = append(order, w)
-	}
-	for dial, w := range d.known {
-		if _, ok := seen[dial]; !ok && w.dyn.gone.IsZero() {
-			w.dyn.gone = now
-			d.h.logger.Info("dynamic worker gone from its source; retiring it unless it comes back",
-				zap.String("pool", d.h.poolName), zap.String("worker", w.id), zap.Duration("retire_after", d.retire))
-		}
 	}
 	if left > 0 && !d.capped {
 		d.h.logger.Warn("dynamic_max_workers reached: addresses left out",
@@ -402,25 +404,36 @@ func (d *dynamicPool) sweep(now time.Time) {
 	}
 	kept := d.draining[:0]
 	for _, w := range d.draining {
-		if w.dyn.inFlight.Load() > 0 {
+		if !d.finish(w) {
 			kept = append(kept, w)
-			continue
-		}
-		if err := d.finalize(w); err != nil {
-			d.h.logger.Error("cleaning up a retired worker", zap.String("worker", w.id), zap.Error(err))
 		}
 	}
 	clear(d.draining[len(kept):])
 	d.draining = kept
 }
 
+// finish cleans up a retired worker if none of its tries is left, and
+// reports whether it did.
+func (d *dynamicPool) finish(w *worker) bool {
+	if w.dyn.inFlight.Load() > 0 {
+		return false
+	}
+	if err := d.finalize(w); err != nil {
+		d.h.logger.Error("cleaning up a retired worker", zap.String("worker", w.id), zap.Error(err))
+	}
+	return true
+}
+
 // retireWorker takes a worker out for good: it takes no new try, and is
-// cleaned up once its tries have ended. It is not in use (gone).
+// cleaned up at once if it has none in flight, else once they have ended
+// (see sweep). It is not in use (gone).
 func (d *dynamicPool) retireWorker(w *worker) {
 	delete(d.known, w.upstream)
 	w.dyn.closing.Store(true)
-	d.draining = append(d.draining, w)
 	d.h.logger.Info("dynamic worker retired", zap.String("pool", d.h.poolName), zap.String("worker", w.id))
+	if !d.finish(w) {
+		d.draining = append(d.draining, w)
+	}
 }
 
 // add creates the worker of a new address, or returns nil (logged and
