@@ -342,6 +342,9 @@ type poolStats struct {
 	HealthyWorkers  int `json:"healthy_workers"`
 	IsolatedWorkers int `json:"isolated_workers"`
 	TotalWorkers    int `json:"total_workers"`
+	// DynamicError is the error of the pool's dynamic upstream source
+	// while its lookups fail (the last workers are kept meanwhile).
+	DynamicError string `json:"dynamic_error,omitempty"`
 }
 
 func collectStats() statsView {
@@ -352,7 +355,11 @@ func collectStats() statsView {
 	for _, ps := range allPools() {
 		st := ps.manager.Stats()
 		healthy, isolated, total := ps.monitor.Counts()
-		out.Pools[ps.name] = poolStats{Statistics: st, HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total}
+		pst := poolStats{Statistics: st, HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total}
+		if msg := ps.dynamicErr.Load(); msg != nil {
+			pst.DynamicError = *msg
+		}
+		out.Pools[ps.name] = pst
 		out.TotalErrors += st.TotalErrors
 		out.Retries += st.Retries
 		out.RecoveryAttempts += st.RecoveryAttempts

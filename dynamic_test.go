@@ -399,6 +399,11 @@ func TestDynamicLookupFailureKeepsLastSet(t *testing.T) {
 
 	srv.fail.Store(true)
 	eventually(t, 10*time.Second, "the failure reported", func() bool { return h.pool.dynamicErr.Load() != nil })
+	var stats statsView
+	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
+	if stats.Pools["fail"].DynamicError == "" {
+		t.Fatalf("GET /bifrost/stats shows no dynamic_error during SERVFAIL: %+v", stats.Pools["fail"])
+	}
 	time.Sleep(300 * time.Millisecond) // past the retirement time: nothing may retire
 	if got := served(t, 20); got[bs[0].addr] == 0 || got[bs[1].addr] == 0 {
 		t.Fatalf("served %v during SERVFAIL; want both last workers", got)
