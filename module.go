@@ -509,7 +509,7 @@ func (h *Handler) Validate() error {
 func (h *Handler) validateConfig() error {
 	dynamic := h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil
 	if len(h.Upstreams) == 0 && !dynamic {
-		return errors.New("upstreams: at least one upstream (or dynamic_upstreams) is required")
+		return errors.New("upstreams: at least one upstream is required, or dynamic_upstreams")
 	}
 	if h.DynamicRetireAfter < 0 {
 		return fmt.Errorf("dynamic_retire_after must not be negative, got %s", time.Duration(h.DynamicRetireAfter))
