@@ -342,13 +342,20 @@ type poolStats struct {
 	HealthyWorkers  int `json:"healthy_workers"`
 	IsolatedWorkers int `json:"isolated_workers"`
 	TotalWorkers    int `json:"total_workers"`
+	// DynamicError is the error of the pool's dynamic upstream source
+	// while its lookups fail (the last workers are kept meanwhile).
+	DynamicError string `json:"dynamic_error,omitempty"`
 }
 
 func collectStats() statsView {
 	out := newStatsView()
 	for _, ps := range allPools() {
 		healthy, isolated, total := ps.monitor.Counts()
-		out.add(ps.name, poolStats{Statistics: ps.manager.Stats(), HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total})
+		pst := poolStats{Statistics: ps.manager.Stats(), HealthyWorkers: healthy, IsolatedWorkers: isolated, TotalWorkers: total}
+		if msg := ps.dynamicErr.Load(); msg != nil {
+			pst.DynamicError = *msg
+		}
+		out.add(ps.name, pst)
 	}
 	return out
 }

@@ -193,7 +193,7 @@ func (p *parser) segment(d *caddyfile.Dispenser) (bool, error) {
 	d.Next()
 	name := d.Val()
 	switch name {
-	case "name", "max_requests", "error_history_limit",
+	case "name", "max_requests", "error_history_limit", "dynamic_retire_after", "dynamic_max_workers",
 		"breaker", "retry", "health", "isolation", "classify", "fallback":
 		if err := p.once(d, name); err != nil {
 			return true, err
@@ -213,6 +213,10 @@ func (p *parser) segment(d *caddyfile.Dispenser) (bool, error) {
 		return true, singleArg(d, func(v string) error { return parseInt(d, name, v, &h.MaxRequests) })
 	case "error_history_limit":
 		return true, singleArg(d, func(v string) error { return parseInt(d, name, v, &h.ErrorHistoryLimit) })
+	case "dynamic_retire_after":
+		return true, singleArg(d, func(v string) error { return parseDuration(d, name, v, &h.DynamicRetireAfter) })
+	case "dynamic_max_workers":
+		return true, singleArg(d, func(v string) error { return parseInt(d, name, v, &h.DynamicMaxWorkers) })
 	case "breaker":
 		h.Breaker = new(BreakerConfig)
 		return true, p.breaker(d)
@@ -730,8 +734,6 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 		return true, parseRetryMatch(d, h.Retry)
 	case "unhealthy_latency":
 		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
-	case "dynamic":
-		return true, d.Errf("dynamic upstreams are not supported by bifrost: list the upstreams")
 	}
 	return false, nil
 }

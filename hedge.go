@@ -119,7 +119,7 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 // false if no try could run at all.
 func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, next caddyhttp.Handler) (tryResult, bool) {
 	rc := &race{rs: rs}
-	results := make(chan tryResult, 1+h.hedge.Max+len(h.workers))
+	results := make(chan tryResult, 1+h.hedge.Max+len(rs.set.workers))
 	// the client writer's headers, read once before any try can write
 	// them: hedges start from this copy
 	base := w.Header().Clone()
@@ -142,10 +142,14 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 						cls: h.classifier.Classify(recovery.Attempt{Err: fmt.Errorf("panic: %v", v), Dialed: true, Wrote: true}, time.Now())}
 				}
 			}()
-			err := wk.breaker.Do(func() breaker.Outcome {
-				res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
-				return breakerOutcome(res.cls)
-			})
+			err := errWorkerRetired
+			if wk.enter() {
+				err = wk.breaker.Do(func() breaker.Outcome {
+					res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
+					return breakerOutcome(res.cls)
+				})
+				wk.leave()
+			}
 			if err != nil {
 				res = tryResult{wk: wk, tw: tw, refused: true}
 			}
@@ -245,7 +249,7 @@ func better(a, b tryResult) bool {
 // for this request, for a hedge.
 func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestState) *worker {
 	now := time.Now()
-	wk := h.choose(r, w, now)
+	wk := h.chooseIn(rs.set, r, w, now)
 	if wk == nil || slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) {
 		// the policy's choice was tried: take the cheapest other one
 		wk = h.cheapestUntried(rs, now)

@@ -9,14 +9,15 @@ package bifrost
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -51,8 +52,11 @@ func init() {
 // `unhealthy_latency` is refused: see Retry.PerTryTimeout); setting a
 // field both ways is an error. `request_buffers` applies to each try as
 // in reverse_proxy: every try reads the request body from its start,
-// from the copy Bifrost keeps for retries (see Retry.MaxBody). `circuit_breaker` (see Breaker) and `dynamic_upstreams` are not
-// supported. `load_balancing.selection_policy` selects among available
+// from the copy Bifrost keeps for retries (see Retry.MaxBody).
+// `circuit_breaker` is not supported (see Breaker).
+// `dynamic_upstreams` is: each address its source returns is a worker of
+// its own (see DynamicRetireAfter and DynamicMaxWorkers), alongside the
+// static upstreams if any. `load_balancing.selection_policy` selects among available
 // workers. An upstream listed more than once is one worker that the
 // selection policy sees once per listing, as reverse_proxy users weigh
 // upstreams.
@@ -108,16 +112,39 @@ type Handler struct {
 	// pool for the admin API. Default: 1000.
 	ErrorHistoryLimit int `json:"error_history_limit,omitempty"`
 
-	ctx        caddy.Context
-	bgCancel   context.CancelFunc
-	bg         *sync.WaitGroup
-	logger     *zap.Logger
-	events     *caddyevents.App
-	poolName   string
-	pool       *poolState
+	// DynamicRetireAfter is how long a worker of `dynamic_upstreams` is
+	// kept after its source stopped returning its address. It takes no
+	// new requests meanwhile; if the address comes back in that time,
+	// the worker comes back with its breaker, isolation and ejection
+	// count. Once the time has passed it retires: its requests in flight
+	// finish, then its proxy, transport, probes and metric series go.
+	// Default: 30s.
+	DynamicRetireAfter caddy.Duration `json:"dynamic_retire_after,omitempty"`
+
+	// DynamicMaxWorkers bounds the workers of `dynamic_upstreams` in this
+	// pool, those waiting to retire included. Addresses beyond it are left
+	// out (logged at warn level, once per refresh that hits it), so that a
+	// source returning thousands of addresses cannot exhaust memory.
+	// Default: 256.
+	DynamicMaxWorkers int `json:"dynamic_max_workers,omitempty"`
+
+	ctx      caddy.Context
+	bgCancel context.CancelFunc
+	bg       *sync.WaitGroup
+	logger   *zap.Logger
+	events   *caddyevents.App
+	poolName string
+	pool     *poolState
+	// set is the worker set that requests use, swapped whole when
+	// dynamic upstreams change; a request takes one snapshot and keeps
+	// it (see workerSet).
+	// (a pointer: the Handler is copied by value before Provision)
+	set *atomic.Pointer[workerSet]
+	// workers and upstreams are the static workers and their listings
+	// (an upstream listed twice is listed twice), fixed at Provision.
 	workers    []*worker
 	upstreams  reverseproxy.UpstreamPool
-	byUpstream map[*reverseproxy.Upstream]*worker
+	dyn        *dynamicPool // nil without dynamic_upstreams
 	selector   reverseproxy.Selector
 	classifier *recovery.Classifier
 	policy     recovery.Policy
@@ -133,8 +160,9 @@ type Handler struct {
 	// (no racing tries, no per-try timer), so its state can be reused.
 	reuseState bool
 	p2c        *selection.P2C // the selection policy, when it learns latencies
-	// directP2C is set when p2c's trackers are the workers' own, so the
-	// handler can make its choice over the workers directly (see choose).
+	// directP2C allows the default policy's choice to be made over the
+	// workers directly when a set's trackers are the policy's (see
+	// workerSet.direct and choose).
 	directP2C bool
 	hangAfter time.Duration
 	hangCount int
@@ -161,6 +189,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.events, _ = eventsApp.(*caddyevents.App)
 	h.ctx = ctx
 	h.logger = ctx.Logger()
+	h.set = new(atomic.Pointer[workerSet])
 
 	if err := h.adoptReverseProxyFields(); err != nil {
 		return err
@@ -171,7 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	h.poolName = h.Name
 	if h.poolName == "" {
-		h.poolName = defaultPoolName(h.Upstreams)
+		h.poolName = defaultPoolName(h.Upstreams, h.DynamicUpstreamsRaw)
 	}
 
 	// the selection policy picks among workers; the workers' own proxies
@@ -216,11 +245,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionWorkers(ctx); err != nil {
 		return err
 	}
-
 	// goroutines last, bound to a context that Cleanup cancels
 	bgCtx, cancel := context.WithCancel(ctx)
 	h.bgCancel = cancel
 	h.bg = new(sync.WaitGroup)
+	if err := h.provisionDynamic(ctx, bgCtx); err != nil {
+		return err
+	}
+	h.publishSet()
 	h.startBackground(bgCtx)
 	if provisioned != nil {
 		provisioned(h)
@@ -381,8 +413,6 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	}
 	h.proxyCfg = cfg
 	bs := h.breakerSettings()
-	h.byUpstream = make(map[*reverseproxy.Upstream]*worker, len(h.Upstreams))
-	states := make([]*workerState, 0, len(h.Upstreams))
 	byDial := make(map[string]*worker, len(h.Upstreams))
 	for i, up := range h.Upstreams {
 		if wk := byDial[up.Dial]; wk != nil {
@@ -417,20 +447,27 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		w.up = rp.Upstreams[0]
 		h.workers = append(h.workers, w)
 		h.upstreams = append(h.upstreams, w.up)
-		h.byUpstream[w.up] = w
 		byDial[up.Dial] = w
-		states = append(states, ws)
 	}
-	h.pool.setWorkers(states)
-	h.directP2C = h.p2c != nil && !slices.ContainsFunc(h.workers, func(w *worker) bool {
-		return w.tracker != h.p2c.Trackers().Get(w.up.Dial)
-	})
+	h.directP2C = h.p2c != nil
 	return nil
 }
 
 // acquireWorkerState loads or creates the shared state of one worker and
 // applies this config's settings to it.
 func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*workerState, error) {
+	ws, err := h.loadWorkerState(dial, bs)
+	if err != nil {
+		return nil, err
+	}
+	h.keys = append(h.keys, workerKey(h.poolName, dial))
+	return ws, nil
+}
+
+// loadWorkerState loads or creates the shared state of one worker, taking
+// one reference to its key that the caller must release (states.Delete),
+// and applies this config's settings to it.
+func (h *Handler) loadWorkerState(dial string, bs breaker.Settings) (*workerState, error) {
 	key := workerKey(h.poolName, dial)
 	ps := h.pool
 	v, loaded, err := states.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -454,7 +491,6 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*workerS
 	if err != nil {
 		return nil, err
 	}
-	h.keys = append(h.keys, key)
 	ws := v.(*workerState)
 	if loaded {
 		ws.breaker.Update(bs)
@@ -471,11 +507,18 @@ func (h *Handler) Validate() error {
 // validateConfig refuses configurations Bifrost cannot serve, naming the
 // field and, for reverse_proxy features it replaces, the equivalent.
 func (h *Handler) validateConfig() error {
-	if h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil {
-		return errors.New("dynamic_upstreams: not supported by bifrost, whose workers are fixed upstreams; list them in upstreams")
+	dynamic := h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil
+	if len(h.Upstreams) == 0 && !dynamic {
+		return errors.New("upstreams: at least one upstream is required, or dynamic_upstreams")
 	}
-	if len(h.Upstreams) == 0 {
-		return errors.New("upstreams: at least one upstream is required")
+	if h.DynamicRetireAfter < 0 {
+		return fmt.Errorf("dynamic_retire_after must not be negative, got %s", time.Duration(h.DynamicRetireAfter))
+	}
+	if h.DynamicMaxWorkers < 0 {
+		return fmt.Errorf("dynamic_max_workers must not be negative, got %d", h.DynamicMaxWorkers)
+	}
+	if !dynamic && (h.DynamicRetireAfter != 0 || h.DynamicMaxWorkers != 0) {
+		return errors.New("dynamic_retire_after and dynamic_max_workers apply only with dynamic_upstreams")
 	}
 	for i, up := range h.Upstreams {
 		if up == nil || up.Dial == "" {
@@ -572,22 +615,32 @@ func (h *Handler) Cleanup() error {
 			errs = append(errs, err)
 		}
 	}
+	if h.dyn != nil {
+		// after the static keys: a dynamic worker's series go when
+		// no config has its state any more
+		errs = append(errs, h.dyn.close())
+	}
 	if h.metrics != nil {
 		h.metrics.forget(h.workers)
 	}
 	return errors.Join(errs...)
 }
 
-// defaultPoolName derives a pool name from the upstream addresses, so that
-// it stays the same across reloads that keep them.
-func defaultPoolName(ups reverseproxy.UpstreamPool) string {
-	dials := make([]string, 0, len(ups))
+// defaultPoolName derives a pool name from the upstream addresses and the
+// dynamic source's configuration, so that it stays the same across reloads
+// that keep them.
+func defaultPoolName(ups reverseproxy.UpstreamPool, dynamic json.RawMessage) string {
+	dials := make([]string, 0, len(ups)+1)
 	for _, u := range ups {
 		if u != nil {
 			dials = append(dials, u.Dial)
 		}
 	}
 	sort.Strings(dials)
+	if dynamic != nil {
+		// the source's configuration, as the adapter wrote it
+		dials = append(dials, "dynamic:"+string(dynamic))
+	}
 	sum := fnv.New32a()
 	_, _ = sum.Write([]byte(strings.Join(dials, ",")))
 	return "pool-" + strconv.FormatUint(uint64(sum.Sum32()), 16)

@@ -135,7 +135,7 @@ func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
 	if wk.throttles.Add(1) < throttleStreak || panicMode {
 		return false
 	}
-	for _, other := range h.workers {
+	for _, other := range h.set.Load().workers {
 		if other != wk && other.available() {
 			return true
 		}
@@ -266,18 +266,29 @@ func (h *Handler) restart(wk *worker) {
 		if ctx.Err() != nil {
 			return ctx.Err() // the config is going away
 		}
+		// a dynamic worker's proxies live in its own context, which
+		// goes when it retires
+		pctx := h.ctx
+		if wk.dyn != nil {
+			pctx = wk.dyn.ctx
+		}
 		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
 		if err == nil {
 			provisionMu.Lock()
-			err = rp.Provision(h.ctx)
+			err = rp.Provision(pctx)
 			provisionMu.Unlock()
 		}
 		if err != nil {
 			h.recordCritical(wk.workerState, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
 			return err
 		}
-		old := wk.proxy.Swap(rp)
 		wk.mu.Lock()
+		if wk.dyn != nil && wk.dyn.finalized {
+			// it retired meanwhile: nothing will use the new proxy
+			wk.mu.Unlock()
+			return rp.Cleanup()
+		}
+		old := wk.proxy.Swap(rp)
 		wk.retired = append(wk.retired, old)
 		wk.mu.Unlock()
 		if ht, ok := old.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
@@ -323,7 +334,7 @@ func (h *Handler) emitHealth(ev health.Event) {
 	if ev.Type != health.EventRestored {
 		return
 	}
-	for _, wk := range h.workers {
+	for _, wk := range h.set.Load().workers {
 		if wk.health == ev.Worker {
 			wk.tracker.Forgive()
 			h.restart(wk)
@@ -336,7 +347,10 @@ func (h *Handler) emitHealth(ev health.Event) {
 func (h *Handler) startBackground(ctx context.Context) {
 	h.goSafe(ctx, "breaker_changes", h.drainBreakerChanges)
 	h.goSafe(ctx, "ticker", h.tick)
-	if h.Health.active() {
+	if h.dyn != nil {
+		h.goSafe(ctx, "dynamic_upstreams", h.dyn.run)
+	}
+	if h.Health.active() && len(h.workers) > 0 {
 		checker, err := h.newChecker()
 		if err != nil {
 			h.logger.Error("active health checks disabled", zap.Error(err))
@@ -421,10 +435,11 @@ const reasonHang health.Reason = "requests_hanging"
 // answering its other requests, so a worker that answered one within the
 // hang threshold, after its oldest waiting request was sent, is not hung.
 func (h *Handler) detectHangs(now time.Time) {
-	if len(h.workers) < 2 {
+	workers := h.set.Load().workers
+	if len(workers) < 2 {
 		return
 	}
-	for _, wk := range h.workers {
+	for _, wk := range workers {
 		if wk.health.Isolated() {
 			// out of rotation for whatever reason (its probes failed,
 			// say): its requests that waited past the hang threshold
@@ -437,7 +452,7 @@ func (h *Handler) detectHangs(now time.Time) {
 			continue
 		}
 		since := now.Add(-wk.tracker.OldestAge(now))
-		if h.answering(wk, since, now) || !h.peersAnswering(wk, since) {
+		if h.answering(wk, since, now) || !peersAnswering(workers, wk, since) {
 			continue
 		}
 		msg := fmt.Sprintf("%d requests without an answer for more than %s, and no other answer since, while peers answer", stuck, h.hangAfter)
@@ -473,8 +488,8 @@ func (h *Handler) answering(wk *worker, since, now time.Time) bool {
 // peersAnswering reports whether another worker answered a request after
 // since, when the oldest unanswered request of wk was sent: the pool is
 // answering, this worker is not.
-func (h *Handler) peersAnswering(wk *worker, since time.Time) bool {
-	for _, other := range h.workers {
+func peersAnswering(workers []*worker, wk *worker, since time.Time) bool {
+	for _, other := range workers {
 		if other != wk && other.health.LastSuccess().After(since) {
 			return true
 		}
@@ -484,7 +499,7 @@ func (h *Handler) peersAnswering(wk *worker, since time.Time) bool {
 
 // workerFor finds this handler's worker for a shared state.
 func (h *Handler) workerFor(ws *workerState) *worker {
-	for _, wk := range h.workers {
+	for _, wk := range h.set.Load().workers {
 		if wk.workerState == ws {
 			return wk
 		}
@@ -511,7 +526,7 @@ func (h *Handler) tick(ctx context.Context) {
 		}
 		now := time.Now()
 		h.detectHangs(now)
-		for _, wk := range h.workers {
+		for _, wk := range h.set.Load().workers {
 			h.metrics.workerGauges(wk)
 		}
 	}
@@ -521,31 +536,47 @@ func (h *Handler) tick(ctx context.Context) {
 // probe is a request for health.uri (GET unless health.method says
 // otherwise) through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
+	pc, err := h.probeConfig()
+	if err != nil {
+		return nil, err
+	}
+	return pc.checker(h, h.workers)
+}
+
+// probeConfig is the health block, compiled once for every checker.
+type probeConfig struct {
+	settings health.ProbeSettings
+	expect   int
+	bodyRe   *regexp.Regexp
+}
+
+// probeConfig compiles the health block.
+func (h *Handler) probeConfig() (*probeConfig, error) {
 	hc := h.Health
-	ps := hc.probeSettings().WithDefaults()
-	if err := ps.Validate(); err != nil {
+	pc := &probeConfig{settings: hc.probeSettings().WithDefaults(), expect: cmp.Or(hc.ExpectStatus, defaultProbeStatus)}
+	if err := pc.settings.Validate(); err != nil {
 		return nil, fmt.Errorf("health: %w", err)
 	}
-	var bodyRe *regexp.Regexp
 	if hc.ExpectBody != "" {
 		var err error
-		if bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
+		if pc.bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
 			return nil, fmt.Errorf("health: expect_body: %w", err)
 		}
 	}
-	expect := hc.ExpectStatus
-	if expect == 0 {
-		expect = defaultProbeStatus
-	}
-	targets := make([]health.Target, 0, len(h.workers))
-	for _, wk := range h.workers {
-		pt, err := newProbeTarget(hc, wk.upstream)
+	return pc, nil
+}
+
+// checker builds the prober of workers.
+func (pc *probeConfig) checker(h *Handler, workers []*worker) (*health.Checker, error) {
+	targets := make([]health.Target, 0, len(workers))
+	for _, wk := range workers {
+		pt, err := newProbeTarget(h.Health, wk.upstream)
 		if err != nil {
 			return nil, fmt.Errorf("health: worker %s: %w", wk.id, err)
 		}
-		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, expect, bodyRe)})
+		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
 	}
-	return health.NewChecker(ps, targets, h.onProbe, h.logger.Named("health")), nil
+	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health")), nil
 }
 
 // maxProbeBody bounds how much of a probe's body is read by default.

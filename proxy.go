@@ -45,6 +45,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer body.release()
 
 	rs := h.newRequestState(r, body, ready)
+	rs.set = h.currentSet(r.Context())
 	// Bifrost's placeholders are read from the request's state whenever
 	// they are used: deferred header operations see the try whose response
 	// is written, and the access log the whole request.
@@ -147,7 +148,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 // already (asking a worker again that answered with a failure only loads
 // it more; its answer is given instead). except is left out, if set.
 func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
-	for _, wk := range h.workers {
+	for _, wk := range rs.set.workers {
 		if wk != except && !slices.Contains(rs.skipped, wk) && !slices.Contains(rs.answered, wk) && wk.available() {
 			return true
 		}
@@ -192,10 +193,22 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 			return breakerOutcome(res.cls)
 		}
+		if !wk.enter() {
+			// a dynamic worker that retired since this request took
+			// its snapshot of the workers: it never saw the request
+			tw.unwind()
+			rs.refused(wk)
+			continue
+		}
+		var refused error
 		if panicMode {
 			// the whole pool is out: the breakers are bypassed
 			run()
-		} else if err := wk.breaker.Do(run); err != nil {
+		} else {
+			refused = wk.breaker.Do(run)
+		}
+		wk.leave()
+		if refused != nil {
 			// half-open and at its limit, or it just opened: the
 			// worker never saw the request
 			tw.unwind()
@@ -229,7 +242,8 @@ func (h *Handler) newTry(w http.ResponseWriter, rs *requestState) *tryWriter {
 // requestState is what the request loop knows about one request.
 type requestState struct {
 	r        *http.Request
-	ready    time.Time // when the request arrived, ready for its first try
+	set      *workerSet // the workers this request chooses from
+	ready    time.Time  // when the request arrived, ready for its first try
 	body     *requestBody
 	tried    []*worker // workers that got a try
 	answered []*worker // workers whose upstream answered with a failure
@@ -356,7 +370,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 
 	// a try that could go to another worker can be taken back from a
 	// worker found hanging (see waitingTries)
-	movable := rc == nil && canRetry && len(h.workers) > 1 && methodRetried(h.methods, r.Method)
+	movable := rc == nil && canRetry && len(rs.set.workers) > 1 && methodRetried(h.methods, r.Method)
 	if rc != nil || h.perTry > 0 || movable {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
@@ -586,7 +600,10 @@ func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status
 // one try is better than failing everything, and a recovered pool serves
 // again at once.
 func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState, now time.Time) (*worker, bool) {
-	chosen := h.choose(r, w, now)
+	if rs.set == nil {
+		rs.set = h.set.Load()
+	}
+	chosen := h.chooseIn(rs.set, r, w, now)
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.tried, chosen) {
 		return chosen, false
 	}
@@ -596,13 +613,17 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.answered, chosen) {
 		return chosen, false
 	}
-	if rs.attempts > 0 {
+	workers := rs.set.workers
+	if rs.attempts > 0 || len(workers) == 0 {
 		return nil, false
 	}
 	var best *worker
-	off := rand.IntN(len(h.workers))
-	for i := range h.workers {
-		wk := h.workers[(off+i)%len(h.workers)]
+	off := rand.IntN(len(workers))
+	for i := range workers {
+		wk := workers[(off+i)%len(workers)]
+		if wk.dyn != nil && wk.dyn.closing.Load() {
+			continue // retired since the snapshot
+		}
 		if best == nil || wk.health.ConsecutiveFailures() < best.health.ConsecutiveFailures() {
 			best = wk
 		}
@@ -610,25 +631,33 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	return best, true
 }
 
-// choose returns the selection policy's choice of worker for r at now, or
-// nil. The default policy's choice is made over the workers themselves:
-// the same draws and costs as its Select, without finding each worker's
-// tracker by its address and each upstream's worker in a map.
+// choose returns the selection policy's choice among the current workers
+// for r at now, or nil (see chooseIn).
 func (h *Handler) choose(r *http.Request, w http.ResponseWriter, now time.Time) *worker {
-	if !h.directP2C {
-		if up := h.selector.Select(h.upstreams, r, w); up != nil {
-			return h.byUpstream[up]
+	return h.chooseIn(h.set.Load(), r, w, now)
+}
+
+// chooseIn returns the selection policy's choice of worker of set for r at
+// now, or nil. The default policy's choice is made over the workers
+// themselves: the same draws and costs as its Select, without finding
+// each worker's tracker by its address and each upstream's worker in a
+// map.
+func (h *Handler) chooseIn(set *workerSet, r *http.Request, w http.ResponseWriter, now time.Time) *worker {
+	if !h.directP2C || !set.direct {
+		if up := h.selector.Select(set.upstreams, r, w); up != nil {
+			return set.byUpstream[up]
 		}
 		return nil
 	}
-	ia, ib := selection.PickTwo(h.workers, (*worker).selectable)
+	ws := set.workers
+	ia, ib := selection.PickTwo(ws, (*worker).selectable)
 	switch {
 	case ia < 0:
 		return nil
-	case ib >= 0 && h.p2c.Cheaper(h.workers[ib].candidate(), h.workers[ia].candidate(), now):
-		return h.workers[ib]
+	case ib >= 0 && h.p2c.Cheaper(ws[ib].candidate(), ws[ia].candidate(), now):
+		return ws[ib]
 	}
-	return h.workers[ia]
+	return ws[ia]
 }
 
 // cheapestUntried returns the available worker not tried or skipped yet
@@ -636,7 +665,7 @@ func (h *Handler) choose(r *http.Request, w http.ResponseWriter, now time.Time) 
 func (h *Handler) cheapestUntried(rs *requestState, now time.Time) *worker {
 	var best *worker
 	var bestCost float64
-	for _, wk := range h.workers {
+	for _, wk := range rs.set.workers {
 		if slices.Contains(rs.tried, wk) || slices.Contains(rs.skipped, wk) || !wk.available() {
 			continue
 		}
@@ -650,7 +679,7 @@ func (h *Handler) cheapestUntried(rs *requestState, now time.Time) *worker {
 // degrade answers a request that no worker could serve: the fallback
 // response if configured, else a 503 error with Retry-After.
 func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, rs *requestState) error {
-	retryAfter := h.soonestRecovery(time.Now())
+	retryAfter := h.soonestRecovery(rs.set.workers, time.Now())
 	secs := strconv.Itoa(int(math.Ceil(retryAfter.Seconds())))
 	h.metrics.degradedRequest()
 	if fb := h.Fallback; fb != nil {
@@ -683,14 +712,14 @@ func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Re
 // soonestRecovery estimates when some worker will be able to serve again:
 // the earliest breaker half-open time, isolation end or throttle end; at
 // least one second.
-func (h *Handler) soonestRecovery(now time.Time) time.Duration {
+func (h *Handler) soonestRecovery(workers []*worker, now time.Time) time.Duration {
 	soonest := time.Duration(math.MaxInt64)
 	consider := func(t time.Time) {
 		if d := t.Sub(now); !t.IsZero() && d > 0 && d < soonest {
 			soonest = d
 		}
 	}
-	for _, wk := range h.workers {
+	for _, wk := range workers {
 		consider(wk.breaker.RetryAt())
 		consider(wk.health.ThrottledUntil())
 		snap := wk.health.Snapshot(now)

@@ -91,6 +91,13 @@ type poolState struct {
 
 	mu      sync.Mutex
 	workers []*workerState // the pool's workers in the newest config
+	// dynamic are the addresses of the pool's dynamic workers as last
+	// seen, with which the next config starts (see provisionDynamic)
+	dynamic []string
+
+	// dynamicErr is the error of the dynamic source while its lookups
+	// fail, "" otherwise (admin API, status page)
+	dynamicErr atomic.Pointer[string]
 }
 
 // newPoolState builds the shared state of a pool.
@@ -145,6 +152,11 @@ type worker struct {
 	mu       sync.Mutex
 	retired  []*reverseproxy.Handler // replaced proxies, cleaned up with the handler
 	restarts int                     // guarded by mu
+
+	// dyn is set on a worker of a dynamic upstream source: its own
+	// context (its proxies' modules are loaded in it and cleaned up with
+	// it when the worker retires) and its retirement state.
+	dyn *dynamicLife
 }
 
 // maxRestarts bounds the restarts of one worker in one config: each keeps
@@ -174,6 +186,9 @@ func (*worker) RecordMetric(int, time.Duration) {}
 // available reports whether the worker may take a new request now. It
 // reads the clock only when a breaker is open or a throttle was set.
 func (w *worker) available() bool {
+	if w.dyn != nil && w.dyn.closing.Load() {
+		return false
+	}
 	if max := w.maxRequests.Load(); max > 0 && w.health.InFlight() >= max {
 		return false
 	}
