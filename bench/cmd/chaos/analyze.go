@@ -58,6 +58,20 @@ type RunResult struct {
 	FaultyShareBefore *float64 `json:"faulty_share_before,omitempty"`
 	FaultyShareAfter  *float64 `json:"faulty_share_after,omitempty"`
 
+	// In the dynamic scenario: AddedAtMS is when the fourth backend
+	// joined the DNS answer (from the start of the load);
+	// AddedFirstTryMS is when the proxy first tried it, after that;
+	// AddedShare is its share of the tries from then to the window's end,
+	// and AddedShareAfter after the window; AddedRequests is what it
+	// received in all. AddedTriesBefore counts tries it got before it
+	// joined (none expected).
+	AddedAtMS        *float64 `json:"added_at_ms,omitempty"`
+	AddedFirstTryMS  *float64 `json:"added_first_try_ms,omitempty"`
+	AddedShare       *float64 `json:"added_share,omitempty"`
+	AddedShareAfter  *float64 `json:"added_share_after,omitempty"`
+	AddedRequests    *int64   `json:"added_requests,omitempty"`
+	AddedTriesBefore int      `json:"added_tries_before,omitempty"`
+
 	// TimeToIsolateMS is when Bifrost's admin API first showed the
 	// faulty worker(s) out of rotation, after the fault started (the
 	// latest of them when several are faulty); nil if never or not
@@ -102,12 +116,15 @@ type analysisInput struct {
 	faultStart, faultEnd time.Time
 	backends, faulty     []*faultserver.Server
 	allFaulty            bool
-	tries                []upstreamTry
-	notes                []logNote
-	changes              []stateChange
-	polled               bool
-	pollErrors           int
-	panics               []string
+	// added joined the DNS answer at addedAt (dynamic scenario only).
+	added      *faultserver.Server
+	addedAt    time.Time
+	tries      []upstreamTry
+	notes      []logNote
+	changes    []stateChange
+	polled     bool
+	pollErrors int
+	panics     []string
 }
 
 // analyze fills in rr from what was measured.
@@ -121,6 +138,9 @@ func analyze(rr *RunResult, in analysisInput) {
 	clientSide(rr, in)
 	upstreamSide(rr, in)
 	backendSide(rr, in)
+	if in.added != nil {
+		addedSide(rr, in)
+	}
 	if in.polled {
 		adminSide(rr, in)
 	}
@@ -182,6 +202,47 @@ func upstreamSide(rr *RunResult, in analysisInput) {
 		rr.FaultyShareBefore = ratio(toFaulty[0], all[0])
 		rr.FaultyShareAfter = ratio(toFaulty[2], all[2])
 	}
+}
+
+// addedSide measures the traffic of the backend that joined the DNS
+// answer during the window.
+func addedSide(rr *RunResult, in analysisInput) {
+	n := in.added.Stats().Requests
+	rr.AddedRequests = &n
+	if in.addedAt.IsZero() {
+		return
+	}
+	rr.AddedAtMS = ptr(ms(in.addedAt.Sub(in.start)))
+	addr := in.added.Addr()
+	var first time.Time
+	var all, toAdded [2]int // from joining to the window's end; after it
+	for _, t := range in.tries {
+		if t.Upstream == addr {
+			if t.Start.Before(in.addedAt) {
+				rr.AddedTriesBefore++
+				continue
+			}
+			if first.IsZero() || t.Start.Before(first) {
+				first = t.Start
+			}
+		}
+		if t.Start.Before(in.addedAt) {
+			continue
+		}
+		phase := 0
+		if !t.Start.Before(in.faultEnd) {
+			phase = 1
+		}
+		all[phase]++
+		if t.Upstream == addr {
+			toAdded[phase]++
+		}
+	}
+	if !first.IsZero() {
+		rr.AddedFirstTryMS = ptr(ms(first.Sub(in.addedAt)))
+	}
+	rr.AddedShare = ratio(toAdded[0], all[0])
+	rr.AddedShareAfter = ratio(toAdded[1], all[1])
 }
 
 // backendSide counts what the backends received: duplicates, requests,

@@ -197,6 +197,11 @@ type caddyConfig struct {
 	// DebugLog, when set, is the file that receives reverse_proxy's and
 	// Bifrost's debug logs (one "upstream roundtrip" line per try).
 	DebugLog string
+	// DebugAll sends every logger's debug lines to DebugLog, not only
+	// reverse_proxy's and Bifrost's: the proxies of Bifrost's dynamic
+	// workers log on Caddy's unnamed default logger, which no include
+	// can name.
+	DebugAll bool
 	// Site is the body of the site block: the proxy directive.
 	Site string
 }
@@ -209,7 +214,11 @@ func (cf caddyConfig) render() string {
 	fmt.Fprintf(&b, "\tdefault_bind 127.0.0.1\n\tstorage file_system %s\n", quote(filepath.Join(cf.Dir, "storage")))
 	if cf.DebugLog != "" {
 		fmt.Fprintf(&b, "\tlog tries {\n\t\toutput file %s {\n\t\t\troll_disabled\n\t\t}\n", quote(cf.DebugLog))
-		b.WriteString("\t\tformat json\n\t\tlevel DEBUG\n\t\tinclude http.handlers.reverse_proxy http.handlers.bifrost\n\t}\n")
+		b.WriteString("\t\tformat json\n\t\tlevel DEBUG\n")
+		if !cf.DebugAll {
+			b.WriteString("\t\tinclude http.handlers.reverse_proxy http.handlers.bifrost\n")
+		}
+		b.WriteString("\t}\n")
 	}
 	b.WriteString("}\n\n")
 	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n", cf.Port)

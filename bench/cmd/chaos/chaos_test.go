@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
+	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +15,7 @@ import (
 )
 
 func TestRenderCaddyfile(t *testing.T) {
-	cf := caddyConfig{Port: 8080, Admin: 2019, Dir: "/tmp/x", DebugLog: "/tmp/x/tries.log", Site: bifrostContender.site([]string{"127.0.0.1:1", "127.0.0.1:2"})}
+	cf := caddyConfig{Port: 8080, Admin: 2019, Dir: "/tmp/x", DebugLog: "/tmp/x/tries.log", Site: bifrostContender.site(staticUpstreams("127.0.0.1:1", "127.0.0.1:2"))}
 	got := cf.render()
 	for _, want := range []string{
 		"admin 127.0.0.1:2019", "default_bind 127.0.0.1", "persist_config off", "auto_https off",
@@ -30,7 +33,7 @@ func TestRenderCaddyfile(t *testing.T) {
 }
 
 func TestTunedContender(t *testing.T) {
-	site := tunedContender("round_robin").site([]string{"a:1", "b:2", "c:3"})
+	site := tunedContender("round_robin").site(staticUpstreams("a:1", "b:2", "c:3"))
 	for _, want := range []string{
 		"reverse_proxy a:1 b:2 c:3", "lb_policy round_robin", "lb_retries 2", "lb_try_duration 1s",
 		"method GET HEAD", "{rp.status_code}", "fail_duration 10s", "max_fails 3", "unhealthy_status 5xx",
@@ -128,7 +131,7 @@ func TestSelectHedge(t *testing.T) {
 }
 
 func TestHedgeContender(t *testing.T) {
-	ups := []string{"a:1", "b:2", "c:3"}
+	ups := staticUpstreams("a:1", "b:2", "c:3")
 	bif, hedge := bifrostContender.site(ups), hedgeContender.site(ups)
 	retry := "\tretry {\n\t\thedge auto\n\t}\n"
 	if !strings.Contains(hedge, retry) || strings.Replace(hedge, retry, "", 1) != bif {
@@ -139,6 +142,151 @@ func TestHedgeContender(t *testing.T) {
 	}
 	if !hedgeContender.Bifrost || hedgeContender.Name == bifrostContender.Name {
 		t.Error("hedge is not a Bifrost contender of its own")
+	}
+}
+
+// TestDynamicSites checks that every contender renders the dynamic
+// scenario's source as a `dynamic a` subdirective inside its block, with no
+// static upstream, and keeps the rest of its configuration.
+func TestDynamicSites(t *testing.T) {
+	ups := dynamicUpstreams("8080", "127.0.0.1:5353")
+	want := "\tdynamic a " + dynamicName + " 8080 {\n\t\tresolvers 127.0.0.1:5353\n\t\trefresh 1s\n\t}\n"
+	for _, c := range []contender{bifrostContender, hedgeContender, plainContender, tunedContender("least_conn")} {
+		site := c.site(ups)
+		head, _, _ := strings.Cut(site, "\n")
+		if head != "bifrost {" && head != "reverse_proxy {" {
+			t.Errorf("%s: first line %q, want the directive with no upstream", c.Name, head)
+		}
+		if !strings.Contains(site, want) || !strings.HasSuffix(site, "\n}") {
+			t.Errorf("%s: site lacks the dynamic source:\n%s", c.Name, site)
+		}
+		// the same site with static upstreams, less the source
+		static := c.site(staticUpstreams("a:1"))
+		if c.Name != "plain" {
+			if got := strings.Replace(strings.Replace(site, want, "", 1), head, strings.TrimSuffix(head, " {")+" a:1 {", 1); got != static {
+				t.Errorf("%s: dynamic site less its source differs from the static one:\n%s\nvs\n%s", c.Name, got, static)
+			}
+		}
+	}
+	if got := plainContender.site(ups); got != "reverse_proxy {\n"+want+"}" {
+		t.Errorf("plain dynamic site:\n%s", got)
+	}
+	if got := plainContender.site(staticUpstreams("a:1", "b:2")); got != "reverse_proxy a:1 b:2" {
+		t.Errorf("plain static site: %q", got)
+	}
+	tuned := tunedContender("least_conn").site(ups)
+	if !strings.Contains(tuned, "\texpression `{rp.status_code} in [429, 500, 502, 503, 504]`") {
+		t.Errorf("tuned site lost its retry expression:\n%s", tuned)
+	}
+}
+
+// TestDynamicScenario checks the dynamic scenario's place in the
+// selection: in the default run with Bifrost, plain and tuned (hedge
+// only if named), and not in the smoke run.
+func TestDynamicScenario(t *testing.T) {
+	ss, err := selectScenarios("dynamic")
+	if err != nil || len(ss) != 1 || !ss[0].Dynamic || ss[0].AllBackends || ss[0].Fault.String() != faultserver.Answering(502, 0).String() {
+		t.Fatalf("dynamic scenario %+v %v", ss, err)
+	}
+	for _, sc := range allScenarios {
+		if sc.Dynamic != (sc.Name == "dynamic") {
+			t.Errorf("scenario %s: Dynamic %v", sc.Name, sc.Dynamic)
+		}
+	}
+	cs, _ := selectContenders("", "least_conn")
+	if got := contenderNames(cs)["dynamic"]; got != "bifrost,plain,tuned" {
+		t.Errorf("default run's dynamic contenders %s", got)
+	}
+	o, _, _ := parseFlags([]string{"-smoke"})
+	if ss, _ := selectScenarios(o.scenarios); len(ss) != 1 || ss[0].Dynamic {
+		t.Errorf("smoke scenarios %+v", ss)
+	}
+}
+
+// TestDNSServerAndLoopbackBackends runs the dynamic scenario's plumbing:
+// four backends on 127.0.0.2-5 sharing a port, and the DNS server's
+// answer before and after the fourth joins, as a resolver sees it.
+func TestDNSServerAndLoopbackBackends(t *testing.T) {
+	bs, err := startLoopbackBackends(4, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeBackends(bs)
+	if got := hosts(bs); strings.Join(got, ",") != "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5" {
+		t.Fatalf("hosts %v", got)
+	}
+	_, port, _ := net.SplitHostPort(bs[0].Addr())
+	for _, b := range bs {
+		if _, p, _ := net.SplitHostPort(b.Addr()); p != port {
+			t.Fatalf("ports differ: %v", addrs(bs))
+		}
+	}
+	srv, err := startDNS(dynamicName, hosts(bs[:3])...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.close()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", srv.addr)
+	}}
+	lookup := func() string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ips, err := r.LookupIP(ctx, "ip4", dynamicName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, ip := range ips {
+			out = append(out, ip.String())
+		}
+		sort.Strings(out)
+		return strings.Join(out, ",")
+	}
+	if got := lookup(); got != "127.0.0.2,127.0.0.3,127.0.0.4" {
+		t.Errorf("first answer %s", got)
+	}
+	srv.setA(hosts(bs)...)
+	if got := lookup(); got != "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5" {
+		t.Errorf("answer after the join %s", got)
+	}
+}
+
+// TestAddedSide checks the fourth backend's figures: its first try and
+// share are counted from when it joined, tries before are reported.
+func TestAddedSide(t *testing.T) {
+	b, err := faultserver.Start(faultserver.Options{Name: "b4", MaxEvents: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	in := analysisInput{start: t0, faultEnd: at(1000), added: b, addedAt: at(400)}
+	for i, tr := range []struct {
+		ms   int
+		addr string
+	}{{100, b.Addr()}, {500, "x:1"}, {600, b.Addr()}, {700, "x:1"}, {800, "x:1"}, {900, b.Addr()}, {1100, b.Addr()}, {1200, "x:1"}} {
+		in.tries = append(in.tries, upstreamTry{Start: at(tr.ms), Upstream: tr.addr, ID: string(rune('a' + i))})
+	}
+	var rr RunResult
+	addedSide(&rr, in)
+	switch {
+	case rr.AddedAtMS == nil || *rr.AddedAtMS != 400:
+		t.Errorf("added at %v", rr.AddedAtMS)
+	case rr.AddedFirstTryMS == nil || *rr.AddedFirstTryMS != 200:
+		t.Errorf("first try %v", rr.AddedFirstTryMS)
+	case rr.AddedShare == nil || *rr.AddedShare != 0.4:
+		t.Errorf("share %v", rr.AddedShare)
+	case rr.AddedShareAfter == nil || *rr.AddedShareAfter != 0.5:
+		t.Errorf("share after %v", rr.AddedShareAfter)
+	case rr.AddedTriesBefore != 1:
+		t.Errorf("tries before %d", rr.AddedTriesBefore)
+	}
+	if line := addedLine(&rr); !strings.Contains(line, "40.0% of the tries") || !strings.Contains(line, "1 tries before") {
+		t.Errorf("line %q", line)
 	}
 }
 

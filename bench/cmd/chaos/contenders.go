@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // contender is one proxy configuration under test; all of them run on
@@ -21,7 +22,56 @@ type contender struct {
 	// in every selected scenario. selectContenders clears it then.
 	DefaultScenarios []string
 	// site returns the proxy directive for upstreams.
-	site func(upstreams []string) string
+	site func(u upstreams) string
+}
+
+// upstreams is where a contender's upstreams come from: fixed addresses,
+// and/or the lines of a `dynamic` subdirective (one tab deep inside the
+// directive's block).
+type upstreams struct {
+	Static  []string
+	Dynamic []string
+}
+
+// staticUpstreams is a fixed list of addresses.
+func staticUpstreams(addrs ...string) upstreams { return upstreams{Static: addrs} }
+
+// args is the directive's arguments: the static addresses after a space,
+// or "".
+func (u upstreams) args() string {
+	if len(u.Static) == 0 {
+		return ""
+	}
+	return " " + strings.Join(u.Static, " ")
+}
+
+// dynamicA is the subdirective that takes the upstreams from the A
+// records of name, on port, asked of the DNS server at resolver every
+// refresh.
+func dynamicA(name, port, resolver string, refresh time.Duration) []string {
+	return []string{
+		fmt.Sprintf("dynamic a %s %s {", name, port),
+		"\tresolvers " + resolver,
+		"\trefresh " + refresh.String(),
+		"}",
+	}
+}
+
+// block writes directive with u's arguments and a block holding u's
+// dynamic lines then lines (each one tab deep), or no block when both are
+// empty.
+func block(directive string, u upstreams, lines ...string) string {
+	all := append(append([]string{}, u.Dynamic...), lines...)
+	if len(all) == 0 {
+		return directive + u.args()
+	}
+	var b strings.Builder
+	b.WriteString(directive + u.args() + " {\n")
+	for _, line := range all {
+		b.WriteString("\t" + line + "\n")
+	}
+	b.WriteString("}")
+	return b.String()
 }
 
 // runsIn reports whether c runs in scenario sc.
@@ -32,14 +82,8 @@ func (c contender) runsIn(sc scenario) bool {
 // bifrostSite is the site of the Bifrost contenders: active health checks
 // on /health every second, every other setting at its default, plus the
 // subdirectives in extra (Caddyfile lines, one tab deep).
-func bifrostSite(ups []string, extra ...string) string {
-	var b strings.Builder
-	b.WriteString("bifrost " + strings.Join(ups, " ") + " {\n\thealth {\n\t\turi /health\n\t\tinterval 1s\n\t}\n")
-	for _, line := range extra {
-		b.WriteString("\t" + line + "\n")
-	}
-	b.WriteString("}")
-	return b.String()
+func bifrostSite(u upstreams, extra ...string) string {
+	return block("bifrost", u, append([]string{"health {", "\turi /health", "\tinterval 1s", "}"}, extra...)...)
 }
 
 // The contenders, in the order of the tables.
@@ -48,7 +92,7 @@ var (
 		Name:    "bifrost",
 		Label:   "Bifrost",
 		Bifrost: true,
-		site:    func(ups []string) string { return bifrostSite(ups) },
+		site:    func(u upstreams) string { return bifrostSite(u) },
 	}
 	// hedgeContender is bifrostContender with hedged requests on (the
 	// one difference), to answer the hung-backend target with hedging on
@@ -59,12 +103,12 @@ var (
 		Label:            "Bifrost (hedging)",
 		Bifrost:          true,
 		DefaultScenarios: []string{"slow300", "hang"},
-		site:             func(ups []string) string { return bifrostSite(ups, "retry {", "\thedge auto", "}") },
+		site:             func(u upstreams) string { return bifrostSite(u, "retry {", "\thedge auto", "}") },
 	}
 	plainContender = contender{
 		Name:  "plain",
 		Label: "reverse_proxy",
-		site:  func(ups []string) string { return "reverse_proxy " + strings.Join(ups, " ") },
+		site:  func(u upstreams) string { return block("reverse_proxy", u) },
 	}
 )
 
@@ -76,24 +120,23 @@ func tunedContender(policy string) contender {
 	return contender{
 		Name:  "tuned",
 		Label: "reverse_proxy (tuned)",
-		site: func(ups []string) string {
-			return fmt.Sprintf(`reverse_proxy %s {
-	lb_policy %s
-	lb_retries 2
-	lb_try_duration 1s
-	lb_retry_match {
-		method GET HEAD
-	}
-	lb_retry_match {
-		method GET HEAD
-		expression `+"`{rp.status_code} in [429, 500, 502, 503, 504]`"+`
-	}
-	fail_duration 10s
-	max_fails 3
-	unhealthy_status 5xx
-	health_uri /health
-	health_interval 1s
-}`, strings.Join(ups, " "), policy)
+		site: func(u upstreams) string {
+			return block("reverse_proxy", u,
+				"lb_policy "+policy,
+				"lb_retries 2",
+				"lb_try_duration 1s",
+				"lb_retry_match {",
+				"\tmethod GET HEAD",
+				"}",
+				"lb_retry_match {",
+				"\tmethod GET HEAD",
+				"\texpression `{rp.status_code} in [429, 500, 502, 503, 504]`",
+				"}",
+				"fail_duration 10s",
+				"max_fails 3",
+				"unhealthy_status 5xx",
+				"health_uri /health",
+				"health_interval 1s")
 		},
 	}
 }
@@ -105,11 +148,11 @@ func overheadBifrost(policy string) contender {
 		Name:    "bifrost",
 		Label:   "Bifrost (defaults)",
 		Bifrost: true,
-		site: func(ups []string) string {
+		site: func(u upstreams) string {
 			if policy == "" {
-				return "bifrost " + strings.Join(ups, " ")
+				return block("bifrost", u)
 			}
-			return fmt.Sprintf("bifrost %s {\n\tlb_policy %s\n}", strings.Join(ups, " "), policy)
+			return block("bifrost", u, "lb_policy "+policy)
 		},
 	}
 }

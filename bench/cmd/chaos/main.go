@@ -276,7 +276,11 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 	}
 	for _, sc := range scs {
 		for _, c := range contendersIn(sc, cs) {
-			report.Contenders[c.Name] = c.site([]string{"<b1>", "<b2>", "<b3>"})
+			if sc.Dynamic {
+				report.Contenders[c.Name+" (dynamic)"] = c.site(dynamicUpstreams("<port>", "<dns>"))
+				continue
+			}
+			report.Contenders[c.Name] = c.site(staticUpstreams("<b1>", "<b2>", "<b3>"))
 		}
 	}
 	for _, sc := range scs {
@@ -317,9 +321,13 @@ func oneLine(rr RunResult) string {
 	if rr.Error != "" {
 		return "error: " + rr.Error
 	}
-	return fmt.Sprintf("GET fail %d (window %d, first 2s %d, after %d), POST fail %d, p99 %s, amp %s, isolate %s, reinstate %s, dup POST %d",
+	line := fmt.Sprintf("GET fail %d (window %d, first 2s %d, after %d), POST fail %d, p99 %s, amp %s, isolate %s, reinstate %s, dup POST %d",
 		rr.Overall.GETFailures, rr.Window.GETFailures, rr.First2s.GETFailures, rr.After.GETFailures, rr.Overall.POSTFailures,
 		fmtDur(rr.Window.P99), fmtRatio(rr.Amplification), fmtMSOr(rr.TimeToIsolateMS, "n/a"), fmtMSOr(rr.TimeToReinstateMS, "never"), rr.DuplicatePOSTs)
+	if rr.AddedRequests != nil {
+		line += "; fourth backend: " + addedLine(&rr)
+	}
+	return line
 }
 
 // smokeVerdict returns 1 if Bifrost showed a client-visible GET failure, a

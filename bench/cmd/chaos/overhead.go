@@ -78,13 +78,13 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 		return out
 	}
 	defer closeBackends(backends)
-	plain, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "plain"), plainContender, backends, false)
+	plain, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "plain"), plainContender, staticUpstreams(addrs(backends)...), false)
 	if err != nil {
 		out.Error = err.Error()
 		return out
 	}
 	defer plain.stop()
-	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost(s.Policy), backends, false)
+	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost(s.Policy), staticUpstreams(addrs(backends)...), false)
 	if err != nil {
 		out.Error = err.Error()
 		return out

@@ -97,6 +97,13 @@ func (r *Report) targets() []target {
 		}
 		out = append(out, t)
 	}
+	if b := r.bifrostRun("dynamic"); b != nil && b.Error == "" {
+		out = append(out,
+			target{"Dynamic upstreams: zero client-visible GET failures while one of three fails and a fourth joins the DNS answer",
+				fmt.Sprintf("%d of %d (window %d)", b.Overall.GETFailures, b.Overall.GETRequests, b.Window.GETFailures), ptr(b.Overall.GETFailures == 0)},
+			target{"Dynamic upstreams: the fourth backend gets traffic once it joins",
+				addedLine(b), ptr(b.AddedShare != nil && *b.AddedShare > 0 && b.AddedTriesBefore == 0)})
+	}
 	dup, runs := 0, 0
 	for _, s := range r.Scenarios {
 		if b := s.run("bifrost"); b != nil && b.Error == "" {
@@ -346,6 +353,11 @@ func markdownScenario(b *strings.Builder, s ScenarioResult) {
 	if len(kinds) > 0 {
 		fmt.Fprintf(b, "\nFailures by cause (whole run): %s.\n", strings.Join(kinds, "; "))
 	}
+	for _, run := range s.Runs {
+		if run.Error == "" && run.AddedAtMS != nil {
+			fmt.Fprintf(b, "\n%s: the fourth backend joined the DNS answer %s into the run; %s.\n", run.Label, fmtMS(run.AddedAtMS), addedLine(&run))
+		}
+	}
 	if line := shareAfterLine(s); line != "" {
 		fmt.Fprintf(b, "\nFaulty backend's share of the tries after the window (before the fault): %s.\n", line)
 	}
@@ -360,6 +372,30 @@ func markdownScenario(b *strings.Builder, s ScenarioResult) {
 		b.WriteString(".\n")
 	}
 	b.WriteString("\n")
+}
+
+// addedLine describes the traffic of the dynamic scenario's fourth
+// backend.
+func addedLine(r *RunResult) string {
+	if r.AddedAtMS == nil {
+		return "never added"
+	}
+	share := func(v *float64) string {
+		if v == nil {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f%%", *v*100)
+	}
+	var n int64
+	if r.AddedRequests != nil {
+		n = *r.AddedRequests
+	}
+	s := fmt.Sprintf("first try %s after it joined, %s of the tries for the rest of the window, %s after the window, %d requests in all",
+		fmtMSOr(r.AddedFirstTryMS, "never"), share(r.AddedShare), share(r.AddedShareAfter), n)
+	if r.AddedTriesBefore > 0 {
+		s += fmt.Sprintf(" (and %d tries before it joined)", r.AddedTriesBefore)
+	}
+	return s
 }
 
 // shareAfterLine lists each contender's faulty share after the window,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,6 +24,11 @@ type scenario struct {
 	AllBackends bool
 	// Extra marks scenarios beyond the ones the targets are about.
 	Extra bool
+	// Dynamic takes the upstreams from `dynamic a` through the suite's
+	// DNS server instead of listing them: the name resolves to the three
+	// backends (127.0.0.2 to 127.0.0.4, one port), and a fourth
+	// (127.0.0.5) joins the answer a quarter into the window.
+	Dynamic bool
 }
 
 // lyingHealth502 answers 502 to traffic while /health says 200.
@@ -41,6 +47,7 @@ var allScenarios = []scenario{
 	{Name: "flaky30", Description: "one backend fails 30% of requests (health included) with 502", Fault: faultserver.FlakyBy(0.3)},
 	{Name: "slow300", Description: "one backend answers 300 ms late", Fault: faultserver.SlowBy(300 * time.Millisecond)},
 	{Name: "hang", Description: "one backend reads requests and never answers (until the window ends)", Fault: faultserver.Behavior{Mode: faultserver.Hang}},
+	{Name: "dynamic", Description: "upstreams from `dynamic a`: one of three answers 502 (health included) while a fourth joins the DNS answer", Fault: faultserver.Answering(502, 0), Dynamic: true},
 	{Name: "all-down", Description: "every backend's port closed for the outage", Fault: faultserver.Refusing(), AllBackends: true},
 	{Name: "reset-mid-body", Description: "one backend sends headers and half the body, then resets", Fault: faultserver.Behavior{Mode: faultserver.ResetMidBody}, Extra: true},
 	{Name: "junk", Description: "one backend answers bytes that are not HTTP", Fault: faultserver.Behavior{Mode: faultserver.Junk}, Extra: true},
@@ -119,11 +126,66 @@ func addrs(bs []*faultserver.Server) []string {
 	return out
 }
 
+// The dynamic scenario's DNS name and how often the source looks it up.
+const (
+	dynamicName    = "backends.chaos.test"
+	dynamicRefresh = time.Second
+)
+
+// startLoopbackBackends starts n healthy fault servers on 127.0.0.2,
+// 127.0.0.3, ... sharing one port, as the A records of one name must: the
+// port free on the first address is tried on the others, a few times
+// over.
+func startLoopbackBackends(n, maxEvents int) ([]*faultserver.Server, error) {
+	var lastErr error
+	for range 10 {
+		var out []*faultserver.Server
+		port := "0"
+		for i := range n {
+			s, err := faultserver.Start(faultserver.Options{
+				Name: fmt.Sprintf("b%d", i+1), Addr: net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i+2), port), MaxEvents: maxEvents,
+			})
+			if err != nil {
+				lastErr = err
+				break
+			}
+			out = append(out, s)
+			_, port, _ = net.SplitHostPort(s.Addr())
+		}
+		if len(out) == n {
+			return out, nil
+		}
+		closeBackends(out)
+	}
+	return nil, fmt.Errorf("no port free on 127.0.0.2-127.0.0.%d: %w", n+1, lastErr)
+}
+
+// hosts returns the IP addresses of bs.
+func hosts(bs []*faultserver.Server) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i], _, _ = net.SplitHostPort(b.Addr())
+	}
+	return out
+}
+
+// dynamicUpstreams is the dynamic scenario's source: the A records of
+// dynamicName on port, asked of resolver.
+func dynamicUpstreams(port, resolver string) upstreams {
+	return upstreams{Dynamic: dynamicA(dynamicName, port, resolver, dynamicRefresh)}
+}
+
 // runScenario runs sc against contender c on fresh backends and a fresh
 // Caddy, and measures it.
 func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResult {
 	rr := RunResult{Contender: c.Name, Label: c.Label, Bifrost: c.Bifrost}
-	backends, err := startBackends(backendCount, 0)
+	var backends []*faultserver.Server
+	var err error
+	if sc.Dynamic {
+		backends, err = startLoopbackBackends(backendCount+1, 0)
+	} else {
+		backends, err = startBackends(backendCount, 0)
+	}
 	if err != nil {
 		rr.Error = err.Error()
 		return rr
@@ -133,9 +195,23 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 	if sc.AllBackends {
 		faulty = backends
 	}
+	ups := staticUpstreams(addrs(backends)...)
+	var join *joinSchedule
+	if sc.Dynamic {
+		// the name resolves to the first three; the fourth joins later
+		srv, err := startDNS(dynamicName, hosts(backends[:backendCount])...)
+		if err != nil {
+			rr.Error = err.Error()
+			return rr
+		}
+		defer srv.close()
+		_, port, _ := net.SplitHostPort(backends[0].Addr())
+		ups = dynamicUpstreams(port, srv.addr)
+		join = &joinSchedule{dns: srv, ips: hosts(backends), at: e.timing.FaultAt + e.timing.window(sc)/4, added: backends[backendCount]}
+	}
 
 	dir := filepath.Join(e.tmp, sc.Name, c.Name)
-	proc, err := e.startProxy(ctx, dir, c, backends, true)
+	proc, err := e.startProxy(ctx, dir, c, ups, true)
 	if err != nil {
 		rr.Error = err.Error()
 		return rr
@@ -151,12 +227,15 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 	for _, b := range backends {
 		b.ResetCounters()
 	}
-	in, err := e.drive(ctx, sc, c, proc, faulty)
+	in, err := e.drive(ctx, sc, c, proc, faulty, join)
 	if err != nil {
 		rr.Error = err.Error()
 		return rr
 	}
 	in.backends, in.faulty, in.allFaulty = backends, faulty, sc.AllBackends
+	if join != nil {
+		in.added, in.addedAt = join.added, join.done
+	}
 
 	proc.stop() // flushes and closes the log before it is read
 	if in.tries, in.notes, err = readTries(proc.debugLog); err != nil {
@@ -167,16 +246,42 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 	return rr
 }
 
+// joinSchedule adds a backend to the DNS answer at a time of the run.
+type joinSchedule struct {
+	dns   *dnsServer
+	ips   []string // the answer from then on
+	at    time.Duration
+	added *faultserver.Server
+	done  time.Time // when the answer changed; zero if it never did
+}
+
+// run changes the answer at start+at unless ctx ends first.
+func (j *joinSchedule) run(ctx context.Context, start time.Time) {
+	if sleepCtx(ctx, time.Until(start.Add(j.at))) {
+		j.dns.setA(j.ips...)
+		j.done = time.Now()
+	}
+}
+
 // drive sends the load through proc while the fault comes and goes on
-// faulty, polling Bifrost's admin API if c is Bifrost.
-func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyProc, faulty []*faultserver.Server) (analysisInput, error) {
+// faulty (and join, if not nil, adds a backend to the DNS answer),
+// polling Bifrost's admin API if c is Bifrost.
+func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyProc, faulty []*faultserver.Server, join *joinSchedule) (analysisInput, error) {
 	var in analysisInput
 	var stopPolling func() ([]stateChange, int)
 	if c.Bifrost {
 		stopPolling = startPolling(ctx, proc.adminURL(), e.poll)
 	}
 	fs := newFaultSchedule(faulty, sc.Fault, e.timing.FaultAt, e.timing.window(sc))
-	go fs.run(ctx, time.Now())
+	start := time.Now()
+	go fs.run(ctx, start)
+	joined := make(chan struct{})
+	go func() {
+		defer close(joined)
+		if join != nil {
+			join.run(ctx, start)
+		}
+	}()
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		URL:       proc.proxyURL(),
 		Rate:      e.load.Rate,
@@ -186,6 +291,7 @@ func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyPr
 		IDPrefix:  sc.Name + "-" + c.Name,
 	})
 	fs.wait()
+	<-joined
 	if stopPolling != nil {
 		in.changes, in.pollErrors = stopPolling()
 		in.polled = true
@@ -221,9 +327,9 @@ func startPolling(ctx context.Context, adminURL string, every time.Duration) fun
 	}
 }
 
-// startProxy starts Caddy with contender c in front of backends; debug
-// keeps the upstream-roundtrip log.
-func (e *env) startProxy(ctx context.Context, dir string, c contender, backends []*faultserver.Server, debug bool) (*caddyProc, error) {
+// startProxy starts Caddy with contender c in front of ups; debug keeps
+// the upstream-roundtrip log.
+func (e *env) startProxy(ctx context.Context, dir string, c contender, ups upstreams, debug bool) (*caddyProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -232,9 +338,10 @@ func (e *env) startProxy(ctx context.Context, dir string, c contender, backends 
 	if err != nil {
 		return nil, err
 	}
-	cf := caddyConfig{Port: port, Admin: admin, Dir: dir, Site: c.site(addrs(backends))}
+	cf := caddyConfig{Port: port, Admin: admin, Dir: dir, Site: c.site(ups)}
 	if debug {
 		cf.DebugLog = filepath.Join(dir, "tries.log")
+		cf.DebugAll = len(ups.Dynamic) > 0
 	}
 	return startCaddy(ctx, e.procs, e.caddy, dir, cf)
 }
