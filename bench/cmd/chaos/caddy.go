@@ -197,10 +197,11 @@ type caddyConfig struct {
 	// DebugLog, when set, is the file that receives reverse_proxy's and
 	// Bifrost's debug logs (one "upstream roundtrip" line per try).
 	DebugLog string
-	// DebugAll sends every logger's debug lines to DebugLog, not only
-	// reverse_proxy's and Bifrost's: the proxies of Bifrost's dynamic
-	// workers log on Caddy's unnamed default logger, which no include
-	// can name.
+	// DebugAll makes DebugLog Caddy's default log, with every logger's
+	// debug lines, not only reverse_proxy's and Bifrost's: the proxies of
+	// Bifrost's dynamic workers are provisioned in a context of their
+	// own, so they log through Caddy's default logger, which only the
+	// default log receives.
 	DebugAll bool
 	// Site is the body of the site block: the proxy directive.
 	Site string
@@ -213,7 +214,11 @@ func (cf caddyConfig) render() string {
 	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n", cf.Admin)
 	fmt.Fprintf(&b, "\tdefault_bind 127.0.0.1\n\tstorage file_system %s\n", quote(filepath.Join(cf.Dir, "storage")))
 	if cf.DebugLog != "" {
-		fmt.Fprintf(&b, "\tlog tries {\n\t\toutput file %s {\n\t\t\troll_disabled\n\t\t}\n", quote(cf.DebugLog))
+		name := "tries"
+		if cf.DebugAll {
+			name = "default"
+		}
+		fmt.Fprintf(&b, "\tlog %s {\n\t\toutput file %s {\n\t\t\troll_disabled\n\t\t}\n", name, quote(cf.DebugLog))
 		b.WriteString("\t\tformat json\n\t\tlevel DEBUG\n")
 		if !cf.DebugAll {
 			b.WriteString("\t\tinclude http.handlers.reverse_proxy http.handlers.bifrost\n")

@@ -26,6 +26,17 @@ func TestRenderCaddyfile(t *testing.T) {
 			t.Errorf("Caddyfile lacks %q:\n%s", want, got)
 		}
 	}
+	if strings.Contains(got, "log default") {
+		t.Error("the default log taken without DebugAll")
+	}
+	// the dynamic scenario: every logger's debug lines, in the default log
+	cf.DebugAll = true
+	all := cf.render()
+	if !strings.Contains(all, "\tlog default {\n\t\toutput file /tmp/x/tries.log") || !strings.Contains(all, "level DEBUG") ||
+		strings.Contains(all, "include") || strings.Contains(all, "log tries") {
+		t.Errorf("DebugAll log:\n%s", all)
+	}
+	cf.DebugAll = false
 	cf.DebugLog = ""
 	if strings.Contains(cf.render(), "log tries") {
 		t.Error("debug log configured without DebugLog")
