@@ -279,7 +279,7 @@ func TestAddedSide(t *testing.T) {
 	for i, tr := range []struct {
 		ms   int
 		addr string
-	}{{100, b.Addr()}, {500, "x:1"}, {600, b.Addr()}, {700, "x:1"}, {800, "x:1"}, {900, b.Addr()}, {1100, b.Addr()}, {1200, "x:1"}} {
+	}{{100, b.Addr()}, {200, "x:1"}, {500, "x:1"}, {600, b.Addr()}, {700, "x:1"}, {800, "x:1"}, {900, b.Addr()}, {1100, b.Addr()}, {1200, "x:1"}} {
 		in.tries = append(in.tries, upstreamTry{Start: at(tr.ms), Upstream: tr.addr, ID: string(rune('a' + i))})
 	}
 	var rr RunResult
