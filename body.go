@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,23 +96,13 @@ func (h *Handler) keepsCopy(r *http.Request) bool {
 	if h.policy.Attempts < 2 {
 		return false
 	}
-	if !methodRetried(h.methods, r.Method) && (h.Retry == nil || len(h.Retry.match) == 0) {
+	if !slices.Contains(h.methods, r.Method) && (h.Retry == nil || len(h.Retry.match) == 0) {
 		// only a retry match could make this request retryable once sent
 		return false
 	}
 	return r.Method != http.MethodConnect && r.Header.Get("Upgrade") == "" &&
 		!caddyhttp.IsIncremental(r.Header) &&
 		!strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
-}
-
-// methodRetried reports whether method is among the retried ones.
-func methodRetried(methods []string, method string) bool {
-	for _, m := range methods {
-		if m == method {
-			return true
-		}
-	}
-	return false
 }
 
 // replayable reports whether another try could send the body whole.

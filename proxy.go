@@ -370,7 +370,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 
 	// a try that could go to another worker can be taken back from a
 	// worker found hanging (see waitingTries)
-	movable := rc == nil && canRetry && len(rs.set.workers) > 1 && methodRetried(h.methods, r.Method)
+	movable := rc == nil && canRetry && len(rs.set.workers) > 1 && slices.Contains(h.methods, r.Method)
 	if rc != nil || h.perTry > 0 || movable {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
