@@ -524,16 +524,16 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		}
 		k.wk.tracker.Done(k.token, now, latency, status >= 500 && !k.panicMode)
 	}
-	// (racing tries share the request's state with the race's loop: they
-	// leave the choice of a next worker to it)
-	if k.canRetry && k.rs.body.replayable() && (k.rc != nil || k.h.anotherWorker(k.rs, k.wk)) {
+	if k.canRetry && k.rs.body.replayable() {
 		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
-		if cls.Failure && k.h.retryable(k.r, cls, status) {
-			return true
-		}
-		if !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r) {
-			// a response the user's retry match asks to retry
-			tw.retryMatched = true
+		retry := cls.Failure && k.h.retryable(k.r, cls, status)
+		// a response the user's retry match asks to retry
+		matched := !retry && !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r)
+		// held only if another worker could take the request (racing
+		// tries share the request's state with the race's loop: they
+		// leave the choice of a next worker to it)
+		if (retry || matched) && (k.rc != nil || k.h.anotherWorker(k.rs, k.wk)) {
+			tw.retryMatched = matched
 			return true
 		}
 	}
