@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -34,27 +35,27 @@ func TestAdminAPI(t *testing.T) {
 		get(t, "/")
 	}
 
-	var workers []workerView
+	var workers []pool.WorkerView
 	if code := adminJSON(t, http.MethodGet, "/bifrost/workers", &workers); code != http.StatusOK || len(workers) != 3 {
 		t.Fatalf("GET /bifrost/workers: %d, %d workers", code, len(workers))
 	}
-	var one workerView
-	if code := adminJSON(t, http.MethodGet, "/bifrost/workers/"+workerID("adm", dead), &one); code != http.StatusOK {
+	var one pool.WorkerView
+	if code := adminJSON(t, http.MethodGet, "/bifrost/workers/"+pool.WorkerID("adm", dead), &one); code != http.StatusOK {
 		t.Fatalf("GET one worker: %d", code)
 	}
 	if one.Upstream != dead || one.Breaker.State.String() != "open" || one.Failures != 2 || one.Breaker.RetryAt.IsZero() {
 		t.Fatalf("dead worker view: %+v", one)
 	}
 
-	var stats statsView
+	var stats pool.StatsView
 	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
 	if stats.TotalWorkers != 3 || stats.ByKind["connection"] != 2 || stats.BySeverity["low"] != 2 || stats.BreakerTrips != 1 || stats.Retries != 2 {
 		t.Fatalf("stats: %+v", stats)
 	}
 
 	var errs []recovery.ContextualError
-	adminJSON(t, http.MethodGet, "/bifrost/errors?limit=1&worker="+workerID("adm", dead)+"&severity=low", &errs)
-	if len(errs) != 1 || errs[0].Kind != recovery.KindConnection || errs[0].Context.WorkerID != workerID("adm", dead) {
+	adminJSON(t, http.MethodGet, "/bifrost/errors?limit=1&worker="+pool.WorkerID("adm", dead)+"&severity=low", &errs)
+	if len(errs) != 1 || errs[0].Kind != recovery.KindConnection || errs[0].Context.WorkerID != pool.WorkerID("adm", dead) {
 		t.Fatalf("errors: %+v", errs)
 	}
 
@@ -66,14 +67,14 @@ func TestAdminAPI(t *testing.T) {
 		{http.MethodGet, "/bifrost/nothing", http.StatusNotFound},
 		{http.MethodDelete, "/bifrost/workers", http.StatusMethodNotAllowed},
 		{http.MethodPost, "/bifrost/stats", http.StatusMethodNotAllowed},
-		{http.MethodGet, "/bifrost/workers/" + workerID("adm", a.addr) + "/isolate", http.StatusMethodNotAllowed},
-		{http.MethodPost, "/bifrost/workers/" + workerID("adm", a.addr) + "/explode", http.StatusNotFound},
+		{http.MethodGet, "/bifrost/workers/" + pool.WorkerID("adm", a.addr) + "/isolate", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/bifrost/workers/" + pool.WorkerID("adm", a.addr) + "/explode", http.StatusNotFound},
 		{http.MethodGet, "/bifrost/errors?limit=zero", http.StatusBadRequest},
 		{http.MethodGet, "/bifrost/errors?limit=-4", http.StatusBadRequest},
 		{http.MethodGet, "/bifrost/errors?severity=apocalyptic", http.StatusBadRequest},
 		{http.MethodGet, "/bifrost/errors?kind=weird", http.StatusBadRequest},
-		{http.MethodPost, "/bifrost/workers/" + workerID("adm", a.addr) + "/isolate?duration=-5s", http.StatusBadRequest},
-		{http.MethodPost, "/bifrost/workers/" + workerID("adm", a.addr) + "/isolate?duration=soon", http.StatusBadRequest},
+		{http.MethodPost, "/bifrost/workers/" + pool.WorkerID("adm", a.addr) + "/isolate?duration=-5s", http.StatusBadRequest},
+		{http.MethodPost, "/bifrost/workers/" + pool.WorkerID("adm", a.addr) + "/isolate?duration=soon", http.StatusBadRequest},
 	}
 	for _, tc := range bad {
 		var e struct{ Error string }
@@ -81,24 +82,24 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("%s %s: %d %q, want %d with a JSON error", tc.method, tc.path, code, e.Error, tc.want)
 		}
 	}
-	code, body, hdr := do(t, http.MethodPost, "http://"+testAdmin+"/bifrost/workers/"+workerID("adm", a.addr)+"/isolate",
+	code, body, hdr := do(t, http.MethodPost, "http://"+testAdmin+"/bifrost/workers/"+pool.WorkerID("adm", a.addr)+"/isolate",
 		[]byte(`{"duration": 12}`), "Content-Type", "application/json")
 	if code != http.StatusBadRequest || !strings.Contains(hdr.Get("Content-Type"), "json") || !strings.Contains(body, "error") {
 		t.Errorf("isolate with a bad body: %d %s", code, body)
 	}
 
 	// an isolation with a duration expires by itself
-	var v workerView
-	code, body, _ = do(t, http.MethodPost, "http://"+testAdmin+"/bifrost/workers/"+workerID("adm", a.addr)+"/isolate",
+	var v pool.WorkerView
+	code, body, _ = do(t, http.MethodPost, "http://"+testAdmin+"/bifrost/workers/"+pool.WorkerID("adm", a.addr)+"/isolate",
 		[]byte(`{"duration": "400ms", "reason": "maintenance"}`), "Content-Type", "application/json")
 	if err := json.Unmarshal([]byte(body), &v); code != http.StatusOK || err != nil || !v.Isolated || !strings.Contains(v.IsolationReason, "maintenance") {
 		t.Fatalf("isolate: %d %s", code, body)
 	}
 	ws := workerOf(t, "adm", a.addr)
-	eventually(t, 3*time.Second, "the operator isolation to expire", func() bool { return !ws.health.Isolated() })
+	eventually(t, 3*time.Second, "the operator isolation to expire", func() bool { return !ws.Health.Isolated() })
 
 	// reset closes an open breaker
-	adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("adm", dead)+"/reset", &v)
+	adminJSON(t, http.MethodPost, "/bifrost/workers/"+pool.WorkerID("adm", dead)+"/reset", &v)
 	if v.Breaker.State.String() != "closed" {
 		t.Fatalf("after reset the breaker is %s", v.Breaker.State)
 	}
@@ -151,8 +152,8 @@ func loadWithEventLog(t *testing.T, body string) {
 	_ = json.Unmarshal(js, &cfg)
 	apps := cfg["apps"].(map[string]any)
 	apps["events"] = map[string]any{"subscriptions": []any{map[string]any{
-		"events": []string{eventBreakerOpened, eventBreakerHalfOpen, eventBreakerClosed,
-			eventWorkerIsolated, eventWorkerRestored, eventWorkerRecoveryFailed},
+		"events": []string{pool.EventBreakerOpened, pool.EventBreakerHalfOpen, pool.EventBreakerClosed,
+			pool.EventWorkerIsolated, pool.EventWorkerRestored, pool.EventWorkerRecoveryFailed},
 		"handlers": []any{map[string]any{"handler": "bifrost_test_log"}},
 	}}}
 	js, _ = json.Marshal(cfg)
@@ -177,12 +178,12 @@ func TestEvents(t *testing.T) {
 		}`))
 	ws := workerOf(t, "ev", a.addr)
 	a.setHealth(status(http.StatusServiceUnavailable, ""))
-	eventually(t, 3*time.Second, "isolation", func() bool { return ws.health.Isolated() })
+	eventually(t, 3*time.Second, "isolation", func() bool { return ws.Health.Isolated() })
 	a.setHealth(status(http.StatusOK, ""))
-	eventually(t, 3*time.Second, "restoration", func() bool { return !ws.health.Isolated() })
+	eventually(t, 3*time.Second, "restoration", func() bool { return !ws.Health.Isolated() })
 	time.Sleep(300 * time.Millisecond) // any duplicate would show up by now
 
-	iso, res := eventsNamed(eventWorkerIsolated, ws.id), eventsNamed(eventWorkerRestored, ws.id)
+	iso, res := eventsNamed(pool.EventWorkerIsolated, ws.ID), eventsNamed(pool.EventWorkerRestored, ws.ID)
 	if len(iso) != 1 || len(res) != 1 {
 		t.Fatalf("got %d worker_isolated and %d worker_restored events, want 1 each", len(iso), len(res))
 	}
@@ -195,7 +196,7 @@ func TestEvents(t *testing.T) {
 		get(t, "/")
 	}
 	eventually(t, 2*time.Second, "breaker_opened", func() bool {
-		return len(eventsNamed(eventBreakerOpened, workerID("ev", b.addr))) == 1
+		return len(eventsNamed(pool.EventBreakerOpened, pool.WorkerID("ev", b.addr))) == 1
 	})
 }
 
@@ -254,9 +255,9 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("got %d", code)
 		}
 	}
-	time.Sleep(2 * tickInterval) // gauges refresh on the tick
+	time.Sleep(2 * pool.TickInterval) // gauges refresh on the tick
 	m := scrape(t)
-	deadID, liveID := workerID("met", dead), workerID("met", a.addr)
+	deadID, liveID := pool.WorkerID("met", dead), pool.WorkerID("met", a.addr)
 	want := map[string]float64{
 		"caddy_bifrost_requests_total,outcome=failure,pool=met,worker=" + deadID:            2,
 		"caddy_bifrost_requests_total,outcome=success,pool=met,worker=" + liveID:            10,
@@ -310,7 +311,7 @@ func TestErrorHistoryBoundedAndWithoutSecrets(t *testing.T) {
 		do(t, http.MethodGet, testSite+"/secret-path?token=query-secret", nil,
 			"Authorization", "Bearer header-secret", "Cookie", "session=cookie-secret", "Proxy-Authorization", "Basic proxy-secret")
 	}
-	errs := collectErrors(recovery.Filter{Pool: "hist"})
+	errs := pool.Errors(recovery.Filter{Pool: "hist"}, nil)
 	if len(errs) != 25 {
 		t.Fatalf("history holds %d errors, want its limit 25", len(errs))
 	}
@@ -336,7 +337,7 @@ func TestStatusCommand(t *testing.T) {
 	// the default policy draws the dead worker for about half of the
 	// requests until its first failure opens its breaker
 	ws := workerOf(t, "cli", dead)
-	for i := 0; i < 50 && ws.breaker.State() != breaker.StateOpen; i++ {
+	for i := 0; i < 50 && ws.Breaker.State() != breaker.StateOpen; i++ {
 		get(t, "/")
 	}
 	var out bytes.Buffer
@@ -344,7 +345,7 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"POOL", workerID("cli", a.addr), workerID("cli", dead), "healthy", "open"} {
+	for _, want := range []string{"POOL", pool.WorkerID("cli", a.addr), pool.WorkerID("cli", dead), "healthy", "open"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status output lacks %q:\n%s", want, text)
 		}
@@ -362,7 +363,7 @@ func TestAdminIsolateDurationCap(t *testing.T) {
 	a := newBackend(t)
 	loadCaddyfile(t, siteConfig([]string{a.addr}, `
 		name cap`))
-	path := "http://" + testAdmin + "/bifrost/workers/" + workerID("cap", a.addr) + "/isolate"
+	path := "http://" + testAdmin + "/bifrost/workers/" + pool.WorkerID("cap", a.addr) + "/isolate"
 	ws := workerOf(t, "cap", a.addr)
 	for _, tc := range []struct {
 		query string
@@ -378,14 +379,14 @@ func TestAdminIsolateDurationCap(t *testing.T) {
 		if code != http.StatusBadRequest || !strings.Contains(hdr.Get("Content-Type"), "json") || !strings.Contains(e.Error, "limit of 24h") {
 			t.Errorf("isolate %s%s: %d %s, want a JSON 400 naming the limit", tc.query, tc.body, code, body)
 		}
-		if ws.health.Isolated() {
+		if ws.Health.Isolated() {
 			t.Fatalf("isolate %s%s isolated the worker", tc.query, tc.body)
 		}
 	}
-	var v workerView
+	var v pool.WorkerView
 	code, body, _ := do(t, http.MethodPost, path+"?duration=24h", nil)
 	if err := json.Unmarshal([]byte(body), &v); code != http.StatusOK || err != nil || !v.Isolated ||
-		time.Until(v.IsolatedUntil) > maxIsolateDuration || time.Until(v.IsolatedUntil) < maxIsolateDuration-time.Minute {
+		time.Until(v.IsolatedUntil) > pool.MaxIsolateDuration || time.Until(v.IsolatedUntil) < pool.MaxIsolateDuration-time.Minute {
 		t.Fatalf("isolate for exactly the limit: %d %s", code, body)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // errBodyGone is what a try reads from a request body whose bytes were
@@ -56,7 +58,7 @@ type requestBody struct {
 	released bool         // the request ended; guarded by mu
 
 	limit  int64 // the most the copy may hold (retry.max_body)
-	memory *replayMemory
+	memory *pool.BodyMemory
 }
 
 // copyChunkSize is the size of the chunks a body copy is made of.
@@ -76,7 +78,7 @@ var noBody = &requestBody{}
 // newRequestBody returns the body of r for its tries. copy says whether
 // the request may need it again: a request that can never be retried
 // after its body was sent keeps no copy.
-func newRequestBody(r *http.Request, limit int64, memory *replayMemory, copy bool) *requestBody {
+func newRequestBody(r *http.Request, limit int64, memory *pool.BodyMemory, copy bool) *requestBody {
 	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
 		return noBody
 	}
@@ -161,7 +163,7 @@ func (b *requestBody) dropCopy() {
 		copyChunks.Put(c)
 		b.chunks[i] = nil
 	}
-	b.memory.free(int64(len(b.chunks)) * copyChunkSize)
+	b.memory.Free(int64(len(b.chunks)) * copyChunkSize)
 	b.chunks, b.copied = nil, 0
 }
 
@@ -247,7 +249,7 @@ func (b *requestBody) save(p []byte) {
 	for len(p) > 0 {
 		i := b.copied % copyChunkSize
 		if i == 0 && b.copied/copyChunkSize == int64(len(b.chunks)) {
-			if !b.memory.take(copyChunkSize) {
+			if !b.memory.Take(copyChunkSize) {
 				b.dropCopy()
 				return
 			}
@@ -298,37 +300,4 @@ func (t *tryBody) sentAt() time.Time {
 		return time.Unix(0, ns)
 	}
 	return time.Time{}
-}
-
-// replayMemory bounds the memory that a pool's request body copies hold
-// together (retry.max_body_total). Past it, requests stream without a
-// copy: they are sent once, and retried only if their body was never
-// read.
-type replayMemory struct {
-	limit atomic.Int64
-	used  atomic.Int64
-}
-
-// take reserves n bytes, if the limit allows.
-func (m *replayMemory) take(n int64) bool {
-	if m == nil {
-		return true
-	}
-	limit := m.limit.Load()
-	for {
-		used := m.used.Load()
-		if used+n > limit {
-			return false
-		}
-		if m.used.CompareAndSwap(used, used+n) {
-			return true
-		}
-	}
-}
-
-// free gives back n bytes.
-func (m *replayMemory) free(n int64) {
-	if m != nil {
-		m.used.Add(-n)
-	}
 }

@@ -9,11 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // newTestBody returns the body of a PUT of data (chunked when length is
 // -1) for tries, with a copy kept up to limit within memory.
-func newTestBody(t *testing.T, src io.Reader, length, limit int64, memory *replayMemory) (*requestBody, *http.Request) {
+func newTestBody(t *testing.T, src io.Reader, length, limit int64, memory *pool.BodyMemory) (*requestBody, *http.Request) {
 	t.Helper()
 	r := httptest.NewRequest(http.MethodPut, "/", io.NopCloser(src))
 	r.ContentLength = length
@@ -26,8 +28,8 @@ func newTestBody(t *testing.T, src io.Reader, length, limit int64, memory *repla
 // The second try reads the same bytes as the first, from the copy, and
 // the copy's memory goes back to the pool's budget at the end.
 func TestRequestBodyReplaysTheCopy(t *testing.T) {
-	mem := &replayMemory{}
-	mem.limit.Store(1 << 20)
+	mem := &pool.BodyMemory{}
+	mem.SetLimit(1 << 20)
 	data := strings.Repeat("0123456789abcdef", 5000) // 80 kB: three chunks
 	b, r := newTestBody(t, strings.NewReader(data), -1, 1<<20, mem)
 
@@ -52,11 +54,11 @@ func TestRequestBodyReplaysTheCopy(t *testing.T) {
 	if !b.complete() {
 		t.Fatal("the whole body was read but the copy is not complete")
 	}
-	if used := mem.used.Load(); used != 3*copyChunkSize {
+	if used := mem.Used(); used != 3*copyChunkSize {
 		t.Fatalf("copy holds %d bytes of memory, want 3 chunks", used)
 	}
 	b.release()
-	if used := mem.used.Load(); used != 0 {
+	if used := mem.Used(); used != 0 {
 		t.Fatalf("%d bytes still held after release", used)
 	}
 }
@@ -69,8 +71,8 @@ func TestRequestBodyBeyondItsLimits(t *testing.T) {
 		limit, total int64
 	}{{"max_body", 40000, 1 << 20}, {"max_body_total", 1 << 20, 2 * copyChunkSize}} {
 		t.Run(c.name, func(t *testing.T) {
-			mem := &replayMemory{}
-			mem.limit.Store(c.total)
+			mem := &pool.BodyMemory{}
+			mem.SetLimit(c.total)
 			data := bytes.Repeat([]byte("x"), 100000)
 			b, r := newTestBody(t, bytes.NewReader(data), -1, c.limit, mem)
 			b.forTry(r)
@@ -81,8 +83,8 @@ func TestRequestBodyBeyondItsLimits(t *testing.T) {
 			if b.replayable() {
 				t.Fatal("a body past its limit counts as replayable")
 			}
-			if mem.used.Load() != 0 {
-				t.Fatalf("%d bytes held by a copy given up", mem.used.Load())
+			if mem.Used() != 0 {
+				t.Fatalf("%d bytes held by a copy given up", mem.Used())
 			}
 			b.forTry(r)
 			if _, err := r.Body.Read(make([]byte, 10)); !errors.Is(err, errBodyGone) {
@@ -96,7 +98,7 @@ func TestRequestBodyBeyondItsLimits(t *testing.T) {
 // whole to the next try even without a copy.
 func TestRequestBodyUnreadNeedsNoCopy(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("order"))
-	b := newRequestBody(r, 1<<20, &replayMemory{}, false)
+	b := newRequestBody(r, 1<<20, &pool.BodyMemory{}, false)
 	b.forTry(r)
 	_ = r.Body.Close() // the dial failed
 	if !b.replayable() {
@@ -115,8 +117,8 @@ func TestRequestBodyUnreadNeedsNoCopy(t *testing.T) {
 // client's body, and that try reads nothing more once the request ended.
 func TestRequestBodyReleaseDoesNotWaitForTheClient(t *testing.T) {
 	pr, pw := io.Pipe()
-	mem := &replayMemory{}
-	mem.limit.Store(1 << 20)
+	mem := &pool.BodyMemory{}
+	mem.SetLimit(1 << 20)
 	b, r := newTestBody(t, pr, -1, 1<<20, mem)
 	b.forTry(r)
 	body := r.Body
@@ -139,7 +141,7 @@ func TestRequestBodyReleaseDoesNotWaitForTheClient(t *testing.T) {
 	if err := <-readDone; !errors.Is(err, errTryOver) {
 		t.Fatalf("the try read on after the request ended: %v", err)
 	}
-	if mem.used.Load() != 0 {
-		t.Fatalf("%d bytes held after release", mem.used.Load())
+	if mem.Used() != 0 {
+		t.Fatalf("%d bytes held after release", mem.Used())
 	}
 }

@@ -114,13 +114,13 @@ func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, 
 	rs := requestState{r: r, body: body}
 	wk, _ := h.pick(r, w, &rs, time.Now())
 	var cls recovery.Classification
-	err := wk.breaker.Do(func() breaker.Outcome {
+	err := wk.Breaker.Do(func() breaker.Outcome {
 		now := time.Now()
 		tok := wk.tracker.Start(now)
-		wk.health.BeginRequest()
+		wk.Health.BeginRequest()
 		cls = h.classifier.Classify(recovery.Attempt{Status: http.StatusOK, Dialed: true, Wrote: true}, now)
 		wk.tracker.Done(tok, now, 0, false)
-		wk.health.EndRequest()
+		wk.Health.EndRequest()
 		return breakerOutcome(cls)
 	})
 	if err != nil {

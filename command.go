@@ -12,6 +12,8 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 func init() {
@@ -63,7 +65,7 @@ func printStatus(out io.Writer, addr string, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	var workers []workerView
+	var workers []pool.WorkerView
 	if err := json.Unmarshal(body, &workers); err != nil {
 		return fmt.Errorf("decoding the admin API's answer: %w", err)
 	}
@@ -155,25 +157,14 @@ func termSafe(s string) string {
 // unprintable reports whether r must be escaped before it is printed.
 func unprintable(r rune) bool { return !strconv.IsPrint(r) }
 
-// stateWord sums a worker's state up in one word.
-func stateWord(w workerView) string {
-	switch {
-	case w.RecoveryFailed:
-		return "recovery-failed"
-	case w.Isolated:
-		return "isolated"
-	case w.Throttled:
-		return "throttled"
-	case w.Breaker.State.String() != "closed":
-		return strings.ReplaceAll(w.Breaker.State.String(), "_", "-")
-	case w.Healthy:
-		return "healthy"
-	}
-	return "unhealthy"
+// stateWord sums a worker's state up in one word, as the status page
+// does (see pool.WorkerView.State).
+func stateWord(w pool.WorkerView) string {
+	return strings.ReplaceAll(w.State(), "_", "-")
 }
 
 // detail explains a worker that is out: why and until when.
-func detail(w workerView, now time.Time) string {
+func detail(w pool.WorkerView, now time.Time) string {
 	switch {
 	case w.Isolated && !w.IsolatedUntil.IsZero():
 		// the isolation ends at the pool's next tick, and only once a

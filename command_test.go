@@ -15,6 +15,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // `caddy bifrost status` reaches an admin API on a unix socket, the form
@@ -31,7 +32,7 @@ func TestStatusCommandUnixSocket(t *testing.T) {
 		"routes": [{"handle": [{"handler": "bifrost", "name": "unixcli", "upstreams": [{"dial": %q}]}]}]
 	}}}}
 }`, admin, a.addr)))
-	id := workerID("unixcli", a.addr)
+	id := pool.WorkerID("unixcli", a.addr)
 
 	// an isolation reason with a screen clear, a window title, a carriage
 	// return, a right-to-left override and a line break
@@ -73,26 +74,26 @@ func TestStatusCommandDetail(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	for _, tc := range []struct {
 		name string
-		w    workerView
+		w    pool.WorkerView
 		want string
 	}{
-		{"isolated, time left", workerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "probe failing", IsolatedUntil: now.Add(90 * time.Second)}},
+		{"isolated, time left", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "probe failing", IsolatedUntil: now.Add(90 * time.Second)}},
 			"probe failing (1m30s left)"},
-		{"isolated, expired", workerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "probe failing", IsolatedUntil: now.Add(-time.Second)}},
+		{"isolated, expired", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "probe failing", IsolatedUntil: now.Add(-time.Second)}},
 			"probe failing (expired, waiting for a passing probe)"},
-		{"isolated, under a second", workerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true, IsolationReason: "x", IsolatedUntil: now.Add(400 * time.Millisecond)}},
+		{"isolated, under a second", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true, IsolationReason: "x", IsolatedUntil: now.Add(400 * time.Millisecond)}},
 			"x (expired, returning)"},
-		{"isolated until restored", workerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "operator"}},
+		{"isolated until restored", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, IsolationReason: "operator"}},
 			"operator (until restored)"},
-		{"throttled, expired", workerView{Snapshot: health.Snapshot{Throttled: true, ThrottledUntil: now.Add(-time.Second)}},
+		{"throttled, expired", pool.WorkerView{Snapshot: health.Snapshot{Throttled: true, ThrottledUntil: now.Add(-time.Second)}},
 			"throttled (ending now)"},
-		{"throttled", workerView{Snapshot: health.Snapshot{Throttled: true, ThrottledUntil: now.Add(1500 * time.Millisecond)}},
+		{"throttled", pool.WorkerView{Snapshot: health.Snapshot{Throttled: true, ThrottledUntil: now.Add(1500 * time.Millisecond)}},
 			"throttled (1.5s left)"},
-		{"breaker, retry passed", workerView{Breaker: breakerView{State: breaker.StateOpen, RetryAt: now.Add(-time.Second)}},
+		{"breaker, retry passed", pool.WorkerView{Breaker: pool.BreakerView{State: breaker.StateOpen, RetryAt: now.Add(-time.Second)}},
 			"breaker half-opens at its next request"},
-		{"breaker", workerView{Breaker: breakerView{State: breaker.StateOpen, RetryAt: now.Add(2 * time.Second)}},
+		{"breaker", pool.WorkerView{Breaker: pool.BreakerView{State: breaker.StateOpen, RetryAt: now.Add(2 * time.Second)}},
 			"breaker half-opens in 2s"},
-		{"healthy", workerView{}, ""},
+		{"healthy", pool.WorkerView{}, ""},
 	} {
 		if got := detail(tc.w, now); got != tc.want {
 			t.Errorf("%s: detail = %q, want %q", tc.name, got, tc.want)

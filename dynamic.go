@@ -13,8 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
-	"github.com/bifrost-proxy/bifrost/selection"
 )
 
 // Dynamic upstreams: each address that the `dynamic_upstreams` source
@@ -94,17 +94,24 @@ func (h *Handler) publishSet() {
 	for _, w := range dyn {
 		s.upstreams = append(s.upstreams, w.up)
 	}
-	states := make([]*workerState, len(s.workers))
-	for i, w := range s.workers {
+	for _, w := range s.workers {
 		s.byUpstream[w.up] = w
-		states[i] = w.workerState
 	}
 	s.direct = h.p2c != nil && !slices.ContainsFunc(s.workers, func(w *worker) bool {
 		return w.tracker != h.p2c.Trackers().Get(w.up.Dial)
 	})
 	s.pending = pending && n == 0
 	h.set.Store(s)
-	h.pool.setWorkers(states)
+	h.pool.SetWorkers(h, s.shared())
+}
+
+// shared returns the shared states of the set's workers.
+func (s *workerSet) shared() []*pool.Worker {
+	out := make([]*pool.Worker, len(s.workers))
+	for i, w := range s.workers {
+		out[i] = w.Worker
+	}
+	return out
 }
 
 // currentSet returns the worker set a request uses. Only while a dynamic
@@ -127,7 +134,6 @@ func (h *Handler) currentSet(ctx context.Context) *workerSet {
 
 // dynamicLife is what a dynamic worker has beyond a static one.
 type dynamicLife struct {
-	key string // its state's key in states, released when it retires
 	// ctx is its own context: its proxies are provisioned in it, and
 	// cancel cleans up the modules they loaded (their transports)
 	ctx    caddy.Context
@@ -225,9 +231,7 @@ func (h *Handler) provisionDynamic(ctx caddy.Context, bgCtx context.Context) err
 		d.probes = pc
 	}
 	h.dyn = d
-	h.pool.mu.Lock()
-	last := slices.Clone(h.pool.dynamic)
-	h.pool.mu.Unlock()
+	last := slices.Clone(h.pool.Dynamic())
 	for _, dial := range last {
 		if len(d.known) >= d.max {
 			break
@@ -294,11 +298,9 @@ func (d *dynamicPool) refresh(ctx context.Context, now time.Time) {
 		d.h.publishSet()
 		dials := make([]string, len(d.order))
 		for i, w := range d.order {
-			dials[i] = w.upstream
+			dials[i] = w.Upstream
 		}
-		d.h.pool.mu.Lock()
-		d.h.pool.dynamic = dials
-		d.h.pool.mu.Unlock()
+		d.h.pool.SetDynamic(dials)
 	}
 	if first {
 		close(d.ready)
@@ -343,7 +345,7 @@ func (d *dynamicPool) apply(ctx context.Context, ups []*reverseproxy.Upstream, n
 		if _, ok := seen[dial]; !ok && w.dyn.gone.IsZero() {
 			w.dyn.gone = now
 			d.h.logger.Info("dynamic worker gone from its source; retiring it unless it comes back",
-				zap.String("pool", d.h.poolName), zap.String("worker", w.id), zap.Duration("retire_after", d.retire))
+				zap.String("pool", d.h.poolName), zap.String("worker", w.ID), zap.Duration("retire_after", d.retire))
 		}
 	}
 	order := make([]*worker, 0, len(dials))
@@ -360,7 +362,7 @@ func (d *dynamicPool) apply(ctx context.Context, ups []*reverseproxy.Upstream, n
 			}
 		} else if !w.dyn.gone.IsZero() {
 			w.dyn.gone = time.Time{}
-			d.h.logger.Info("dynamic worker back", zap.String("pool", d.h.poolName), zap.String("worker", w.id))
+			d.h.logger.Info("dynamic worker back", zap.String("pool", d.h.poolName), zap.String("worker", w.ID))
 		}
 		order = append(order, w)
 	}
@@ -419,7 +421,7 @@ func (d *dynamicPool) finish(w *worker) bool {
 		return false
 	}
 	if err := d.finalize(w); err != nil {
-		d.h.logger.Error("cleaning up a retired worker", zap.String("worker", w.id), zap.Error(err))
+		d.h.logger.Error("cleaning up a retired worker", zap.String("worker", w.ID), zap.Error(err))
 	}
 	return true
 }
@@ -428,9 +430,9 @@ func (d *dynamicPool) finish(w *worker) bool {
 // cleaned up at once if it has none in flight, else once they have ended
 // (see sweep). It is not in use (gone).
 func (d *dynamicPool) retireWorker(w *worker) {
-	delete(d.known, w.upstream)
+	delete(d.known, w.Upstream)
 	w.dyn.closing.Store(true)
-	d.h.logger.Info("dynamic worker retired", zap.String("pool", d.h.poolName), zap.String("worker", w.id))
+	d.h.logger.Info("dynamic worker retired", zap.String("pool", d.h.poolName), zap.String("worker", w.ID))
 	if !d.finish(w) {
 		d.draining = append(d.draining, w)
 	}
@@ -440,17 +442,16 @@ func (d *dynamicPool) retireWorker(w *worker) {
 // recorded) if it could not be provisioned.
 func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	h := d.h
-	ws, err := h.loadWorkerState(dial, h.breakerSettings())
+	ws, err := h.acquireWorkerState(dial, h.breakerSettings())
 	if err != nil {
 		h.logger.Error("creating dynamic worker", zap.String("pool", h.poolName), zap.String("upstream", dial), zap.Error(err))
 		return nil
 	}
-	ws.maxRequests.Store(int64(h.MaxRequests))
 	// Its own context: the modules its proxy loads (its transport) are
 	// cleaned up, and forgotten, when it retires, instead of piling up
 	// in the config's context as addresses come and go.
 	pctx, cancel := caddy.NewContext(h.ctx)
-	w := &worker{workerState: ws, ps: h.pool, dyn: &dynamicLife{key: workerKey(h.poolName, dial), ctx: pctx, cancel: cancel}}
+	w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), dyn: &dynamicLife{ctx: pctx, cancel: cancel}}
 	rp, err := newWorkerProxy(h.proxyCfg, &reverseproxy.Upstream{Dial: dial}, w)
 	if err == nil {
 		w.proxy.Store(rp)
@@ -464,23 +465,18 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	if err != nil {
 		h.recordCritical(ws, recovery.KindWorkerCreationFailed, fmt.Errorf("provisioning dynamic worker: %w", err))
 		cancel()
-		_, _ = states.Delete(w.dyn.key)
+		_, _ = h.pool.ReleaseWorker(ws)
 		return nil
 	}
 	w.provisioned = true
 	w.up = rp.Upstreams[0]
-	if h.p2c != nil {
-		w.tracker = h.p2c.Tracker(dial)
-	}
-	if w.tracker == nil {
-		w.tracker = selection.NewTracker(selection.Settings{})
-	}
+	h.shareTracker(w)
 	h.metrics.bind(w)
 	if d.probes != nil {
 		d.startProbes(ctx, w)
 	}
 	d.known[dial] = w
-	h.logger.Info("dynamic worker added", zap.String("pool", h.poolName), zap.String("worker", w.id))
+	h.logger.Info("dynamic worker added", zap.String("pool", h.poolName), zap.String("worker", w.ID))
 	return w
 }
 
@@ -489,7 +485,7 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 func (d *dynamicPool) startProbes(ctx context.Context, w *worker) {
 	c, err := d.probes.checker(d.h, []*worker{w})
 	if err != nil {
-		d.h.logger.Error("active health checks disabled for a dynamic worker", zap.String("worker", w.id), zap.Error(err))
+		d.h.logger.Error("active health checks disabled for a dynamic worker", zap.String("worker", w.ID), zap.Error(err))
 		return
 	}
 	pctx, cancel := context.WithCancel(ctx)
@@ -524,11 +520,11 @@ func (d *dynamicPool) finalize(w *worker) error {
 		}
 	}
 	w.dyn.cancel()
-	if _, err := states.Delete(w.dyn.key); err != nil {
+	if _, err := h.pool.ReleaseWorker(w.Worker); err != nil {
 		errs = append(errs, err)
 	}
-	if h.p2c != nil && d.known[w.upstream] == nil {
-		h.p2c.Trackers().Remove(w.upstream)
+	if h.p2c != nil && d.known[w.Upstream] == nil {
+		h.p2c.Trackers().Remove(w.Upstream)
 	}
 	h.metrics.forget([]*worker{w})
 	return errors.Join(errs...)
@@ -557,7 +553,7 @@ func (d *dynamicPool) failed(err error) {
 	h := d.h
 	d.failures++
 	msg := truncate(err.Error(), 300)
-	h.pool.dynamicErr.Store(&msg)
+	h.pool.DynamicErr.Store(&msg)
 	if d.failing {
 		if d.failures%60 == 0 {
 			h.logger.Warn("dynamic upstreams lookups still failing; keeping the last workers",
@@ -580,5 +576,5 @@ func (d *dynamicPool) recovered() {
 	h.logger.Info("dynamic upstreams lookup recovered", zap.String("pool", h.poolName), zap.Int("failed_lookups", d.failures))
 	h.emit(eventDynamicRecovered, map[string]any{"pool": h.poolName, "failed_lookups": d.failures})
 	d.failing, d.failures = false, 0
-	h.pool.dynamicErr.Store(nil)
+	h.pool.DynamicErr.Store(nil)
 }

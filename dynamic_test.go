@@ -14,6 +14,8 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // testDNS is a DNS server on 127.0.0.1 answering A and SRV queries from
@@ -156,7 +158,7 @@ func dynamicDials(h *Handler) []string {
 	var out []string
 	for _, w := range h.set.Load().workers {
 		if w.dyn != nil {
-			out = append(out, w.upstream)
+			out = append(out, w.Upstream)
 		}
 	}
 	return out
@@ -165,7 +167,7 @@ func dynamicDials(h *Handler) []string {
 // hasDial reports whether the running set of h has a worker for dial.
 func hasDial(h *Handler, dial string) bool {
 	for _, w := range h.set.Load().workers {
-		if w.upstream == dial {
+		if w.Upstream == dial {
 			return true
 		}
 	}
@@ -229,7 +231,7 @@ func TestDynamicAWorkersComeAndGo(t *testing.T) {
 	if got := served(t, 60); got[first] != 0 {
 		t.Fatalf("served %v; the removed address still got requests", got)
 	}
-	id := workerID("dyn", first)
+	id := pool.WorkerID("dyn", first)
 	eventually(t, 10*time.Second, "the removed worker retired", func() bool {
 		_, err := lookupWorker(id)
 		return err != nil
@@ -245,7 +247,7 @@ func TestDynamicAWorkersComeAndGo(t *testing.T) {
 	if collectors.requests.DeleteLabelValues("dyn", id, "success") {
 		t.Fatal("the retired worker's request series was still there")
 	}
-	if !collectors.requests.DeleteLabelValues("dyn", workerID("dyn", second), "success") {
+	if !collectors.requests.DeleteLabelValues("dyn", pool.WorkerID("dyn", second), "success") {
 		t.Fatal("a worker in use has no request series (the check above proves nothing)")
 	}
 }
@@ -286,15 +288,15 @@ func TestDynamicAddressBackKeepsState(t *testing.T) {
 		if code, body := get(t, "/"); code != http.StatusOK {
 			t.Fatalf("status %d (%s): the failing worker's requests must be retried on the others", code, body)
 		}
-		return ws.health.Isolated()
+		return ws.Health.Isolated()
 	})
-	ejections := ws.health.Snapshot(time.Now()).Ejections
+	ejections := ws.Health.Snapshot(time.Now()).Ejections
 	if ejections == 0 {
 		t.Fatal("isolated without an ejection")
 	}
 	var before *worker
 	for _, w := range h.set.Load().workers {
-		if w.upstream == bad.addr {
+		if w.Upstream == bad.addr {
 			before = w
 		}
 	}
@@ -306,18 +308,18 @@ func TestDynamicAddressBackKeepsState(t *testing.T) {
 
 	var after *worker
 	for _, w := range h.set.Load().workers {
-		if w.upstream == bad.addr {
+		if w.Upstream == bad.addr {
 			after = w
 		}
 	}
 	if after != before {
 		t.Fatal("the address came back as a new worker; want the same one")
 	}
-	snap := workerOf(t, "back", bad.addr).health.Snapshot(time.Now())
+	snap := workerOf(t, "back", bad.addr).Health.Snapshot(time.Now())
 	if !snap.Isolated || snap.Ejections != ejections {
 		t.Fatalf("back: isolated %v, ejections %d; want still isolated with %d", snap.Isolated, snap.Ejections, ejections)
 	}
-	var views []workerView
+	var views []pool.WorkerView
 	adminJSON(t, http.MethodGet, "/bifrost/workers", &views)
 	if len(views) != 3 {
 		t.Fatalf("admin API lists %d workers, want 3", len(views))
@@ -398,8 +400,8 @@ func TestDynamicLookupFailureKeepsLastSet(t *testing.T) {
 	eventually(t, 10*time.Second, "two workers", func() bool { return len(dynamicDials(h)) == 2 })
 
 	srv.fail.Store(true)
-	eventually(t, 10*time.Second, "the failure reported", func() bool { return h.pool.dynamicErr.Load() != nil })
-	var stats statsView
+	eventually(t, 10*time.Second, "the failure reported", func() bool { return h.pool.DynamicErr.Load() != nil })
+	var stats pool.StatsView
 	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
 	if stats.Pools["fail"].DynamicError == "" {
 		t.Fatalf("GET /bifrost/stats shows no dynamic_error during SERVFAIL: %+v", stats.Pools["fail"])
@@ -412,11 +414,11 @@ func TestDynamicLookupFailureKeepsLastSet(t *testing.T) {
 	srv.fail.Store(false)
 	srv.setA(name, "127.0.0.3")
 	eventually(t, 10*time.Second, "the next good answer applied", func() bool {
-		return len(dynamicDials(h)) == 1 && h.pool.dynamicErr.Load() == nil
+		return len(dynamicDials(h)) == 1 && h.pool.DynamicErr.Load() == nil
 	})
 
 	srv.stop()
-	eventually(t, 15*time.Second, "the failure reported again", func() bool { return h.pool.dynamicErr.Load() != nil })
+	eventually(t, 15*time.Second, "the failure reported again", func() bool { return h.pool.DynamicErr.Load() != nil })
 	if got := served(t, 10); got[bs[1].addr] != 10 {
 		t.Fatalf("served %v with no DNS server; want the last worker", got)
 	}
@@ -456,8 +458,8 @@ func TestDynamicChurnBounded(t *testing.T) {
 	baseline := runtime.NumGoroutine()
 
 	countStates := func() (n int) {
-		for _, ws := range allWorkers() {
-			if ws.pool == "churn" {
+		for _, ws := range pool.AllWorkers() {
+			if ws.Pool == "churn" {
 				n++
 			}
 		}

@@ -105,15 +105,11 @@ func FuzzAdmin(f *testing.F) {
 	} {
 		f.Add(seed.method, seed.target, seed.body)
 	}
-	// One config serves every input (each fuzzing process loads its own),
-	// and the admin module is provisioned in it as Caddy would: operator
-	// actions log and emit events through it.
+	// One config serves every input (each fuzzing process loads its own);
+	// operator actions log and emit events through its pool.
 	loadJSON(f, []byte(`{"admin":{"listen":"`+testAdmin+`"},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:9080"],
 		"routes":[{"handle":[{"handler":"bifrost","name":"fuzz","upstreams":[{"dial":"127.0.0.1:1"}]}]}]}}}}}`))
 	api := new(adminAPI)
-	if err := api.Provision(caddy.ActiveContext()); err != nil {
-		f.Fatal(err)
-	}
 	f.Fuzz(func(t *testing.T, method, target, body string) {
 		if !validMethod(method) || !strings.HasPrefix(target, "/") {
 			return

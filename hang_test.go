@@ -79,8 +79,8 @@ func TestLongPollsDoNotIsolateAnAnsweringWorker(t *testing.T) {
 			t.Fatalf("round %d: at most %d requests were past the hang threshold on a worker; the test needs %d", round, maxStuck, h.hangCount)
 		}
 		for _, wk := range h.workers {
-			if snap := wk.health.Snapshot(time.Now()); snap.Isolated {
-				t.Fatalf("round %d: %s isolated: %s", round, wk.id, snap.IsolationReason)
+			if snap := wk.Health.Snapshot(time.Now()); snap.Isolated {
+				t.Fatalf("round %d: %s isolated: %s", round, wk.ID, snap.IsolationReason)
 			}
 		}
 	}
@@ -122,11 +122,11 @@ func TestBackendThatStopsAnsweringIsIsolated(t *testing.T) {
 		}()
 	}
 	defer func() { close(stop); wg.Wait() }()
-	eventually(t, 3*time.Second, "the worker to answer", func() bool { return !wk.health.LastSuccess().IsZero() })
+	eventually(t, 3*time.Second, "the worker to answer", func() bool { return !wk.Health.LastSuccess().IsZero() })
 	hung.set(hang)
 	from := time.Now()
-	eventually(t, 5*time.Second, "the hanging worker's isolation", func() bool { return wk.health.Isolated() })
-	reason := wk.health.Snapshot(time.Now()).IsolationReason
+	eventually(t, 5*time.Second, "the hanging worker's isolation", func() bool { return wk.Health.Isolated() })
+	reason := wk.Health.Snapshot(time.Now()).IsolationReason
 	if len(reason) < len(reasonHang) || reason[:len(reasonHang)] != string(reasonHang) {
 		t.Fatalf("isolation reason %q", reason)
 	}

@@ -18,6 +18,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/goleak"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // No goroutine of a bifrost handler (background loops, probes, hedges,
@@ -84,7 +86,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		get(t, "/")
 	}
 	ws := workerOf(t, "reloadload", bad.addr)
-	eventually(t, 2*time.Second, "the failing worker's breaker to open", func() bool { return ws.breaker.State().String() == "open" })
+	eventually(t, 2*time.Second, "the failing worker's breaker to open", func() bool { return ws.Breaker.State().String() == "open" })
 
 	stop := make(chan struct{})
 	var sent, failed atomic.Int64
@@ -130,7 +132,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d of %d requests failed during 25 reloads", failed.Load(), sent.Load())
 	}
-	if st := workerOf(t, "reloadload", bad.addr).breaker.State(); st.String() != "open" {
+	if st := workerOf(t, "reloadload", bad.addr).Breaker.State(); st.String() != "open" {
 		t.Errorf("failing worker's breaker is %s after the reloads, want it kept open", st)
 	}
 	client.CloseIdleConnections()
@@ -222,7 +224,7 @@ func TestHostileUpstreams(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := hostile(t, tc.answer)
-			pool := fmt.Sprintf("hostile%d", i)
+			poolName := fmt.Sprintf("hostile%d", i)
 			loadCaddyfile(t, siteConfig([]string{addr, good.addr}, fmt.Sprintf(`
 				name %s
 				lb_policy first
@@ -231,7 +233,7 @@ func TestHostileUpstreams(t *testing.T) {
 				}
 				transport http {
 					max_response_header 1MB
-				}`, pool)))
+				}`, poolName)))
 			var before runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)
@@ -265,12 +267,12 @@ func TestMetricSeriesBounded(t *testing.T) {
 	for i := range 200 {
 		do(t, http.MethodGet, fmt.Sprintf("%s/path-%d?q=%d", testSite, i, i), nil, "X-Id", fmt.Sprint(i))
 	}
-	time.Sleep(3 * tickInterval)
+	time.Sleep(3 * pool.TickInterval)
 	first := scrape(t)
 	for i := range 500 {
 		do(t, http.MethodGet, fmt.Sprintf("%s/other-%d?z=%d", testSite, i, i), nil, "User-Agent", fmt.Sprint("agent-", i))
 	}
-	time.Sleep(3 * tickInterval)
+	time.Sleep(3 * pool.TickInterval)
 	second := scrape(t)
 	for k := range second {
 		if _, ok := first[k]; !ok {
@@ -290,7 +292,7 @@ func TestAdminBadInput(t *testing.T) {
 	a := newBackend(t)
 	loadCaddyfile(t, siteConfig([]string{a.addr}, `name badadmin`))
 	api := new(adminAPI)
-	id := workerID("badadmin", a.addr)
+	id := pool.WorkerID("badadmin", a.addr)
 	cases := []struct{ method, target, body string }{
 		{"GET", "/bifrost/workers/%2e%2e", ""},
 		{"GET", "/bifrost/workers/" + id + "/x/y/z", ""},
@@ -346,8 +348,8 @@ func TestProbeURLQueryIsRedacted(t *testing.T) {
 	})
 	for _, addr := range []string{dead, slow.addr} {
 		ws := workerOf(t, "secret", addr)
-		eventually(t, 5*time.Second, "isolation of "+addr, func() bool { return ws.health.Isolated() })
-		reason := ws.health.Snapshot(time.Now()).IsolationReason
+		eventually(t, 5*time.Second, "isolation of "+addr, func() bool { return ws.Health.Isolated() })
+		reason := ws.Health.Snapshot(time.Now()).IsolationReason
 		if !strings.Contains(reason, "/health?redacted") {
 			t.Errorf("isolation reason of %s = %q, want the probe URL with its query redacted", addr, reason)
 		}

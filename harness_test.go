@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // The integration tests run real Caddy in this process: every test loads
@@ -94,7 +96,7 @@ func loadHandler(t *testing.T, body string) *Handler {
 func workerAt(t *testing.T, h *Handler, dial string) *worker {
 	t.Helper()
 	for _, wk := range h.workers {
-		if wk.upstream == dial {
+		if wk.Upstream == dial {
 			return wk
 		}
 	}
@@ -279,11 +281,11 @@ func adminJSON(t *testing.T, method, path string, out any) int {
 }
 
 // workerOf returns the shared state of a worker of the running config.
-func workerOf(t *testing.T, pool, dial string) *workerState {
+func workerOf(t *testing.T, poolName, dial string) *pool.Worker {
 	t.Helper()
-	ws, err := lookupWorker(workerID(pool, dial))
+	ws, err := lookupWorker(pool.WorkerID(poolName, dial))
 	if err != nil {
-		t.Fatalf("worker %s/%s: %v", pool, dial, err)
+		t.Fatalf("worker %s/%s: %v", poolName, dial, err)
 	}
 	return ws
 }

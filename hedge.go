@@ -107,7 +107,7 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 	if hc.Delay > 0 {
 		return time.Duration(hc.Delay)
 	}
-	if d := time.Duration(h.pool.latency.percentile.Load()); d > 0 {
+	if d := h.pool.Latency.Percentile(); d > 0 {
 		return max(d, minHedgeDelay)
 	}
 	return warmHedgeDelay
@@ -137,14 +137,14 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 				// process's: it is raised again on the request's
 				// goroutine once the race is over
 				if v := recover(); v != nil {
-					h.logger.Error("panic in a hedged try", zap.String("worker", wk.id), zap.Any("panic", v))
+					h.logger.Error("panic in a hedged try", zap.String("worker", wk.ID), zap.Any("panic", v))
 					results <- tryResult{wk: wk, tw: tw, attempt: attempt, abort: v,
 						cls: h.classifier.Classify(recovery.Attempt{Err: fmt.Errorf("panic: %v", v), Dialed: true, Wrote: true}, time.Now())}
 				}
 			}()
 			err := errWorkerRetired
 			if wk.enter() {
-				err = wk.breaker.Do(func() breaker.Outcome {
+				err = wk.Breaker.Do(func() breaker.Outcome {
 					res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
 					return breakerOutcome(res.cls)
 				})
@@ -162,7 +162,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 	another := func(hedge bool) bool {
 		tw := newTryWriter(w, base, h.maxHeld)
 		wk := h.pickFresh(r, tw, rs)
-		if wk == nil || (hedge && !h.pool.budget.TryRetry(time.Now())) {
+		if wk == nil || (hedge && !h.pool.Budget.TryRetry(time.Now())) {
 			return false
 		}
 		rs.attempts++
@@ -257,9 +257,9 @@ func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestS
 	return wk
 }
 
-// latencyRing keeps a pool's recent successful try latencies, and the
+// LatencyRing keeps a pool's recent successful try latencies, and the
 // percentile the automatic hedge delay uses, refreshed on the tick.
-type latencyRing struct {
+type LatencyRing struct {
 	mu      sync.Mutex
 	samples [latencySamples]time.Duration
 	n       int // samples written, capped at len(samples)
@@ -268,8 +268,8 @@ type latencyRing struct {
 	percentile atomic.Int64 // nanoseconds; 0 until enough samples
 }
 
-// observe adds one latency.
-func (lr *latencyRing) observe(d time.Duration) {
+// Observe adds one latency.
+func (lr *LatencyRing) Observe(d time.Duration) {
 	lr.mu.Lock()
 	lr.samples[lr.next] = d
 	lr.next = (lr.next + 1) % len(lr.samples)
@@ -277,8 +277,8 @@ func (lr *latencyRing) observe(d time.Duration) {
 	lr.mu.Unlock()
 }
 
-// refresh recomputes the percentile p (0-100) over the kept samples.
-func (lr *latencyRing) refresh(p float64) {
+// Refresh recomputes the percentile p (0-100) over the kept samples.
+func (lr *LatencyRing) Refresh(p float64) {
 	lr.mu.Lock()
 	s := slices.Clone(lr.samples[:lr.n])
 	lr.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // A backend whose /health turns 503 is isolated after `fails` probes and
@@ -27,15 +28,15 @@ func TestProbesIsolateAndReinstate(t *testing.T) {
 		}`))
 	ws := workerOf(t, "probes", a.addr)
 	a.setHealth(status(http.StatusServiceUnavailable, "down"))
-	eventually(t, 3*time.Second, "isolation after failed probes", func() bool { return ws.health.Isolated() })
-	snap := ws.health.Snapshot(time.Now())
+	eventually(t, 3*time.Second, "isolation after failed probes", func() bool { return ws.Health.Isolated() })
+	snap := ws.Health.Snapshot(time.Now())
 	if snap.ProbeFails < 2 {
 		t.Errorf("isolated after %d failed probes, want at least 2", snap.ProbeFails)
 	}
 	// the statistics and the metrics tell the same story
-	var stats statsView
+	var stats pool.StatsView
 	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
-	metric := scrape(t)["caddy_bifrost_errors_total,kind=health_check_failed,pool=probes,severity=medium,worker="+ws.id]
+	metric := scrape(t)["caddy_bifrost_errors_total,kind=health_check_failed,pool=probes,severity=medium,worker="+ws.ID]
 	if n := stats.ByKind["health_check_failed"]; n != 1 || metric != 1 {
 		t.Errorf("health_check_failed: stats %d, metric %v, want 1 and 1", n, metric)
 	}
@@ -50,8 +51,8 @@ func TestProbesIsolateAndReinstate(t *testing.T) {
 	}
 
 	a.setHealth(status(http.StatusOK, "ok"))
-	eventually(t, 3*time.Second, "reinstatement after passing probes", func() bool { return !ws.health.Isolated() })
-	if s := ws.health.Snapshot(time.Now()); s.ProbePasses < 2 {
+	eventually(t, 3*time.Second, "reinstatement after passing probes", func() bool { return !ws.Health.Isolated() })
+	if s := ws.Health.Snapshot(time.Now()); s.ProbePasses < 2 {
 		t.Errorf("reinstated after %d passing probes, want at least 2", s.ProbePasses)
 	}
 	eventually(t, 3*time.Second, "traffic on the reinstated worker", func() bool {
@@ -93,7 +94,7 @@ func TestLyingProbeDoesNotReinstate(t *testing.T) {
 		}
 		total++
 	}
-	snap := ws.health.Snapshot(time.Now())
+	snap := ws.Health.Snapshot(time.Now())
 	if snap.Ejections < 2 {
 		t.Fatalf("liar was ejected %d times in 3s, want it re-ejected after failed reinstatements", snap.Ejections)
 	}
@@ -122,7 +123,7 @@ func TestWholePoolRecoversAtOnce(t *testing.T) {
 		}
 	}
 	for _, b := range bs {
-		if st := workerOf(t, "whole", b.addr).breaker.State(); st != breaker.StateOpen {
+		if st := workerOf(t, "whole", b.addr).Breaker.State(); st != breaker.StateOpen {
 			t.Fatalf("breaker of %s is %s, want open", b.addr, st)
 		}
 		b.set(status(http.StatusOK, "back"))
@@ -154,7 +155,7 @@ func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
 	eventually(t, 3*time.Second, "every breaker open", func() bool {
 		get(t, "/")
 		for _, wk := range h.workers {
-			if wk.breaker.State() != breaker.StateOpen {
+			if wk.Breaker.State() != breaker.StateOpen {
 				return false
 			}
 		}
@@ -171,7 +172,7 @@ func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
 	now = time.Now()
 	for i, wk := range h.workers {
 		if got := wk.tracker.FailureShare(now); got > before[i] {
-			t.Errorf("worker %s: failure share %g after panic-mode failures, was %g", wk.upstream, got, before[i])
+			t.Errorf("worker %s: failure share %g after panic-mode failures, was %g", wk.Upstream, got, before[i])
 		}
 	}
 }
@@ -199,19 +200,19 @@ func TestSuccessRateOutlierIsIsolated(t *testing.T) {
 		}`))
 	ws := workerOf(t, "outlier", flaky.addr)
 	deadline := time.Now().Add(5 * time.Second)
-	for !ws.health.Isolated() {
+	for !ws.Health.Isolated() {
 		if time.Now().After(deadline) {
-			t.Fatalf("flaky worker not isolated: %+v", ws.health.Snapshot(time.Now()))
+			t.Fatalf("flaky worker not isolated: %+v", ws.Health.Snapshot(time.Now()))
 		}
 		if code, _ := get(t, "/"); code != http.StatusOK {
 			t.Fatalf("client saw %d", code)
 		}
 	}
-	if r := ws.health.Snapshot(time.Now()).IsolationReason; r == "" || r[:len("success_rate_outlier")] != "success_rate_outlier" {
+	if r := ws.Health.Snapshot(time.Now()).IsolationReason; r == "" || r[:len("success_rate_outlier")] != "success_rate_outlier" {
 		t.Fatalf("isolation reason %q", r)
 	}
 	for _, peer := range []string{b.addr, c.addr} {
-		if workerOf(t, "outlier", peer).health.Isolated() {
+		if workerOf(t, "outlier", peer).Health.Isolated() {
 			t.Fatalf("healthy peer %s isolated", peer)
 		}
 	}
@@ -226,10 +227,10 @@ func TestSlowStart(t *testing.T) {
 		isolation {
 			slow_start 3s
 		}`))
-	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("slow", a.addr)+"/isolate", nil); code != http.StatusOK {
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+pool.WorkerID("slow", a.addr)+"/isolate", nil); code != http.StatusOK {
 		t.Fatalf("isolate: %d", code)
 	}
-	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("slow", a.addr)+"/restore", nil); code != http.StatusOK {
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+pool.WorkerID("slow", a.addr)+"/restore", nil); code != http.StatusOK {
 		t.Fatalf("restore: %d", code)
 	}
 	share := func(n int) float64 {
@@ -266,10 +267,10 @@ func TestReloadKeepsWorkerState(t *testing.T) {
 	for range 20 {
 		get(t, "/")
 	}
-	if st := workerOf(t, "reload", dead).breaker.State(); st != breaker.StateOpen {
+	if st := workerOf(t, "reload", dead).Breaker.State(); st != breaker.StateOpen {
 		t.Fatalf("dead worker's breaker is %s", st)
 	}
-	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+workerID("reload", a.addr)+"/isolate?duration=1m", nil); code != http.StatusOK {
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+pool.WorkerID("reload", a.addr)+"/isolate?duration=1m", nil); code != http.StatusOK {
 		t.Fatalf("isolate: %d", code)
 	}
 
@@ -289,13 +290,13 @@ func TestReloadKeepsWorkerState(t *testing.T) {
 		t.Fatalf("reload: %d %s", code, body)
 	}
 
-	if !workerOf(t, "reload", a.addr).health.Isolated() {
+	if !workerOf(t, "reload", a.addr).Health.Isolated() {
 		t.Error("isolated worker came back after a reload")
 	}
-	if st := workerOf(t, "reload", dead).breaker.State(); st != breaker.StateOpen {
+	if st := workerOf(t, "reload", dead).Breaker.State(); st != breaker.StateOpen {
 		t.Errorf("open breaker is %s after a reload", st)
 	}
-	if _, err := lookupWorker(workerID("reload", c.addr)); err == nil {
+	if _, err := lookupWorker(pool.WorkerID("reload", c.addr)); err == nil {
 		t.Error("the removed worker's state is still held")
 	}
 	// for the 3 s after the reload, the isolated worker gets nothing
@@ -326,7 +327,7 @@ func TestRestartOnReinstatement(t *testing.T) {
 	wk := workerAt(t, h, a.addr)
 	first := wk.proxy.Load()
 	a.setHealth(status(http.StatusServiceUnavailable, ""))
-	eventually(t, 3*time.Second, "isolation", func() bool { return wk.health.Isolated() })
+	eventually(t, 3*time.Second, "isolation", func() bool { return wk.Health.Isolated() })
 	a.setHealth(status(http.StatusOK, ""))
 	eventually(t, 3*time.Second, "a restarted proxy", func() bool { return wk.proxy.Load() != first })
 	before := a.hits.Load()
@@ -334,7 +335,7 @@ func TestRestartOnReinstatement(t *testing.T) {
 		get(t, "/")
 		return a.hits.Load() > before
 	})
-	if got := scrape(t)["caddy_bifrost_recovery_actions_total,action=restart_worker,pool=restart,worker="+wk.id]; got != 1 {
+	if got := scrape(t)["caddy_bifrost_recovery_actions_total,action=restart_worker,pool=restart,worker="+wk.ID]; got != 1 {
 		t.Errorf("restart_worker recovery actions = %v, want 1", got)
 	}
 }
@@ -364,10 +365,10 @@ func TestReinstatedWorkerStartsClean(t *testing.T) {
 		t.Fatalf("failure share after 4 failures = %g, want more than 0.1", got)
 	}
 	a.setHealth(status(http.StatusServiceUnavailable, ""))
-	eventually(t, 3*time.Second, "isolation", func() bool { return wk.health.Isolated() })
+	eventually(t, 3*time.Second, "isolation", func() bool { return wk.Health.Isolated() })
 	a.set(status(http.StatusOK, "a"))
 	a.setHealth(status(http.StatusOK, ""))
-	eventually(t, 3*time.Second, "reinstatement", func() bool { return !wk.health.Isolated() })
+	eventually(t, 3*time.Second, "reinstatement", func() bool { return !wk.Health.Isolated() })
 	if got := wk.tracker.FailureShare(time.Now()); got != 0 {
 		t.Fatalf("failure share after reinstatement = %g, want 0", got)
 	}
@@ -397,8 +398,8 @@ func TestSimultaneousRestartsDoNotRace(t *testing.T) {
 		for _, wk := range h.workers[:3] {
 			firsts[wk] = wk.proxy.Load()
 			// the same expiry for all three: one tick restores them
-			if _, ok := h.pool.monitor.IsolateFor(wk.health, 300*time.Millisecond, "test"); !ok {
-				t.Fatalf("round %d: isolating %s refused", round, wk.id)
+			if _, ok := h.pool.Monitor.IsolateFor(wk.Health, 300*time.Millisecond, "test"); !ok {
+				t.Fatalf("round %d: isolating %s refused", round, wk.ID)
 			}
 		}
 		eventually(t, 5*time.Second, "three restarted proxies", func() bool {
@@ -434,9 +435,9 @@ func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
 			max_percent 0
 		}`))
 	wk := workerAt(t, h, c.addr)
-	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.health.ProbeHealthy() })
+	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.Health.ProbeHealthy() })
 	time.Sleep(300 * time.Millisecond) // a few more probes and ticks
-	if wk.health.Isolated() {
-		t.Fatalf("worker isolated with max_percent 0: %s", wk.health.Snapshot(time.Now()).IsolationReason)
+	if wk.Health.Isolated() {
+		t.Fatalf("worker isolated with max_percent 0: %s", wk.Health.Snapshot(time.Now()).IsolationReason)
 	}
 }

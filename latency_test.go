@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // load sends GETs from n clients until the duration has passed, and
@@ -92,7 +94,7 @@ func TestHungBackendIsHedgedAround(t *testing.T) {
 	eventually(t, 2*time.Second, "the hung worker to see its hedged requests cancelled", func() bool {
 		return cancelled.Load() == hung.hits.Load()
 	})
-	var stats statsView
+	var stats pool.StatsView
 	adminJSON(t, http.MethodGet, "/bifrost/stats", &stats)
 	if stats.ByKind["timeout"] != 0 || stats.ByKind["canceled"] != 0 {
 		t.Errorf("hedge losers counted against a worker: %v", stats.ByKind)
@@ -146,10 +148,10 @@ func TestHungBackendIsIsolated(t *testing.T) {
 		t.Fatalf("%d of %d requests failed", failed, sent)
 	}
 	ws := workerOf(t, "hangiso", hung.addr)
-	if !ws.health.Isolated() {
-		t.Fatalf("hung worker not isolated: %+v", ws.health.Snapshot(time.Now()))
+	if !ws.Health.Isolated() {
+		t.Fatalf("hung worker not isolated: %+v", ws.Health.Snapshot(time.Now()))
 	}
-	if r := ws.health.Snapshot(time.Now()).IsolationReason; len(r) < len(reasonHang) || r[:len(reasonHang)] != string(reasonHang) {
+	if r := ws.Health.Snapshot(time.Now()).IsolationReason; len(r) < len(reasonHang) || r[:len(reasonHang)] != string(reasonHang) {
 		t.Fatalf("isolation reason %q", r)
 	}
 	if hits := hung.hits.Load(); hits > 6 {
@@ -187,7 +189,7 @@ func testRefusedTryIsReplaced(t *testing.T, retry string) {
 		t.Fatalf("first request: %d %q", code, body)
 	}
 	wk := workerOf(t, "refused", a.addr)
-	eventually(t, 2*time.Second, "a's breaker to be ready for a probe", wk.breaker.Ready)
+	eventually(t, 2*time.Second, "a's breaker to be ready for a probe", wk.Breaker.Ready)
 
 	// the next request is a's half-open probe, and a holds it
 	release := make(chan struct{})
@@ -279,15 +281,15 @@ func TestDirectChoiceIsThePolicys(t *testing.T) {
 		}
 		wk.tracker.Done(wk.tracker.Start(now), now, lat, false)
 	}
-	tripped.breaker.Trip()
-	defer tripped.breaker.Reset()
+	tripped.Breaker.Trip()
+	defer tripped.Breaker.Reset()
 
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	for _, direct := range []bool{true, false} {
 		h.directP2C = direct
 		for range 200 {
 			if got := h.choose(r, httptest.NewRecorder(), now); got != fast {
-				t.Fatalf("direct=%v: chose %s; want %s, the only cheap available worker", direct, got.id, fast.id)
+				t.Fatalf("direct=%v: chose %s; want %s, the only cheap available worker", direct, got.ID, fast.ID)
 			}
 		}
 	}

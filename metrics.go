@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -129,10 +130,10 @@ func (m *poolMetrics) bind(wk *worker) {
 		return
 	}
 	wk.series = &workerSeries{
-		success:  collectors.requests.WithLabelValues(m.pool, wk.id, "success"),
-		failure:  collectors.requests.WithLabelValues(m.pool, wk.id, "failure"),
-		canceled: collectors.requests.WithLabelValues(m.pool, wk.id, "canceled"),
-		latency:  collectors.latency.WithLabelValues(m.pool, wk.id),
+		success:  collectors.requests.WithLabelValues(m.pool, wk.ID, "success"),
+		failure:  collectors.requests.WithLabelValues(m.pool, wk.ID, "failure"),
+		canceled: collectors.requests.WithLabelValues(m.pool, wk.ID, "canceled"),
+		latency:  collectors.latency.WithLabelValues(m.pool, wk.ID),
 	}
 }
 
@@ -161,14 +162,14 @@ func (m *poolMetrics) retry(wk *worker) {
 	if m == nil {
 		return
 	}
-	collectors.retries.WithLabelValues(m.pool, wk.id).Inc()
+	collectors.retries.WithLabelValues(m.pool, wk.ID).Inc()
 }
 
 func (m *poolMetrics) hedge(wk *worker) {
 	if m == nil {
 		return
 	}
-	collectors.hedges.WithLabelValues(m.pool, wk.id).Inc()
+	collectors.hedges.WithLabelValues(m.pool, wk.ID).Inc()
 }
 
 func (m *poolMetrics) degradedRequest() {
@@ -229,9 +230,9 @@ func (m *poolMetrics) workerGauges(wk *worker) {
 	if m == nil {
 		return
 	}
-	m.breakerState(wk.id, wk.breaker.State())
-	collectors.healthy.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.available()))
-	collectors.isolated.WithLabelValues(m.pool, wk.id).Set(boolGauge(wk.health.Isolated()))
+	m.breakerState(wk.ID, wk.Breaker.State())
+	collectors.healthy.WithLabelValues(m.pool, wk.ID).Set(boolGauge(wk.available()))
+	collectors.isolated.WithLabelValues(m.pool, wk.ID).Set(boolGauge(wk.Health.Isolated()))
 }
 
 // forget deletes the series of workers that no config uses any more.
@@ -240,10 +241,10 @@ func (m *poolMetrics) forget(workers []*worker) {
 		return
 	}
 	for _, wk := range workers {
-		if _, ok := states.References(workerKey(wk.pool, wk.upstream)); ok {
+		if pool.Held(wk.Worker) {
 			continue // a newer config still has this worker
 		}
-		labels := prometheus.Labels{"pool": m.pool, "worker": wk.id}
+		labels := prometheus.Labels{"pool": m.pool, "worker": wk.ID}
 		for _, vec := range []interface {
 			DeletePartialMatch(prometheus.Labels) int
 		}{
@@ -254,6 +255,18 @@ func (m *poolMetrics) forget(workers []*worker) {
 			vec.DeletePartialMatch(labels)
 		}
 	}
+}
+
+// countTransition counts one worker transition of a pool (its reporter's
+// hook, see Handler.Reporter).
+func countTransition(poolName, worker, event string) {
+	(&poolMetrics{pool: poolName}).transition(worker, event)
+}
+
+// setBreakerState sets a worker's breaker state gauge (its pool's
+// reporter's hook).
+func setBreakerState(poolName, worker string, s breaker.State) {
+	(&poolMetrics{pool: poolName}).breakerState(worker, s)
 }
 
 func boolGauge(b bool) float64 {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 	"github.com/bifrost-proxy/bifrost/selection"
 )
@@ -134,7 +135,7 @@ type Handler struct {
 	logger   *zap.Logger
 	events   *caddyevents.App
 	poolName string
-	pool     *poolState
+	pool     *pool.Pool
 	// set is the worker set that requests use, swapped whole when
 	// dynamic upstreams change; a request takes one snapshot and keeps
 	// it (see workerSet).
@@ -166,7 +167,9 @@ type Handler struct {
 	directP2C bool
 	hangAfter time.Duration
 	hangCount int
-	keys      []string
+	// states are the workers' shared states this handler acquired,
+	// each released once in Cleanup
+	states    []*pool.Worker
 	metrics   *poolMetrics
 	proxyCfg  []byte // the workers' shared reverse_proxy JSON, for restarts
 }
@@ -230,14 +233,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	// shared pool state, then the workers; every acquired key is
 	// recorded at once so Cleanup can release it whatever fails next
-	ps, _, err := states.LoadOrNew(poolKey(h.poolName), func() (caddy.Destructor, error) {
-		return newPoolState(h.poolName), nil
-	})
+	ps, err := pool.Acquire(h.poolName)
 	if err != nil {
 		return err
 	}
-	h.keys = append(h.keys, poolKey(h.poolName))
-	h.pool = ps.(*poolState)
+	h.pool = ps
 	h.applyPoolSettings()
 
 	h.metrics = newPoolMetrics(ctx, h.poolName, h.logger)
@@ -253,6 +253,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.publishSet()
+	h.pool.Attach(h, h.set.Load().shared())
 	h.startBackground(bgCtx)
 	if provisioned != nil {
 		provisioned(h)
@@ -366,15 +367,16 @@ func (h *Handler) applyPoolSettings() {
 	if ic.SuccessRateMinRequests != nil {
 		is.SuccessRateMinRequests = *ic.SuccessRateMinRequests
 	}
-	h.pool.monitor.Update(is.WithDefaults())
+	h.pool.Monitor.Update(is.WithDefaults())
 	h.hangAfter = cmp.Or(time.Duration(ic.HangThreshold), defaultHangThreshold)
 	h.hangCount = cmp.Or(ic.HangRequests, defaultHangRequests)
+	h.pool.SetBreakerTrips(cmp.Or(ic.BreakerTrips, defaultBreakerTrips))
 
 	limit := h.ErrorHistoryLimit
 	if limit == 0 {
 		limit = defaultHistoryLimit
 	}
-	h.pool.manager.Reconfigure(recovery.ManagerConfig{
+	h.pool.Manager.Reconfigure(recovery.ManagerConfig{
 		HistoryLimit:        limit,
 		MaxRecoveryAttempts: ic.MaxRecoveryAttempts,
 	})
@@ -383,8 +385,8 @@ func (h *Handler) applyPoolSettings() {
 	if h.Retry != nil && h.Retry.Budget > 0 {
 		budget = h.Retry.Budget
 	}
-	h.pool.budget.Update(budget, 0)
-	h.pool.replay.limit.Store(h.maxBodyTotal)
+	h.pool.Budget.Update(budget, 0)
+	h.pool.Replay.SetLimit(h.maxBodyTotal)
 }
 
 // breakerSettings converts the breaker block.
@@ -425,7 +427,8 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
-		w := &worker{workerState: ws, ps: h.pool}
+		h.states = append(h.states, ws)
+		w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker()}
 		rp, err := newWorkerProxy(cfg, up, w)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
@@ -436,13 +439,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			return fmt.Errorf("upstream %d (%s): provisioning worker: %w", i, up.Dial, err)
 		}
 		w.provisioned = true
-		if h.p2c != nil {
-			w.tracker = h.p2c.Tracker(up.Dial)
-		}
-		if w.tracker == nil {
-			// latency and hang tracking work whatever the policy
-			w.tracker = selection.NewTracker(selection.Settings{})
-		}
+		h.shareTracker(w)
 		h.metrics.bind(w)
 		w.up = rp.Upstreams[0]
 		h.workers = append(h.workers, w)
@@ -453,50 +450,34 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	return nil
 }
 
-// acquireWorkerState loads or creates the shared state of one worker and
-// applies this config's settings to it.
-func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*workerState, error) {
-	ws, err := h.loadWorkerState(dial, bs)
+// acquireWorkerState loads or creates the shared state of one worker,
+// taking one reference that the caller must release, and applies this
+// config's settings to it.
+func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Worker, error) {
+	ws, err := h.pool.AcquireWorker(dial, bs, h.trackerSettings())
 	if err != nil {
 		return nil, err
 	}
-	h.keys = append(h.keys, workerKey(h.poolName, dial))
+	ws.MaxRequests.Store(int64(h.MaxRequests))
 	return ws, nil
 }
 
-// loadWorkerState loads or creates the shared state of one worker, taking
-// one reference to its key that the caller must release (states.Delete),
-// and applies this config's settings to it.
-func (h *Handler) loadWorkerState(dial string, bs breaker.Settings) (*workerState, error) {
-	key := workerKey(h.poolName, dial)
-	ps := h.pool
-	v, loaded, err := states.LoadOrNew(key, func() (caddy.Destructor, error) {
-		ws := &workerState{
-			id:       workerID(h.poolName, dial),
-			pool:     h.poolName,
-			upstream: dial,
-			health:   health.NewWorkerHealth(h.poolName, workerID(h.poolName, dial), dial),
-		}
-		ws.idValue = ws.id
-		ws.breaker = breaker.New(ws.id, bs, func(from, to breaker.State) {
-			// runs under the breaker's lock: hand off, never block
-			select {
-			case ps.changes <- breakerChange{ws: ws, from: from, to: to}:
-			default:
-				ps.dropped.Add(1)
-			}
-		})
-		return ws, nil
-	})
-	if err != nil {
-		return nil, err
+// trackerSettings are the settings of the workers' selection trackers:
+// the P2C policy's when it is the one selecting, the defaults otherwise
+// (latency and hang tracking work whatever the policy).
+func (h *Handler) trackerSettings() selection.Settings {
+	if h.p2c != nil {
+		return h.p2c.Trackers().Settings()
 	}
-	ws := v.(*workerState)
-	if loaded {
-		ws.breaker.Update(bs)
+	return selection.Settings{}
+}
+
+// shareTracker makes the worker's shared tracker, which outlives configs,
+// the one the P2C policy reads for its upstream.
+func (h *Handler) shareTracker(w *worker) {
+	if h.p2c != nil && !h.p2c.Trackers().Put(w.Upstream, w.tracker) {
+		h.logger.Warn("selection policy's tracker registry is full", zap.String("worker", w.ID))
 	}
-	ws.maxRequests.Store(int64(h.MaxRequests))
-	return ws, nil
 }
 
 // Validate checks the configuration; it is pure and fast.
@@ -587,6 +568,9 @@ func (h *Handler) validateConfig() error {
 // shared state this handler acquired, and removes its metric series. It is
 // safe after a partial Provision.
 func (h *Handler) Cleanup() error {
+	if h.pool != nil {
+		h.pool.Detach(h)
+	}
 	if h.bgCancel != nil {
 		h.bgCancel()
 	}
@@ -594,7 +578,7 @@ func (h *Handler) Cleanup() error {
 		h.bg.Wait()
 	}
 	if h.pool != nil {
-		h.pool.manager.Wait()
+		h.pool.Manager.Wait()
 	}
 	var errs []error
 	for _, w := range h.workers {
@@ -610,8 +594,8 @@ func (h *Handler) Cleanup() error {
 			}
 		}
 	}
-	for _, key := range h.keys {
-		if _, err := states.Delete(key); err != nil {
+	for _, ws := range h.states {
+		if _, err := h.pool.ReleaseWorker(ws); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -622,6 +606,11 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.metrics != nil {
 		h.metrics.forget(h.workers)
+	}
+	if h.pool != nil {
+		if err := h.pool.Release(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -22,22 +22,9 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
-
-// Event names emitted through Caddy's events app.
-const (
-	eventBreakerOpened        = "breaker_opened"
-	eventBreakerHalfOpen      = "breaker_half_open"
-	eventBreakerClosed        = "breaker_closed"
-	eventWorkerIsolated       = "worker_isolated"
-	eventWorkerRestored       = "worker_restored"
-	eventWorkerRecoveryFailed = "worker_recovery_failed"
-)
-
-// tickInterval is how often isolation expiries, outlier detection and the
-// state gauges are looked at.
-const tickInterval = 250 * time.Millisecond
 
 // record books the outcome of one try, which its breaker has booked
 // already: health, error history, metrics, logs, and the escalations a
@@ -54,14 +41,14 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		wk.throttles.Store(0) // an answer that is not a 429 ends a streak
 	}
 	if !cls.Failure {
-		wk.health.RecordSuccess(now)
+		wk.Health.RecordSuccess(now)
 		if h.hedge != nil {
-			h.pool.latency.observe(res.latency)
+			h.pool.Latency.Observe(res.latency)
 		}
-		if panicMode && wk.breaker.State() != breaker.StateClosed {
+		if panicMode && wk.Breaker.State() != breaker.StateClosed {
 			// the worker served while the whole pool was out: that is
 			// the evidence the breaker waits for
-			wk.breaker.Reset()
+			wk.Breaker.Reset()
 		}
 		h.onResult(wk, false)
 		return
@@ -72,13 +59,13 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 	clientLimit := false
 	if cls.Kind == recovery.KindThrottled {
 		if h.throttlesWorker(wk, res.status, panicMode) {
-			wk.health.Throttle(now.Add(cls.Delay))
+			wk.Health.Throttle(now.Add(cls.Delay))
 		} else {
 			clientLimit = true
 		}
 	}
 	if !clientLimit {
-		wk.health.RecordFailure(now)
+		wk.Health.RecordFailure(now)
 	}
 	ce := recovery.ContextualError{
 		Kind:     cls.Kind,
@@ -89,14 +76,14 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 			Component: "proxy",
 			Operation: "attempt",
 			Pool:      h.poolName,
-			WorkerID:  wk.id,
+			WorkerID:  wk.ID,
 		},
 		Timestamp: now,
 		Attempt:   res.attempt,
 		Status:    res.status,
 	}
-	h.pool.manager.Record(ce)
-	h.metrics.failure(wk.id, cls)
+	h.pool.Manager.Record(ce)
+	h.metrics.failure(wk.ID, cls)
 	h.logFailure(res)
 
 	switch cls.Action {
@@ -180,8 +167,8 @@ func (h *Handler) logFailure(res tryResult) {
 	if c := h.logger.Check(lvl, "worker failure"); c != nil {
 		c.Write(
 			zap.String("pool", h.poolName),
-			zap.String("worker", wk.id),
-			zap.String("upstream", wk.upstream),
+			zap.String("worker", wk.ID),
+			zap.String("upstream", wk.Upstream),
 			zap.Stringer("kind", cls.Kind),
 			zap.Stringer("severity", cls.Severity),
 			zap.Stringer("action", cls.Action),
@@ -196,16 +183,14 @@ func (h *Handler) logFailure(res tryResult) {
 // onResult tells the isolation monitor about a try's outcome (a worker on
 // probation that fails goes straight back out).
 func (h *Handler) onResult(wk *worker, failure bool) {
-	if ev, ok := h.pool.monitor.OnResult(wk.health, failure); ok {
+	if ev, ok := h.pool.Monitor.OnResult(wk.Health, failure); ok {
 		h.emitHealth(ev)
 	}
 }
 
 // isolate takes a worker out of rotation, unless max_percent forbids it.
 func (h *Handler) isolate(wk *worker, reason health.Reason, detail string) {
-	if ev, ok := h.pool.monitor.Isolate(wk.health, reason, detail); ok {
-		h.emitHealth(ev)
-	}
+	h.pool.Isolate(wk.Worker, reason, detail)
 }
 
 // reconnect drops a worker's idle connections, under the recovery
@@ -215,9 +200,9 @@ func (h *Handler) reconnect(wk *worker) {
 	if !ok || ht.Transport == nil {
 		return
 	}
-	h.pool.manager.TryRecover(h.ctx, func(context.Context) error {
+	h.pool.Manager.TryRecover(h.ctx, func(context.Context) error {
 		ht.Transport.CloseIdleConnections()
-		h.metrics.recovery(wk.id, recovery.ActionReconnect)
+		h.metrics.recovery(wk.ID, recovery.ActionReconnect)
 		return nil
 	})
 }
@@ -262,7 +247,7 @@ func (h *Handler) restart(wk *worker) {
 	}
 	wk.restarts++
 	wk.mu.Unlock()
-	h.pool.manager.TryRecover(h.ctx, func(ctx context.Context) error {
+	h.pool.Manager.TryRecover(h.ctx, func(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err() // the config is going away
 		}
@@ -279,7 +264,7 @@ func (h *Handler) restart(wk *worker) {
 			provisionMu.Unlock()
 		}
 		if err != nil {
-			h.recordCritical(wk.workerState, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
+			h.recordCritical(wk.Worker, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
 			return err
 		}
 		wk.mu.Lock()
@@ -294,27 +279,27 @@ func (h *Handler) restart(wk *worker) {
 		if ht, ok := old.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
 			ht.Transport.CloseIdleConnections()
 		}
-		h.metrics.recovery(wk.id, recovery.ActionRestartWorker)
-		h.logger.Info("worker restarted", zap.String("pool", h.poolName), zap.String("worker", wk.id))
+		h.metrics.recovery(wk.ID, recovery.ActionRestartWorker)
+		h.logger.Info("worker restarted", zap.String("pool", h.poolName), zap.String("worker", wk.ID))
 		return nil
 	})
 }
 
 // recordCritical books an error that is not bound to a request, such as a
 // worker that could not be provisioned.
-func (h *Handler) recordCritical(ws *workerState, kind recovery.Kind, err error) {
-	h.pool.manager.Record(recovery.ContextualError{
+func (h *Handler) recordCritical(ws *pool.Worker, kind recovery.Kind, err error) {
+	h.pool.Manager.Record(recovery.ContextualError{
 		Err:       err,
 		Kind:      kind,
 		Severity:  kind.Severity(),
 		Action:    kind.SuggestedRecovery(),
 		Message:   err.Error(),
-		Context:   recovery.ErrorContext{Component: "provision", Operation: "worker", Pool: ws.pool, WorkerID: ws.id},
+		Context:   recovery.ErrorContext{Component: "provision", Operation: "worker", Pool: ws.Pool, WorkerID: ws.ID},
 		Timestamp: time.Now(),
 	})
-	h.metrics.failure(ws.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+	h.metrics.failure(ws.ID, recovery.Classification{Kind: kind, Severity: kind.Severity()})
 	h.logger.Error("worker failure",
-		zap.String("pool", ws.pool), zap.String("worker", ws.id),
+		zap.String("pool", ws.Pool), zap.String("worker", ws.ID),
 		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
 }
 
@@ -326,27 +311,50 @@ func (h *Handler) emit(name string, data map[string]any) {
 	}
 }
 
-// emitHealth logs, counts and emits an isolation transition; a worker
-// that comes back is restarted, and its selection cost forgets the
-// failures that got it isolated.
-func (h *Handler) emitHealth(ev health.Event) {
-	emitWorkerEvent(h.ctx, h.events, h.logger, ev)
-	if ev.Type != health.EventRestored {
-		return
+// emitHealth reports an isolation transition through the pool, which
+// hands a worker that came back to its users (see Restored).
+func (h *Handler) emitHealth(ev health.Event) { h.pool.Report(ev) }
+
+// Reporter implements pool.User: while this handler is the pool's newest
+// user, the pool logs, emits and counts through its config.
+func (h *Handler) Reporter() pool.Reporter {
+	return pool.Reporter{
+		Ctx:          h.ctx,
+		Events:       h.events,
+		Logger:       h.logger,
+		Transition:   countTransition,
+		BreakerState: setBreakerState,
 	}
+}
+
+// Restored implements pool.User: a worker of this handler that comes
+// back from isolation is restarted, and its selection cost forgets the
+// failures that got it isolated.
+func (h *Handler) Restored(ws *pool.Worker) {
 	for _, wk := range h.set.Load().workers {
-		if wk.health == ev.Worker {
+		if wk.Worker == ws {
 			wk.tracker.Forgive()
 			h.restart(wk)
 		}
 	}
 }
 
+// Tick implements pool.User: on each tick of the pool's loop, the
+// handler refreshes its automatic hedge delay, looks for hung workers and
+// refreshes its state gauges.
+func (h *Handler) Tick(now time.Time) {
+	if h.hedge != nil && h.hedge.Delay == 0 {
+		h.pool.Latency.Refresh(h.hedge.Percentile)
+	}
+	h.detectHangs(now)
+	for _, wk := range h.set.Load().workers {
+		h.metrics.workerGauges(wk)
+	}
+}
+
 // startBackground starts the loops of this handler; each stops when ctx
 // is done, and Cleanup waits for them.
 func (h *Handler) startBackground(ctx context.Context) {
-	h.goSafe(ctx, "breaker_changes", h.drainBreakerChanges)
-	h.goSafe(ctx, "ticker", h.tick)
 	if h.dyn != nil {
 		h.goSafe(ctx, "dynamic_upstreams", h.dyn.run)
 	}
@@ -376,54 +384,6 @@ func (h *Handler) goSafe(ctx context.Context, name string, f func(context.Contex
 	}()
 }
 
-// drainBreakerChanges turns breaker transitions into logs, events,
-// statistics and, when a breaker keeps tripping, isolation.
-func (h *Handler) drainBreakerChanges(ctx context.Context) {
-	threshold := int32(defaultBreakerTrips)
-	if h.Isolation != nil && h.Isolation.BreakerTrips > 0 {
-		threshold = int32(h.Isolation.BreakerTrips)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ch := <-h.pool.changes:
-			h.onBreakerChange(ch, threshold)
-		}
-	}
-}
-
-// onBreakerChange handles one breaker transition.
-func (h *Handler) onBreakerChange(ch breakerChange, threshold int32) {
-	ws := ch.ws
-	fields := []zap.Field{zap.String("pool", ws.pool), zap.String("worker", ws.id),
-		zap.Stringer("from", ch.from), zap.Stringer("to", ch.to)}
-	data := map[string]any{"pool": ws.pool, "worker": ws.id, "upstream": ws.upstream, "from": ch.from.String()}
-	h.metrics.breakerState(ws.id, ch.to)
-	switch ch.to {
-	case breaker.StateOpen:
-		trips := ws.trips.Add(1)
-		h.pool.manager.CountBreakerTrip()
-		if at := ws.breaker.RetryAt(); !at.IsZero() {
-			data["until"] = at.UTC().Format(time.RFC3339Nano)
-		}
-		h.logger.Warn("breaker opened", append(fields, zap.Int32("trips_in_a_row", trips))...)
-		h.emit(eventBreakerOpened, data)
-		if trips >= threshold {
-			if wk := h.workerFor(ws); wk != nil {
-				h.isolate(wk, health.ReasonBreaker, fmt.Sprintf("breaker opened %d times in a row", trips))
-			}
-		}
-	case breaker.StateHalfOpen:
-		h.logger.Info("breaker half-open", fields...)
-		h.emit(eventBreakerHalfOpen, data)
-	case breaker.StateClosed:
-		ws.trips.Store(0)
-		h.logger.Info("breaker closed", fields...)
-		h.emit(eventBreakerClosed, data)
-	}
-}
-
 // reasonHang is the isolation reason of a worker whose requests pile up
 // without answers.
 const reasonHang health.Reason = "requests_hanging"
@@ -440,7 +400,7 @@ func (h *Handler) detectHangs(now time.Time) {
 		return
 	}
 	for _, wk := range workers {
-		if wk.health.Isolated() {
+		if wk.Health.Isolated() {
 			// out of rotation for whatever reason (its probes failed,
 			// say): its requests that waited past the hang threshold
 			// can go elsewhere too
@@ -459,20 +419,20 @@ func (h *Handler) detectHangs(now time.Time) {
 		// its requests that can go elsewhere need not wait any longer,
 		// whether or not max_percent lets it be isolated
 		wk.waiting.takeBack(now, h.hangAfter)
-		ev, ok := h.pool.monitor.Isolate(wk.health, reasonHang, msg)
+		ev, ok := h.pool.Monitor.Isolate(wk.Health, reasonHang, msg)
 		if !ok {
 			continue // max_percent: booked once it can be acted on
 		}
 		kind := recovery.KindTimeout
-		h.pool.manager.Record(recovery.ContextualError{
+		h.pool.Manager.Record(recovery.ContextualError{
 			Kind:      kind,
 			Severity:  kind.Severity(),
 			Action:    recovery.ActionIsolateWorker,
 			Message:   msg,
-			Context:   recovery.ErrorContext{Component: "health", Operation: "hang_detection", Pool: h.poolName, WorkerID: wk.id},
+			Context:   recovery.ErrorContext{Component: "health", Operation: "hang_detection", Pool: h.poolName, WorkerID: wk.ID},
 			Timestamp: now,
 		})
-		h.metrics.failure(wk.id, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+		h.metrics.failure(wk.ID, recovery.Classification{Kind: kind, Severity: kind.Severity()})
 		h.emitHealth(ev)
 	}
 }
@@ -481,7 +441,7 @@ func (h *Handler) detectHangs(now time.Time) {
 // after since (when its oldest unanswered request was sent) and within
 // the hang threshold before now.
 func (h *Handler) answering(wk *worker, since, now time.Time) bool {
-	last := wk.health.LastSuccess()
+	last := wk.Health.LastSuccess()
 	return last.After(since) && now.Sub(last) < h.hangAfter
 }
 
@@ -490,46 +450,11 @@ func (h *Handler) answering(wk *worker, since, now time.Time) bool {
 // answering, this worker is not.
 func peersAnswering(workers []*worker, wk *worker, since time.Time) bool {
 	for _, other := range workers {
-		if other != wk && other.health.LastSuccess().After(since) {
+		if other != wk && other.Health.LastSuccess().After(since) {
 			return true
 		}
 	}
 	return false
-}
-
-// workerFor finds this handler's worker for a shared state.
-func (h *Handler) workerFor(ws *workerState) *worker {
-	for _, wk := range h.set.Load().workers {
-		if wk.workerState == ws {
-			return wk
-		}
-	}
-	return nil
-}
-
-// tick runs isolation expiries and outlier detection, and refreshes the
-// state gauges.
-func (h *Handler) tick(ctx context.Context) {
-	t := time.NewTicker(tickInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, ev := range h.pool.monitor.Tick() {
-			h.emitHealth(ev)
-		}
-		if h.hedge != nil && h.hedge.Delay == 0 {
-			h.pool.latency.refresh(h.hedge.Percentile)
-		}
-		now := time.Now()
-		h.detectHangs(now)
-		for _, wk := range h.set.Load().workers {
-			h.metrics.workerGauges(wk)
-		}
-	}
 }
 
 // newChecker builds the active prober of this handler's workers. Each
@@ -570,11 +495,11 @@ func (h *Handler) probeConfig() (*probeConfig, error) {
 func (pc *probeConfig) checker(h *Handler, workers []*worker) (*health.Checker, error) {
 	targets := make([]health.Target, 0, len(workers))
 	for _, wk := range workers {
-		pt, err := newProbeTarget(h.Health, wk.upstream)
+		pt, err := newProbeTarget(h.Health, wk.Upstream)
 		if err != nil {
-			return nil, fmt.Errorf("health: worker %s: %w", wk.id, err)
+			return nil, fmt.Errorf("health: worker %s: %w", wk.ID, err)
 		}
-		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
+		targets = append(targets, health.Target{Worker: wk.Health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
 	}
 	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health")), nil
 }
@@ -696,7 +621,7 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 		if res.Err != nil {
 			msg = truncate(res.Err.Error(), 200)
 		}
-		h.pool.manager.Record(recovery.ContextualError{
+		h.pool.Manager.Record(recovery.ContextualError{
 			Err:       res.Err,
 			Kind:      recovery.KindHealthCheckFailed,
 			Severity:  recovery.KindHealthCheckFailed.Severity(),
@@ -706,12 +631,12 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 			Timestamp: time.Now(),
 		})
 		h.metrics.failure(t.Worker.ID(), recovery.Classification{Kind: recovery.KindHealthCheckFailed, Severity: recovery.KindHealthCheckFailed.Severity()})
-		if ev, ok := h.pool.monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
+		if ev, ok := h.pool.Monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
 			h.emitHealth(ev)
 		}
 		return
 	}
-	if ev, ok := h.pool.monitor.ProbeRecovered(t.Worker); ok {
+	if ev, ok := h.pool.Monitor.ProbeRecovered(t.Worker); ok {
 		h.emitHealth(ev)
 	}
 }

@@ -119,11 +119,11 @@ func TestProbeUsesPortMethodHeadersAndBody(t *testing.T) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	})
-	pool := "probes"
+	poolName := "probes"
 	eventually(t, 10*time.Second, "a isolated by its failing health port", func() bool {
-		return workerOf(t, pool, a.addr).health.Isolated()
+		return workerOf(t, poolName, a.addr).Health.Isolated()
 	})
-	if workerOf(t, pool, b.addr).health.Isolated() {
+	if workerOf(t, poolName, b.addr).Health.Isolated() {
 		t.Fatal("b isolated, but its probes pass")
 	}
 	for range 10 {
@@ -167,9 +167,9 @@ func TestProbeUsesHealthUpstream(t *testing.T) {
 			w.WriteHeader(http.StatusInternalServerError)
 		}
 	})
-	pool := "probes"
+	poolName := "probes"
 	eventually(t, 10*time.Second, "b isolated by the checker", func() bool {
-		return workerOf(t, pool, b.addr).health.Isolated()
+		return workerOf(t, poolName, b.addr).Health.Isolated()
 	})
 	if a.hits.Load() != 0 || b.hits.Load() != 0 {
 		t.Fatalf("probes reached the workers: %d, %d", a.hits.Load(), b.hits.Load())
@@ -228,9 +228,9 @@ func TestProbeTimeoutAboveInterval(t *testing.T) {
 		health_interval 10ms
 		health_timeout 100ms`))
 	eventually(t, 10*time.Second, "the failing worker isolated by its probes", func() bool {
-		return workerOf(t, "slowprobe", b.addr).health.Isolated()
+		return workerOf(t, "slowprobe", b.addr).Health.Isolated()
 	})
-	if workerOf(t, "slowprobe", a.addr).health.Isolated() {
+	if workerOf(t, "slowprobe", a.addr).Health.Isolated() {
 		t.Fatal("the healthy worker was isolated")
 	}
 }

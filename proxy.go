@@ -38,10 +38,10 @@ var errPerTryTimeout = errors.New("worker did not answer within per_try_timeout"
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	ready := time.Now()
-	h.pool.budget.OnRequest(ready)
+	h.pool.Budget.OnRequest(ready)
 	// The body streams to the first try as the upstream reads it; a copy
 	// is kept for a retry only when the request may need one.
-	body := newRequestBody(r, h.maxBody, &h.pool.replay, h.keepsCopy(r))
+	body := newRequestBody(r, h.maxBody, &h.pool.Replay, h.keepsCopy(r))
 	defer body.release()
 
 	rs := h.newRequestState(r, body, ready)
@@ -110,7 +110,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if !res.canRetry || !rs.body.replayable() || !h.anotherWorker(rs, nil) {
 			break
 		}
-		if !h.pool.budget.TryRetry(time.Now()) {
+		if !h.pool.Budget.TryRetry(time.Now()) {
 			h.logDebug("retry budget exhausted", res.wk, rs, cls)
 			break
 		}
@@ -124,7 +124,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if err := recovery.Sleep(r.Context(), delay); err != nil {
 			return nil
 		}
-		h.pool.manager.CountRetry()
+		h.pool.Manager.CountRetry()
 		h.metrics.retry(res.wk)
 	}
 
@@ -205,7 +205,7 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 			// the whole pool is out: the breakers are bypassed
 			run()
 		} else {
-			refused = wk.breaker.Do(run)
+			refused = wk.Breaker.Do(run)
 		}
 		wk.leave()
 		if refused != nil {
@@ -402,9 +402,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		defer tw.hook.body.Close()
 	}
 
-	wk.health.BeginRequest()
+	wk.Health.BeginRequest()
 	abort, err := h.serveWorker(wk, tw, rr, next)
-	wk.health.EndRequest()
+	wk.Health.EndRequest()
 	tw.unwind()
 	now := time.Now()
 	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: now.Sub(start), end: now, abort: abort}
@@ -566,7 +566,7 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 				abort = v
 				return
 			}
-			err = fmt.Errorf("response body from %s: %w", wk.upstream, io.ErrUnexpectedEOF)
+			err = fmt.Errorf("response body from %s: %w", wk.Upstream, io.ErrUnexpectedEOF)
 		}
 	}()
 	return nil, wk.proxy.Load().ServeHTTP(tw, r, next)
@@ -624,7 +624,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 		if wk.dyn != nil && wk.dyn.closing.Load() {
 			continue // retired since the snapshot
 		}
-		if best == nil || wk.health.ConsecutiveFailures() < best.health.ConsecutiveFailures() {
+		if best == nil || wk.Health.ConsecutiveFailures() < best.Health.ConsecutiveFailures() {
 			best = wk
 		}
 	}
@@ -720,9 +720,9 @@ func (h *Handler) soonestRecovery(workers []*worker, now time.Time) time.Duratio
 		}
 	}
 	for _, wk := range workers {
-		consider(wk.breaker.RetryAt())
-		consider(wk.health.ThrottledUntil())
-		snap := wk.health.Snapshot(now)
+		consider(wk.Breaker.RetryAt())
+		consider(wk.Health.ThrottledUntil())
+		snap := wk.Health.Snapshot(now)
 		if snap.Isolated {
 			consider(snap.IsolatedUntil)
 		}
@@ -744,7 +744,7 @@ func (s *shownState) placeholder(key string) (any, bool) {
 	switch name {
 	case "worker":
 		if wk := s.last.Load(); wk != nil {
-			return wk.idValue, true
+			return wk.IDValue, true
 		}
 	case "attempts":
 		return s.attempts.Load(), true
@@ -769,7 +769,7 @@ func (h *Handler) logDebug(msg string, wk *worker, rs *requestState, cls recover
 	if c := h.logger.Check(zapcore.DebugLevel, msg); c != nil {
 		c.Write(
 			zap.String("pool", h.poolName),
-			zap.String("worker", wk.id),
+			zap.String("worker", wk.ID),
 			zap.Int("attempt", rs.attempts),
 			zap.Stringer("kind", cls.Kind),
 		)

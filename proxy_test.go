@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -43,13 +44,13 @@ func TestDownWorkerIsInvisibleAndTripsBreaker(t *testing.T) {
 		}
 	}
 	ws := workerOf(t, "down", dead)
-	if st := ws.breaker.State(); st != breaker.StateOpen {
+	if st := ws.Breaker.State(); st != breaker.StateOpen {
 		t.Fatalf("breaker of the dead worker is %s, want open", st)
 	}
-	if c := ws.breaker.Counts(); c.TotalFailures != 0 && c.TotalFailures < 3 {
+	if c := ws.Breaker.Counts(); c.TotalFailures != 0 && c.TotalFailures < 3 {
 		t.Fatalf("counts %+v", c)
 	}
-	if got := ws.health.Snapshot(time.Now()).Failures; got != 3 {
+	if got := ws.Health.Snapshot(time.Now()).Failures; got != 3 {
 		t.Errorf("dead worker failures = %d, want exactly 3 (then its breaker keeps it out)", got)
 	}
 	if a.hits.Load()+b.hits.Load() != 200 {
@@ -290,7 +291,7 @@ func TestThrottledWorker(t *testing.T) {
 		t.Fatalf("throttled worker got %d requests within its Retry-After, want 1", n)
 	}
 	ws := workerOf(t, "throttle", limited.addr)
-	if st := ws.breaker.State(); st != breaker.StateClosed {
+	if st := ws.Breaker.State(); st != breaker.StateClosed {
 		t.Errorf("a throttled worker's breaker is %s; throttling is not a breaker failure", st)
 	}
 	limited.set(status(http.StatusOK, "back"))
@@ -307,7 +308,7 @@ func TestClientCancelCountsAgainstNobody(t *testing.T) {
 	loadCaddyfile(t, siteConfig([]string{slow.addr}, `name cancel`))
 
 	ws := workerOf(t, "cancel", slow.addr)
-	before := ws.breaker.Counts()
+	before := ws.Breaker.Counts()
 	ctx, cancel := withTimeout(200 * time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, testSite+"/", nil)
@@ -315,12 +316,12 @@ func TestClientCancelCountsAgainstNobody(t *testing.T) {
 		resp.Body.Close()
 		t.Fatal("request should have been cancelled")
 	}
-	eventually(t, 2*time.Second, "the try to end", func() bool { return ws.health.InFlight() == 0 })
-	after := ws.breaker.Counts()
+	eventually(t, 2*time.Second, "the try to end", func() bool { return ws.Health.InFlight() == 0 })
+	after := ws.Breaker.Counts()
 	if after.TotalFailures != before.TotalFailures || after.ConsecutiveFailures != 0 {
 		t.Fatalf("breaker counts changed: before %+v after %+v", before, after)
 	}
-	if f := ws.health.Snapshot(time.Now()).Failures; f != 0 {
+	if f := ws.Health.Snapshot(time.Now()).Failures; f != 0 {
 		t.Fatalf("worker failures = %d, want 0", f)
 	}
 }
@@ -362,7 +363,7 @@ func TestReverseProxySubdirectivesPassThrough(t *testing.T) {
 	if len(seen) == 0 || seen[len(seen)-1] != "/hello" {
 		t.Errorf("header_up not applied: %v", seen)
 	}
-	errs := collectErrors(recovery.Filter{Worker: workerID("passthrough", slow.addr)})
+	errs := pool.Errors(recovery.Filter{Worker: pool.WorkerID("passthrough", slow.addr)}, nil)
 	if len(errs) == 0 || errs[0].Kind != recovery.KindTimeout {
 		t.Fatalf("slow worker's failure should be a timeout (transport response_header_timeout), got %+v", errs)
 	}
@@ -392,7 +393,7 @@ func TestFailuresAreClassifiedFromRealErrors(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			pool := fmt.Sprintf("classify%d", i)
+			poolName := fmt.Sprintf("classify%d", i)
 			loadCaddyfile(t, siteConfig([]string{tc.dial, good.addr}, fmt.Sprintf(`
 				name %s
 				lb_policy first
@@ -401,12 +402,12 @@ func TestFailuresAreClassifiedFromRealErrors(t *testing.T) {
 				}
 				retry {
 					on connect_failure timeout reset 5xx 429
-				}`, pool)))
+				}`, poolName)))
 			code, _, hdr := do(t, http.MethodGet, testSite+"/", nil)
 			if code != http.StatusOK {
 				t.Fatalf("got %d, want 200 from the good worker (%v)", code, hdr)
 			}
-			errs := collectErrors(recovery.Filter{Worker: workerID(pool, tc.dial)})
+			errs := pool.Errors(recovery.Filter{Worker: pool.WorkerID(poolName, tc.dial)}, nil)
 			if len(errs) == 0 {
 				t.Fatal("no error recorded")
 			}
@@ -438,7 +439,7 @@ func TestPlaceholders(t *testing.T) {
 	}
 	want := map[string]string{
 		"X-Attempts": "2",
-		"X-Worker":   workerID("ph", good.addr),
+		"X-Worker":   pool.WorkerID("ph", good.addr),
 		"X-Kind":     "connection",
 		"X-Severity": "low",
 	}
@@ -466,7 +467,7 @@ func TestPlaceholders(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("hedged request: got %d", code)
 	}
-	if got, want := hdr.Get("X-Worker"), workerID("ph", good.addr); got != want {
+	if got, want := hdr.Get("X-Worker"), pool.WorkerID("ph", good.addr); got != want {
 		t.Errorf("hedged request: X-Worker = %q, want the hedge's worker %q", got, want)
 	}
 	if got := hdr.Get("X-Attempts"); got != "2" {

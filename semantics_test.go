@@ -46,7 +46,7 @@ func TestSingleUpstreamFailureStands(t *testing.T) {
 func TestSingleUpstreamOpenBreakerStillServes(t *testing.T) {
 	bk := newBackend(t)
 	h := loadHandler(t, siteConfig([]string{bk.addr}, "\t\tname singleopen"))
-	h.workers[0].breaker.Trip()
+	h.workers[0].Breaker.Trip()
 	code, body := get(t, "/")
 	if code != http.StatusOK || !strings.HasPrefix(body, "ok from") {
 		t.Fatalf("got %d %q; want the upstream's answer", code, body)
@@ -239,7 +239,7 @@ func TestWaitingRequestsLeaveAHungWorker(t *testing.T) {
 	if hung.hits.Load() == 0 {
 		t.Fatal("the hung backend got no request; the test needs some waiting on it")
 	}
-	if !workerOf(t, "moved", hung.addr).health.Isolated() {
+	if !workerOf(t, "moved", hung.addr).Health.Isolated() {
 		t.Fatal("the hung worker was not isolated")
 	}
 }

@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"embed"
@@ -29,6 +30,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -541,7 +543,7 @@ func (s *StatusPage) serveAction(w http.ResponseWriter, r *http.Request, id, act
 	if err != nil {
 		return statusAPIError(w, err)
 	}
-	if !s.poolScope(r).has(ws.pool) {
+	if !s.poolScope(r).has(ws.Pool) {
 		// another site's worker: as unknown as one that does not exist
 		return statusError(w, http.StatusNotFound, fmt.Sprintf("unknown worker %q", id))
 	}
@@ -554,11 +556,11 @@ func (s *StatusPage) serveAction(w http.ResponseWriter, r *http.Request, id, act
 			return statusAPIError(w, err)
 		}
 	}
-	if err := operatorAction(s.ctx, s.events, s.logger, ws, action, d, reason); err != nil {
+	if err := operatorAction(ws, action, d, reason); err != nil {
 		return statusAPIError(w, err)
 	}
 	now := time.Now()
-	return writeStatusJSON(w, http.StatusOK, s.worker(viewOf(ws, now), now, s.series.workerRates()))
+	return writeStatusJSON(w, http.StatusOK, s.worker(pool.ViewOf(ws, now), now, s.series.workerRates()))
 }
 
 // sameOrigin refuses a request that a browser did not send from the
@@ -625,7 +627,7 @@ type statusFeed struct {
 	Actions bool `json:"actions"`
 	// RefreshMS is how often the page should poll.
 	RefreshMS int64                      `json:"refresh_ms"`
-	Stats     statsView                  `json:"stats"`
+	Stats     pool.StatsView             `json:"stats"`
 	Pools     []statusPool               `json:"pools"`
 	Series    seriesView                 `json:"series"`
 	Errors    []recovery.ContextualError `json:"errors"`
@@ -634,7 +636,7 @@ type statusFeed struct {
 // statusPool is one pool in the feed.
 type statusPool struct {
 	Name    string         `json:"name"`
-	Stats   poolStats      `json:"stats"`
+	Stats   pool.PoolStats `json:"stats"`
 	Workers []statusWorker `json:"workers"`
 	Series  seriesView     `json:"series"`
 }
@@ -642,7 +644,7 @@ type statusPool struct {
 // statusWorker is a worker in the feed: the admin API's view plus its
 // status in one word, the times left, and its rates.
 type statusWorker struct {
-	workerView
+	pool.WorkerView
 
 	// Status sums the worker up: healthy, half_open, open (breaker
 	// open), throttled, unhealthy (probe failing), isolated or
@@ -662,10 +664,10 @@ type statusWorker struct {
 
 // feed builds the JSON feed of the pools in scope.
 func (s *StatusPage) feed(now time.Time, scope statusScope) statusFeed {
-	stats := scopeStats(collectStats(), scope)
+	stats := pool.Stats(scope.has)
 	rates := s.series.workerRates()
 	byPool := map[string][]statusWorker{}
-	for _, v := range workerViews("") {
+	for _, v := range pool.WorkerViews("") {
 		if scope.has(v.Pool) {
 			byPool[v.Pool] = append(byPool[v.Pool], s.worker(v, now, rates))
 		}
@@ -695,40 +697,13 @@ func (s *StatusPage) feed(now time.Time, scope statusScope) statusFeed {
 		Stats:     stats,
 		Pools:     pools,
 		Series:    s.series.sum(scope),
-		Errors:    scopeErrors(scope, statusErrorLimit),
+		Errors:    pool.Errors(recovery.Filter{Limit: statusErrorLimit}, scope.has),
 	}
-}
-
-// scopeStats keeps the pools of st that are in scope and sums them up.
-func scopeStats(st statsView, scope statusScope) statsView {
-	if scope.all {
-		return st
-	}
-	out := newStatsView()
-	for name, ps := range st.Pools {
-		if scope.has(name) {
-			out.add(name, ps)
-		}
-	}
-	return out
-}
-
-// scopeErrors returns the most recent errors of the pools in scope,
-// newest first, at most limit.
-func scopeErrors(scope statusScope, limit int) []recovery.ContextualError {
-	out := []recovery.ContextualError{}
-	for _, ps := range allPools() {
-		if scope.has(ps.name) {
-			out = append(out, ps.manager.Errors(recovery.Filter{Limit: limit})...)
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Timestamp.After(out[j].Timestamp) })
-	return out[:min(len(out), limit)]
 }
 
 // worker completes a worker's view for the feed.
-func (s *StatusPage) worker(v workerView, now time.Time, rates map[string]workerRate) statusWorker {
-	sw := statusWorker{workerView: v}
+func (s *StatusPage) worker(v pool.WorkerView, now time.Time, rates map[string]workerRate) statusWorker {
+	sw := statusWorker{WorkerView: v}
 	sw.Status, sw.StatusText = workerStatus(v)
 	if v.Isolated && !v.IsolatedUntil.IsZero() {
 		sw.IsolationLeftMS = max(v.IsolatedUntil.Sub(now).Milliseconds(), 0)
@@ -744,23 +719,19 @@ func (s *StatusPage) worker(v workerView, now time.Time, rates map[string]worker
 	return sw
 }
 
-// workerStatus sums a worker up in one status, the most severe first.
-func workerStatus(v workerView) (code, text string) {
-	switch {
-	case v.RecoveryFailed:
-		return "recovery_failed", "recovery failed"
-	case v.Isolated:
-		return "isolated", "isolated"
-	case v.Breaker.State == breaker.StateOpen:
-		return "open", "breaker open"
-	case v.Throttled:
-		return "throttled", "throttled"
-	case v.Breaker.State == breaker.StateHalfOpen:
-		return "half_open", "half-open"
-	case !v.ProbeHealthy:
-		return "unhealthy", "probe failing"
-	}
-	return "healthy", "healthy"
+// statusTexts are the words the page shows for each worker state.
+var statusTexts = map[string]string{
+	"recovery_failed": "recovery failed",
+	"open":            "breaker open",
+	"half_open":       "half-open",
+	"unhealthy":       "probe failing",
+}
+
+// workerStatus sums a worker up in one status (see pool.WorkerView.State)
+// and the words that show it.
+func workerStatus(v pool.WorkerView) (code, text string) {
+	code = v.State()
+	return code, cmp.Or(statusTexts[code], code)
 }
 
 // The time series: one point per statusStep, statusSeriesLen points.
@@ -789,7 +760,7 @@ type statusSeries struct {
 	gen    uint64    // sample count, to prune what a sample did not see
 	total  statusRing
 	pools  map[string]*statusRing
-	tracks map[*workerState]*workerTrack
+	tracks map[*pool.Worker]*workerTrack
 	rates  map[string]workerRate // by worker id, from the last sample
 }
 
@@ -797,7 +768,7 @@ type statusSeries struct {
 func newStatusSeries() *statusSeries {
 	return &statusSeries{
 		pools:  map[string]*statusRing{},
-		tracks: map[*workerState]*workerTrack{},
+		tracks: map[*pool.Worker]*workerTrack{},
 		rates:  map[string]workerRate{},
 	}
 }
@@ -891,7 +862,7 @@ func round2(f float64) float64 { return math.Round(f*100) / 100 }
 // the running configs calls it once per step; a call less than 90% of a
 // step after the previous sample is ignored, so that overlapping samplers
 // (during a reload, or with several pages) do not thicken the series.
-func (ss *statusSeries) sample(now time.Time, workers []*workerState) {
+func (ss *statusSeries) sample(now time.Time, workers []*pool.Worker) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if !ss.last.IsZero() && now.Sub(ss.last) < statusStep*9/10 {
@@ -906,12 +877,12 @@ func (ss *statusSeries) sample(now time.Time, workers []*workerState) {
 	pools := map[string]*sums{}
 	rates := make(map[string]workerRate, len(workers))
 	for _, ws := range workers {
-		snap := ws.health.Snapshot(now)
+		snap := ws.Health.Snapshot(now)
 		c := workerCount{t: now, requests: snap.Requests, fails: snap.Failures}
-		ps := pools[ws.pool]
+		ps := pools[ws.Pool]
 		if ps == nil {
 			ps = new(sums)
-			pools[ws.pool] = ps
+			pools[ws.Pool] = ps
 		}
 		tr := ss.tracks[ws]
 		if tr == nil {
@@ -924,7 +895,7 @@ func (ss *statusSeries) sample(now time.Time, workers []*workerState) {
 		}
 		tr.push(c)
 		tr.gen = ss.gen
-		rates[ws.id] = tr.rate()
+		rates[ws.ID] = tr.rate()
 	}
 	for ws, tr := range ss.tracks {
 		if tr.gen != ss.gen {
@@ -1035,7 +1006,7 @@ func (s *StatusPage) sampleLoop(ctx context.Context) {
 			s.logger.Error("status sampler panicked", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
 		}
 	}()
-	s.series.sample(time.Now(), allWorkers())
+	s.series.sample(time.Now(), pool.AllWorkers())
 	t := time.NewTicker(statusStep)
 	defer t.Stop()
 	for {
@@ -1043,7 +1014,7 @@ func (s *StatusPage) sampleLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.series.sample(time.Now(), allWorkers())
+			s.series.sample(time.Now(), pool.AllWorkers())
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // statusChromium is Debian's chromium, which .ci/run installs; the test
@@ -130,7 +132,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	loadCaddyfile(t, config("{\n\t\t\tactions\n\t\t}"))
 	down := bs[1]
-	downID := workerID("web", down.addr)
+	downID := pool.WorkerID("web", down.addr)
 
 	// steady traffic, so the rates and the charts have something to show
 	trafficCtx, stopTraffic := context.WithCancel(context.Background())

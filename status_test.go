@@ -16,6 +16,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 func TestStatusRoute(t *testing.T) {
@@ -64,16 +65,16 @@ func TestStatusRoute(t *testing.T) {
 func TestStatusWorkerStatus(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
-		v          workerView
+		v          pool.WorkerView
 		code, text string
 	}{
-		{"healthy", workerView{Snapshot: health.Snapshot{Healthy: true, ProbeHealthy: true}}, "healthy", "healthy"},
-		{"half-open", workerView{Snapshot: health.Snapshot{ProbeHealthy: true}, Breaker: breakerView{State: breaker.StateHalfOpen}}, "half_open", "half-open"},
-		{"open", workerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: breakerView{State: breaker.StateOpen}}, "open", "breaker open"},
-		{"throttled", workerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: breakerView{State: breaker.StateHalfOpen}}, "throttled", "throttled"},
-		{"probe failing", workerView{Snapshot: health.Snapshot{}}, "unhealthy", "probe failing"},
-		{"isolated", workerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true}, Breaker: breakerView{State: breaker.StateOpen}}, "isolated", "isolated"},
-		{"recovery failed", workerView{Snapshot: health.Snapshot{Isolated: true, RecoveryFailed: true}}, "recovery_failed", "recovery failed"},
+		{"healthy", pool.WorkerView{Snapshot: health.Snapshot{Healthy: true, ProbeHealthy: true}}, "healthy", "healthy"},
+		{"half-open", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true}, Breaker: pool.BreakerView{State: breaker.StateHalfOpen}}, "half_open", "half-open"},
+		{"open", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: pool.BreakerView{State: breaker.StateOpen}}, "open", "breaker open"},
+		{"throttled", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: pool.BreakerView{State: breaker.StateHalfOpen}}, "throttled", "throttled"},
+		{"probe failing", pool.WorkerView{Snapshot: health.Snapshot{}}, "unhealthy", "probe failing"},
+		{"isolated", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true}, Breaker: pool.BreakerView{State: breaker.StateOpen}}, "isolated", "isolated"},
+		{"recovery failed", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, RecoveryFailed: true}}, "recovery_failed", "recovery failed"},
 	} {
 		if code, text := workerStatus(tc.v); code != tc.code || text != tc.text {
 			t.Errorf("%s: workerStatus = %q, %q; want %q, %q", tc.name, code, text, tc.code, tc.text)
@@ -83,21 +84,21 @@ func TestStatusWorkerStatus(t *testing.T) {
 
 // statusTestWorker is a worker's shared state with only what the status
 // series reads.
-func statusTestWorker(pool, dial string) *workerState {
-	id := workerID(pool, dial)
-	return &workerState{id: id, pool: pool, upstream: dial, health: health.NewWorkerHealth(pool, id, dial)}
+func statusTestWorker(poolName, dial string) *pool.Worker {
+	id := pool.WorkerID(poolName, dial)
+	return &pool.Worker{ID: id, Pool: poolName, Upstream: dial, Health: health.NewWorkerHealth(poolName, id, dial)}
 }
 
 // statusTries records n tries of ws, the first fails of them failed.
-func statusTries(ws *workerState, n, fails int, now time.Time) {
+func statusTries(ws *pool.Worker, n, fails int, now time.Time) {
 	for i := range n {
-		ws.health.BeginRequest()
+		ws.Health.BeginRequest()
 		if i < fails {
-			ws.health.RecordFailure(now)
+			ws.Health.RecordFailure(now)
 		} else {
-			ws.health.RecordSuccess(now)
+			ws.Health.RecordSuccess(now)
 		}
-		ws.health.EndRequest()
+		ws.Health.EndRequest()
 	}
 }
 
@@ -107,36 +108,36 @@ func TestStatusSeries(t *testing.T) {
 	c := statusTestWorker("q", "c:80")
 	t0 := time.Unix(1_000_000, 0)
 
-	ss.sample(t0, []*workerState{a, b})
+	ss.sample(t0, []*pool.Worker{a, b})
 	if v := ss.view(""); len(v.Times) != 0 {
 		t.Fatalf("a rate needs two samples, got %+v", v)
 	}
 
 	statusTries(a, 10, 0, t0)
 	statusTries(b, 4, 2, t0)
-	ss.sample(t0.Add(2*time.Second), []*workerState{a, b})
-	total, pool := ss.view(""), ss.view("p")
+	ss.sample(t0.Add(2*time.Second), []*pool.Worker{a, b})
+	total, inP := ss.view(""), ss.view("p")
 	if len(total.Times) != 1 || total.Requests[0] != 7 || total.Errors[0] != 1 {
 		t.Fatalf("total after 14 tries and 2 failures in 2s = %+v, want 7 req/s and 1 err/s", total)
 	}
-	if len(pool.Times) != 1 || pool.Requests[0] != 7 || pool.Times[0] != t0.Add(2*time.Second).UnixMilli() {
-		t.Fatalf("pool p = %+v", pool)
+	if len(inP.Times) != 1 || inP.Requests[0] != 7 || inP.Times[0] != t0.Add(2*time.Second).UnixMilli() {
+		t.Fatalf("pool p = %+v", inP)
 	}
-	if r := ss.workerRates()[b.id]; r.requests != 2 || r.errors != 1 {
+	if r := ss.workerRates()[b.ID]; r.requests != 2 || r.errors != 1 {
 		t.Fatalf("rates of b = %+v, want 2 and 1", r)
 	}
 
 	// a second sampler (a reload overlap, another page) a moment later
 	// does not thicken the series
-	ss.sample(t0.Add(2500*time.Millisecond), []*workerState{a, b})
+	ss.sample(t0.Add(2500*time.Millisecond), []*pool.Worker{a, b})
 	if n := len(ss.view("").Times); n != 1 {
 		t.Fatalf("sample 0.5s after the last one was kept: %d points", n)
 	}
 
 	// b goes away and pool q arrives: b is forgotten, q starts at 0
 	statusTries(c, 5, 5, t0)
-	ss.sample(t0.Add(3*time.Second), []*workerState{a, c})
-	if _, ok := ss.workerRates()[b.id]; ok {
+	ss.sample(t0.Add(3*time.Second), []*pool.Worker{a, c})
+	if _, ok := ss.workerRates()[b.ID]; ok {
 		t.Fatal("rates of a removed worker are still reported")
 	}
 	if q := ss.view("q"); len(q.Times) != 1 || q.Requests[0] != 0 || q.Errors[0] != 0 {
@@ -147,14 +148,14 @@ func TestStatusSeries(t *testing.T) {
 	}
 
 	// a pool that goes away loses its series; the total keeps going
-	ss.sample(t0.Add(4*time.Second), []*workerState{c})
+	ss.sample(t0.Add(4*time.Second), []*pool.Worker{c})
 	if p := ss.view("p"); len(p.Times) != 0 {
 		t.Fatalf("removed pool p still has a series: %+v", p)
 	}
 
 	// the rings are bounded
 	for i := range 2 * statusSeriesLen {
-		ss.sample(t0.Add(time.Duration(5+i)*time.Second), []*workerState{c})
+		ss.sample(t0.Add(time.Duration(5+i)*time.Second), []*pool.Worker{c})
 	}
 	v := ss.view("")
 	if len(v.Times) != statusSeriesLen || len(v.Requests) != statusSeriesLen || len(v.Errors) != statusSeriesLen {
@@ -388,7 +389,7 @@ func TestStatusHandler(t *testing.T) {
 	}
 }
 `, a.addr, b.addr, c.addr))
-	idB := workerID("statustest", b.addr)
+	idB := pool.WorkerID("statustest", b.addr)
 	origin := []string{"Origin", testSite}
 
 	t.Run("page", func(t *testing.T) {
@@ -638,7 +639,7 @@ func TestStatusHandler(t *testing.T) {
 			t.Fatalf("after isolate, the feed shows %+v", got)
 		}
 		// the same shared state as the admin API
-		var admin workerView
+		var admin pool.WorkerView
 		if code := adminJSON(t, http.MethodGet, "/bifrost/workers/"+idB, &admin); code != http.StatusOK || !admin.Isolated {
 			t.Fatalf("admin API: %d %+v", code, admin)
 		}
@@ -775,7 +776,7 @@ http://all.localhost {
 	}
 }
 `, c.addr, a.addr, b.addr))
-	idA, idB := workerID("site_a", a.addr), workerID("site_b", b.addr)
+	idA, idB := pool.WorkerID("site_a", a.addr), pool.WorkerID("site_b", b.addr)
 	// an error in site b, with b's upstream address in its message
 	if code, _ := doHost(t, http.MethodPost, "b.localhost", "/fail", nil); code != http.StatusInternalServerError {
 		t.Fatalf("b: %d", code)
@@ -816,7 +817,7 @@ http://all.localhost {
 			t.Errorf("%s isolating %s: %d %s, want 404 unknown worker", tc.host, tc.id, code, body)
 		}
 	}
-	if workerOf(t, "site_b", b.addr).health.Snapshot(time.Now()).Isolated || workerOf(t, "site_a", a.addr).health.Snapshot(time.Now()).Isolated {
+	if workerOf(t, "site_b", b.addr).Health.Snapshot(time.Now()).Isolated || workerOf(t, "site_a", a.addr).Health.Snapshot(time.Now()).Isolated {
 		t.Fatal("a page isolated another site's worker")
 	}
 	code, body := doHost(t, http.MethodPost, "a.localhost", "/status/api/workers/"+idA+"/isolate", []byte(`{"duration":"25h"}`),

@@ -199,7 +199,7 @@ func TestStalledUploadsBoundedByMaxBodyTotal(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the upstream did not see the first part of every upload")
 	}
-	peak.Store(h.pool.replay.used.Load())
+	peak.Store(h.pool.Replay.Used())
 	close(release)
 	for range uploads {
 		if err := <-done; err != nil {
@@ -212,7 +212,7 @@ func TestStalledUploadsBoundedByMaxBodyTotal(t *testing.T) {
 	if p := peak.Load(); p == 0 {
 		t.Errorf("no body was copied at all; want copies up to max_body_total")
 	}
-	eventually(t, 5*time.Second, "the copies' memory returned", func() bool { return h.pool.replay.used.Load() == 0 })
+	eventually(t, 5*time.Second, "the copies' memory returned", func() bool { return h.pool.Replay.Used() == 0 })
 	t.Logf("%d stalled uploads of %d bytes held %d bytes of copies (max_body_total 2 MiB)", uploads, chunk, peak.Load())
 }
 

@@ -77,8 +77,8 @@ func TestOneClientsRateLimitThrottlesNoWorker(t *testing.T) {
 		t.Fatalf("other clients: %d served, %d not", served.Load(), refused.Load())
 	}
 	for _, wk := range h.workers {
-		if snap := wk.health.Snapshot(time.Now()); snap.Throttled || snap.Isolated {
-			t.Fatalf("%s taken out by one client's 429s: %+v", wk.id, snap)
+		if snap := wk.Health.Snapshot(time.Now()); snap.Throttled || snap.Isolated {
+			t.Fatalf("%s taken out by one client's 429s: %+v", wk.ID, snap)
 		}
 	}
 }
@@ -105,7 +105,7 @@ func TestWorkerThrottlingEveryoneIsThrottled(t *testing.T) {
 	if seen != throttleStreak {
 		t.Errorf("clients got %d 429s, want %d (the streak that shows the worker throttles everyone)", seen, throttleStreak)
 	}
-	if !wk.health.Snapshot(time.Now()).Throttled {
+	if !wk.Health.Snapshot(time.Now()).Throttled {
 		t.Fatal("the worker answering 429 to everyone is not throttled")
 	}
 	if n := limited.hits.Load(); n != throttleStreak {
@@ -135,7 +135,7 @@ func TestRetryOn429IsTheWorkersState(t *testing.T) {
 	if n := limited.hits.Load(); n != 1 {
 		t.Fatalf("the limited worker got %d requests, want 1 (throttled by the first 429)", n)
 	}
-	if !workerAt(t, h, limited.addr).health.Snapshot(time.Now()).Throttled {
+	if !workerAt(t, h, limited.addr).Health.Snapshot(time.Now()).Throttled {
 		t.Fatal("not throttled")
 	}
 }

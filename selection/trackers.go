@@ -135,3 +135,24 @@ func (ts *Trackers) load() map[string]*Tracker {
 	}
 	return nil
 }
+
+// Put makes t the tracker of dial, replacing any it had, so that a
+// tracker kept by its caller across configurations (with its latency
+// history and requests in flight) is the one the policy reads. It returns
+// false, and stores nothing, when the registry is full.
+func (ts *Trackers) Put(dial string, t *Tracker) bool {
+	if ts == nil {
+		return false
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	old := ts.load()
+	if _, ok := old[dial]; !ok && len(old) >= ts.settings.MaxTrackers {
+		return false
+	}
+	m := make(map[string]*Tracker, len(old)+1)
+	maps.Copy(m, old)
+	m[dial] = t
+	ts.m.Store(&m)
+	return true
+}

@@ -1,0 +1,236 @@
+package pool
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/recovery"
+	"github.com/bifrost-proxy/bifrost/selection"
+)
+
+// registry holds what must survive a config reload: one *Worker per worker
+// and one *Pool per pool. A worker's key is its pool name and upstream dial
+// address ("w|<pool>|<dial>"): a reload that keeps both keeps the worker's
+// breaker, isolation, health history and selection tracker, and two sites
+// that name the same pool share its workers. A pool's key is "p|<pool>".
+// Every Acquire is matched by one Release.
+var registry = caddy.NewUsagePool()
+
+func workerKey(pool, dial string) string { return "w|" + pool + "|" + dial }
+func poolKey(pool string) string         { return "p|" + pool }
+
+// WorkerID makes the URL-safe id of a worker from its pool and dial
+// address: characters other than letters, digits, '.', '-' and '_' become
+// '-', so "api" and "127.0.0.1:9001" give "api_127.0.0.1-9001".
+func WorkerID(pool, dial string) string {
+	clean := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			switch {
+			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+				return r
+			}
+			return '-'
+		}, s)
+	}
+	return clean(pool) + "_" + clean(dial)
+}
+
+// Worker is the part of a worker that outlives a config: its breaker, its
+// health record and its selection tracker. It is shared by every handler
+// that uses the same pool and upstream. It must not be copied.
+type Worker struct {
+	ID       string
+	IDValue  any // ID, boxed once for the replacer
+	Pool     string
+	Upstream string
+
+	Breaker *breaker.Breaker
+	Health  *health.WorkerHealth
+
+	// Trips counts breaker openings since the breaker last closed; enough
+	// of them in a row isolate the worker.
+	Trips atomic.Int32
+
+	// MaxRequests is the worker's concurrency limit (0: none), set by
+	// the newest config.
+	MaxRequests atomic.Int64
+
+	// tracker holds the latency, failure share and requests in flight
+	// that selection and hang detection read; it is replaced only when a
+	// config changes its settings.
+	tracker atomic.Pointer[workerTracker]
+}
+
+// workerTracker is a tracker with the settings it was made with.
+type workerTracker struct {
+	t *selection.Tracker
+	s selection.Settings
+}
+
+// Tracker returns the worker's selection tracker.
+func (w *Worker) Tracker() *selection.Tracker { return w.tracker.Load().t }
+
+// setTracker gives the worker a new tracker with settings s, unless its
+// tracker has them already.
+func (w *Worker) setTracker(s selection.Settings) {
+	if cur := w.tracker.Load(); cur == nil || cur.s != s {
+		w.tracker.Store(&workerTracker{t: selection.NewTracker(s), s: s})
+	}
+}
+
+// Destruct implements caddy.Destructor.
+func (*Worker) Destruct() error { return nil }
+
+// change is one breaker transition, handed from the breaker's state-change
+// hook (which runs under the breaker's lock) to the pool's loop.
+type change struct {
+	w        *Worker
+	from, to breaker.State
+}
+
+// Pool is the part of a pool that outlives a config: its isolation
+// monitor, error history, retry budget and the memory its requests' body
+// copies hold, and the one loop that handles its breaker changes and
+// isolation timers (see Attach).
+type Pool struct {
+	Name    string
+	Monitor *health.Monitor
+	Manager *recovery.Manager
+	Budget  *recovery.Budget
+	Latency LatencyRing // recent successful try latencies (hedge delay)
+	Replay  BodyMemory  // what request body copies hold (retry.max_body_total)
+
+	// DynamicErr is the error of the dynamic source while its lookups
+	// fail, nil otherwise (admin API, status page).
+	DynamicErr atomic.Pointer[string]
+
+	// changes carries breaker transitions out of the breakers' locks; a
+	// full channel drops the event (counted), never blocks a request.
+	changes chan change
+	dropped atomic.Uint64
+
+	// breakerTrips is how many breaker openings in a row isolate a
+	// worker, as the newest config says.
+	breakerTrips atomic.Int32
+
+	running sync.Mutex // held by the loop while it works
+
+	mu      sync.Mutex
+	users   []User             // oldest first; the last one reports
+	members map[User][]*Worker // each user's workers
+	dynamic []string           // see Dynamic
+	stop    func()             // stops the loop; nil while none runs
+	done    chan struct{}      // closed when the loop has returned
+	now     func() time.Time   // the loop's clock
+}
+
+// Acquire takes one reference to the pool named name, creating it if
+// needed; Release gives it back.
+func Acquire(name string) (*Pool, error) {
+	v, _, err := registry.LoadOrNew(poolKey(name), func() (caddy.Destructor, error) {
+		return &Pool{
+			Name:    name,
+			Monitor: health.NewMonitor(health.IsolationSettings{}, nil, nil),
+			Manager: recovery.NewManager(recovery.ManagerConfig{}),
+			Budget:  recovery.NewBudget(0, 0, 0),
+			changes: make(chan change, 256),
+			members: map[User][]*Worker{},
+			now:     time.Now,
+		}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Pool), nil
+}
+
+// Release gives back one reference taken by Acquire.
+func (p *Pool) Release() error {
+	_, err := registry.Delete(poolKey(p.Name))
+	return err
+}
+
+// Destruct implements caddy.Destructor; a pool holds no resources that
+// outlive its last reference besides memory (its loop stops with its
+// last user).
+func (*Pool) Destruct() error { return nil }
+
+// SetBreakerTrips sets how many breaker openings in a row isolate a
+// worker.
+func (p *Pool) SetBreakerTrips(n int) { p.breakerTrips.Store(int32(n)) }
+
+// AcquireWorker takes one reference to the shared state of the pool's
+// worker for dial, creating it if needed, and applies the breaker and
+// tracker settings of the config that acquires it: a surviving breaker
+// keeps its state, a surviving tracker is kept unless its settings
+// changed. ReleaseWorker gives the reference back.
+func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Settings) (*Worker, error) {
+	v, loaded, err := registry.LoadOrNew(workerKey(p.Name, dial), func() (caddy.Destructor, error) {
+		w := &Worker{
+			ID:       WorkerID(p.Name, dial),
+			Pool:     p.Name,
+			Upstream: dial,
+			Health:   health.NewWorkerHealth(p.Name, WorkerID(p.Name, dial), dial),
+		}
+		w.IDValue = w.ID
+		w.Breaker = breaker.New(w.ID, bs, func(from, to breaker.State) {
+			// runs under the breaker's lock: hand off, never block
+			select {
+			case p.changes <- change{w: w, from: from, to: to}:
+			default:
+				p.dropped.Add(1)
+			}
+		})
+		w.setTracker(ts)
+		return w, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	w := v.(*Worker)
+	if loaded {
+		w.Breaker.Update(bs)
+		w.setTracker(ts)
+	}
+	return w, nil
+}
+
+// ReleaseWorker gives back one reference taken by AcquireWorker, and
+// reports whether any is left.
+func (p *Pool) ReleaseWorker(w *Worker) (held bool, err error) {
+	deleted, err := registry.Delete(workerKey(p.Name, w.Upstream))
+	return !deleted, err
+}
+
+// Held reports whether any config still holds the worker's state.
+func Held(w *Worker) bool {
+	_, ok := registry.References(workerKey(w.Pool, w.Upstream))
+	return ok
+}
+
+// Dynamic returns the addresses of the pool's dynamic workers as last
+// seen, with which the next config starts.
+func (p *Pool) Dynamic() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dynamic
+}
+
+// SetDynamic records the addresses of the pool's dynamic workers.
+func (p *Pool) SetDynamic(dials []string) {
+	p.mu.Lock()
+	p.dynamic = dials
+	p.mu.Unlock()
+}
+
+// Interface guards
+var (
+	_ caddy.Destructor = (*Pool)(nil)
+	_ caddy.Destructor = (*Worker)(nil)
+)

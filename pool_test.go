@@ -1,0 +1,118 @@
+package bifrost
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Two sites that name the same pool share it: the pool's one loop
+// escalates a breaker that keeps opening to isolation whichever site's
+// handler has the worker, and the isolation monitor knows the workers of
+// both. (Each handler used to drain the pool's breaker changes itself, so
+// a change could be taken by the handler without the worker and its
+// escalation skipped; and the monitor knew only the newest handler's
+// workers, so the other site's could not be isolated at all.)
+func TestSharedPoolEscalatesEverySitesWorkers(t *testing.T) {
+	goodA, goodB := newBackend(t), newBackend(t)
+	var deadA, deadB []string
+	for range 2 {
+		deadA = append(deadA, deadAddr(t))
+		deadB = append(deadB, deadAddr(t))
+	}
+	block := `
+		name shared
+		lb_policy round_robin
+		breaker {
+			failures 1
+			timeout 1m
+		}
+		isolation {
+			breaker_trips 1
+			max_percent 100
+			base_time 1m
+		}`
+	site := func(port int, ups []string) string {
+		return fmt.Sprintf(":%d {\n\tbifrost %s {\n%s\n\t}\n}\n", port, strings.Join(ups, " "), block)
+	}
+	loadCaddyfile(t, site(9080, append([]string{goodA.addr}, deadA...))+site(9081, append([]string{goodB.addr}, deadB...)))
+
+	for range 12 {
+		for _, port := range []int{9080, 9081} {
+			if code, body, _ := do(t, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/", port), nil); code != http.StatusOK {
+				t.Fatalf("site :%d answered %d %q", port, code, body)
+			}
+		}
+	}
+	for _, dead := range append(deadA, deadB...) {
+		eventually(t, 5*time.Second, "worker "+dead+" isolated after its breaker opened", func() bool {
+			return workerOf(t, "shared", dead).Health.Isolated()
+		})
+	}
+	for _, good := range []string{goodA.addr, goodB.addr} {
+		if workerOf(t, "shared", good).Health.Isolated() {
+			t.Errorf("healthy worker %s isolated", good)
+		}
+	}
+}
+
+// A reload that keeps a worker keeps what selection and hang detection
+// know of it: its latency estimate and its requests in flight. (Trackers
+// used to be rebuilt on every reload while breakers and isolation
+// survived, so a request hanging across a reload was invisible to hang
+// detection and the slow worker's cost was forgotten.)
+func TestReloadKeepsSelectionState(t *testing.T) {
+	slow := newBackend(t)
+	release := make(chan struct{})
+	defer close(release)
+	slow.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hang" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+		_, _ = w.Write([]byte("slow"))
+	})
+	cfg := siteConfig([]string{slow.addr}, `
+		name keep`)
+	h1 := loadHandler(t, cfg)
+	for range 10 {
+		get(t, "/")
+	}
+	// one request waits on the slow worker across the reload
+	hung := make(chan struct{})
+	go func() {
+		defer close(hung)
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:9080/hang", nil)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	eventually(t, 5*time.Second, "the hanging request reached the slow worker", func() bool {
+		return workerAt(t, h1, slow.addr).tracker.InFlight() == 1
+	})
+	before, ok := workerAt(t, h1, slow.addr).tracker.Estimate(time.Now())
+	if !ok {
+		t.Fatal("no latency estimate for the slow worker after 5 answers")
+	}
+
+	h2 := loadHandler(t, cfg)
+	if h2 == h1 {
+		t.Fatal("the config was not reloaded")
+	}
+	tr := workerAt(t, h2, slow.addr).tracker
+	if n := tr.InFlight(); n != 1 {
+		t.Errorf("after the reload the slow worker has %d requests in flight, want the 1 that hangs", n)
+	}
+	if after, ok := tr.Estimate(time.Now()); !ok || after < before/2 {
+		t.Errorf("after the reload the slow worker's latency estimate is %v (known %v), was %v", after, ok, before)
+	}
+	if h2.p2c == nil || h2.p2c.Trackers().Get(slow.addr) != tr {
+		t.Error("the default policy does not read the worker's surviving tracker")
+	}
+}
