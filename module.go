@@ -169,9 +169,9 @@ type Handler struct {
 	hangCount int
 	// states are the workers' shared states this handler acquired,
 	// each released once in Cleanup
-	states    []*pool.Worker
-	metrics   *poolMetrics
-	proxyCfg  []byte // the workers' shared reverse_proxy JSON, for restarts
+	states   []*pool.Worker
+	metrics  *poolMetrics
+	proxyCfg []byte // the workers' shared reverse_proxy JSON, for restarts
 }
 
 // CaddyModule returns the Caddy module information.
