@@ -576,15 +576,11 @@ func (o retryOn) with(c retryOn) retryOn {
 	return o
 }
 
-// matches reports whether a classified failure is one to retry. An
-// explicit `retry` action from a classify rule always matches.
+// matches reports whether a classified failure is one to retry: by its
+// kind, whatever its recovery action (which acts on the worker).
 func (o retryOn) matches(cls recovery.Classification, status int) bool {
-	if cls.Action == recovery.ActionRetry && cls.Kind == recovery.KindHTTP {
-		return true
-	}
 	switch cls.Kind {
-	case recovery.KindConnection, recovery.KindIsolationViolation, recovery.KindPoolExhausted,
-		recovery.KindResourceLimit, recovery.KindConfig, recovery.KindWorkerCreationFailed:
+	case recovery.KindConnection, recovery.KindIsolationViolation:
 		return o.connect
 	case recovery.KindTimeout:
 		return o.timeout

@@ -67,19 +67,6 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
-	// a 429 that may be about its client rather than the worker counts
-	// against nobody: the client gets it as the upstream answered it
-	clientLimit := false
-	if cls.Kind == recovery.KindThrottled {
-		if h.throttlesWorker(wk, res.status, panicMode) {
-			wk.health.Throttle(now.Add(cls.Delay))
-		} else {
-			clientLimit = true
-		}
-	}
-	if !clientLimit {
-		wk.health.RecordFailure(now)
-	}
 	ce := recovery.ContextualError{
 		Kind:     cls.Kind,
 		Severity: cls.Severity,
@@ -99,21 +86,7 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 	h.metrics.failure(wk.id, cls)
 	h.logFailure(res)
 
-	switch cls.Action {
-	case recovery.ActionIsolateWorker, recovery.ActionForceShutdown:
-		if cls.Severity >= recovery.SeverityCritical {
-			h.isolate(wk, health.ReasonCritical, cls.Kind.String())
-		}
-	case recovery.ActionReconnect:
-		h.reconnect(wk)
-	}
-	if cls.Kind == recovery.KindIO {
-		// a reset on a pooled connection: drop the worker's idle ones
-		h.reconnect(wk)
-	}
-	if !clientLimit {
-		h.onResult(wk, true)
-	}
+	h.act(res, panicMode)
 }
 
 // throttleStreak is how many 429s in a row, to as many requests, show
@@ -144,11 +117,12 @@ func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
 }
 
 // breakerOutcome is what a try's classification means to its worker's
-// breaker. A client that went away is nobody's fault; a throttled worker
+// breaker. An ignored failure (a client that went away, a body over its
+// limit, a classify rule's ignore) is nobody's fault; a throttled worker
 // is answering, and throttling, not the breaker, deals with it.
 func breakerOutcome(cls recovery.Classification) breaker.Outcome {
 	switch {
-	case cls.Kind == recovery.KindCanceled, cls.Kind == recovery.KindThrottled:
+	case cls.Action == recovery.ActionIgnore, cls.Kind == recovery.KindThrottled:
 		return breaker.Excluded
 	case cls.Failure:
 		return breaker.Failure
@@ -331,6 +305,9 @@ func (h *Handler) emit(name string, data map[string]any) {
 // failures that got it isolated.
 func (h *Handler) emitHealth(ev health.Event) {
 	emitWorkerEvent(h.ctx, h.events, h.logger, ev)
+	if ev.Type == health.EventRecoveryFailed {
+		h.bookRecoveryFailed(ev)
+	}
 	if ev.Type != health.EventRestored {
 		return
 	}

@@ -462,7 +462,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 			// selection policy, so a hanging worker stops winning picks
 			wk.tracker.Done(token, now, now.Sub(start), true)
 		default:
-			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && !tw.hook.panicMode)
+			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && res.cls.Action != recovery.ActionIgnore && !tw.hook.panicMode)
 		}
 	}
 	if att.Err != nil {
