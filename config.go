@@ -318,7 +318,11 @@ type ClassifyRule struct {
 	// or `none` to treat the status as a success.
 	Kind string `json:"kind"`
 
-	// Action overrides the kind's default recovery action, e.g. `retry`.
+	// Action overrides the kind's default recovery action: what is done
+	// to the worker that answered the status (`retry`, `reconnect`,
+	// `restart_worker`, `throttle`, `isolate_worker` or `ignore`; see the
+	// README's Recovery actions). Whether the request is retried is
+	// decided by `retry on`, except that `ignore` is never retried.
 	Action string `json:"action,omitempty"`
 }
 

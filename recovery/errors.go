@@ -291,7 +291,7 @@ var actionNames = [numActions]string{
 	"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore",
 }
 
-// String returns the name of a, such as "skip_worker", or "action(N)" for an
+// String returns the name of a, such as "isolate_worker", or "action(N)" for an
 // undeclared value.
 func (a Action) String() string {
 	if int(a) >= numActions {
