@@ -169,7 +169,7 @@ func parseIsolateRequest(r *http.Request) (time.Duration, string, error) {
 	}
 	reason := "isolated by an operator"
 	if body.Reason != "" {
-		reason = truncate(body.Reason, 200)
+		reason = recovery.Truncate(body.Reason, 200)
 	}
 	return d, reason, nil
 }

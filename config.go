@@ -318,7 +318,11 @@ type ClassifyRule struct {
 	// or `none` to treat the status as a success.
 	Kind string `json:"kind"`
 
-	// Action overrides the kind's default recovery action, e.g. `retry`.
+	// Action overrides the kind's default recovery action: what is done
+	// to the worker that answered the status (`retry`, `reconnect`,
+	// `restart_worker`, `throttle`, `isolate_worker` or `ignore`; see the
+	// README's Recovery actions). Whether the request is retried is
+	// decided by `retry on`, except that `ignore` is never retried.
 	Action string `json:"action,omitempty"`
 }
 
@@ -576,15 +580,11 @@ func (o retryOn) with(c retryOn) retryOn {
 	return o
 }
 
-// matches reports whether a classified failure is one to retry. An
-// explicit `retry` action from a classify rule always matches.
+// matches reports whether a classified failure is one to retry: by its
+// kind, whatever its recovery action (which acts on the worker).
 func (o retryOn) matches(cls recovery.Classification, status int) bool {
-	if cls.Action == recovery.ActionRetry && cls.Kind == recovery.KindHTTP {
-		return true
-	}
 	switch cls.Kind {
-	case recovery.KindConnection, recovery.KindIsolationViolation, recovery.KindPoolExhausted,
-		recovery.KindResourceLimit, recovery.KindConfig, recovery.KindWorkerCreationFailed:
+	case recovery.KindConnection, recovery.KindIsolationViolation:
 		return o.connect
 	case recovery.KindTimeout:
 		return o.timeout

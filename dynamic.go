@@ -552,7 +552,7 @@ func (d *dynamicPool) close() error {
 func (d *dynamicPool) failed(err error) {
 	h := d.h
 	d.failures++
-	msg := truncate(err.Error(), 300)
+	msg := recovery.Truncate(err.Error(), 300)
 	h.pool.DynamicErr.Store(&msg)
 	if d.failing {
 		if d.failures%60 == 0 {

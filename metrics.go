@@ -151,12 +151,6 @@ func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
 	}
 }
 
-func (m *poolMetrics) failure(id string, cls recovery.Classification) {
-	if m == nil {
-		return
-	}
-	collectors.errors.WithLabelValues(m.pool, id, cls.Kind.String(), cls.Severity.String()).Inc()
-}
 
 func (m *poolMetrics) retry(wk *worker) {
 	if m == nil {
@@ -267,6 +261,11 @@ func countTransition(poolName, worker, event string) {
 // reporter's hook).
 func setBreakerState(poolName, worker string, s breaker.State) {
 	(&poolMetrics{pool: poolName}).breakerState(worker, s)
+}
+
+// countError counts one classified error of a pool (its reporter's hook).
+func countError(poolName, worker string, k recovery.Kind, s recovery.Severity) {
+	collectors.errors.WithLabelValues(poolName, worker, k.String(), s.String()).Inc()
 }
 
 func boolGauge(b bool) float64 {

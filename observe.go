@@ -54,19 +54,6 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
-	// a 429 that may be about its client rather than the worker counts
-	// against nobody: the client gets it as the upstream answered it
-	clientLimit := false
-	if cls.Kind == recovery.KindThrottled {
-		if h.throttlesWorker(wk, res.status, panicMode) {
-			wk.Health.Throttle(now.Add(cls.Delay))
-		} else {
-			clientLimit = true
-		}
-	}
-	if !clientLimit {
-		wk.Health.RecordFailure(now)
-	}
 	ce := recovery.ContextualError{
 		Kind:     cls.Kind,
 		Severity: cls.Severity,
@@ -82,25 +69,10 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		Attempt:   res.attempt,
 		Status:    res.status,
 	}
-	h.pool.Manager.Record(ce)
-	h.metrics.failure(wk.ID, cls)
+	h.pool.Book(ce)
 	h.logFailure(res)
 
-	switch cls.Action {
-	case recovery.ActionIsolateWorker, recovery.ActionForceShutdown:
-		if cls.Severity >= recovery.SeverityCritical {
-			h.isolate(wk, health.ReasonCritical, cls.Kind.String())
-		}
-	case recovery.ActionReconnect:
-		h.reconnect(wk)
-	}
-	if cls.Kind == recovery.KindIO {
-		// a reset on a pooled connection: drop the worker's idle ones
-		h.reconnect(wk)
-	}
-	if !clientLimit {
-		h.onResult(wk, true)
-	}
+	h.act(res, panicMode)
 }
 
 // throttleStreak is how many 429s in a row, to as many requests, show
@@ -131,11 +103,12 @@ func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
 }
 
 // breakerOutcome is what a try's classification means to its worker's
-// breaker. A client that went away is nobody's fault; a throttled worker
+// breaker. An ignored failure (a client that went away, a body over its
+// limit, a classify rule's ignore) is nobody's fault; a throttled worker
 // is answering, and throttling, not the breaker, deals with it.
 func breakerOutcome(cls recovery.Classification) breaker.Outcome {
 	switch {
-	case cls.Kind == recovery.KindCanceled, cls.Kind == recovery.KindThrottled:
+	case cls.Action == recovery.ActionIgnore, cls.Kind == recovery.KindThrottled:
 		return breaker.Excluded
 	case cls.Failure:
 		return breaker.Failure
@@ -288,16 +261,9 @@ func (h *Handler) restart(wk *worker) {
 // recordCritical books an error that is not bound to a request, such as a
 // worker that could not be provisioned.
 func (h *Handler) recordCritical(ws *pool.Worker, kind recovery.Kind, err error) {
-	h.pool.Manager.Record(recovery.ContextualError{
-		Err:       err,
-		Kind:      kind,
-		Severity:  kind.Severity(),
-		Action:    kind.SuggestedRecovery(),
-		Message:   err.Error(),
-		Context:   recovery.ErrorContext{Component: "provision", Operation: "worker", Pool: ws.Pool, WorkerID: ws.ID},
-		Timestamp: time.Now(),
-	})
-	h.metrics.failure(ws.ID, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+	ce := pool.Incident(kind, ws.Ref(), "provision", "worker", err.Error())
+	ce.Err = err
+	h.pool.Book(ce)
 	h.logger.Error("worker failure",
 		zap.String("pool", ws.Pool), zap.String("worker", ws.ID),
 		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
@@ -324,6 +290,7 @@ func (h *Handler) Reporter() pool.Reporter {
 		Logger:       h.logger,
 		Transition:   countTransition,
 		BreakerState: setBreakerState,
+		Error:        countError,
 	}
 }
 
@@ -423,16 +390,9 @@ func (h *Handler) detectHangs(now time.Time) {
 		if !ok {
 			continue // max_percent: booked once it can be acted on
 		}
-		kind := recovery.KindTimeout
-		h.pool.Manager.Record(recovery.ContextualError{
-			Kind:      kind,
-			Severity:  kind.Severity(),
-			Action:    recovery.ActionIsolateWorker,
-			Message:   msg,
-			Context:   recovery.ErrorContext{Component: "health", Operation: "hang_detection", Pool: h.poolName, WorkerID: wk.ID},
-			Timestamp: now,
-		})
-		h.metrics.failure(wk.ID, recovery.Classification{Kind: kind, Severity: kind.Severity()})
+		ce := pool.Incident(recovery.KindTimeout, wk.Ref(), "health", "hang_detection", msg)
+		ce.Action, ce.Timestamp = recovery.ActionIsolateWorker, now
+		h.pool.Book(ce)
 		h.emitHealth(ev)
 	}
 }
@@ -619,18 +579,11 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 	if !res.Healthy {
 		msg := "probe failed"
 		if res.Err != nil {
-			msg = truncate(res.Err.Error(), 200)
+			msg = recovery.Truncate(res.Err.Error(), 200)
 		}
-		h.pool.Manager.Record(recovery.ContextualError{
-			Err:       res.Err,
-			Kind:      recovery.KindHealthCheckFailed,
-			Severity:  recovery.KindHealthCheckFailed.Severity(),
-			Action:    recovery.KindHealthCheckFailed.SuggestedRecovery(),
-			Message:   msg,
-			Context:   recovery.ErrorContext{Component: "health", Operation: "probe", Pool: t.Worker.Pool(), WorkerID: t.Worker.ID()},
-			Timestamp: time.Now(),
-		})
-		h.metrics.failure(t.Worker.ID(), recovery.Classification{Kind: recovery.KindHealthCheckFailed, Severity: recovery.KindHealthCheckFailed.Severity()})
+		ce := pool.Incident(recovery.KindHealthCheckFailed, pool.Ref{Pool: t.Worker.Pool(), ID: t.Worker.ID()}, "health", "probe", msg)
+		ce.Err = res.Err
+		h.pool.Book(ce)
 		if ev, ok := h.pool.Monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
 			h.emitHealth(ev)
 		}
@@ -639,12 +592,4 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 	if ev, ok := h.pool.Monitor.ProbeRecovered(t.Worker); ok {
 		h.emitHealth(ev)
 	}
-}
-
-// truncate cuts s to at most n bytes on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "") + "…"
 }

@@ -462,11 +462,11 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 			// selection policy, so a hanging worker stops winning picks
 			wk.tracker.Done(token, now, now.Sub(start), true)
 		default:
-			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && !tw.hook.panicMode)
+			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && res.cls.Action != recovery.ActionIgnore && !tw.hook.panicMode)
 		}
 	}
 	if att.Err != nil {
-		res.errText = truncate(att.Err.Error(), 200)
+		res.errText = recovery.Truncate(att.Err.Error(), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
 		// a held response whose body failed can only be replayed as

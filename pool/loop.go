@@ -13,6 +13,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
 // TickInterval is how often the pool's loop looks at isolation expiries
@@ -47,6 +48,8 @@ type Reporter struct {
 	// BreakerState sets the breaker state gauge of a worker; nil: not
 	// set.
 	BreakerState func(pool, worker string, s breaker.State)
+	// Error counts one classified error (see Book); nil: not counted.
+	Error func(pool, worker string, k recovery.Kind, s recovery.Severity)
 }
 
 // Event names emitted through Caddy's events app.
@@ -255,6 +258,12 @@ func (p *Pool) Isolate(w *Worker, reason health.Reason, detail string) bool {
 func (p *Pool) Report(ev health.Event) {
 	users, rep := p.snapshot()
 	rep.workerEvent(ev)
+	if ev.Type == health.EventRecoveryFailed {
+		// isolated with no end: booked as an error too, its action
+		// (isolate_worker) already done
+		w := Ref{Pool: ev.Worker.Pool(), ID: ev.Worker.ID()}
+		p.Book(Incident(recovery.KindWorkerRecoveryFailed, w, "health", "reinstatement", recovery.Truncate(ev.Reason, 200)))
+	}
 	if ev.Type != health.EventRestored {
 		return
 	}

@@ -45,11 +45,13 @@ type Classification struct {
 
 	// Delay is the recovery delay: the Retry-After of a failure status when
 	// present and valid (capped at Classifier.MaxRetryAfter), else
-	// Kind.RecoveryDelay().
+	// Kind.RecoveryDelay(), and at least DelayThrottled when Action is
+	// ActionThrottle (a throttle rule on a kind without a delay).
 	Delay time.Duration
 
-	// Failure reports whether the outcome counts against the worker (breaker,
-	// health). It is false for KindNone and KindCanceled.
+	// Failure reports whether the try failed: it is false for KindNone and
+	// KindCanceled. A failure counts against its worker (breaker, health)
+	// unless its Action is ActionIgnore.
 	Failure bool
 
 	// Sent reports whether the request may have reached the upstream
@@ -92,6 +94,9 @@ type Classifier struct {
 //  1. context.Canceled anywhere in the error chain: KindCanceled, not a
 //     failure. (Whether a context.DeadlineExceeded was the client's own
 //     deadline is for the caller to decide; on its own it is a timeout.)
+//     An *http.MaxBytesError (the client's request body passed a limit,
+//     such as Caddy's request_body max_size): KindResourceLimit, whose
+//     action, ActionIgnore, holds it against no worker.
 //  2. A TLS verification failure (*tls.CertificateVerificationError, or an
 //     x509 unknown-authority, hostname or invalid-certificate error):
 //     KindIsolationViolation, not sent.
@@ -202,16 +207,22 @@ func defaultStatusKind(status int) Kind {
 }
 
 // newClassification fills in the defaults of kind; action overrides the
-// kind's default action unless it is ActionNone.
+// kind's default action unless it is ActionNone. A throttle takes its
+// worker out for at least DelayThrottled when no Retry-After says
+// otherwise, whatever the kind's own delay.
 func newClassification(kind Kind, action Action, sent bool) Classification {
 	if action == ActionNone {
 		action = kind.SuggestedRecovery()
+	}
+	delay := kind.RecoveryDelay()
+	if action == ActionThrottle {
+		delay = max(delay, DelayThrottled)
 	}
 	return Classification{
 		Kind:     kind,
 		Severity: kind.Severity(),
 		Action:   action,
-		Delay:    kind.RecoveryDelay(),
+		Delay:    delay,
 		Failure:  kind != KindNone && kind != KindCanceled,
 		Sent:     sent,
 	}
@@ -226,6 +237,8 @@ func classifyErr(a Attempt) Classification {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return newClassification(KindCanceled, ActionNone, maybeSent)
+	case isBodyLimit(err):
+		return newClassification(KindResourceLimit, ActionNone, maybeSent)
 	case isTLSVerification(err):
 		return newClassification(KindIsolationViolation, ActionNone, false)
 	case isTimeout(err):
@@ -239,6 +252,15 @@ func classifyErr(a Attempt) Classification {
 	default:
 		return newClassification(KindIO, ActionNone, maybeSent)
 	}
+}
+
+// isBodyLimit reports whether err says the client's request body passed
+// its size limit (http.MaxBytesReader, which Caddy's request_body uses).
+func isBodyLimit(err error) bool {
+	return anyInChain(err, func(e error) bool {
+		_, ok := e.(*http.MaxBytesError)
+		return ok
+	})
 }
 
 // isTLSVerification reports whether err says the upstream's certificate
@@ -316,8 +338,10 @@ func isBrokenConn(err error) bool {
 
 // ParseRule parses a classification rule from its Caddyfile form:
 // status is an exact code ("429") or a class ("5xx"), kind a kind name, and
-// action an action name or "" for the kind's default. The kind "canceled" is
-// refused: a response is never a client cancellation.
+// action an action name or "" for the kind's default. The kinds that no
+// response can be are refused: "canceled" (the client went away),
+// "worker_creation_failed" and "worker_recovery_failed" (booked by the
+// proxy about a worker, not about a try).
 func ParseRule(status string, kind string, action string) (Rule, error) {
 	var r Rule
 	s := strings.ToLower(strings.TrimSpace(status))
@@ -335,8 +359,11 @@ func ParseRule(status string, kind string, action string) (Rule, error) {
 	if err != nil {
 		return Rule{}, err
 	}
-	if k == KindCanceled {
+	switch k {
+	case KindCanceled:
 		return Rule{}, fmt.Errorf("kind %q cannot be given to a status: it means the client went away", kind)
+	case KindWorkerCreationFailed, KindWorkerRecoveryFailed:
+		return Rule{}, fmt.Errorf("kind %q cannot be given to a status: it is booked by the proxy about a worker, not about a response", kind)
 	}
 	r.Kind = k
 	if action != "" {

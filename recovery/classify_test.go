@@ -180,6 +180,30 @@ func TestClassifyRealErrors(t *testing.T) {
 			want: want{KindConnection, false, true},
 		},
 		{
+			name: "client body over its limit through an http client",
+			attempt: func(t *testing.T) Attempt {
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					_, _ = io.Copy(io.Discard, r.Body)
+				}))
+				t.Cleanup(srv.Close)
+				body := http.MaxBytesReader(nil, io.NopCloser(strings.NewReader(strings.Repeat("x", 64<<10))), 1024)
+				req, err := http.NewRequest(http.MethodPost, srv.URL, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.ContentLength = -1
+				a := tryHTTP(t, newClient(t, nil), req)
+				var mbe *http.MaxBytesError
+				if !errors.As(a.Err, &mbe) {
+					t.Fatalf("the round trip's error is not the body's *http.MaxBytesError: %v", a.Err)
+				}
+				return a
+			},
+			// it counts against no worker (ActionIgnore), so Failure
+			// stays what it is for any failed try
+			want: want{KindResourceLimit, true, true},
+		},
+		{
 			name: "refused dial inside a handler error",
 			attempt: func(t *testing.T) Attempt {
 				_, err := net.Dial("tcp", closedAddr(t))
@@ -390,6 +414,8 @@ func TestClassifyErrorRules(t *testing.T) {
 		{"other error, no connection", Attempt{Err: errors.New("proxy: no such upstream")}, KindConnection, false},
 		{"other error on a connection", Attempt{Err: errors.New("malformed response"), Dialed: true}, KindIO, true},
 		{"error wins over status", Attempt{Err: io.ErrUnexpectedEOF, Status: 200, Dialed: true, Wrote: true}, KindIO, true},
+		{"client body over its limit, as Caddy's request_body wraps it", Attempt{Err: fmt.Errorf("writing body: %w", handlerError{Err: &http.MaxBytesError{Limit: 1024}, StatusCode: 413}), Dialed: true}, KindResourceLimit, true},
+		{"client body over its limit, in a joined error", Attempt{Err: errors.Join(io.ErrUnexpectedEOF, &http.MaxBytesError{Limit: 1})}, KindResourceLimit, false},
 	}
 	var c Classifier
 	for _, tt := range tests {
@@ -440,15 +466,18 @@ func TestClassifyStatus(t *testing.T) {
 		{"429 with huge retry-after is capped", nil, 429, ra("999999999999999999999"), want{KindThrottled, ActionThrottle, DefaultMaxRetryAfter, true}},
 		{"429 capped by MaxRetryAfter", &Classifier{MaxRetryAfter: 10 * time.Second}, 429, ra("30"), want{KindThrottled, ActionThrottle, 10 * time.Second, true}},
 		{"rule: 404 is an http failure", &Classifier{Rules: []Rule{{Status: 404, Kind: KindHTTP}}}, 404, nil, want{KindHTTP, ActionRetry, 0, true}},
-		{"rule: 500 with an action", &Classifier{Rules: []Rule{{Status: 500, Kind: KindHTTP, Action: ActionSkipWorker}}}, 500, nil, want{KindHTTP, ActionSkipWorker, 0, true}},
+		{"rule: 500 with an action", &Classifier{Rules: []Rule{{Status: 500, Kind: KindHTTP, Action: ActionIsolateWorker}}}, 500, nil, want{KindHTTP, ActionIsolateWorker, 0, true}},
+		{"rule: throttle on a kind without a delay", &Classifier{Rules: []Rule{{Status: 500, Kind: KindHTTP, Action: ActionThrottle}}}, 500, nil, want{KindHTTP, ActionThrottle, DelayThrottled, true}},
+		{"rule: throttle keeps a retry-after", &Classifier{Rules: []Rule{{Status: 500, Kind: KindHTTP, Action: ActionThrottle}}}, 500, ra("9"), want{KindHTTP, ActionThrottle, 9 * time.Second, true}},
+		{"rule: ignore is a failure held against nobody", &Classifier{Rules: []Rule{{Status: 500, Kind: KindHTTP, Action: ActionIgnore}}}, 500, nil, want{KindHTTP, ActionIgnore, 0, true}},
 		{"rule: 429 is fine", &Classifier{Rules: []Rule{{Status: 429, Kind: KindNone}}}, 429, ra("30"), want{KindNone, ActionNone, 0, false}},
 		{"rule: 503 is not throttling even with retry-after", &Classifier{Rules: []Rule{{Status: 503, Kind: KindHTTP}}}, 503, ra("4"), want{KindHTTP, ActionRetry, 4 * time.Second, true}},
 		{"rule: 5xx throttled uses retry-after", &Classifier{Rules: []Rule{{Class: 5, Kind: KindThrottled}}}, 502, ra("2"), want{KindThrottled, ActionThrottle, 2 * time.Second, true}},
 		{"rule: exact beats an earlier class", &Classifier{Rules: []Rule{{Class: 5, Kind: KindIO}, {Status: 502, Kind: KindNone}}}, 502, nil, want{KindNone, ActionNone, 0, false}},
-		{"rule: class applies to other codes", &Classifier{Rules: []Rule{{Class: 5, Kind: KindIO}, {Status: 502, Kind: KindNone}}}, 500, nil, want{KindIO, ActionRetry, 0, true}},
+		{"rule: class applies to other codes", &Classifier{Rules: []Rule{{Class: 5, Kind: KindIO}, {Status: 502, Kind: KindNone}}}, 500, nil, want{KindIO, ActionReconnect, 0, true}},
 		{"rule: class makes 501 a failure", &Classifier{Rules: []Rule{{Class: 5, Kind: KindHTTP}}}, 501, nil, want{KindHTTP, ActionRetry, 0, true}},
-		{"rule: first exact match wins", &Classifier{Rules: []Rule{{Status: 500, Kind: KindResourceLimit}, {Status: 500, Kind: KindIO}}}, 500, nil, want{KindResourceLimit, ActionSkipWorker, DelayTransient, true}},
-		{"rule: first class match wins", &Classifier{Rules: []Rule{{Class: 4, Kind: KindConfig}, {Class: 4, Kind: KindIO}}}, 418, nil, want{KindConfig, ActionForceShutdown, DelayCritical, true}},
+		{"rule: first exact match wins", &Classifier{Rules: []Rule{{Status: 500, Kind: KindTimeout}, {Status: 500, Kind: KindIO}}}, 500, nil, want{KindTimeout, ActionRetry, DelayTransient, true}},
+		{"rule: first class match wins", &Classifier{Rules: []Rule{{Class: 4, Kind: KindIsolationViolation}, {Class: 4, Kind: KindIO}}}, 418, nil, want{KindIsolationViolation, ActionIsolateWorker, DelayCritical, true}},
 		{"rule: other statuses keep defaults", &Classifier{Rules: []Rule{{Status: 404, Kind: KindHTTP}}}, 502, nil, want{KindHTTP, ActionRetry, 0, true}},
 	}
 	for _, tt := range tests {
@@ -546,7 +575,16 @@ func TestParseRule(t *testing.T) {
 		err                  string // substring; "" means success
 	}{
 		{"429", "throttled", "", Rule{Status: 429, Kind: KindThrottled}, ""},
-		{"5xx", "http", "skip_worker", Rule{Class: 5, Kind: KindHTTP, Action: ActionSkipWorker}, ""},
+		{"5xx", "http", "isolate_worker", Rule{Class: 5, Kind: KindHTTP, Action: ActionIsolateWorker}, ""},
+		{"418", "http", "restart_worker", Rule{Status: 418, Kind: KindHTTP, Action: ActionRestartWorker}, ""},
+		{"413", "resource_limit_exceeded", "", Rule{Status: 413, Kind: KindResourceLimit}, ""},
+		{"500", "http", "skip_worker", Rule{}, `unknown recovery action "skip_worker" (valid: none, retry, reconnect, restart_worker, throttle, isolate_worker, ignore)`},
+		{"500", "http", "expand_pool", Rule{}, `unknown recovery action "expand_pool"`},
+		{"500", "http", "force_shutdown", Rule{}, `unknown recovery action "force_shutdown"`},
+		{"500", "connection_pool_exhausted", "", Rule{}, `unknown error kind "connection_pool_exhausted"`},
+		{"500", "config", "", Rule{}, `unknown error kind "config"`},
+		{"500", "worker_creation_failed", "", Rule{}, `kind "worker_creation_failed" cannot`},
+		{"500", "worker_recovery_failed", "", Rule{}, `kind "worker_recovery_failed" cannot`},
 		{"4XX", "http", "", Rule{Class: 4, Kind: KindHTTP}, ""},
 		{"503", "none", "", Rule{Status: 503, Kind: KindNone}, ""},
 		{"100", "io", "retry", Rule{Status: 100, Kind: KindIO, Action: ActionRetry}, ""},

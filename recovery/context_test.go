@@ -20,12 +20,12 @@ func TestContextualErrorError(t *testing.T) {
 	}{
 		{"message and worker", ContextualError{Kind: KindTimeout, Message: "no headers after 5s", Context: ErrorContext{WorkerID: "10.0.0.1:80"}},
 			"timeout error on worker 10.0.0.1:80: no headers after 5s"},
-		{"no worker", ContextualError{Kind: KindConfig, Message: "bad address"}, "config error: bad address"},
+		{"no worker", ContextualError{Kind: KindWorkerCreationFailed, Message: "bad address"}, "worker_creation_failed error: bad address"},
 		{"falls back to the error", ContextualError{Kind: KindIO, Err: io.ErrUnexpectedEOF, Context: ErrorContext{WorkerID: "w"}},
 			"io error on worker w: unexpected EOF"},
 		{"falls back to the status", ContextualError{Kind: KindHTTP, Status: 502, Context: ErrorContext{WorkerID: "w"}},
 			"http error on worker w: upstream status 502"},
-		{"falls back to the kind", ContextualError{Kind: KindPoolExhausted}, "connection_pool_exhausted error: connection pool exhausted"},
+		{"falls back to the kind", ContextualError{Kind: KindHealthCheckFailed}, "health_check_failed error: health check failed"},
 		{"nothing at all", ContextualError{}, "none error: unknown error"},
 	}
 	for _, tt := range tests {

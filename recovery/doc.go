@@ -8,22 +8,32 @@
 // Action and its base recovery delay:
 //
 //	kind                        severity   action          delay
-//	io                          low        retry           0
+//	io                          low        reconnect       0
 //	http                        low        retry           0
-//	connection                  low        skip_worker     100ms
-//	timeout                     low        skip_worker     100ms
+//	connection                  low        retry           100ms
+//	timeout                     low        retry           100ms
 //	throttled                   medium     throttle        Retry-After, else 1s
-//	connection_pool_exhausted   medium     skip_worker     100ms (escalation: expand_pool)
 //	health_check_failed         medium     isolate_worker  5s
-//	config                      high       force_shutdown  30s
-//	resource_limit_exceeded     high       skip_worker     100ms
-//	worker_creation_failed      critical   force_shutdown  30s
+//	resource_limit_exceeded     low        ignore          0
+//	worker_creation_failed      critical   none            30s
 //	isolation_violation         critical   isolate_worker  30s
 //	worker_recovery_failed      critical   isolate_worker  30s
 //	canceled                    none       ignore          0
 //
-// Low and medium kinds are recoverable. A canceled request (the client went
-// away) counts against no worker.
+// An Action is what is done to the worker whose try failed, beyond
+// counting the failure against it: retry does nothing more, reconnect
+// drops its idle connections, restart_worker re-provisions its proxy,
+// throttle gives it no new request until the delay passes, isolate_worker
+// takes it out of rotation; ignore holds the failure against nobody and
+// is not retried. Whether any other failed request is retried is decided
+// by the caller's retry conditions, not by the action. The delay matters
+// to throttle; for the other actions it is only reported.
+//
+// Low and medium kinds are recoverable. A canceled request (the client
+// went away) and a request body over its limit (resource_limit_exceeded)
+// count against no worker. worker_creation_failed and
+// worker_recovery_failed are booked by the caller about a worker, never
+// given to a response.
 //
 // # Pieces
 //

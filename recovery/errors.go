@@ -13,45 +13,45 @@ import (
 // in configuration, the admin API, metrics labels and logs.
 type Kind uint8
 
-// The kinds of failure, in the order of the seed taxonomy. The comment on each
-// gives its text form.
+// The kinds of failure. The comment on each gives its text form and what
+// produces it.
 const (
 	KindNone                 Kind = iota // "none": not a failure
-	KindIO                               // "io"
-	KindHTTP                             // "http"
-	KindConnection                       // "connection"
-	KindTimeout                          // "timeout"
-	KindThrottled                        // "throttled"
-	KindPoolExhausted                    // "connection_pool_exhausted"
-	KindHealthCheckFailed                // "health_check_failed"
-	KindConfig                           // "config"
-	KindResourceLimit                    // "resource_limit_exceeded"
-	KindWorkerCreationFailed             // "worker_creation_failed"
-	KindIsolationViolation               // "isolation_violation"
-	KindWorkerRecoveryFailed             // "worker_recovery_failed"
-	KindCanceled                         // "canceled"
+	KindIO                               // "io": a connection broke under a written request
+	KindHTTP                             // "http": a failure status
+	KindConnection                       // "connection": the request could not be sent
+	KindTimeout                          // "timeout": a dial, header, per-try timeout or a hang
+	KindThrottled                        // "throttled": 429, or 503 with Retry-After
+	KindHealthCheckFailed                // "health_check_failed": an active probe failed
+	KindResourceLimit                    // "resource_limit_exceeded": the client's body passed its limit
+	KindWorkerCreationFailed             // "worker_creation_failed": a worker's proxy did not provision
+	KindIsolationViolation               // "isolation_violation": the upstream's certificate failed verification
+	KindWorkerRecoveryFailed             // "worker_recovery_failed": reinstatements ran out
+	KindCanceled                         // "canceled": the client went away
 
 	numKinds = iota
 )
 
-// Default recovery delays, by how disruptive the failure is. They are the
-// base time the proxy should wait before acting on (or going back to) the
-// worker that failed; see Kind.RecoveryDelay.
+// Default recovery delays, by how disruptive the failure is; see
+// Kind.RecoveryDelay. A delay is how long ActionThrottle keeps the worker
+// out when the answer names no Retry-After; the other actions do not wait
+// on it, it is reported with the failure (logs, error history).
 const (
 	// DelayTransient is the delay for failures that usually clear on the next
-	// try against another worker (connection, timeout, pool and resource
-	// limits): long enough to avoid a tight loop, short enough to go unnoticed.
+	// try against another worker (connection, timeout): long enough to
+	// avoid a tight loop, short enough to go unnoticed.
 	DelayTransient = 100 * time.Millisecond
 
 	// DelayThrottled is the delay for a throttled worker that did not say
-	// when to come back (no valid Retry-After).
+	// when to come back (no valid Retry-After), and the least a throttle
+	// action takes a worker out for.
 	DelayThrottled = time.Second
 
 	// DelayHealthCheck is the delay after a failed active health check.
 	DelayHealthCheck = 5 * time.Second
 
-	// DelayCritical is the delay for configuration errors and critical
-	// kinds, which need an operator or a re-provision to clear.
+	// DelayCritical is the delay of the critical kinds, which need an
+	// operator, a passing probe or a re-provision to clear.
 	DelayCritical = 30 * time.Second
 )
 
@@ -73,9 +73,7 @@ var (
 	ErrConnection           = errors.New("connection error")
 	ErrTimeout              = errors.New("timeout")
 	ErrThrottled            = errors.New("throttled")
-	ErrPoolExhausted        = errors.New("connection pool exhausted")
 	ErrHealthCheckFailed    = errors.New("health check failed")
-	ErrConfig               = errors.New("config error")
 	ErrResourceLimit        = errors.New("resource limit exceeded")
 	ErrWorkerCreationFailed = errors.New("worker creation failed")
 	ErrIsolationViolation   = errors.New("isolation violation")
@@ -83,19 +81,17 @@ var (
 	ErrCanceled             = errors.New("canceled")
 )
 
-// kinds is the taxonomy of DESIGN.md §3, indexed by Kind.
+// kinds is the taxonomy, indexed by Kind.
 var kinds = [numKinds]kindInfo{
 	KindNone:                 {"none", SeverityNone, ActionNone, 0, nil},
-	KindIO:                   {"io", SeverityLow, ActionRetry, 0, ErrIO},
+	KindIO:                   {"io", SeverityLow, ActionReconnect, 0, ErrIO},
 	KindHTTP:                 {"http", SeverityLow, ActionRetry, 0, ErrHTTP},
-	KindConnection:           {"connection", SeverityLow, ActionSkipWorker, DelayTransient, ErrConnection},
-	KindTimeout:              {"timeout", SeverityLow, ActionSkipWorker, DelayTransient, ErrTimeout},
+	KindConnection:           {"connection", SeverityLow, ActionRetry, DelayTransient, ErrConnection},
+	KindTimeout:              {"timeout", SeverityLow, ActionRetry, DelayTransient, ErrTimeout},
 	KindThrottled:            {"throttled", SeverityMedium, ActionThrottle, DelayThrottled, ErrThrottled},
-	KindPoolExhausted:        {"connection_pool_exhausted", SeverityMedium, ActionSkipWorker, DelayTransient, ErrPoolExhausted},
 	KindHealthCheckFailed:    {"health_check_failed", SeverityMedium, ActionIsolateWorker, DelayHealthCheck, ErrHealthCheckFailed},
-	KindConfig:               {"config", SeverityHigh, ActionForceShutdown, DelayCritical, ErrConfig},
-	KindResourceLimit:        {"resource_limit_exceeded", SeverityHigh, ActionSkipWorker, DelayTransient, ErrResourceLimit},
-	KindWorkerCreationFailed: {"worker_creation_failed", SeverityCritical, ActionForceShutdown, DelayCritical, ErrWorkerCreationFailed},
+	KindResourceLimit:        {"resource_limit_exceeded", SeverityLow, ActionIgnore, 0, ErrResourceLimit},
+	KindWorkerCreationFailed: {"worker_creation_failed", SeverityCritical, ActionNone, DelayCritical, ErrWorkerCreationFailed},
 	KindIsolationViolation:   {"isolation_violation", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrIsolationViolation},
 	KindWorkerRecoveryFailed: {"worker_recovery_failed", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrWorkerRecoveryFailed},
 	KindCanceled:             {"canceled", SeverityNone, ActionIgnore, 0, ErrCanceled},
@@ -131,11 +127,12 @@ func (k Kind) IsRecoverable() bool {
 	return s == SeverityLow || s == SeverityMedium
 }
 
-// SuggestedRecovery returns the default, gentlest recovery action for k.
-// Callers escalate on repetition: for example KindPoolExhausted suggests
-// ActionSkipWorker, and ActionExpandPool (bounded) is its escalation when the
-// pool keeps running dry; KindHTTP suggests ActionRetry, and a worker that
-// keeps failing is isolated by its breaker and health, not by this table.
+// SuggestedRecovery returns the default recovery action for k: what is
+// done to the worker when a try fails with k and no classify rule names
+// another action. A worker that keeps failing is isolated by its breaker,
+// its probes and outlier detection, not by this table. It is ActionNone
+// for KindNone and for KindWorkerCreationFailed, which is booked when a
+// worker could not be built: there is no running worker to act on.
 func (k Kind) SuggestedRecovery() Action {
 	if !k.valid() {
 		return ActionNone
@@ -148,12 +145,10 @@ func (k Kind) SuggestedRecovery() Action {
 //
 //	io, http                                0 (the retry backoff applies)
 //	connection, timeout                     DelayTransient (100ms)
-//	connection_pool_exhausted               DelayTransient (100ms)
-//	resource_limit_exceeded                 DelayTransient (100ms)
 //	throttled                               DelayThrottled (1s), when there is no Retry-After
 //	health_check_failed                     DelayHealthCheck (5s)
-//	config and the critical kinds           DelayCritical (30s)
-//	none, canceled                          0
+//	the critical kinds                      DelayCritical (30s)
+//	none, canceled, resource_limit_exceeded 0
 func (k Kind) RecoveryDelay() time.Duration {
 	if !k.valid() {
 		return 0
@@ -270,33 +265,33 @@ func (s *Severity) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Action is a recovery action: what the proxy should do about a failure.
-// Actions are listed from gentle to drastic; callers start gentle and
-// escalate on repetition. Action values are safe for concurrent use.
+// Action is a recovery action: what is done to the worker whose try
+// failed, beyond counting the failure. Whether the request itself is
+// retried does not depend on the action (except ActionIgnore): it is
+// retried when the proxy's retry conditions list the failure and the
+// request is safe to send again. Action values are safe for concurrent
+// use.
 type Action uint8
 
-// The recovery actions.
+// The recovery actions. The proxy carries each one out in one place (its
+// dispatcher); the comments say what each does to the worker.
 const (
 	ActionNone          Action = iota // "none": no action chosen (use the kind's default)
-	ActionRetry                       // "retry": retry the request, with backoff, on another worker
-	ActionReconnect                   // "reconnect": drop the worker's idle connections
-	ActionRestartWorker               // "restart_worker": re-provision the worker's proxy
-	ActionThrottle                    // "throttle": send the worker no traffic until its delay passes
-	ActionIsolateWorker               // "isolate_worker": take the worker out of rotation
-	ActionSkipWorker                  // "skip_worker": try another worker for this request
-	ActionExpandPool                  // "expand_pool": grow the worker's connection pool (bounded)
-	ActionForceShutdown               // "force_shutdown": stop using the worker until re-provisioned
-	ActionIgnore                      // "ignore": nothing to do; counts against nobody
+	ActionRetry                       // "retry": nothing more: the failure counts against the worker
+	ActionReconnect                   // "reconnect": also drop the worker's idle connections
+	ActionRestartWorker               // "restart_worker": also re-provision the worker's proxy (bounded)
+	ActionThrottle                    // "throttle": also send the worker no new request until its delay passes
+	ActionIsolateWorker               // "isolate_worker": also take the worker out of rotation
+	ActionIgnore                      // "ignore": counts against nobody and is not retried
 
 	numActions = iota
 )
 
 var actionNames = [numActions]string{
-	"none", "retry", "reconnect", "restart_worker", "throttle",
-	"isolate_worker", "skip_worker", "expand_pool", "force_shutdown", "ignore",
+	"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore",
 }
 
-// String returns the name of a, such as "skip_worker", or "action(N)" for an
+// String returns the name of a, such as "isolate_worker", or "action(N)" for an
 // undeclared value.
 func (a Action) String() string {
 	if int(a) >= numActions {

@@ -18,16 +18,14 @@ func TestKindTable(t *testing.T) {
 		sentinel    error
 	}{
 		{KindNone, "none", SeverityNone, ActionNone, false, 0, nil},
-		{KindIO, "io", SeverityLow, ActionRetry, true, 0, ErrIO},
+		{KindIO, "io", SeverityLow, ActionReconnect, true, 0, ErrIO},
 		{KindHTTP, "http", SeverityLow, ActionRetry, true, 0, ErrHTTP},
-		{KindConnection, "connection", SeverityLow, ActionSkipWorker, true, 100 * time.Millisecond, ErrConnection},
-		{KindTimeout, "timeout", SeverityLow, ActionSkipWorker, true, 100 * time.Millisecond, ErrTimeout},
+		{KindConnection, "connection", SeverityLow, ActionRetry, true, 100 * time.Millisecond, ErrConnection},
+		{KindTimeout, "timeout", SeverityLow, ActionRetry, true, 100 * time.Millisecond, ErrTimeout},
 		{KindThrottled, "throttled", SeverityMedium, ActionThrottle, true, time.Second, ErrThrottled},
-		{KindPoolExhausted, "connection_pool_exhausted", SeverityMedium, ActionSkipWorker, true, 100 * time.Millisecond, ErrPoolExhausted},
 		{KindHealthCheckFailed, "health_check_failed", SeverityMedium, ActionIsolateWorker, true, 5 * time.Second, ErrHealthCheckFailed},
-		{KindConfig, "config", SeverityHigh, ActionForceShutdown, false, 30 * time.Second, ErrConfig},
-		{KindResourceLimit, "resource_limit_exceeded", SeverityHigh, ActionSkipWorker, false, 100 * time.Millisecond, ErrResourceLimit},
-		{KindWorkerCreationFailed, "worker_creation_failed", SeverityCritical, ActionForceShutdown, false, 30 * time.Second, ErrWorkerCreationFailed},
+		{KindResourceLimit, "resource_limit_exceeded", SeverityLow, ActionIgnore, true, 0, ErrResourceLimit},
+		{KindWorkerCreationFailed, "worker_creation_failed", SeverityCritical, ActionNone, false, 30 * time.Second, ErrWorkerCreationFailed},
 		{KindIsolationViolation, "isolation_violation", SeverityCritical, ActionIsolateWorker, false, 30 * time.Second, ErrIsolationViolation},
 		{KindWorkerRecoveryFailed, "worker_recovery_failed", SeverityCritical, ActionIsolateWorker, false, 30 * time.Second, ErrWorkerRecoveryFailed},
 		{KindCanceled, "canceled", SeverityNone, ActionIgnore, false, 0, ErrCanceled},
@@ -64,8 +62,8 @@ func TestKindTable(t *testing.T) {
 			if err != nil {
 				t.Fatalf("MarshalText: %v", err)
 			}
-			var back Kind = KindConfig
-			if k == KindConfig {
+			var back = KindHealthCheckFailed
+			if k == KindHealthCheckFailed {
 				back = KindIO
 			}
 			if err := back.UnmarshalText(text); err != nil || back != k {
@@ -104,7 +102,7 @@ func TestParseErrors(t *testing.T) {
 		parse func() error
 		want  []string // substrings of the error
 	}{
-		{"kind", func() error { _, err := ParseKind("timeoutt"); return err }, []string{`"timeoutt"`, "timeout", "connection_pool_exhausted", "canceled"}},
+		{"kind", func() error { _, err := ParseKind("timeoutt"); return err }, []string{`"timeoutt"`, "timeout", "resource_limit_exceeded", "canceled"}},
 		{"empty kind", func() error { _, err := ParseKind(""); return err }, []string{`""`, "valid:"}},
 		{"severity", func() error { _, err := ParseSeverity("severe"); return err }, []string{`"severe"`, "low", "critical"}},
 		{"action", func() error { _, err := ParseAction("reboot"); return err }, []string{`"reboot"`, "restart_worker", "ignore"}},
@@ -147,7 +145,7 @@ func TestSeverityAndActionRoundTrip(t *testing.T) {
 	if !(SeverityLow < SeverityMedium && SeverityMedium < SeverityHigh && SeverityHigh < SeverityCritical) {
 		t.Error("severities are not ordered")
 	}
-	acts := []string{"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "skip_worker", "expand_pool", "force_shutdown", "ignore"}
+	acts := []string{"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore"}
 	if len(acts) != numActions {
 		t.Fatalf("test lists %d actions, package declares %d", len(acts), numActions)
 	}
@@ -185,12 +183,12 @@ func TestTextInJSON(t *testing.T) {
 		Severity Severity `json:"severity"`
 		Action   Action   `json:"action"`
 	}
-	in := doc{KindPoolExhausted, SeverityMedium, ActionExpandPool}
+	in := doc{KindThrottled, SeverityMedium, ActionIsolateWorker}
 	b, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"kind":"connection_pool_exhausted","severity":"medium","action":"expand_pool"}`
+	const want = `{"kind":"throttled","severity":"medium","action":"isolate_worker"}`
 	if string(b) != want {
 		t.Errorf("json = %s, want %s", b, want)
 	}

@@ -214,7 +214,7 @@ func (m *Manager) Record(e ContextualError) {
 	if e.Message == "" && e.Err != nil {
 		e.Message = e.Err.Error()
 	}
-	e.Message = truncate(e.Message, limit)
+	e.Message = Truncate(e.Message, limit)
 	e.Context.Metadata = copyMetadata(e.Context.Metadata, limit)
 
 	m.mu.Lock()
@@ -248,10 +248,10 @@ func (m *Manager) store(e *ContextualError) {
 	m.next = (m.next + 1) % m.limit
 }
 
-// truncate cuts s to at most limit bytes on a rune boundary, ending it with
+// Truncate cuts s to at most limit bytes on a rune boundary, ending it with
 // an ellipsis when it was cut. The result never shares memory with a cut s,
 // so a long message is not kept alive by its prefix.
-func truncate(s string, limit int) string {
+func Truncate(s string, limit int) string {
 	if len(s) <= limit {
 		return s
 	}
@@ -276,7 +276,7 @@ func copyMetadata(md map[string]string, limit int) map[string]string {
 	out := make(map[string]string, min(len(md), MaxMetadata))
 	if len(md) <= MaxMetadata {
 		for k, v := range md {
-			out[truncate(k, limit)] = truncate(v, limit)
+			out[Truncate(k, limit)] = Truncate(v, limit)
 		}
 		return out
 	}
@@ -298,7 +298,7 @@ func copyMetadata(md map[string]string, limit int) map[string]string {
 		keys[i] = k
 	}
 	for _, k := range keys {
-		out[truncate(k, limit)] = truncate(md[k], limit)
+		out[Truncate(k, limit)] = Truncate(md[k], limit)
 	}
 	return out
 }

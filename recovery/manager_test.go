@@ -82,7 +82,7 @@ func TestManagerFilter(t *testing.T) {
 	records := []ContextualError{
 		{Attempt: 1, Kind: KindIO, Context: ErrorContext{Pool: "a", WorkerID: "w1"}},
 		{Attempt: 2, Kind: KindTimeout, Context: ErrorContext{Pool: "a", WorkerID: "w2"}},
-		{Attempt: 3, Kind: KindConfig, Context: ErrorContext{Pool: "b", WorkerID: "w1"}},
+		{Attempt: 3, Kind: KindWorkerCreationFailed, Context: ErrorContext{Pool: "b", WorkerID: "w1"}},
 		{Attempt: 4, Kind: KindThrottled, Context: ErrorContext{Pool: "b", WorkerID: "w3"}},
 		{Attempt: 5, Kind: KindIsolationViolation, Context: ErrorContext{Pool: "a", WorkerID: "w1"}},
 		{Attempt: 6, Kind: KindIO, Severity: SeverityHigh, Context: ErrorContext{Pool: "a", WorkerID: "w2"}},
@@ -101,7 +101,8 @@ func TestManagerFilter(t *testing.T) {
 		{"worker", Filter{Worker: "w1"}, []int{5, 3, 1}},
 		{"pool", Filter{Pool: "b"}, []int{4, 3}},
 		{"severity low (defaulted from the kind)", Filter{Severity: SeverityLow}, []int{2, 1}},
-		{"severity high (explicit or defaulted)", Filter{Severity: SeverityHigh}, []int{6, 3}},
+		{"severity high (explicit)", Filter{Severity: SeverityHigh}, []int{6}},
+		{"severity critical (defaulted from the kind)", Filter{Severity: SeverityCritical}, []int{5, 3}},
 		{"kind", Filter{Kind: KindIO}, []int{6, 1}},
 		{"worker and pool", Filter{Worker: "w1", Pool: "a"}, []int{5, 1}},
 		{"worker and limit", Filter{Worker: "w1", Limit: 1}, []int{5}},
@@ -150,9 +151,9 @@ func TestTruncate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := truncate(tt.in, tt.limit)
+			got := Truncate(tt.in, tt.limit)
 			if got != tt.want {
-				t.Errorf("truncate(%q, %d) = %q, want %q", tt.in, tt.limit, got, tt.want)
+				t.Errorf("Truncate(%q, %d) = %q, want %q", tt.in, tt.limit, got, tt.want)
 			}
 			if len(got) > tt.limit && len(tt.in) > tt.limit {
 				t.Errorf("result has %d bytes, limit %d", len(got), tt.limit)
