@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	"github.com/bifrost-proxy/bifrost/pool"
@@ -82,14 +83,42 @@ func loadJSON(t testing.TB, js []byte) {
 // workers.
 func loadHandler(t *testing.T, body string) *Handler {
 	t.Helper()
-	var h *Handler
-	provisioned = func(p *Handler) { h = p }
-	defer func() { provisioned = nil }()
 	loadCaddyfile(t, body)
-	if h == nil {
-		t.Fatal("handler not provisioned")
+	return runningHandler(t)
+}
+
+// runningHandler returns the first bifrost handler of the running config,
+// found as Caddy's HTTP app holds it: in its servers' routes, subroutes
+// included.
+func runningHandler(tb testing.TB) *Handler {
+	tb.Helper()
+	app, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		tb.Fatal(err)
 	}
-	return h
+	var find func(rl caddyhttp.RouteList) *Handler
+	find = func(rl caddyhttp.RouteList) *Handler {
+		for _, rt := range rl {
+			for _, mh := range rt.Handlers {
+				switch mh := mh.(type) {
+				case *Handler:
+					return mh
+				case *caddyhttp.Subroute:
+					if h := find(mh.Routes); h != nil {
+						return h
+					}
+				}
+			}
+		}
+		return nil
+	}
+	for _, srv := range app.(*caddyhttp.App).Servers {
+		if h := find(srv.Routes); h != nil {
+			return h
+		}
+	}
+	tb.Fatal("no bifrost handler in the running config")
+	return nil
 }
 
 // workerAt returns h's worker for the upstream dial.

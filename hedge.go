@@ -97,7 +97,7 @@ func (rc *race) claim(tw *tryWriter) bool {
 // attempts are used up.
 func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 	hc := h.hedge
-	if hc == nil || panicMode || !rs.body.complete() || rs.hedges >= hc.Max || rs.attempts >= h.policy.Attempts {
+	if hc == nil || panicMode || !rs.body.complete() || rs.hedges >= hc.Max || rs.tries >= h.policy.Attempts {
 		return 0
 	}
 	r := rs.r
@@ -113,11 +113,11 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 	return warmHedgeDelay
 }
 
-// race runs the first try and, each time the hedge delay passes without
+// runRace runs the first try and, each time the hedge delay passes without
 // an answer, one more try on another worker. It returns the outcome that
 // decides the request: the winner's, or a failure when every try failed;
 // false if no try could run at all.
-func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, next caddyhttp.Handler) (tryResult, bool) {
+func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestState, firstTW *tryWriter, first *worker, next caddyhttp.Handler) (tryResult, bool) {
 	rc := &race{rs: rs}
 	results := make(chan tryResult, 1+h.hedge.Max+len(rs.set.workers))
 	// the client writer's headers, read once before any try can write
@@ -138,7 +138,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 				// goroutine once the race is over
 				if v := recover(); v != nil {
 					h.logger.Error("panic in a hedged try", zap.String("worker", wk.ID), zap.Any("panic", v))
-					results <- tryResult{wk: wk, tw: tw, attempt: attempt, abort: v,
+					results <- tryResult{wk: wk, tw: tw, number: attempt, abort: v,
 						cls: h.classifier.Classify(recovery.Attempt{Err: fmt.Errorf("panic: %v", v), Dialed: true, Wrote: true}, time.Now())}
 				}
 			}()
@@ -153,7 +153,7 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 			if err != nil {
 				res = tryResult{wk: wk, tw: tw, refused: true}
 			}
-			res.attempt = attempt
+			res.number = attempt
 			results <- res
 		}()
 	}
@@ -165,15 +165,15 @@ func (h *Handler) race(w http.ResponseWriter, r *http.Request, rs *requestState,
 		if wk == nil || (hedge && !h.pool.Budget.TryRetry(time.Now())) {
 			return false
 		}
-		rs.attempts++
+		rs.tries++
 		rs.tried = append(rs.tried, wk)
 		rs.publish()
-		launch(wk, tw, rs.attempts)
+		launch(wk, tw, rs.tries)
 		return true
 	}
 
 	delay := h.hedgeDelay(rs, false)
-	launch(first, firstTW, rs.attempts)
+	launch(first, firstTW, rs.tries)
 	running := 1
 	timer := time.NewTimer(delay)
 	defer timer.Stop()

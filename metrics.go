@@ -151,7 +151,6 @@ func (m *poolMetrics) request(wk *worker, cls recovery.Classification) {
 	}
 }
 
-
 func (m *poolMetrics) retry(wk *worker) {
 	if m == nil {
 		return

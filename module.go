@@ -255,15 +255,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.publishSet()
 	h.pool.Attach(h, h.set.Load().shared())
 	h.startBackground(bgCtx)
-	if provisioned != nil {
-		provisioned(h)
-	}
 	return nil
 }
-
-// provisioned, when set (by tests and benchmarks only), is called with
-// every handler that finished provisioning.
-var provisioned func(*Handler)
 
 // provisionPolicies turns the configuration into the settings the request
 // loop reads.

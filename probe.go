@@ -1,18 +1,26 @@
 package bifrost
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
+	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
 // The active probe request, built as reverse_proxy's active health checker
@@ -172,3 +180,180 @@ func (pt *probeTarget) request(ctx context.Context, hc *HealthConfig, rt http.Ro
 	}
 	return req, nil
 }
+
+// newChecker builds the active prober of this handler's workers. Each
+// probe is a request for health.uri (GET unless health.method says
+// otherwise) through the worker's own transport.
+func (h *Handler) newChecker() (*health.Checker, error) {
+	pc, err := h.probeConfig()
+	if err != nil {
+		return nil, err
+	}
+	return pc.checker(h, h.workers)
+}
+
+// probeConfig is the health block, compiled once for every checker.
+type probeConfig struct {
+	settings health.ProbeSettings
+	expect   int
+	bodyRe   *regexp.Regexp
+}
+
+// probeConfig compiles the health block.
+func (h *Handler) probeConfig() (*probeConfig, error) {
+	hc := h.Health
+	pc := &probeConfig{settings: hc.probeSettings().WithDefaults(), expect: cmp.Or(hc.ExpectStatus, defaultProbeStatus)}
+	if err := pc.settings.Validate(); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	if hc.ExpectBody != "" {
+		var err error
+		if pc.bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
+			return nil, fmt.Errorf("health: expect_body: %w", err)
+		}
+	}
+	return pc, nil
+}
+
+// checker builds the prober of workers.
+func (pc *probeConfig) checker(h *Handler, workers []*worker) (*health.Checker, error) {
+	targets := make([]health.Target, 0, len(workers))
+	for _, wk := range workers {
+		pt, err := newProbeTarget(h.Health, wk.Upstream)
+		if err != nil {
+			return nil, fmt.Errorf("health: worker %s: %w", wk.ID, err)
+		}
+		targets = append(targets, health.Target{Worker: wk.Health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
+	}
+	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health")), nil
+}
+
+// probeFunc returns the probe of one worker, sent to pt.
+func (h *Handler) probeFunc(wk *worker, pt *probeTarget, expect int, bodyRe *regexp.Regexp) health.Probe {
+	hc := h.Health
+	maxBody := cmp.Or(hc.MaxSize, maxProbeBody)
+	// each probe goes through the worker's current transport (a restart
+	// replaces it), so it tests what requests use, TLS settings included
+	transport := func() http.RoundTripper {
+		if rt := wk.proxy.Load().Transport; rt != nil {
+			return rt
+		}
+		return http.DefaultTransport
+	}
+	client := &http.Client{
+		Transport: roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			return transport().RoundTrip(req)
+		}),
+		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+			if !hc.FollowRedirects {
+				return http.ErrUseLastResponse
+			}
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			return nil
+		},
+	}
+	return func(ctx context.Context) error {
+		req, err := pt.request(ctx, hc, transport())
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			return redactProbeError(err)
+		}
+		defer resp.Body.Close()
+		if statusMatches(resp.StatusCode, expect) {
+			// a passing probe is a latency sample, so that a worker
+			// the policy avoids for being slow can show it is fast again
+			wk.tracker.Observe(time.Now(), time.Since(start))
+		}
+		if !statusMatches(resp.StatusCode, expect) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
+			return fmt.Errorf("probe answered status %d", resp.StatusCode)
+		}
+		if bodyRe == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
+			return nil
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		if err != nil {
+			return err
+		}
+		if !bodyRe.Match(b) {
+			return errors.New("probe body does not match expect_body")
+		}
+		return nil
+	}
+}
+
+// redactProbeError removes the query of the probed URL from a probe's
+// error. net/http reports a failed round trip as a *url.Error that quotes
+// the whole URL, and a health URI's query may carry a token; the error
+// goes on to isolation reasons, the error history, events, logs and the
+// status page. The query is replaced, not dropped, so that the message
+// still shows that the URL had one.
+func redactProbeError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: redactQuery(ue.URL), Err: ue.Err}
+}
+
+// redactQuery replaces the query of a URL, if it has one, with
+// "redacted".
+func redactQuery(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		return u[:i] + "?redacted"
+	}
+	return u
+}
+
+// roundTripperFunc adapts a function to http.RoundTripper.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// statusMatches reports whether status is the expected code, or in the
+// expected class when expect is 1-5.
+func statusMatches(status, expect int) bool {
+	if expect < 10 {
+		return status/100 == expect
+	}
+	return status == expect
+}
+
+// onProbe escalates probe transitions: a worker whose probes fail is
+// isolated; one whose probes pass again may come back.
+func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
+	if res.Err != nil {
+		h.metrics.probe(t.Worker.ID(), false)
+	} else {
+		h.metrics.probe(t.Worker.ID(), true)
+	}
+	if !res.Changed {
+		return
+	}
+	if !res.Healthy {
+		msg := "probe failed"
+		if res.Err != nil {
+			msg = recovery.Truncate(res.Err.Error(), 200)
+		}
+		ce := pool.Incident(recovery.KindHealthCheckFailed, pool.Ref{Pool: t.Worker.Pool(), ID: t.Worker.ID()}, "health", "probe", msg)
+		ce.Err = res.Err
+		h.pool.Book(ce)
+		if ev, ok := h.pool.Monitor.Isolate(t.Worker, health.ReasonProbe, msg); ok {
+			h.emitHealth(ev)
+		}
+		return
+	}
+	if ev, ok := h.pool.Monitor.ProbeRecovered(t.Worker); ok {
+		h.emitHealth(ev)
+	}
+}
+
+// maxProbeBody bounds how much of a probe's body is read by default.
+const maxProbeBody = 64 << 10

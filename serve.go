@@ -17,7 +17,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -28,10 +27,6 @@ import (
 
 // errNoWorker is returned (as a 503) when no worker could serve a request.
 var errNoWorker = errors.New("no worker could serve the request")
-
-// errPerTryTimeout marks a try abandoned because its worker did not answer
-// within retry.per_try_timeout.
-var errPerTryTimeout = errors.New("worker did not answer within per_try_timeout")
 
 // ServeHTTP proxies r to one worker after another until one serves it, a
 // retry would be unsafe, or the tries are used up (see RetryConfig).
@@ -61,7 +56,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 	var held *tryWriter
 
 	for {
-		res, ok := h.attempt(w, r, rs, next)
+		res, ok := h.nextTry(w, r, rs, next)
 		if !ok {
 			break
 		}
@@ -156,10 +151,10 @@ func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
 	return false
 }
 
-// attempt makes one try of the request, or, when hedging applies, a race
+// nextTry makes one try of the request, or, when hedging applies, a race
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
-func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
+func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
 	for {
 		// Every try starts from the client writer's headers as the
 		// previous handlers left them: a try that is retried never
@@ -172,7 +167,7 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 		// read less, and the selection's few hundred nanoseconds are
 		// nothing next to a round trip.
 		start := rs.ready
-		if rs.attempts > 0 || len(rs.skipped) > 0 {
+		if rs.tries > 0 || len(rs.skipped) > 0 {
 			start = time.Now()
 		}
 		wk, panicMode := h.pick(r, tw, rs, start)
@@ -180,13 +175,13 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 			tw.unwind()
 			return tryResult{}, false
 		}
-		rs.attempts++
+		rs.tries++
 		rs.last = wk
 		rs.tried = append(rs.tried, wk)
 		rs.publish()
-		canRetry := !panicMode && rs.attempts < h.policy.Attempts && rs.body.replayable()
+		canRetry := !panicMode && rs.tries < h.policy.Attempts && rs.body.replayable()
 		if h.hedgeDelay(rs, panicMode) > 0 {
-			return h.race(w, r, rs, tw, wk, next)
+			return h.runRace(w, r, rs, tw, wk, next)
 		}
 		var res tryResult
 		run := func() breaker.Outcome {
@@ -215,7 +210,7 @@ func (h *Handler) attempt(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
-		res.attempt = rs.attempts
+		res.number = rs.tries
 		h.record(res, panicMode)
 		if res.abort != nil {
 			panic(res.abort)
@@ -249,7 +244,7 @@ type requestState struct {
 	answered []*worker // workers whose upstream answered with a failure
 	triedBuf [4]*worker
 	skipped  []*worker // workers whose breaker refused this request
-	attempts int
+	tries    int
 	hedges   int
 	last     *worker
 	// unsafeErr is the error of a failed try that could not be retried
@@ -313,7 +308,7 @@ func (h *Handler) releaseRequestState(rs *requestState) {
 // refused takes back the try given to wk, whose breaker refused it: the
 // worker never saw the request, and is skipped for the rest of it.
 func (rs *requestState) refused(wk *worker) {
-	rs.attempts--
+	rs.tries--
 	if i := slices.Index(rs.tried, wk); i >= 0 {
 		rs.tried = slices.Delete(rs.tried, i, i+1)
 	}
@@ -328,268 +323,8 @@ func (rs *requestState) refused(wk *worker) {
 // publish makes the request's attempts and last worker visible to its
 // placeholders, which racing tries may read while the request goes on.
 func (rs *requestState) publish() {
-	rs.shown.attempts.Store(int64(rs.attempts))
+	rs.shown.attempts.Store(int64(rs.tries))
 	rs.shown.last.Store(rs.last)
-}
-
-// tryResult is the outcome of one try.
-type tryResult struct {
-	wk       *worker
-	tw       *tryWriter
-	cls      recovery.Classification
-	err      error // what the worker's reverse_proxy returned
-	status   int   // the upstream's status, 0 if none arrived
-	errText  string
-	canRetry bool
-	latency  time.Duration
-	end      time.Time // when the try ended
-	attempt  int
-	// refused is set when the worker's breaker refused a racing try,
-	// which therefore never ran
-	refused bool
-	// abort is reverse_proxy's http.ErrAbortHandler panic for a response
-	// that failed mid-stream after reaching the client; it is re-raised
-	// on the request's goroutine once the failure is recorded.
-	abort any
-}
-
-// try sends the request to one worker and classifies the outcome; start
-// is when the try began, for its latency. A failure response is held back
-// when canRetry and it is retryable. In a race (rc not nil), a response
-// that is not held back must also win the race to reach the client; a
-// loser's response is discarded. In panic mode (the whole pool out) the
-// latency tracker books a failure as an answer: when every worker fails
-// alike a failure says nothing about this one against its peers, and
-// counting it would keep the worker avoided after the pool recovers.
-func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, rs *requestState, canRetry, panicMode bool, rc *race, next caddyhttp.Handler) tryResult {
-	tw.method = r.Method
-	tw.hook = tryHook{h: h, wk: wk, r: r, rs: rs, rc: rc, start: start, token: wk.tracker.Start(start), canRetry: canRetry, panicMode: panicMode}
-	if rc != nil {
-		tw.quiet = true // a racing try forwards no 1xx response
-	}
-
-	// a try that could go to another worker can be taken back from a
-	// worker found hanging (see waitingTries)
-	movable := rc == nil && canRetry && len(rs.set.workers) > 1 && slices.Contains(h.methods, r.Method)
-	if rc != nil || h.perTry > 0 || movable {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		if rc != nil {
-			rc.add(tw, cancel)
-		}
-		if movable {
-			wk.waiting.add(tw, start, rs.body, cancel)
-			defer wk.waiting.remove(tw)
-		}
-		if h.perTry > 0 {
-			t := time.AfterFunc(h.perTry, func() {
-				if tw.timeOut() {
-					cancel()
-				}
-			})
-			defer t.Stop()
-		}
-	}
-
-	rr := r
-	if ctx != r.Context() {
-		rr = r.WithContext(ctx)
-	}
-	tw.hook.body = rs.body.forTry(rr)
-	if tw.hook.body != nil {
-		// the transport may go on reading after the try: not this body
-		defer tw.hook.body.Close()
-	}
-
-	wk.Health.BeginRequest()
-	abort, err := h.serveWorker(wk, tw, rr, next)
-	wk.Health.EndRequest()
-	tw.unwind()
-	now := time.Now()
-	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: now.Sub(start), end: now, abort: abort}
-	if abort != nil {
-		err = io.ErrUnexpectedEOF
-		res.err = err
-	}
-
-	// reverse_proxy wraps every failure to dial in a DialError: such a
-	// request never left. Any other error may have reached the upstream,
-	// so it counts as sent (the classifier knows the exceptions, such as a
-	// failed TLS verification). An httptrace would tell more, at the price
-	// of reflection and nine allocations per request; this is enough for
-	// safe-retry decisions.
-	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
-	if err != nil {
-		markDialError(&att)
-	}
-	switch {
-	case r.Context().Err() != nil:
-		att.Err, att.Status = context.Canceled, 0
-	case tw.timedOut.Load():
-		why := errPerTryTimeout
-		if tw.hung.Load() {
-			why = errWorkerHung
-		}
-		att.Err, att.Status = timeoutError{why}, 0
-		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
-	case tw.status == 499 && err == nil:
-		// reverse_proxy reports a cancelled round trip as 499: here, a
-		// racing try that lost
-		att.Err, att.Status = context.Canceled, 0
-	case errors.Is(err, errHeldTooLarge):
-		// the failure status stands; the body was abandoned
-		att.Err = nil
-	case err != nil && tw.status != 0 && !tw.passed && !tw.held:
-		att.Status = 0
-	}
-	res.cls = h.classifier.Classify(att, now)
-	res.status = att.Status
-	if tw.retryMatched && att.Err == nil {
-		// retried as reverse_proxy retries a retry_match response: a
-		// failure of its worker
-		res.cls = recovery.Classification{Kind: recovery.KindHTTP, Severity: recovery.KindHTTP.Severity(),
-			Action: recovery.ActionRetry, Failure: true, Sent: true}
-	}
-	if token := tw.hook.token; !tw.hook.answered {
-		switch {
-		case r.Context().Err() != nil:
-			// the client left: no news about the worker
-			wk.tracker.Cancel(token, now, now.Sub(start))
-		case res.cls.Kind == recovery.KindCanceled:
-			// a race loser that had not answered while another worker
-			// did: no failure for the breaker, but slow news for the
-			// selection policy, so a hanging worker stops winning picks
-			wk.tracker.Done(token, now, now.Sub(start), true)
-		default:
-			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && res.cls.Action != recovery.ActionIgnore && !tw.hook.panicMode)
-		}
-	}
-	if att.Err != nil {
-		res.errText = recovery.Truncate(att.Err.Error(), 200)
-	}
-	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
-		// a held response whose body failed can only be replayed as
-		// reverse_proxy would have passed it: cut short
-		tw.broken = true
-	}
-	return res
-}
-
-// markDialError marks att as never sent if its error is reverse_proxy's
-// DialError. It is apart from try because errors.As moves its target to
-// the heap, which would cost every try, failed or not, an allocation.
-func markDialError(att *recovery.Attempt) {
-	var de reverseproxy.DialError
-	if !errors.As(att.Err, &de) {
-		return
-	}
-	att.Dialed, att.Wrote, att.Err = false, false, de
-	if msg := de.Error(); strings.Contains(msg, "timeout") || strings.Contains(msg, "deadline exceeded") {
-		// DialError has no Unwrap: keep a dial timeout a timeout
-		att.Err = timeoutError{de}
-	}
-}
-
-// tryHook is what a try's writer needs to decide, when the response
-// headers arrive, whether the response is held back.
-type tryHook struct {
-	h        *Handler
-	wk       *worker
-	r        *http.Request
-	rs       *requestState
-	rc       *race     // nil unless the try races others
-	body     *tryBody  // the try's request body, nil if none
-	start    time.Time // when the try started
-	token    int64     // of the worker's latency tracker
-	canRetry bool
-	// panicMode: the whole pool was out; failures do not count against
-	// the worker's selection cost (see try)
-	panicMode bool
-	answered  bool // the upstream answered (set by decide)
-}
-
-// decide is called once, when the final response headers of the try
-// arrive: it feeds the latency tracker, then reports whether the response
-// is held back, because it is a retryable failure or lost a race.
-func (k *tryHook) decide(tw *tryWriter, status int) bool {
-	now := time.Now()
-	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
-		k.answered = true
-		// the worker's latency runs from when it had the whole request:
-		// a slow upload is the client's time, not the worker's
-		var latency time.Duration
-		if sent := k.body.sentAt(); sent.After(k.start) {
-			latency = max(now.Sub(sent), 1)
-		}
-		k.wk.tracker.Done(k.token, now, latency, status >= 500 && !k.panicMode)
-	}
-	if k.canRetry && k.rs.body.replayable() {
-		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
-		retry := cls.Failure && k.h.retryable(k.r, cls, status)
-		// a response the user's retry match asks to retry
-		matched := !retry && !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r)
-		// held only if another worker could take the request (racing
-		// tries share the request's state with the race's loop: they
-		// leave the choice of a next worker to it)
-		if (retry || matched) && (k.rc != nil || k.h.anotherWorker(k.rs, k.wk)) {
-			tw.retryMatched = matched
-			return true
-		}
-	}
-	if k.rc != nil {
-		if !k.rc.claim(tw) {
-			tw.discard.Store(true)
-			return true
-		}
-		// the winner's response is about to be written: its deferred
-		// header operations name its worker
-		k.rc.rs.shown.last.Store(k.wk)
-	}
-	return false
-}
-
-// serveWorker runs the worker's own reverse_proxy handler. reverse_proxy
-// aborts a response whose body fails mid-stream by panicking with
-// http.ErrAbortHandler. When that response was held back, nothing reached
-// the client, so the panic becomes an error and the request can be
-// retried; when it was streaming to the client, the panic is returned so
-// that the caller can record the failure and then abort as reverse_proxy
-// intended.
-func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next caddyhttp.Handler) (abort any, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler {
-				panic(v)
-			}
-			if tw.passed {
-				abort = v
-				return
-			}
-			err = fmt.Errorf("response body from %s: %w", wk.Upstream, io.ErrUnexpectedEOF)
-		}
-	}()
-	return nil, wk.proxy.Load().ServeHTTP(tw, r, next)
-}
-
-// timeoutError marks an error as a timeout for the classifier.
-type timeoutError struct{ error }
-
-func (timeoutError) Timeout() bool   { return true }
-func (timeoutError) Temporary() bool { return true }
-func (e timeoutError) Unwrap() error { return e.error }
-
-// retryable reports whether a failure may be retried: its condition is
-// in retry.on, and either the request never reached the upstream or it
-// may be repeated (retry.methods, retry.match: see mayRepeat).
-func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status int) bool {
-	if !cls.Failure || cls.Action == recovery.ActionIgnore {
-		return false
-	}
-	if !h.retryOn.matches(cls, status) {
-		return false
-	}
-	return !cls.Sent || h.mayRepeat(r, status)
 }
 
 // pick chooses the next worker: the selection policy's choice among
@@ -614,7 +349,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 		return chosen, false
 	}
 	workers := rs.set.workers
-	if rs.attempts > 0 || len(workers) == 0 {
+	if rs.tries > 0 || len(workers) == 0 {
 		return nil, false
 	}
 	var best *worker
@@ -704,7 +439,7 @@ func (h *Handler) degrade(w http.ResponseWriter, r *http.Request, repl *caddy.Re
 	w.Header().Set("Retry-After", secs)
 	err := errNoWorker
 	if cls := rs.shown.cls; cls.Failure {
-		err = fmt.Errorf("%w after %d tries: last failure %s", errNoWorker, rs.attempts, cls.Kind)
+		err = fmt.Errorf("%w after %d tries: last failure %s", errNoWorker, rs.tries, cls.Kind)
 	}
 	return caddyhttp.Error(http.StatusServiceUnavailable, err)
 }
@@ -770,7 +505,7 @@ func (h *Handler) logDebug(msg string, wk *worker, rs *requestState, cls recover
 		c.Write(
 			zap.String("pool", h.poolName),
 			zap.String("worker", wk.ID),
-			zap.Int("attempt", rs.attempts),
+			zap.Int("attempt", rs.tries),
 			zap.Stringer("kind", cls.Kind),
 		)
 	}

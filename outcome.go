@@ -1,0 +1,329 @@
+package bifrost
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
+	"github.com/bifrost-proxy/bifrost/recovery"
+)
+
+// record books the outcome of one try, which its breaker has booked
+// already: health, error history, metrics, logs, and the escalations a
+// failure calls for.
+func (h *Handler) record(res tryResult, panicMode bool) {
+	wk, cls, now := res.wk, res.cls, res.end
+	h.metrics.request(wk, cls)
+	h.metrics.latency(wk, res.latency)
+	if cls.Kind == recovery.KindCanceled {
+		return
+	}
+
+	if cls.Kind != recovery.KindThrottled && wk.throttles.Load() != 0 {
+		wk.throttles.Store(0) // an answer that is not a 429 ends a streak
+	}
+	if !cls.Failure {
+		wk.Health.RecordSuccess(now)
+		if h.hedge != nil {
+			h.pool.Latency.Observe(res.latency)
+		}
+		if panicMode && wk.Breaker.State() != breaker.StateClosed {
+			// the worker served while the whole pool was out: that is
+			// the evidence the breaker waits for
+			wk.Breaker.Reset()
+		}
+		h.onResult(wk, false)
+		return
+	}
+
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  failureMessage(res),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "attempt",
+			Pool:      h.poolName,
+			WorkerID:  wk.ID,
+		},
+		Timestamp: now,
+		Attempt:   res.number,
+		Status:    res.status,
+	}
+	h.pool.Book(ce)
+	h.logFailure(res)
+
+	h.act(res, panicMode)
+}
+
+// throttleStreak is how many 429s in a row, to as many requests, show
+// that a worker throttles everyone rather than one client.
+const throttleStreak = 3
+
+// throttlesWorker reports whether a throttled answer takes its worker out
+// of rotation until its Retry-After. A 503 with Retry-After does. A 429 is
+// as often about one client (a per-user rate limit) as about the server,
+// so by default it does only when the worker's last throttleStreak
+// answers were all 429s (any other answer ends a streak), and never when
+// no other worker could serve: one client's burst must not put the pool
+// into panic mode. With `retry { on 429 }` the operator declares 429s to
+// be the worker's state: each one throttles its worker, as 503s do.
+func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
+	if status != http.StatusTooManyRequests || h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
+		return true
+	}
+	if wk.throttles.Add(1) < throttleStreak || panicMode {
+		return false
+	}
+	for _, other := range h.set.Load().workers {
+		if other != wk && other.available() {
+			return true
+		}
+	}
+	return false
+}
+
+// breakerOutcome is what a try's classification means to its worker's
+// breaker. An ignored failure (a client that went away, a body over its
+// limit, a classify rule's ignore) is nobody's fault; a throttled worker
+// is answering, and throttling, not the breaker, deals with it.
+func breakerOutcome(cls recovery.Classification) breaker.Outcome {
+	switch {
+	case cls.Action == recovery.ActionIgnore, cls.Kind == recovery.KindThrottled:
+		return breaker.Excluded
+	case cls.Failure:
+		return breaker.Failure
+	}
+	return breaker.Success
+}
+
+// failureMessage describes a failed try without request data beyond the
+// method: no URL, header or body can carry a secret into the history.
+func failureMessage(res tryResult) string {
+	method := res.tw.method
+	if res.status != 0 {
+		return fmt.Sprintf("%s request answered with status %d", method, res.status)
+	}
+	return fmt.Sprintf("%s request failed: %s", method, res.errText)
+}
+
+// logFailure writes one structured entry per classified failure, at a
+// level matching its severity.
+func (h *Handler) logFailure(res tryResult) {
+	wk, cls := res.wk, res.cls
+	lvl := zapcore.DebugLevel
+	switch cls.Severity {
+	case recovery.SeverityMedium:
+		lvl = zapcore.InfoLevel
+	case recovery.SeverityHigh, recovery.SeverityCritical:
+		lvl = zapcore.ErrorLevel
+	}
+	if c := h.logger.Check(lvl, "worker failure"); c != nil {
+		c.Write(
+			zap.String("pool", h.poolName),
+			zap.String("worker", wk.ID),
+			zap.String("upstream", wk.Upstream),
+			zap.Stringer("kind", cls.Kind),
+			zap.Stringer("severity", cls.Severity),
+			zap.Stringer("action", cls.Action),
+			zap.Duration("delay", cls.Delay),
+			zap.Int("attempt", res.number),
+			zap.Int("status", res.status),
+			zap.String("error", res.errText),
+		)
+	}
+}
+
+// onResult tells the isolation monitor about a try's outcome (a worker on
+// probation that fails goes straight back out).
+func (h *Handler) onResult(wk *worker, failure bool) {
+	if ev, ok := h.pool.Monitor.OnResult(wk.Health, failure); ok {
+		h.emitHealth(ev)
+	}
+}
+
+// isolate takes a worker out of rotation, unless max_percent forbids it.
+func (h *Handler) isolate(wk *worker, reason health.Reason, detail string) {
+	h.pool.Isolate(wk.Worker, reason, detail)
+}
+
+// reconnect drops a worker's idle connections, under the recovery
+// manager's concurrency limit.
+func (h *Handler) reconnect(wk *worker) {
+	ht, ok := wk.proxy.Load().Transport.(*reverseproxy.HTTPTransport)
+	if !ok || ht.Transport == nil {
+		return
+	}
+	h.pool.Manager.TryRecover(h.ctx, func(context.Context) error {
+		ht.Transport.CloseIdleConnections()
+		h.metrics.recovery(wk.ID, recovery.ActionReconnect)
+		return nil
+	})
+}
+
+// provisionMu serializes the provisioning of restarted workers' proxies.
+// Provisioning loads modules (the transport) through the config's
+// caddy.Context, whose LoadModule records them in maps without a lock:
+// two restarts at once, of this handler or of another one of the same
+// config (as when several workers come back in one tick), would write
+// them concurrently.
+var provisionMu sync.Mutex
+
+// configActive reports whether ctx is the context of the running config.
+// Until it is, Caddy may still be provisioning other modules of the same
+// config through it, so a restart must not load modules with it.
+// (The handler's context wraps the config's root context with values, so
+// the two are compared by the channel that closes when the config stops.)
+func configActive(ctx caddy.Context) bool {
+	active := caddy.ActiveContext()
+	return ctx.Context != nil && active.Context != nil && active.Done() == ctx.Done()
+}
+
+// restart replaces a worker's reverse_proxy handler with a freshly
+// provisioned one (a new transport and connection pool), under the
+// recovery manager's concurrency limit. It runs when a worker comes back
+// from an automatic isolation, so that it starts without the connections
+// of the time it was failing. The replaced handler keeps serving the
+// requests it has and is cleaned up with this config; restarts per worker
+// are bounded by maxRestarts. Restarts are provisioned one at a time, and
+// only once this handler's config is the running one; before that, the
+// worker's idle connections are dropped instead.
+func (h *Handler) restart(wk *worker) {
+	if !configActive(h.ctx) {
+		h.reconnect(wk)
+		return
+	}
+	wk.mu.Lock()
+	if wk.restarts >= maxRestarts {
+		wk.mu.Unlock()
+		h.reconnect(wk)
+		return
+	}
+	wk.restarts++
+	wk.mu.Unlock()
+	h.pool.Manager.TryRecover(h.ctx, func(ctx context.Context) error {
+		if ctx.Err() != nil {
+			return ctx.Err() // the config is going away
+		}
+		// a dynamic worker's proxies live in its own context, which
+		// goes when it retires
+		pctx := h.ctx
+		if wk.dyn != nil {
+			pctx = wk.dyn.ctx
+		}
+		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
+		if err == nil {
+			provisionMu.Lock()
+			err = rp.Provision(pctx)
+			provisionMu.Unlock()
+		}
+		if err != nil {
+			h.recordCritical(wk.Worker, recovery.KindWorkerCreationFailed, fmt.Errorf("restarting worker: %w", err))
+			return err
+		}
+		wk.mu.Lock()
+		if wk.dyn != nil && wk.dyn.finalized {
+			// it retired meanwhile: nothing will use the new proxy
+			wk.mu.Unlock()
+			return rp.Cleanup()
+		}
+		old := wk.proxy.Swap(rp)
+		wk.retired = append(wk.retired, old)
+		wk.mu.Unlock()
+		if ht, ok := old.Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
+			ht.Transport.CloseIdleConnections()
+		}
+		h.metrics.recovery(wk.ID, recovery.ActionRestartWorker)
+		h.logger.Info("worker restarted", zap.String("pool", h.poolName), zap.String("worker", wk.ID))
+		return nil
+	})
+}
+
+// recordCritical books an error that is not bound to a request, such as a
+// worker that could not be provisioned.
+func (h *Handler) recordCritical(ws *pool.Worker, kind recovery.Kind, err error) {
+	ce := pool.Incident(kind, ws.Ref(), "provision", "worker", err.Error())
+	ce.Err = err
+	h.pool.Book(ce)
+	h.logger.Error("worker failure",
+		zap.String("pool", ws.Pool), zap.String("worker", ws.ID),
+		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
+}
+
+// reasonClassified is the isolation reason of a worker taken out by the
+// isolate_worker action of a failure below critical severity: a classify
+// rule named the action (`status 418 http isolate_worker`). A critical
+// failure (an upstream that fails TLS verification) is isolated with
+// health.ReasonCritical.
+const reasonClassified health.Reason = "classified_failure"
+
+// act carries out the recovery action of a failed try on its worker, once
+// the failure is booked (history, metrics, log). It is the one place where
+// an action has an effect; the README's classification section describes
+// the same list.
+//
+// Every failure counts against its worker (its health, outlier detection
+// and, for a worker on probation, a failed reinstatement), except one
+// whose action is ignore, and a 429 that may be about one client (see
+// throttlesWorker). The breaker's count is decided before, by
+// breakerOutcome. Then, by action:
+//
+//   - retry: nothing more.
+//   - reconnect: the worker's idle connections are dropped, so that the
+//     next tries dial afresh (the default of io: a reset on a pooled
+//     connection).
+//   - restart_worker: the worker's proxy is re-provisioned (a new
+//     transport), as after a reinstatement, within maxRestarts per worker
+//     and config; past that, or while the config is not yet running, its
+//     idle connections are dropped instead.
+//   - throttle: the worker gets no new request until the try's delay has
+//     passed (its Retry-After, else at least a second).
+//   - isolate_worker: the worker is taken out of rotation for its next
+//     ejection time, whatever the failure's severity, unless `isolation
+//     max_percent` leaves no room or it is out already (a worker on
+//     probation is sent back by its probation, which counts the failed
+//     reinstatement).
+//   - ignore: nothing; the proxy does not retry it either (see retryable).
+//
+// Whether the request is retried is not an action's business (except
+// ignore's): `retry on`, the method and the body decide.
+func (h *Handler) act(res tryResult, panicMode bool) {
+	wk, cls := res.wk, res.cls
+	switch {
+	case cls.Action == recovery.ActionIgnore:
+		return
+	case cls.Action == recovery.ActionThrottle && !h.throttlesWorker(wk, res.status, panicMode):
+		// the client gets the 429 as the upstream answered it
+		return
+	}
+	wk.Health.RecordFailure(res.end)
+	h.onResult(wk, true)
+	switch cls.Action {
+	case recovery.ActionThrottle:
+		wk.Health.Throttle(res.end.Add(cls.Delay))
+	case recovery.ActionReconnect:
+		h.reconnect(wk)
+	case recovery.ActionRestartWorker:
+		h.restart(wk)
+	case recovery.ActionIsolateWorker:
+		reason, detail := reasonClassified, cls.Kind.String()
+		if cls.Severity >= recovery.SeverityCritical {
+			reason = health.ReasonCritical
+		}
+		if res.status != 0 {
+			detail = fmt.Sprintf("%s (status %d)", detail, res.status)
+		}
+		h.isolate(wk, reason, detail)
+	}
+}
