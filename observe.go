@@ -1,14 +1,12 @@
 package bifrost
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -379,10 +377,7 @@ func (h *Handler) goSafe(ctx context.Context, name string, f func(context.Contex
 // drainBreakerChanges turns breaker transitions into logs, events,
 // statistics and, when a breaker keeps tripping, isolation.
 func (h *Handler) drainBreakerChanges(ctx context.Context) {
-	threshold := int32(defaultBreakerTrips)
-	if h.Isolation != nil && h.Isolation.BreakerTrips > 0 {
-		threshold = int32(h.Isolation.BreakerTrips)
-	}
+	threshold := int32(h.cfg.isolation.breakerTrips)
 	for {
 		select {
 		case <-ctx.Done():
@@ -536,34 +531,7 @@ func (h *Handler) tick(ctx context.Context) {
 // probe is a request for health.uri (GET unless health.method says
 // otherwise) through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
-	pc, err := h.probeConfig()
-	if err != nil {
-		return nil, err
-	}
-	return pc.checker(h, h.workers)
-}
-
-// probeConfig is the health block, compiled once for every checker.
-type probeConfig struct {
-	settings health.ProbeSettings
-	expect   int
-	bodyRe   *regexp.Regexp
-}
-
-// probeConfig compiles the health block.
-func (h *Handler) probeConfig() (*probeConfig, error) {
-	hc := h.Health
-	pc := &probeConfig{settings: hc.probeSettings().WithDefaults(), expect: cmp.Or(hc.ExpectStatus, defaultProbeStatus)}
-	if err := pc.settings.Validate(); err != nil {
-		return nil, fmt.Errorf("health: %w", err)
-	}
-	if hc.ExpectBody != "" {
-		var err error
-		if pc.bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
-			return nil, fmt.Errorf("health: expect_body: %w", err)
-		}
-	}
-	return pc, nil
+	return h.cfg.probe.checker(h, h.workers)
 }
 
 // checker builds the prober of workers.
@@ -574,18 +542,15 @@ func (pc *probeConfig) checker(h *Handler, workers []*worker) (*health.Checker, 
 		if err != nil {
 			return nil, fmt.Errorf("health: worker %s: %w", wk.id, err)
 		}
-		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
+		targets = append(targets, health.Target{Worker: wk.health, Probe: h.probeFunc(wk, pt, pc)})
 	}
-	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health")), nil
+	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health"))
 }
 
-// maxProbeBody bounds how much of a probe's body is read by default.
-const maxProbeBody = 64 << 10
-
 // probeFunc returns the probe of one worker, sent to pt.
-func (h *Handler) probeFunc(wk *worker, pt *probeTarget, expect int, bodyRe *regexp.Regexp) health.Probe {
+func (h *Handler) probeFunc(wk *worker, pt *probeTarget, pc *probeConfig) health.Probe {
 	hc := h.Health
-	maxBody := cmp.Or(hc.MaxSize, maxProbeBody)
+	maxBody, expect, bodyRe := pc.maxSize, pc.expect, pc.bodyRe
 	// each probe goes through the worker's current transport (a restart
 	// replaces it), so it tests what requests use, TLS settings included
 	transport := func() http.RoundTripper {
