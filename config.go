@@ -1,6 +1,8 @@
 package bifrost
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -11,10 +13,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/recovery"
+	"github.com/bifrost-proxy/bifrost/selection"
 )
 
 // BreakerConfig configures each worker's circuit breaker. A breaker opens
@@ -177,7 +181,9 @@ type HealthConfig struct {
 	// faster while a worker is changing state. Default: 5s.
 	Interval caddy.Duration `json:"interval,omitempty"`
 
-	// Timeout bounds one probe. Default: 2s.
+	// Timeout bounds one probe. It may be longer than Interval, as in
+	// reverse_proxy: the worker's next probe then waits for it. Default:
+	// 2s, or Interval if that is shorter.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// ExpectStatus is the status a passing probe answers: a code such as
@@ -341,31 +347,70 @@ type FallbackConfig struct {
 	Headers http.Header `json:"headers,omitempty"`
 }
 
-// Defaults chosen for the request path; see each field's documentation.
+// Defaults. Every default of the handler is here, with those of the
+// settings it hands to the breaker, recovery and health packages, which
+// have none of their own. (The bifrost_p2c selection policy is a Caddy
+// module users can name; it fills its own decay, and the handler's
+// default policy is that module: see defaultPolicy.) Each field's
+// documentation states its default; the README's tables say the same.
 const (
-	defaultMaxBody         = 1 << 20
-	defaultMaxBodyTotal    = 64 << 20
-	defaultMaxHeldResponse = 64 << 10
-	defaultBudget          = 0.2
-	defaultBreakerTrips    = 2
-	defaultProbeStatus     = 2
-	defaultHistoryLimit    = 1000
-	defaultMaxPercent      = 50
-	defaultBreakerTimeout  = time.Second
-	defaultBackoffInitial  = 20 * time.Millisecond
-	defaultBackoffMax      = time.Second
-	defaultStdevFactor     = 1.0
-	defaultHangThreshold   = 2 * time.Second
-	defaultHangRequests    = 3
-	defaultOutlierRequests = 20
-	// defaultP2CDecay is the latency memory of bifrost's default policy:
-	// much shorter than bifrost_p2c's own 10s default, so that a worker
-	// that was 100× slower for a while earns its traffic back within about
-	// five seconds (ln 100 × 1s). The estimate still averages hundreds of
-	// samples per second of traffic, and its peak behaviour keeps it
-	// cautious.
-	defaultP2CDecay        = time.Second
-	defaultOutlierInterval = 5 * time.Second
+	// breaker
+	defaultBreakerFailures    = 5
+	defaultBreakerMinRequests = 10
+	defaultBreakerSuccesses   = 3
+	defaultBreakerTimeout     = time.Second
+
+	// retry
+	defaultAttempts           = 3
+	defaultBackoffInitial     = 20 * time.Millisecond
+	defaultBackoffMax         = time.Second
+	defaultJitter             = 0.5
+	defaultBudget             = 0.2
+	defaultBudgetMinPerSecond = 3
+	defaultMaxBody            = 1 << 20
+	defaultMaxBodyTotal       = 64 << 20
+	defaultMaxHeldResponse    = 64 << 10
+	defaultHedgeMax           = 1
+	defaultHedgePercentile    = 95
+
+	// health: probes jitter by probeJitter of their interval, and run
+	// every quarter interval (at least minFastProbeInterval, at most the
+	// interval) while a worker's state is changing
+	defaultProbeInterval = 5 * time.Second
+	defaultProbeTimeout  = 2 * time.Second // or the interval, if shorter
+	defaultProbePasses   = 2
+	defaultProbeFails    = 3
+	defaultProbeStatus   = 2
+	defaultProbeMaxSize  = 64 << 10
+	probeJitter          = 0.2
+	minFastProbeInterval = 100 * time.Millisecond
+
+	// isolation: ejection times jitter by ±isolationJitter; outlier
+	// detection needs outlierMinHosts workers with enough requests; a
+	// reinstated worker is on probation for probationTime (or its slow
+	// start) or until probationSuccesses successes
+	defaultBaseTime            = 10 * time.Second
+	defaultMaxTime             = 5 * time.Minute
+	defaultMaxPercent          = 50
+	defaultOutlierRequests     = 20
+	defaultStdevFactor         = 1.0
+	defaultOutlierInterval     = 5 * time.Second
+	defaultBreakerTrips        = 2
+	defaultHangThreshold       = 2 * time.Second
+	defaultHangRequests        = 3
+	defaultMaxRecoveryAttempts = 3
+	isolationJitter            = 0.1
+	outlierMinHosts            = 3
+	probationTime              = 5 * time.Second
+	probationSuccesses         = 5
+
+	// pool: the error history keeps messages of up to errorMessageLimit
+	// bytes; at most maxConcurrentRecovery worker restarts run at once
+	defaultHistoryLimit      = 1000
+	errorMessageLimit        = 256
+	maxConcurrentRecovery    = 4
+	defaultDynamicRetire     = 30 * time.Second
+	defaultDynamicMaxWorkers = 256
 )
 
 // defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
@@ -374,8 +419,209 @@ var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DE
 // retryConditions are the values accepted by RetryConfig.On.
 var retryConditions = []string{"connect_failure", "timeout", "reset", "5xx", "429"}
 
+// resolved is the configuration with every default applied and every
+// check passed: the complete settings of the request path, and those the
+// breaker, recovery and health packages are given. Handler.resolve builds
+// it once, when the handler is provisioned.
+type resolved struct {
+	retry      retrySettings
+	classifier *recovery.Classifier
+	breaker    breaker.Settings
+	isolation  isolationSettings
+	probe      *probeConfig // nil without active probes
+	manager    recovery.ManagerConfig
+	// dynamicRetire and dynamicMax bound the workers of dynamic_upstreams
+	dynamicRetire time.Duration
+	dynamicMax    int
+}
+
+// retrySettings is the retry block, resolved.
+type retrySettings struct {
+	policy             recovery.Policy
+	methods            []string
+	on                 retryOn
+	maxBody            int64
+	maxBodyTotal       int64
+	maxHeld            int64
+	perTry             time.Duration
+	hedge              *HedgeConfig // nil when off
+	budget             float64
+	budgetMinPerSecond int
+}
+
+// isolationSettings is the isolation block, resolved.
+type isolationSettings struct {
+	monitor      health.IsolationSettings
+	breakerTrips int
+	hangAfter    time.Duration
+	hangCount    int
+}
+
+// probeConfig is the health block, resolved and compiled once for every
+// checker.
+type probeConfig struct {
+	settings health.ProbeSettings
+	expect   int
+	bodyRe   *regexp.Regexp
+	maxSize  int64
+}
+
+// resolve checks the whole configuration and applies every default, once:
+// Provision calls it, and the rest of provisioning reads its result. Each
+// block is resolved by its own method, which the Caddyfile adapter also
+// calls so that an error carries the block's file and line. Errors name the
+// JSON field.
+func (h *Handler) resolve() (*resolved, error) {
+	dynamic := h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil
+	if len(h.Upstreams) == 0 && !dynamic {
+		return nil, errors.New("upstreams: at least one upstream is required, or dynamic_upstreams")
+	}
+	if h.DynamicRetireAfter < 0 {
+		return nil, fmt.Errorf("dynamic_retire_after must not be negative, got %s", time.Duration(h.DynamicRetireAfter))
+	}
+	if h.DynamicMaxWorkers < 0 {
+		return nil, fmt.Errorf("dynamic_max_workers must not be negative, got %d", h.DynamicMaxWorkers)
+	}
+	if !dynamic && (h.DynamicRetireAfter != 0 || h.DynamicMaxWorkers != 0) {
+		return nil, errors.New("dynamic_retire_after and dynamic_max_workers apply only with dynamic_upstreams")
+	}
+	for i, up := range h.Upstreams {
+		if up == nil || up.Dial == "" {
+			return nil, fmt.Errorf("upstreams[%d]: dial address is empty", i)
+		}
+	}
+	if lb := h.LoadBalancing; lb != nil {
+		switch {
+		case lb.Retries != 0:
+			return nil, errors.New("load_balancing.retries: use retry.attempts instead")
+		case lb.TryDuration != 0:
+			return nil, errors.New("load_balancing.try_duration: use retry.try_duration instead")
+		case lb.TryInterval != 0:
+			return nil, errors.New("load_balancing.try_interval: use retry.backoff_initial instead")
+		case len(lb.RetryMatchRaw) > 0:
+			return nil, errors.New("load_balancing.retry_match: use retry.methods and retry.on instead")
+		}
+	}
+	if h.HealthChecks != nil {
+		return nil, errors.New("health_checks: use the health, breaker and isolation blocks instead")
+	}
+	if h.CBRaw != nil {
+		return nil, errors.New("circuit_breaker: each worker has its own breaker; configure it with the breaker block")
+	}
+	if h.MaxRequests < 0 {
+		return nil, fmt.Errorf("max_requests must not be negative, got %d", h.MaxRequests)
+	}
+	if h.ErrorHistoryLimit < 0 {
+		return nil, fmt.Errorf("error_history_limit must not be negative, got %d", h.ErrorHistoryLimit)
+	}
+
+	r := &resolved{
+		dynamicRetire: cmp.Or(time.Duration(h.DynamicRetireAfter), defaultDynamicRetire),
+		dynamicMax:    cmp.Or(h.DynamicMaxWorkers, defaultDynamicMaxWorkers),
+		manager: recovery.ManagerConfig{
+			HistoryLimit:          cmp.Or(h.ErrorHistoryLimit, defaultHistoryLimit),
+			MaxConcurrentRecovery: maxConcurrentRecovery,
+			MessageLimit:          errorMessageLimit,
+		},
+	}
+	var err error
+	if r.breaker, err = h.Breaker.resolve(); err != nil {
+		return nil, err
+	}
+	if r.retry, err = h.Retry.resolve(); err != nil {
+		return nil, err
+	}
+	if r.probe, err = h.Health.resolve(); err != nil {
+		return nil, err
+	}
+	if r.isolation, err = h.Isolation.resolve(h.Health.active()); err != nil {
+		return nil, err
+	}
+	if h.Fallback != nil {
+		if err := h.Fallback.validate(); err != nil {
+			return nil, err
+		}
+	}
+	r.classifier = &recovery.Classifier{}
+	for i, cr := range h.Classify {
+		rule, err := recovery.ParseRule(cr.Status, cr.Kind, cr.Action)
+		if err != nil {
+			return nil, fmt.Errorf("classify[%d]: %w", i, err)
+		}
+		r.classifier.Rules = append(r.classifier.Rules, rule)
+	}
+	if err := r.manager.Validate(); err != nil {
+		return nil, fmt.Errorf("error_history_limit: %w", err)
+	}
+	return r, nil
+}
+
 // validate checks the retry block; errors name the field.
 func (rc *RetryConfig) validate() error {
+	_, err := rc.resolve()
+	return err
+}
+
+// resolve checks the retry block (nil is an empty one) and applies its
+// defaults.
+func (rc *RetryConfig) resolve() (retrySettings, error) {
+	if rc == nil {
+		rc = new(RetryConfig)
+	}
+	if err := rc.check(); err != nil {
+		return retrySettings{}, err
+	}
+	initial := cmp.Or(time.Duration(rc.BackoffInitial), defaultBackoffInitial)
+	rs := retrySettings{
+		policy: recovery.Policy{
+			Attempts:    cmp.Or(rc.Attempts, defaultAttempts),
+			Initial:     initial,
+			Max:         cmp.Or(time.Duration(rc.BackoffMax), max(defaultBackoffMax, initial)),
+			Jitter:      defaultJitter,
+			TryDuration: time.Duration(rc.TryDuration),
+		},
+		methods:            rc.Methods,
+		on:                 defaultRetryConditions,
+		maxBody:            defaultMaxBody,
+		maxBodyTotal:       cmp.Or(rc.MaxBodyTotal, defaultMaxBodyTotal),
+		maxHeld:            cmp.Or(rc.MaxHeldResponse, defaultMaxHeldResponse),
+		perTry:             time.Duration(rc.PerTryTimeout),
+		budget:             cmp.Or(rc.Budget, defaultBudget),
+		budgetMinPerSecond: defaultBudgetMinPerSecond,
+	}
+	if rc.Jitter != nil {
+		rs.policy.Jitter = *rc.Jitter
+	}
+	if len(rs.methods) == 0 {
+		rs.methods = defaultRetryMethods
+	}
+	if len(rc.On) > 0 {
+		rs.on = retryOn{}
+		for _, s := range rc.On {
+			c, err := parseRetryCondition(s)
+			if err != nil {
+				return retrySettings{}, fmt.Errorf("retry: %w", err)
+			}
+			rs.on = rs.on.with(c)
+		}
+	}
+	if rc.MaxBody != nil {
+		rs.maxBody = *rc.MaxBody
+	}
+	if rc.Hedge != nil {
+		hc := *rc.Hedge
+		hc.Max = cmp.Or(hc.Max, defaultHedgeMax)
+		hc.Percentile = cmp.Or(hc.Percentile, defaultHedgePercentile)
+		rs.hedge = &hc
+	}
+	if err := rs.policy.Validate(); err != nil {
+		return retrySettings{}, fmt.Errorf("retry: %w", err)
+	}
+	return rs, nil
+}
+
+// check applies the retry block's own rules.
+func (rc *RetryConfig) check() error {
 	if rc.Attempts < 0 {
 		return fmt.Errorf("retry: attempts must be at least 1, got %d", rc.Attempts)
 	}
@@ -428,6 +674,35 @@ func (rc *RetryConfig) validate() error {
 
 // validate checks the breaker block; errors name the field.
 func (bc *BreakerConfig) validate() error {
+	_, err := bc.resolve()
+	return err
+}
+
+// resolve checks the breaker block (nil is an empty one) and returns the
+// complete settings of each worker's breaker.
+func (bc *BreakerConfig) resolve() (breaker.Settings, error) {
+	if bc == nil {
+		bc = new(BreakerConfig)
+	}
+	if err := bc.check(); err != nil {
+		return breaker.Settings{}, err
+	}
+	s := breaker.Settings{
+		Failures:     uint32(cmp.Or(bc.Failures, defaultBreakerFailures)),
+		FailureRatio: bc.FailureRatio,
+		MinRequests:  uint32(cmp.Or(bc.MinRequests, defaultBreakerMinRequests)),
+		Window:       time.Duration(bc.Window),
+		Successes:    uint32(cmp.Or(bc.Successes, defaultBreakerSuccesses)),
+		Timeout:      cmp.Or(time.Duration(bc.Timeout), defaultBreakerTimeout),
+	}
+	if err := s.Validate(); err != nil {
+		return breaker.Settings{}, fmt.Errorf("breaker: %w", err)
+	}
+	return s, nil
+}
+
+// check applies the breaker block's own rules.
+func (bc *BreakerConfig) check() error {
 	if bc.Failures < 0 || bc.Successes < 0 || bc.MinRequests < 0 {
 		return fmt.Errorf("breaker: failures, successes and min_requests must not be negative")
 	}
@@ -440,57 +715,133 @@ func (bc *BreakerConfig) validate() error {
 	if bc.MinRequests > 0 && bc.FailureRatio == 0 {
 		return fmt.Errorf("breaker: min_requests applies to failure_ratio only, which is not set")
 	}
-	if err := (breaker.Settings{Window: time.Duration(bc.Window)}).Validate(); err != nil {
-		return fmt.Errorf("breaker: %w", err)
-	}
 	return nil
-}
-
-// probeSettings returns the prober's settings for this block, defaults
-// not applied.
-func (hc *HealthConfig) probeSettings() health.ProbeSettings {
-	return health.ProbeSettings{
-		Interval: time.Duration(hc.Interval),
-		Timeout:  time.Duration(hc.Timeout),
-		Passes:   hc.Passes,
-		Fails:    hc.Fails,
-	}
 }
 
 // validate checks the health block; errors name the field.
 func (hc *HealthConfig) validate() error {
+	_, err := hc.resolve()
+	return err
+}
+
+// resolve checks the health block (nil is an empty one) and returns the
+// compiled probe configuration, or nil when no probes are configured.
+func (hc *HealthConfig) resolve() (*probeConfig, error) {
+	if hc == nil {
+		return nil, nil
+	}
+	bodyRe, err := hc.check()
+	if err != nil {
+		return nil, err
+	}
+	if !hc.active() {
+		return nil, nil
+	}
+	interval := cmp.Or(time.Duration(hc.Interval), defaultProbeInterval)
+	pc := &probeConfig{
+		settings: health.ProbeSettings{
+			Interval:     interval,
+			Timeout:      cmp.Or(time.Duration(hc.Timeout), min(defaultProbeTimeout, interval)),
+			Passes:       cmp.Or(hc.Passes, defaultProbePasses),
+			Fails:        cmp.Or(hc.Fails, defaultProbeFails),
+			Jitter:       probeJitter,
+			FastInterval: min(max(interval/4, minFastProbeInterval), interval),
+		},
+		expect:  cmp.Or(hc.ExpectStatus, defaultProbeStatus),
+		bodyRe:  bodyRe,
+		maxSize: cmp.Or(hc.MaxSize, defaultProbeMaxSize),
+	}
+	if err := pc.settings.Validate(); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	return pc, nil
+}
+
+// check applies the health block's own rules, and returns expect_body
+// compiled.
+func (hc *HealthConfig) check() (*regexp.Regexp, error) {
 	if hc.URI != "" && !strings.HasPrefix(hc.URI, "/") {
-		return fmt.Errorf("health: uri must start with '/'")
+		return nil, fmt.Errorf("health: uri must start with '/'")
 	}
 	if hc.Interval < 0 || hc.Timeout < 0 {
-		return fmt.Errorf("health: interval and timeout must not be negative")
+		return nil, fmt.Errorf("health: interval and timeout must not be negative")
 	}
 	if hc.Passes < 0 || hc.Fails < 0 {
-		return fmt.Errorf("health: passes and fails must not be negative")
+		return nil, fmt.Errorf("health: passes and fails must not be negative")
 	}
 	if hc.ExpectStatus != 0 && (hc.ExpectStatus < 1 || hc.ExpectStatus > 599 || (hc.ExpectStatus > 5 && hc.ExpectStatus < 100)) {
-		return fmt.Errorf("health: expect_status must be a status code or class 1-5, got %d", hc.ExpectStatus)
+		return nil, fmt.Errorf("health: expect_status must be a status code or class 1-5, got %d", hc.ExpectStatus)
 	}
+	var bodyRe *regexp.Regexp
 	if hc.ExpectBody != "" {
-		if _, err := regexp.Compile(hc.ExpectBody); err != nil {
-			return fmt.Errorf("health: expect_body: %w", err)
+		re, err := regexp.Compile(hc.ExpectBody)
+		if err != nil {
+			return nil, fmt.Errorf("health: expect_body: %w", err)
 		}
+		bodyRe = re
 	}
 	if err := hc.validateProbe(); err != nil {
-		return err
+		return nil, err
 	}
 	if !hc.active() && (hc.Interval != 0 || hc.Timeout != 0 || hc.ExpectStatus != 0 || hc.ExpectBody != "" || hc.Passes != 0 || hc.Fails != 0 ||
 		hc.Upstream != "" || len(hc.Headers) > 0 || hc.Method != "" || hc.Body != "" || hc.FollowRedirects || hc.MaxSize != 0) {
-		return fmt.Errorf("health: uri is required (or port): the other settings configure active probes, which probe uri on each worker")
+		return nil, fmt.Errorf("health: uri is required (or port): the other settings configure active probes, which probe uri on each worker")
 	}
-	if err := hc.probeSettings().Validate(); err != nil {
-		return fmt.Errorf("health: %w", err)
-	}
-	return nil
+	return bodyRe, nil
 }
 
 // validate checks the isolation block; errors name the field.
 func (ic *IsolationConfig) validate() error {
+	_, err := ic.resolve(false)
+	return err
+}
+
+// resolve checks the isolation block (nil is an empty one) and returns
+// its complete settings; probes tells whether active probes are
+// configured, which reinstatement then waits for.
+func (ic *IsolationConfig) resolve(probes bool) (isolationSettings, error) {
+	if ic == nil {
+		ic = new(IsolationConfig)
+	}
+	if err := ic.check(); err != nil {
+		return isolationSettings{}, err
+	}
+	maxTime := cmp.Or(time.Duration(ic.MaxTime), defaultMaxTime)
+	is := isolationSettings{
+		monitor: health.IsolationSettings{
+			BaseTime:               cmp.Or(time.Duration(ic.BaseTime), defaultBaseTime),
+			MaxTime:                maxTime,
+			Jitter:                 isolationJitter,
+			DecayAfter:             maxTime,
+			MaxPercent:             defaultMaxPercent,
+			SuccessRateMinRequests: defaultOutlierRequests,
+			SuccessRateStdevFactor: cmp.Or(ic.SuccessRateStdevFactor, defaultStdevFactor),
+			SuccessRateMinHosts:    outlierMinHosts,
+			DetectionInterval:      cmp.Or(time.Duration(ic.OutlierInterval), defaultOutlierInterval),
+			SlowStart:              time.Duration(ic.SlowStart),
+			ProbationTime:          probationTime,
+			ProbationSuccesses:     probationSuccesses,
+			MaxRecoveryAttempts:    cmp.Or(ic.MaxRecoveryAttempts, defaultMaxRecoveryAttempts),
+			ProbesConfigured:       probes,
+		},
+		breakerTrips: cmp.Or(ic.BreakerTrips, defaultBreakerTrips),
+		hangAfter:    cmp.Or(time.Duration(ic.HangThreshold), defaultHangThreshold),
+		hangCount:    cmp.Or(ic.HangRequests, defaultHangRequests),
+	}
+	if ic.MaxPercent != nil {
+		is.monitor.MaxPercent = *ic.MaxPercent
+	}
+	if ic.SuccessRateMinRequests != nil {
+		is.monitor.SuccessRateMinRequests = *ic.SuccessRateMinRequests
+	}
+	if err := is.monitor.Validate(); err != nil {
+		return isolationSettings{}, fmt.Errorf("isolation: %w", err)
+	}
+	return is, nil
+}
+
+// check applies the isolation block's own rules.
+func (ic *IsolationConfig) check() error {
 	if ic.BaseTime < 0 || ic.MaxTime < 0 || ic.SlowStart < 0 || ic.OutlierInterval < 0 {
 		return fmt.Errorf("isolation: durations must not be negative")
 	}
@@ -498,13 +849,13 @@ func (ic *IsolationConfig) validate() error {
 		return fmt.Errorf("isolation: base_time %s is above max_time %s",
 			time.Duration(ic.BaseTime), time.Duration(ic.MaxTime))
 	}
-	if ic.BaseTime == 0 && ic.MaxTime > 0 && time.Duration(ic.MaxTime) < health.DefaultBaseTime {
+	if ic.BaseTime == 0 && ic.MaxTime > 0 && time.Duration(ic.MaxTime) < defaultBaseTime {
 		return fmt.Errorf("isolation: max_time %s is below the default base_time %s; set base_time too",
-			time.Duration(ic.MaxTime), health.DefaultBaseTime)
+			time.Duration(ic.MaxTime), defaultBaseTime)
 	}
-	if ic.MaxTime == 0 && time.Duration(ic.BaseTime) > health.DefaultMaxTime {
+	if ic.MaxTime == 0 && time.Duration(ic.BaseTime) > defaultMaxTime {
 		return fmt.Errorf("isolation: base_time %s is above the default max_time %s; set max_time too",
-			time.Duration(ic.BaseTime), health.DefaultMaxTime)
+			time.Duration(ic.BaseTime), defaultMaxTime)
 	}
 	if ic.MaxPercent != nil && (*ic.MaxPercent < 0 || *ic.MaxPercent > 100) {
 		return fmt.Errorf("isolation: max_percent must be between 0 and 100, got %d", *ic.MaxPercent)
@@ -533,6 +884,52 @@ func (fc *FallbackConfig) validate() error {
 		return fmt.Errorf("fallback: status must be between 100 and 599, got %d", fc.Status)
 	}
 	return nil
+}
+
+// useResolved sets the settings the request loop reads from the resolved
+// configuration.
+func (h *Handler) useResolved(r *resolved) {
+	h.cfg = r
+	rs := r.retry
+	h.policy = rs.policy
+	h.methods = rs.methods
+	h.retryOn = rs.on
+	h.maxBody = rs.maxBody
+	h.maxBodyTotal = rs.maxBodyTotal
+	h.maxHeld = rs.maxHeld
+	h.perTry = rs.perTry
+	h.hedge = rs.hedge
+	h.reuseState = h.hedge == nil && h.perTry == 0
+	h.classifier = r.classifier
+	h.hangAfter = r.isolation.hangAfter
+	h.hangCount = r.isolation.hangCount
+}
+
+// applyPoolSettings applies this config's settings to the pool state,
+// which may have survived from an earlier config.
+func (h *Handler) applyPoolSettings() error {
+	if err := h.pool.Monitor.Update(h.cfg.isolation.monitor); err != nil {
+		return fmt.Errorf("isolation: %w", err)
+	}
+	if err := h.pool.Manager.Reconfigure(h.cfg.manager); err != nil {
+		return fmt.Errorf("error_history_limit: %w", err)
+	}
+	h.pool.Budget.Update(h.cfg.retry.budget, h.cfg.retry.budgetMinPerSecond)
+	h.pool.Replay.SetLimit(h.maxBodyTotal)
+	h.pool.SetBreakerTrips(h.cfg.isolation.breakerTrips)
+	return nil
+}
+
+// defaultPolicy returns the selection policy of a handler without
+// lb_policy: the bifrost_p2c module, provisioned as it is when a user
+// names it without a decay, so both get its one default decay
+// (selection.DefaultDecay).
+func defaultPolicy(ctx caddy.Context) (reverseproxy.Selector, error) {
+	p := new(selection.P2C)
+	if err := p.Provision(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // retryOn is the set of failure conditions that cause a retry.

@@ -32,8 +32,6 @@ import (
 // immutable workerSet that the loop swaps whole when they change.
 
 const (
-	defaultDynamicRetire     = 30 * time.Second
-	defaultDynamicMaxWorkers = 256
 	// dynamicLookupTimeout bounds one call to the source.
 	dynamicLookupTimeout = 5 * time.Second
 	// dynamicFirstWait bounds how long a request waits for the first
@@ -212,23 +210,11 @@ func (h *Handler) provisionDynamic(ctx caddy.Context, bgCtx context.Context) err
 	d := &dynamicPool{
 		h:      h,
 		source: h.DynamicUpstreams,
-		retire: time.Duration(h.DynamicRetireAfter),
-		max:    h.DynamicMaxWorkers,
+		retire: h.cfg.dynamicRetire,
+		max:    h.cfg.dynamicMax,
 		ready:  make(chan struct{}),
 		known:  make(map[string]*worker),
-	}
-	if d.retire == 0 {
-		d.retire = defaultDynamicRetire
-	}
-	if d.max == 0 {
-		d.max = defaultDynamicMaxWorkers
-	}
-	if h.Health.active() {
-		pc, err := h.probeConfig()
-		if err != nil {
-			return err
-		}
-		d.probes = pc
+		probes: h.cfg.probe,
 	}
 	h.dyn = d
 	last := slices.Clone(h.pool.Dynamic())
@@ -442,7 +428,7 @@ func (d *dynamicPool) retireWorker(w *worker) {
 // recorded) if it could not be provisioned.
 func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	h := d.h
-	ws, err := h.acquireWorkerState(dial, h.breakerSettings())
+	ws, err := h.acquireWorkerState(dial, h.cfg.breaker)
 	if err != nil {
 		h.logger.Error("creating dynamic worker", zap.String("pool", h.poolName), zap.String("upstream", dial), zap.Error(err))
 		return nil

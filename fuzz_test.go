@@ -80,12 +80,16 @@ func FuzzHandlerJSON(f *testing.F) {
 		if err := json.Unmarshal(data, &h); err != nil {
 			return
 		}
-		if err := h.validateConfig(); err != nil {
+		r, err := h.resolve()
+		if err != nil {
 			return
 		}
-		// a valid config must turn into request-path settings cleanly
-		if err := h.provisionPolicies(); err != nil {
-			t.Fatalf("validated config fails provisioning: %v", err)
+		// an accepted config gives every package complete settings
+		if err := r.retry.policy.Validate(); err != nil {
+			t.Fatalf("accepted config gives an incomplete retry policy: %v", err)
+		}
+		if err := r.isolation.monitor.Validate(); err != nil {
+			t.Fatalf("accepted config gives incomplete isolation settings: %v", err)
 		}
 	})
 }

@@ -38,9 +38,8 @@ type HedgeConfig struct {
 	Max int `json:"max,omitempty"`
 }
 
-// Hedging defaults.
+// Hedging bounds.
 const (
-	defaultHedgePercentile = 95
 	// minHedgeDelay keeps an automatic delay from hedging every request
 	// of a very fast pool.
 	minHedgeDelay = 2 * time.Millisecond

@@ -7,7 +7,6 @@
 package bifrost
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,7 +26,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
-	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 	"github.com/bifrost-proxy/bifrost/selection"
@@ -167,6 +165,7 @@ type Handler struct {
 	directP2C bool
 	hangAfter time.Duration
 	hangCount int
+	cfg       *resolved // the configuration, resolved once by Provision
 	// states are the workers' shared states this handler acquired,
 	// each released once in Cleanup
 	states   []*pool.Worker
@@ -197,9 +196,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.adoptReverseProxyFields(); err != nil {
 		return err
 	}
-	if err := h.validateConfig(); err != nil {
+	cfg, err := h.resolve()
+	if err != nil {
 		return err
 	}
+	h.useResolved(cfg)
 
 	h.poolName = h.Name
 	if h.poolName == "" {
@@ -209,7 +210,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// the selection policy picks among workers; the workers' own proxies
 	// always use their single upstream. The default weighs each worker's
 	// latency and load (power of two choices over peak-EWMA cost).
-	h.selector = &selection.P2C{Decay: caddy.Duration(defaultP2CDecay)}
+	if h.selector, err = defaultPolicy(ctx); err != nil {
+		return err
+	}
 	if h.LoadBalancing != nil && h.LoadBalancing.SelectionPolicyRaw != nil {
 		mod, err := ctx.LoadModule(h.LoadBalancing, "SelectionPolicyRaw")
 		if err != nil {
@@ -224,9 +227,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.p2c = p2c
 	}
 
-	if err := h.provisionPolicies(); err != nil {
-		return err
-	}
 	if err := h.provisionRetryMatch(ctx); err != nil {
 		return err
 	}
@@ -238,7 +238,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.pool = ps
-	h.applyPoolSettings()
+	if err := h.applyPoolSettings(); err != nil {
+		return err
+	}
 
 	h.metrics = newPoolMetrics(ctx, h.poolName, h.logger)
 
@@ -258,146 +260,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// provisionPolicies turns the configuration into the settings the request
-// loop reads.
-func (h *Handler) provisionPolicies() error {
-	rc := RetryConfig{}
-	if h.Retry != nil {
-		rc = *h.Retry
-	}
-	jitter := 0.5
-	if rc.Jitter != nil {
-		jitter = *rc.Jitter
-	}
-	initial, maxDelay := time.Duration(rc.BackoffInitial), time.Duration(rc.BackoffMax)
-	if initial == 0 {
-		initial = defaultBackoffInitial
-	}
-	if maxDelay == 0 {
-		maxDelay = max(defaultBackoffMax, initial)
-	}
-	h.policy = recovery.Policy{
-		Attempts:    rc.Attempts,
-		Initial:     initial,
-		Max:         maxDelay,
-		Jitter:      jitter,
-		TryDuration: time.Duration(rc.TryDuration),
-	}.WithDefaults()
-	// WithDefaults reads a zero jitter as "unset"; an explicit 0 stands
-	h.policy.Jitter = jitter
-	if err := h.policy.Validate(); err != nil {
-		return fmt.Errorf("retry: %w", err)
-	}
-	h.methods = rc.Methods
-	if len(h.methods) == 0 {
-		h.methods = defaultRetryMethods
-	}
-	h.retryOn = defaultRetryConditions
-	if len(rc.On) > 0 {
-		h.retryOn = retryOn{}
-		for _, s := range rc.On {
-			c, err := parseRetryCondition(s)
-			if err != nil {
-				return fmt.Errorf("retry: %w", err)
-			}
-			h.retryOn = h.retryOn.with(c)
-		}
-	}
-	h.maxBody = defaultMaxBody
-	if rc.MaxBody != nil {
-		h.maxBody = *rc.MaxBody
-	}
-	h.maxBodyTotal = cmp.Or(rc.MaxBodyTotal, defaultMaxBodyTotal)
-	h.maxHeld = rc.MaxHeldResponse
-	if h.maxHeld == 0 {
-		h.maxHeld = defaultMaxHeldResponse
-	}
-	h.perTry = time.Duration(rc.PerTryTimeout)
-	h.hedge = nil
-	if rc.Hedge != nil {
-		hc := *rc.Hedge
-		hc.Max = cmp.Or(hc.Max, 1)
-		hc.Percentile = cmp.Or(hc.Percentile, defaultHedgePercentile)
-		h.hedge = &hc
-	}
-	h.reuseState = h.hedge == nil && h.perTry == 0
-
-	h.classifier = &recovery.Classifier{}
-	for i, cr := range h.Classify {
-		rule, err := recovery.ParseRule(cr.Status, cr.Kind, cr.Action)
-		if err != nil {
-			return fmt.Errorf("classify[%d]: %w", i, err)
-		}
-		h.classifier.Rules = append(h.classifier.Rules, rule)
-	}
-	return nil
-}
-
-// applyPoolSettings applies this config's settings to the pool state,
-// which may have survived from an earlier config.
-func (h *Handler) applyPoolSettings() {
-	ic := IsolationConfig{}
-	if h.Isolation != nil {
-		ic = *h.Isolation
-	}
-	is := health.IsolationSettings{
-		BaseTime:               time.Duration(ic.BaseTime),
-		MaxTime:                time.Duration(ic.MaxTime),
-		MaxPercent:             defaultMaxPercent,
-		SuccessRateMinRequests: defaultOutlierRequests,
-		SuccessRateStdevFactor: cmp.Or(ic.SuccessRateStdevFactor, defaultStdevFactor),
-		SlowStart:              time.Duration(ic.SlowStart),
-		DetectionInterval:      cmp.Or(time.Duration(ic.OutlierInterval), defaultOutlierInterval),
-		MaxRecoveryAttempts:    ic.MaxRecoveryAttempts,
-		ProbesConfigured:       h.Health.active(),
-	}
-	if ic.MaxPercent != nil {
-		is.MaxPercent = *ic.MaxPercent
-		if is.MaxPercent == 0 {
-			is.MaxPercent = health.NoAutomaticIsolation
-		}
-	}
-	if ic.SuccessRateMinRequests != nil {
-		is.SuccessRateMinRequests = *ic.SuccessRateMinRequests
-	}
-	h.pool.Monitor.Update(is.WithDefaults())
-	h.hangAfter = cmp.Or(time.Duration(ic.HangThreshold), defaultHangThreshold)
-	h.hangCount = cmp.Or(ic.HangRequests, defaultHangRequests)
-	h.pool.SetBreakerTrips(cmp.Or(ic.BreakerTrips, defaultBreakerTrips))
-
-	limit := h.ErrorHistoryLimit
-	if limit == 0 {
-		limit = defaultHistoryLimit
-	}
-	h.pool.Manager.Reconfigure(recovery.ManagerConfig{
-		HistoryLimit:        limit,
-		MaxRecoveryAttempts: ic.MaxRecoveryAttempts,
-	})
-
-	budget := defaultBudget
-	if h.Retry != nil && h.Retry.Budget > 0 {
-		budget = h.Retry.Budget
-	}
-	h.pool.Budget.Update(budget, 0)
-	h.pool.Replay.SetLimit(h.maxBodyTotal)
-}
-
-// breakerSettings converts the breaker block.
-func (h *Handler) breakerSettings() breaker.Settings {
-	bc := BreakerConfig{}
-	if h.Breaker != nil {
-		bc = *h.Breaker
-	}
-	return breaker.Settings{
-		Failures:     uint32(bc.Failures),
-		FailureRatio: bc.FailureRatio,
-		MinRequests:  uint32(bc.MinRequests),
-		Window:       time.Duration(bc.Window),
-		Successes:    uint32(bc.Successes),
-		Timeout:      cmp.Or(time.Duration(bc.Timeout), defaultBreakerTimeout),
-	}.WithDefaults()
-}
-
 // provisionWorkers builds one worker per upstream: its shared state (new,
 // or carried over from an earlier config with the new settings applied)
 // and its own provisioned reverse_proxy handler.
@@ -407,7 +269,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 		return err
 	}
 	h.proxyCfg = cfg
-	bs := h.breakerSettings()
+	bs := h.cfg.breaker
 	byDial := make(map[string]*worker, len(h.Upstreams))
 	for i, up := range h.Upstreams {
 		if wk := byDial[up.Dial]; wk != nil {
@@ -473,87 +335,16 @@ func (h *Handler) shareTracker(w *worker) {
 	}
 }
 
-// Validate checks the configuration; it is pure and fast.
+// Validate checks nothing again: Caddy provisions a module before it
+// validates it (`caddy validate` too), and Provision resolved and checked
+// the whole configuration once. A handler that was not provisioned is
+// checked here.
 func (h *Handler) Validate() error {
-	return h.validateConfig()
-}
-
-// validateConfig refuses configurations Bifrost cannot serve, naming the
-// field and, for reverse_proxy features it replaces, the equivalent.
-func (h *Handler) validateConfig() error {
-	dynamic := h.DynamicUpstreamsRaw != nil || h.DynamicUpstreams != nil
-	if len(h.Upstreams) == 0 && !dynamic {
-		return errors.New("upstreams: at least one upstream is required, or dynamic_upstreams")
+	if h.cfg != nil {
+		return nil
 	}
-	if h.DynamicRetireAfter < 0 {
-		return fmt.Errorf("dynamic_retire_after must not be negative, got %s", time.Duration(h.DynamicRetireAfter))
-	}
-	if h.DynamicMaxWorkers < 0 {
-		return fmt.Errorf("dynamic_max_workers must not be negative, got %d", h.DynamicMaxWorkers)
-	}
-	if !dynamic && (h.DynamicRetireAfter != 0 || h.DynamicMaxWorkers != 0) {
-		return errors.New("dynamic_retire_after and dynamic_max_workers apply only with dynamic_upstreams")
-	}
-	for i, up := range h.Upstreams {
-		if up == nil || up.Dial == "" {
-			return fmt.Errorf("upstreams[%d]: dial address is empty", i)
-		}
-	}
-	if lb := h.LoadBalancing; lb != nil {
-		switch {
-		case lb.Retries != 0:
-			return errors.New("load_balancing.retries: use retry.attempts instead")
-		case lb.TryDuration != 0:
-			return errors.New("load_balancing.try_duration: use retry.try_duration instead")
-		case lb.TryInterval != 0:
-			return errors.New("load_balancing.try_interval: use retry.backoff_initial instead")
-		case len(lb.RetryMatchRaw) > 0:
-			return errors.New("load_balancing.retry_match: use retry.methods and retry.on instead")
-		}
-	}
-	if h.HealthChecks != nil {
-		return errors.New("health_checks: use the health, breaker and isolation blocks instead")
-	}
-	if h.CBRaw != nil {
-		return errors.New("circuit_breaker: each worker has its own breaker; configure it with the breaker block")
-	}
-	if h.MaxRequests < 0 {
-		return fmt.Errorf("max_requests must not be negative, got %d", h.MaxRequests)
-	}
-	if h.ErrorHistoryLimit < 0 {
-		return fmt.Errorf("error_history_limit must not be negative, got %d", h.ErrorHistoryLimit)
-	}
-	if h.Breaker != nil {
-		if err := h.Breaker.validate(); err != nil {
-			return err
-		}
-	}
-	if h.Retry != nil {
-		if err := h.Retry.validate(); err != nil {
-			return err
-		}
-	}
-	if h.Health != nil {
-		if err := h.Health.validate(); err != nil {
-			return err
-		}
-	}
-	if h.Isolation != nil {
-		if err := h.Isolation.validate(); err != nil {
-			return err
-		}
-	}
-	if h.Fallback != nil {
-		if err := h.Fallback.validate(); err != nil {
-			return err
-		}
-	}
-	for i, cr := range h.Classify {
-		if _, err := recovery.ParseRule(cr.Status, cr.Kind, cr.Action); err != nil {
-			return fmt.Errorf("classify[%d]: %w", i, err)
-		}
-	}
-	return nil
+	_, err := h.resolve()
+	return err
 }
 
 // Cleanup stops the background loops, cleans up the workers' proxies

@@ -1,7 +1,6 @@
 package bifrost
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -185,34 +183,7 @@ func (pt *probeTarget) request(ctx context.Context, hc *HealthConfig, rt http.Ro
 // probe is a request for health.uri (GET unless health.method says
 // otherwise) through the worker's own transport.
 func (h *Handler) newChecker() (*health.Checker, error) {
-	pc, err := h.probeConfig()
-	if err != nil {
-		return nil, err
-	}
-	return pc.checker(h, h.workers)
-}
-
-// probeConfig is the health block, compiled once for every checker.
-type probeConfig struct {
-	settings health.ProbeSettings
-	expect   int
-	bodyRe   *regexp.Regexp
-}
-
-// probeConfig compiles the health block.
-func (h *Handler) probeConfig() (*probeConfig, error) {
-	hc := h.Health
-	pc := &probeConfig{settings: hc.probeSettings().WithDefaults(), expect: cmp.Or(hc.ExpectStatus, defaultProbeStatus)}
-	if err := pc.settings.Validate(); err != nil {
-		return nil, fmt.Errorf("health: %w", err)
-	}
-	if hc.ExpectBody != "" {
-		var err error
-		if pc.bodyRe, err = regexp.Compile(hc.ExpectBody); err != nil {
-			return nil, fmt.Errorf("health: expect_body: %w", err)
-		}
-	}
-	return pc, nil
+	return h.cfg.probe.checker(h, h.workers)
 }
 
 // checker builds the prober of workers.
@@ -223,15 +194,15 @@ func (pc *probeConfig) checker(h *Handler, workers []*worker) (*health.Checker, 
 		if err != nil {
 			return nil, fmt.Errorf("health: worker %s: %w", wk.ID, err)
 		}
-		targets = append(targets, health.Target{Worker: wk.Health, Probe: h.probeFunc(wk, pt, pc.expect, pc.bodyRe)})
+		targets = append(targets, health.Target{Worker: wk.Health, Probe: h.probeFunc(wk, pt, pc)})
 	}
-	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health")), nil
+	return health.NewChecker(pc.settings, targets, h.onProbe, h.logger.Named("health"))
 }
 
 // probeFunc returns the probe of one worker, sent to pt.
-func (h *Handler) probeFunc(wk *worker, pt *probeTarget, expect int, bodyRe *regexp.Regexp) health.Probe {
+func (h *Handler) probeFunc(wk *worker, pt *probeTarget, pc *probeConfig) health.Probe {
 	hc := h.Health
-	maxBody := cmp.Or(hc.MaxSize, maxProbeBody)
+	maxBody, expect, bodyRe := pc.maxSize, pc.expect, pc.bodyRe
 	// each probe goes through the worker's current transport (a restart
 	// replaces it), so it tests what requests use, TLS settings included
 	transport := func() http.RoundTripper {
@@ -354,6 +325,3 @@ func (h *Handler) onProbe(t health.Target, res health.ProbeResult) {
 		h.emitHealth(ev)
 	}
 }
-
-// maxProbeBody bounds how much of a probe's body is read by default.
-const maxProbeBody = 64 << 10

@@ -68,7 +68,7 @@ func TestAdoptReverseProxyFields(t *testing.T) {
 		lb.TryInterval != 0 || lb.RetryMatchRaw != nil || lb.SelectionPolicyRaw == nil {
 		t.Errorf("mapped reverse_proxy fields not cleared, or the selection policy lost: %+v %+v", lb, h.HealthChecks)
 	}
-	if err := h.validateConfig(); err != nil {
+	if _, err := h.resolve(); err != nil {
 		t.Errorf("the mapped config is refused: %v", err)
 	}
 }

@@ -55,7 +55,7 @@ func BenchmarkWeight(b *testing.B) {
 		ramping bool
 	}{{"steady", false}, {"ramping", true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			m := NewMonitor(IsolationSettings{SlowStart: time.Hour}, nil, nil)
+			m := NewMonitor(isolation(IsolationSettings{SlowStart: time.Hour}), nil, nil)
 			w := NewWorkerHealth("p", "w", "u")
 			m.SetWorkers([]*WorkerHealth{w, NewWorkerHealth("p", "w2", "u")})
 			if tc.ramping {
@@ -71,7 +71,7 @@ func BenchmarkWeight(b *testing.B) {
 }
 
 func BenchmarkOnResult(b *testing.B) {
-	m := NewMonitor(IsolationSettings{}, nil, nil)
+	m := NewMonitor(isolation(IsolationSettings{}), nil, nil)
 	w := NewWorkerHealth("p", "w", "u")
 	m.SetWorkers([]*WorkerHealth{w})
 	b.ReportAllocs()
@@ -81,7 +81,7 @@ func BenchmarkOnResult(b *testing.B) {
 }
 
 func BenchmarkTick100Workers(b *testing.B) {
-	m := NewMonitor(IsolationSettings{SuccessRateMinRequests: 10, DetectionInterval: time.Nanosecond}, nil, nil)
+	m := NewMonitor(isolation(IsolationSettings{SuccessRateMinRequests: 10, DetectionInterval: time.Nanosecond}), nil, nil)
 	ws := make([]*WorkerHealth, 100)
 	for i := range ws {
 		ws[i] = NewWorkerHealth("p", "w", "u")

@@ -13,25 +13,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Defaults of ProbeSettings.
-const (
-	// DefaultProbeInterval is the time between two probes of a worker.
-	DefaultProbeInterval = 5 * time.Second
-	// DefaultProbeTimeout bounds one probe (or the interval, if shorter).
-	DefaultProbeTimeout = 2 * time.Second
-	// DefaultProbePasses is how many consecutive passes make a worker
-	// probe-healthy.
-	DefaultProbePasses = 2
-	// DefaultProbeFails is how many consecutive failures make a worker
-	// probe-unhealthy.
-	DefaultProbeFails = 3
-	// DefaultProbeJitter is the share of the interval randomly added or
-	// removed.
-	DefaultProbeJitter = 0.2
-	// MinFastInterval is the lower bound of the default fast interval.
-	MinFastInterval = 100 * time.Millisecond
-)
-
 // minProbeDelay keeps a fully jittered delay from becoming a busy loop.
 const minProbeDelay = time.Millisecond
 
@@ -39,78 +20,48 @@ const minProbeDelay = time.Millisecond
 // counts as a failed probe.
 var ErrProbePanic = errors.New("probe panicked")
 
-// ProbeSettings configures active probing. Zero fields take their defaults
-// (see [ProbeSettings.WithDefaults]). It is a plain value: copies are
+// ProbeSettings configures active probing. It has no defaults: the caller
+// sets every field (see Validate). It is a plain value: copies are
 // independent and safe to share read-only.
 type ProbeSettings struct {
-	// Interval is the time between two probes of a worker (default
-	// DefaultProbeInterval).
+	// Interval is the time between two probes of a worker, above 0.
 	Interval time.Duration
-	// Timeout bounds each probe (default DefaultProbeTimeout, or Interval
-	// if that is shorter). It may exceed Interval: a worker's next probe
-	// then waits for the slow one. A probe that returns after its timeout
-	// fails, whatever it returned.
+	// Timeout bounds each probe, above 0. It may exceed Interval: a
+	// worker's next probe then waits for the slow one. A probe that
+	// returns after its timeout fails, whatever it returned.
 	Timeout time.Duration
 	// Passes is how many consecutive passes make a probe-unhealthy worker
-	// healthy again (rise; default DefaultProbePasses).
+	// healthy again (rise), at least 1.
 	Passes int
 	// Fails is how many consecutive failures make a probe-healthy worker
-	// unhealthy (fall; default DefaultProbeFails).
+	// unhealthy (fall), at least 1.
 	Fails int
 	// Jitter is the share of the interval, from 0 to 1, randomly added or
 	// removed before each probe, so that the probes of a pool's workers do
-	// not align (default DefaultProbeJitter; 0 selects the default).
+	// not align.
 	Jitter float64
 	// FastInterval replaces Interval while a worker's state is changing:
 	// a failure streak is in progress, or the worker is probe-unhealthy or
-	// isolated and waiting to come back. Default: Interval/4, at least
-	// MinFastInterval, at most Interval.
+	// isolated and waiting to come back. Above 0, at most Interval.
 	FastInterval time.Duration
 }
 
-// WithDefaults returns s with every zero field set to its default.
-func (s ProbeSettings) WithDefaults() ProbeSettings {
-	if s.Interval == 0 {
-		s.Interval = DefaultProbeInterval
-	}
-	if s.Timeout == 0 {
-		s.Timeout = min(DefaultProbeTimeout, s.Interval)
-	}
-	if s.Passes == 0 {
-		s.Passes = DefaultProbePasses
-	}
-	if s.Fails == 0 {
-		s.Fails = DefaultProbeFails
-	}
-	if s.Jitter == 0 {
-		s.Jitter = DefaultProbeJitter
-	}
-	if s.FastInterval == 0 {
-		s.FastInterval = min(max(s.Interval/4, MinFastInterval), s.Interval)
-	}
-	return s
-}
-
-// Validate reports the first invalid setting, naming it. Zero fields are
-// valid: they take their defaults.
+// Validate reports the first setting that is missing or out of range,
+// naming it.
 func (s ProbeSettings) Validate() error {
 	switch {
-	case s.Interval < 0:
-		return fmt.Errorf("interval must not be negative, got %v", s.Interval)
-	case s.Timeout < 0:
-		return fmt.Errorf("timeout must not be negative, got %v", s.Timeout)
-	case s.Passes < 0:
-		return fmt.Errorf("passes must not be negative, got %d", s.Passes)
-	case s.Fails < 0:
-		return fmt.Errorf("fails must not be negative, got %d", s.Fails)
-	case s.Jitter < 0 || s.Jitter > 1:
+	case s.Interval <= 0:
+		return fmt.Errorf("interval must be above 0, got %v", s.Interval)
+	case s.Timeout <= 0:
+		return fmt.Errorf("timeout must be above 0, got %v", s.Timeout)
+	case s.Passes < 1:
+		return fmt.Errorf("passes must be at least 1, got %d", s.Passes)
+	case s.Fails < 1:
+		return fmt.Errorf("fails must be at least 1, got %d", s.Fails)
+	case !(s.Jitter >= 0 && s.Jitter <= 1):
 		return fmt.Errorf("jitter must be between 0 and 1, got %v", s.Jitter)
-	case s.FastInterval < 0:
-		return fmt.Errorf("fast_interval must not be negative, got %v", s.FastInterval)
-	}
-	d := s.WithDefaults()
-	if d.FastInterval > d.Interval {
-		return fmt.Errorf("fast_interval (%v) must not exceed interval (%v)", d.FastInterval, d.Interval)
+	case s.FastInterval <= 0 || s.FastInterval > s.Interval:
+		return fmt.Errorf("fast_interval must be above 0 and at most interval (%v), got %v", s.Interval, s.FastInterval)
 	}
 	return nil
 }
@@ -181,15 +132,17 @@ type Checker struct {
 	rnd      func() float64 // must be safe for concurrent use
 }
 
-// NewChecker returns a Checker that probes targets with settings s, zero
-// fields taking their defaults. It calls onResult (which may be nil) after
-// every probe that was recorded. A nil logger logs nothing.
+// NewChecker returns a Checker that probes targets with settings s, or the
+// error of [ProbeSettings.Validate] when s is incomplete or out of range.
+// It calls onResult (which may be nil) after every probe that was
+// recorded. A nil logger logs nothing.
 //
-// NewChecker does not validate s (call [ProbeSettings.Validate]). A
-// timeout above the interval is allowed, as reverse_proxy allows it: a
+// A timeout above the interval is allowed, as reverse_proxy allows it: a
 // probe that takes longer than the interval delays the worker's next one.
-func NewChecker(s ProbeSettings, targets []Target, onResult func(Target, ProbeResult), logger *zap.Logger) *Checker {
-	s = s.WithDefaults()
+func NewChecker(s ProbeSettings, targets []Target, onResult func(Target, ProbeResult), logger *zap.Logger) (*Checker, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -200,7 +153,7 @@ func NewChecker(s ProbeSettings, targets []Target, onResult func(Target, ProbeRe
 		logger:   logger,
 		now:      time.Now,
 		rnd:      rand.Float64,
-	}
+	}, nil
 }
 
 // Run probes every target until ctx is done, then returns once all its

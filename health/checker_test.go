@@ -18,64 +18,65 @@ import (
 // intervals.
 const waitLimit = 10 * time.Second
 
-func TestProbeSettingsWithDefaults(t *testing.T) {
-	tests := []struct {
-		name string
-		in   ProbeSettings
-		want ProbeSettings
-	}{
-		{
-			name: "all defaults",
-			want: ProbeSettings{Interval: 5 * time.Second, Timeout: 2 * time.Second, Passes: 2, Fails: 3, Jitter: 0.2, FastInterval: 1250 * time.Millisecond},
-		},
-		{
-			name: "short interval bounds timeout and fast interval floor",
-			in:   ProbeSettings{Interval: time.Second},
-			want: ProbeSettings{Interval: time.Second, Timeout: time.Second, Passes: 2, Fails: 3, Jitter: 0.2, FastInterval: 250 * time.Millisecond},
-		},
-		{
-			name: "fast interval at least 100ms",
-			in:   ProbeSettings{Interval: 200 * time.Millisecond},
-			want: ProbeSettings{Interval: 200 * time.Millisecond, Timeout: 200 * time.Millisecond, Passes: 2, Fails: 3, Jitter: 0.2, FastInterval: 100 * time.Millisecond},
-		},
-		{
-			name: "fast interval never above interval",
-			in:   ProbeSettings{Interval: 50 * time.Millisecond},
-			want: ProbeSettings{Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Passes: 2, Fails: 3, Jitter: 0.2, FastInterval: 50 * time.Millisecond},
-		},
-		{
-			name: "set values are kept",
-			in:   ProbeSettings{Interval: time.Minute, Timeout: 3 * time.Second, Passes: 1, Fails: 5, Jitter: 0.5, FastInterval: 2 * time.Second},
-			want: ProbeSettings{Interval: time.Minute, Timeout: 3 * time.Second, Passes: 1, Fails: 5, Jitter: 0.5, FastInterval: 2 * time.Second},
-		},
+// probes returns s with each zero field set to a value for tests (the
+// values the handler documents), as a caller of this package must.
+func probes(s ProbeSettings) ProbeSettings {
+	if s.Interval == 0 {
+		s.Interval = 5 * time.Second
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.in.WithDefaults(); got != tc.want {
-				t.Errorf("WithDefaults() = %+v, want %+v", got, tc.want)
-			}
-		})
+	if s.Timeout == 0 {
+		s.Timeout = min(2*time.Second, s.Interval)
 	}
+	if s.Passes == 0 {
+		s.Passes = 2
+	}
+	if s.Fails == 0 {
+		s.Fails = 3
+	}
+	if s.Jitter == 0 {
+		s.Jitter = 0.2
+	}
+	if s.FastInterval == 0 {
+		s.FastInterval = min(max(s.Interval/4, 100*time.Millisecond), s.Interval)
+	}
+	return s
+}
+
+// mustChecker is NewChecker over probes(s), failing the test on an error.
+func mustChecker(t testing.TB, s ProbeSettings, targets []Target, onResult func(Target, ProbeResult), logger *zap.Logger) *Checker {
+	t.Helper()
+	c, err := NewChecker(probes(s), targets, onResult, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func TestProbeSettingsValidate(t *testing.T) {
+	full := ProbeSettings{Interval: time.Second, Timeout: time.Second, Passes: 1, Fails: 1, Jitter: 1, FastInterval: time.Second}
+	with := func(f func(*ProbeSettings)) ProbeSettings {
+		s := full
+		f(&s)
+		return s
+	}
 	tests := []struct {
 		name    string
 		in      ProbeSettings
 		wantErr string // substring; empty: valid
 	}{
-		{name: "zero is valid"},
-		{name: "explicit valid", in: ProbeSettings{Interval: time.Second, Timeout: time.Second, Passes: 1, Fails: 1, Jitter: 1, FastInterval: time.Second}},
-		{name: "negative interval", in: ProbeSettings{Interval: -1}, wantErr: "interval"},
-		{name: "negative timeout", in: ProbeSettings{Timeout: -1}, wantErr: "timeout"},
-		{name: "negative passes", in: ProbeSettings{Passes: -1}, wantErr: "passes"},
-		{name: "negative fails", in: ProbeSettings{Fails: -2}, wantErr: "fails"},
-		{name: "jitter above one", in: ProbeSettings{Jitter: 1.5}, wantErr: "jitter"},
-		{name: "negative jitter", in: ProbeSettings{Jitter: -0.1}, wantErr: "jitter"},
-		{name: "negative fast interval", in: ProbeSettings{FastInterval: -1}, wantErr: "fast_interval"},
-		{name: "timeout above interval, as reverse_proxy allows", in: ProbeSettings{Interval: time.Second, Timeout: 2 * time.Second}},
-		{name: "default timeout above short interval is lowered", in: ProbeSettings{Interval: time.Second}},
-		{name: "fast interval above interval", in: ProbeSettings{Interval: time.Second, FastInterval: 2 * time.Second}, wantErr: "fast_interval"},
+		{name: "complete", in: full},
+		{name: "no jitter", in: with(func(s *ProbeSettings) { s.Jitter = 0 })},
+		{name: "zero is incomplete", wantErr: "interval must be above 0"},
+		{name: "missing timeout", in: with(func(s *ProbeSettings) { s.Timeout = 0 }), wantErr: "timeout"},
+		{name: "missing passes", in: with(func(s *ProbeSettings) { s.Passes = 0 }), wantErr: "passes"},
+		{name: "missing fails", in: with(func(s *ProbeSettings) { s.Fails = 0 }), wantErr: "fails"},
+		{name: "missing fast interval", in: with(func(s *ProbeSettings) { s.FastInterval = 0 }), wantErr: "fast_interval"},
+		{name: "negative interval", in: with(func(s *ProbeSettings) { s.Interval = -1 }), wantErr: "interval"},
+		{name: "negative fails", in: with(func(s *ProbeSettings) { s.Fails = -2 }), wantErr: "fails"},
+		{name: "jitter above one", in: with(func(s *ProbeSettings) { s.Jitter = 1.5 }), wantErr: "jitter"},
+		{name: "negative jitter", in: with(func(s *ProbeSettings) { s.Jitter = -0.1 }), wantErr: "jitter"},
+		{name: "timeout above interval, as reverse_proxy allows", in: with(func(s *ProbeSettings) { s.Timeout = 2 * time.Second })},
+		{name: "fast interval above interval", in: with(func(s *ProbeSettings) { s.FastInterval = 2 * time.Second }), wantErr: "fast_interval"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +91,17 @@ func TestProbeSettingsValidate(t *testing.T) {
 				t.Errorf("Validate() = %v, want error containing %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// A Checker cannot be built from incomplete settings: the package has no
+// defaults to fill them with.
+func TestNewCheckerRefusesIncompleteSettings(t *testing.T) {
+	if c, err := NewChecker(ProbeSettings{Interval: time.Second}, nil, nil, nil); err == nil || c != nil {
+		t.Errorf("NewChecker with only an interval = %v, %v; want an error", c, err)
+	}
+	if _, err := NewChecker(probes(ProbeSettings{}), nil, nil, nil); err != nil {
+		t.Errorf("NewChecker with complete settings: %v", err)
 	}
 }
 
@@ -147,7 +159,7 @@ func TestCheckerNextDelay(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := NewWorkerHealth("p", "w", "u")
 			tc.setup(w)
-			c := NewChecker(ProbeSettings{Interval: time.Second, FastInterval: 100 * time.Millisecond}, nil, nil, nil)
+			c := mustChecker(t, ProbeSettings{Interval: time.Second, FastInterval: 100 * time.Millisecond}, nil, nil, nil)
 			c.rnd = half
 			if got := c.nextDelay(w); got != tc.want {
 				t.Errorf("nextDelay() = %v, want %v", got, tc.want)
@@ -185,7 +197,7 @@ func startChecker(t *testing.T, s ProbeSettings, probe Probe, onResult func(Prob
 		default:
 		}
 	}
-	c := NewChecker(s, []Target{{Worker: r.w, Probe: probe}}, report, zap.New(core))
+	c := mustChecker(t, s, []Target{{Worker: r.w, Probe: probe}}, report, zap.New(core))
 	c.rnd = func() float64 { return 0 }
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -366,7 +378,7 @@ func TestCheckerRunStops(t *testing.T) {
 			targets = append(targets, Target{Worker: NewWorkerHealth("p", "w", "u"), Probe: func(context.Context) error { return nil }})
 		}
 		targets = append(targets, Target{}) // skipped, not a crash
-		c := NewChecker(ProbeSettings{Interval: time.Millisecond}, targets, nil, nil)
+		c := mustChecker(t, ProbeSettings{Interval: time.Millisecond}, targets, nil, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() {

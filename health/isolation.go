@@ -10,178 +10,101 @@ import (
 	"time"
 )
 
-// Defaults of IsolationSettings.
-const (
-	// DefaultBaseTime is the length of a worker's first ejection.
-	DefaultBaseTime = 10 * time.Second
-	// DefaultMaxTime caps the length of an ejection.
-	DefaultMaxTime = 5 * time.Minute
-	// DefaultIsolationJitter is the share randomly added to or removed
-	// from each ejection time.
-	DefaultIsolationJitter = 0.1
-	// DefaultMaxPercent is the largest share of a pool's workers that
-	// automatic isolation may take out of rotation.
-	DefaultMaxPercent = 50
-	// DefaultSuccessRateStdevFactor is how many standard deviations below
-	// the pool's mean success rate make a worker an outlier.
-	DefaultSuccessRateStdevFactor = 1.9
-	// DefaultSuccessRateMinHosts is how many workers need enough requests
-	// in a window for outlier detection to run.
-	DefaultSuccessRateMinHosts = 3
-	// DefaultMaxRecoveryAttempts is how many failed reinstatements make a
-	// worker recovery-failed.
-	DefaultMaxRecoveryAttempts = 3
-	// MinOutlierGap is how far, at least, a worker's success rate must be
-	// below the pool's mean for outlier detection to flag it (0.1: ten
-	// percentage points).
-	MinOutlierGap = 0.1
-	// DefaultDetectionInterval is the length of the outlier detection
-	// window.
-	DefaultDetectionInterval = 10 * time.Second
-	// DefaultProbationTime is the shortest probation after a
-	// reinstatement.
-	DefaultProbationTime = 5 * time.Second
-	// DefaultProbationSuccesses is how many successes end a probation
-	// early.
-	DefaultProbationSuccesses = 5
-)
-
-// NoAutomaticIsolation is the MaxPercent that turns automatic isolation
-// off (0 selects the default): only an operator isolates.
-const NoAutomaticIsolation = -1
+// MinOutlierGap is how far, at least, a worker's success rate must be
+// below the pool's mean for outlier detection to flag it (0.1: ten
+// percentage points).
+const MinOutlierGap = 0.1
 
 // minSlowStartWeight is the weight at the start of a slow-start ramp: never
 // 0, so a reinstated worker always gets some traffic to prove itself.
 const minSlowStartWeight = 0.1
 
-// IsolationSettings configures a pool's Monitor. Zero fields take their
-// defaults (see [IsolationSettings.WithDefaults]), except where 0 is said to
-// turn a feature off. It is a plain value: copies are independent and safe
-// to share read-only.
+// IsolationSettings configures a pool's Monitor. It has no defaults: the
+// caller sets every field (see Validate), and 0 turns off the features
+// that say so. It is a plain value: copies are independent and safe to
+// share read-only.
 type IsolationSettings struct {
-	// BaseTime is the length of a worker's first ejection; ejection n
-	// lasts BaseTime * 2^(n-1) (default DefaultBaseTime).
+	// BaseTime is the length of a worker's first ejection, above 0;
+	// ejection n lasts BaseTime * 2^(n-1).
 	BaseTime time.Duration
-	// MaxTime caps the length of an ejection, jitter included (default
-	// DefaultMaxTime).
+	// MaxTime caps the length of an ejection, jitter included; at least
+	// BaseTime.
 	MaxTime time.Duration
-	// Jitter is the share, from 0 to 1, randomly added to or removed from
-	// each ejection time, so that workers ejected together do not come
-	// back together (default DefaultIsolationJitter).
+	// Jitter is the share, from 0 to below 1, randomly added to or removed
+	// from each ejection time, so that workers ejected together do not
+	// come back together.
 	Jitter float64
 	// DecayAfter is how long a worker must stay in rotation for its
-	// ejection count to drop by one; each further DecayAfter drops it by
-	// one more (default MaxTime).
+	// ejection count to drop by one, above 0; each further DecayAfter
+	// drops it by one more.
 	DecayAfter time.Duration
-	// MaxPercent is the largest share of the pool's workers, in percent,
-	// that automatic isolation may take out of rotation; see MaxIsolated
-	// (default DefaultMaxPercent). NoAutomaticIsolation allows none.
+	// MaxPercent is the largest share of the pool's workers, in percent
+	// (0-100), that automatic isolation may take out of rotation; see
+	// MaxIsolated. 0 turns automatic isolation off.
 	MaxPercent int
 	// SuccessRateMinRequests turns success-rate outlier detection on: a
 	// worker takes part when it served at least this many requests in the
-	// window. 0 turns detection off (the default here; the root chooses
-	// the user-facing default).
+	// window. 0 turns detection off.
 	SuccessRateMinRequests int
 	// SuccessRateStdevFactor makes a worker an outlier when its success
-	// rate is below mean - factor*stdev of the participating workers
-	// (default DefaultSuccessRateStdevFactor). With one bad worker among
-	// equally good peers, a factor of 1.9 needs at least 5 participants.
+	// rate is below mean - factor*stdev of the participating workers.
+	// With one bad worker among n equally good peers, the bad one sits
+	// sqrt(n-1) standard deviations below the mean.
 	SuccessRateStdevFactor float64
 	// SuccessRateMinHosts is how many workers must take part for detection
-	// to run (default DefaultSuccessRateMinHosts).
+	// to run, at least 1.
 	SuccessRateMinHosts int
-	// DetectionInterval is the length of the outlier detection window:
-	// detection runs at most this often (default DefaultDetectionInterval).
+	// DetectionInterval is the length of the outlier detection window,
+	// above 0: detection runs at most this often.
 	DetectionInterval time.Duration
 	// SlowStart is how long a reinstated worker takes to ramp up to its
 	// full share of traffic; 0 turns slow start off.
 	SlowStart time.Duration
 	// ProbationTime is the shortest probation after a reinstatement; the
 	// probation lasts max(ProbationTime, SlowStart) or until
-	// ProbationSuccesses successes (default DefaultProbationTime).
+	// ProbationSuccesses successes.
 	ProbationTime time.Duration
-	// ProbationSuccesses is how many successes end a probation early
-	// (default DefaultProbationSuccesses).
+	// ProbationSuccesses is how many successes end a probation early, at
+	// least 1.
 	ProbationSuccesses int
 	// MaxRecoveryAttempts is how many failed reinstatements in a row make
-	// a worker recovery-failed (default DefaultMaxRecoveryAttempts).
+	// a worker recovery-failed, at least 1.
 	MaxRecoveryAttempts int
 	// ProbesConfigured makes reinstatement after the ejection time also
 	// wait until the worker's active probes pass.
 	ProbesConfigured bool
 }
 
-// WithDefaults returns s with every zero field that has a default set to it.
-func (s IsolationSettings) WithDefaults() IsolationSettings {
-	if s.BaseTime <= 0 {
-		s.BaseTime = DefaultBaseTime
-	}
-	if s.MaxTime <= 0 {
-		s.MaxTime = DefaultMaxTime
-	}
-	if s.Jitter == 0 {
-		s.Jitter = DefaultIsolationJitter
-	}
-	if s.DecayAfter == 0 {
-		s.DecayAfter = s.MaxTime
-	}
-	if s.MaxPercent == 0 {
-		s.MaxPercent = DefaultMaxPercent
-	}
-	if s.SuccessRateStdevFactor == 0 {
-		s.SuccessRateStdevFactor = DefaultSuccessRateStdevFactor
-	}
-	if s.SuccessRateMinHosts == 0 {
-		s.SuccessRateMinHosts = DefaultSuccessRateMinHosts
-	}
-	if s.DetectionInterval <= 0 {
-		s.DetectionInterval = DefaultDetectionInterval
-	}
-	if s.ProbationTime <= 0 {
-		s.ProbationTime = DefaultProbationTime
-	}
-	if s.ProbationSuccesses == 0 {
-		s.ProbationSuccesses = DefaultProbationSuccesses
-	}
-	if s.MaxRecoveryAttempts == 0 {
-		s.MaxRecoveryAttempts = DefaultMaxRecoveryAttempts
-	}
-	return s
-}
-
-// Validate reports the first invalid setting, naming it. Zero fields are
-// valid.
+// Validate reports the first setting that is missing or out of range,
+// naming it.
 func (s IsolationSettings) Validate() error {
 	switch {
-	case s.BaseTime < 0:
-		return fmt.Errorf("base_time must not be negative, got %v", s.BaseTime)
-	case s.MaxTime < 0:
-		return fmt.Errorf("max_time must not be negative, got %v", s.MaxTime)
-	case s.Jitter < 0 || s.Jitter >= 1:
+	case s.BaseTime <= 0:
+		return fmt.Errorf("base_time must be above 0, got %v", s.BaseTime)
+	case s.MaxTime < s.BaseTime:
+		return fmt.Errorf("max_time (%v) must not be below base_time (%v)", s.MaxTime, s.BaseTime)
+	case !(s.Jitter >= 0 && s.Jitter < 1):
 		return fmt.Errorf("jitter must be at least 0 and below 1, got %v", s.Jitter)
-	case s.DecayAfter < 0:
-		return fmt.Errorf("decay_after must not be negative, got %v", s.DecayAfter)
-	case (s.MaxPercent < 0 && s.MaxPercent != NoAutomaticIsolation) || s.MaxPercent > 100:
+	case s.DecayAfter <= 0:
+		return fmt.Errorf("decay_after must be above 0, got %v", s.DecayAfter)
+	case s.MaxPercent < 0 || s.MaxPercent > 100:
 		return fmt.Errorf("max_percent must be between 0 and 100, got %d", s.MaxPercent)
 	case s.SuccessRateMinRequests < 0:
-		return fmt.Errorf("success_rate min_requests must not be negative, got %d", s.SuccessRateMinRequests)
-	case s.SuccessRateStdevFactor < 0 || math.IsNaN(s.SuccessRateStdevFactor):
-		return fmt.Errorf("success_rate stdev_factor must not be negative, got %v", s.SuccessRateStdevFactor)
-	case s.SuccessRateMinHosts < 0:
-		return fmt.Errorf("success_rate min_hosts must not be negative, got %d", s.SuccessRateMinHosts)
-	case s.DetectionInterval < 0:
-		return fmt.Errorf("detection_interval must not be negative, got %v", s.DetectionInterval)
+		return fmt.Errorf("success_rate_min_requests must not be negative, got %d", s.SuccessRateMinRequests)
+	case !(s.SuccessRateStdevFactor >= 0):
+		return fmt.Errorf("success_rate_stdev_factor must not be negative, got %v", s.SuccessRateStdevFactor)
+	case s.SuccessRateMinHosts < 1:
+		return fmt.Errorf("success_rate_min_hosts must be at least 1, got %d", s.SuccessRateMinHosts)
+	case s.DetectionInterval <= 0:
+		return fmt.Errorf("outlier_interval must be above 0, got %v", s.DetectionInterval)
 	case s.SlowStart < 0:
 		return fmt.Errorf("slow_start must not be negative, got %v", s.SlowStart)
 	case s.ProbationTime < 0:
 		return fmt.Errorf("probation_time must not be negative, got %v", s.ProbationTime)
-	case s.ProbationSuccesses < 0:
-		return fmt.Errorf("probation_successes must not be negative, got %d", s.ProbationSuccesses)
-	case s.MaxRecoveryAttempts < 0:
-		return fmt.Errorf("max_recovery_attempts must not be negative, got %d", s.MaxRecoveryAttempts)
-	}
-	if d := s.WithDefaults(); d.BaseTime > d.MaxTime {
-		return fmt.Errorf("base_time (%v) must not exceed max_time (%v)", d.BaseTime, d.MaxTime)
+	case s.ProbationSuccesses < 1:
+		return fmt.Errorf("probation_successes must be at least 1, got %d", s.ProbationSuccesses)
+	case s.MaxRecoveryAttempts < 1:
+		return fmt.Errorf("max_recovery_attempts must be at least 1, got %d", s.MaxRecoveryAttempts)
 	}
 	return nil
 }
@@ -208,10 +131,8 @@ func MaxIsolated(total, maxPercent int) int {
 // EjectionTime returns how long a worker's ejection number ejections (1 for
 // the first) lasts under s: BaseTime * 2^(ejections-1), capped at MaxTime,
 // then scaled by a random factor in [1-Jitter, 1+Jitter) picked by rnd in
-// [0,1), and capped at MaxTime again. Zero fields of s take their defaults.
-// It is a pure function.
+// [0,1), and capped at MaxTime again. It is a pure function.
 func EjectionTime(s IsolationSettings, ejections int, rnd float64) time.Duration {
-	s = s.WithDefaults()
 	limit := s.MaxTime
 	d := min(s.BaseTime, limit)
 	for i := 1; i < ejections && d < limit; i++ {
@@ -399,10 +320,13 @@ type Monitor struct {
 	lastDetection time.Time
 }
 
-// NewMonitor returns a Monitor with settings s (zero fields take their
-// defaults), reading the time from now and random numbers in [0,1) from rnd;
-// nil selects time.Now and math/rand/v2's Float64. rnd is always called
-// with the Monitor's lock held.
+// NewMonitor returns a Monitor with settings s, reading the time from now
+// and random numbers in [0,1) from rnd; nil selects time.Now and
+// math/rand/v2's Float64. rnd is always called with the Monitor's lock
+// held. s is taken as it is: check it with Validate. The zero
+// IsolationSettings make a Monitor that isolates nothing by itself
+// (MaxPercent and SuccessRateMinRequests are 0) until Update gives it
+// settings.
 func NewMonitor(s IsolationSettings, now func() time.Time, rnd func() float64) *Monitor {
 	if now == nil {
 		now = time.Now
@@ -413,22 +337,26 @@ func NewMonitor(s IsolationSettings, now func() time.Time, rnd func() float64) *
 	return &Monitor{
 		now:           now,
 		rnd:           rnd,
-		s:             s.WithDefaults(),
+		s:             s,
 		member:        map[*WorkerHealth]struct{}{},
 		lastDetection: now(),
 	}
 }
 
-// Update replaces the settings (zero fields take their defaults). Current
-// isolations keep their end times; the new settings apply from the next
-// decision on.
-func (m *Monitor) Update(s IsolationSettings) {
+// Update replaces the settings, or refuses invalid ones (see Validate) and
+// changes nothing. Current isolations keep their end times; the new
+// settings apply from the next decision on.
+func (m *Monitor) Update(s IsolationSettings) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.s = s.WithDefaults()
+	m.s = s
 	for _, w := range m.workers {
 		w.slowStart.Store(int64(m.s.SlowStart))
 	}
+	return nil
 }
 
 // SetWorkers sets the pool's current workers. Workers left out keep their

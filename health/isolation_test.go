@@ -54,7 +54,6 @@ func TestEjectionTime(t *testing.T) {
 		{name: "highest jitter", s: s, ejections: 1, rnd: 1, want: 11 * time.Second},
 		{name: "jitter never exceeds the cap", s: s, ejections: 10, rnd: 1, want: 5 * time.Minute},
 		{name: "jitter may go below the cap", s: s, ejections: 10, rnd: 0, want: 270 * time.Second},
-		{name: "defaults", ejections: 2, rnd: 0.5, want: 2 * DefaultBaseTime},
 		{name: "base above max is capped", s: IsolationSettings{BaseTime: time.Hour, MaxTime: time.Minute}, ejections: 1, rnd: 0.5, want: time.Minute},
 		{name: "no overflow near the largest duration", s: IsolationSettings{BaseTime: time.Hour, MaxTime: math.MaxInt64, Jitter: 0.5}, ejections: 200, rnd: 0.99, want: math.MaxInt64},
 	}
@@ -186,45 +185,86 @@ func TestSlowStartWeight(t *testing.T) {
 	}
 }
 
-func TestIsolationSettings(t *testing.T) {
-	t.Run("defaults", func(t *testing.T) {
-		got := IsolationSettings{}.WithDefaults()
-		want := IsolationSettings{
-			BaseTime: 10 * time.Second, MaxTime: 5 * time.Minute, Jitter: 0.1, DecayAfter: 5 * time.Minute,
-			MaxPercent: 50, SuccessRateStdevFactor: 1.9, SuccessRateMinHosts: 3,
-			DetectionInterval: 10 * time.Second, ProbationTime: 5 * time.Second, ProbationSuccesses: 5,
-			MaxRecoveryAttempts: 3,
-		}
-		if got != want {
-			t.Errorf("WithDefaults() = %+v, want %+v", got, want)
-		}
-		if d := (IsolationSettings{MaxTime: time.Hour}).WithDefaults().DecayAfter; d != time.Hour {
-			t.Errorf("DecayAfter default = %v, want MaxTime (1h)", d)
-		}
-	})
+// Values for tests, and isolation, which completes settings with them, as
+// a caller of this package must: the package has no defaults.
+const (
+	testBaseTime           = 10 * time.Second
+	testDetectionInterval  = 10 * time.Second
+	testProbationSuccesses = 5
+)
 
+// isolation returns s with each zero field set to a value for tests.
+func isolation(s IsolationSettings) IsolationSettings {
+	if s.BaseTime == 0 {
+		s.BaseTime = testBaseTime
+	}
+	if s.MaxTime == 0 {
+		s.MaxTime = 5 * time.Minute
+	}
+	if s.Jitter == 0 {
+		s.Jitter = 0.1
+	}
+	if s.DecayAfter == 0 {
+		s.DecayAfter = s.MaxTime
+	}
+	if s.MaxPercent == 0 {
+		s.MaxPercent = 50
+	}
+	if s.SuccessRateStdevFactor == 0 {
+		s.SuccessRateStdevFactor = 1.9
+	}
+	if s.SuccessRateMinHosts == 0 {
+		s.SuccessRateMinHosts = 3
+	}
+	if s.DetectionInterval == 0 {
+		s.DetectionInterval = testDetectionInterval
+	}
+	if s.ProbationTime == 0 {
+		s.ProbationTime = 5 * time.Second
+	}
+	if s.ProbationSuccesses == 0 {
+		s.ProbationSuccesses = testProbationSuccesses
+	}
+	if s.MaxRecoveryAttempts == 0 {
+		s.MaxRecoveryAttempts = 3
+	}
+	return s
+}
+
+// IsolationSettings have no defaults: a missing field is an error, not a
+// value the package picks (it used to pick a stdev factor of 1.9 and an
+// outlier interval of 10s, where the handler documents 1 and 5s).
+func TestIsolationSettings(t *testing.T) {
+	full := isolation(IsolationSettings{})
+	with := func(f func(*IsolationSettings)) IsolationSettings {
+		s := full
+		f(&s)
+		return s
+	}
 	tests := []struct {
 		name    string
 		in      IsolationSettings
 		wantErr string
 	}{
-		{name: "zero is valid"},
-		{name: "negative base_time", in: IsolationSettings{BaseTime: -1}, wantErr: "base_time"},
-		{name: "negative max_time", in: IsolationSettings{MaxTime: -1}, wantErr: "max_time"},
-		{name: "base above max", in: IsolationSettings{BaseTime: time.Hour, MaxTime: time.Minute}, wantErr: "base_time (1h0m0s) must not exceed max_time (1m0s)"},
-		{name: "base above default max", in: IsolationSettings{BaseTime: time.Hour}, wantErr: "max_time"},
-		{name: "jitter of one", in: IsolationSettings{Jitter: 1}, wantErr: "jitter"},
-		{name: "negative decay", in: IsolationSettings{DecayAfter: -1}, wantErr: "decay_after"},
-		{name: "max_percent above 100", in: IsolationSettings{MaxPercent: 101}, wantErr: "max_percent"},
-		{name: "negative min requests", in: IsolationSettings{SuccessRateMinRequests: -1}, wantErr: "min_requests"},
-		{name: "negative factor", in: IsolationSettings{SuccessRateStdevFactor: -1}, wantErr: "stdev_factor"},
-		{name: "NaN factor", in: IsolationSettings{SuccessRateStdevFactor: math.NaN()}, wantErr: "stdev_factor"},
-		{name: "negative min hosts", in: IsolationSettings{SuccessRateMinHosts: -1}, wantErr: "min_hosts"},
-		{name: "negative detection interval", in: IsolationSettings{DetectionInterval: -1}, wantErr: "detection_interval"},
-		{name: "negative slow start", in: IsolationSettings{SlowStart: -1}, wantErr: "slow_start"},
-		{name: "negative probation time", in: IsolationSettings{ProbationTime: -1}, wantErr: "probation_time"},
-		{name: "negative probation successes", in: IsolationSettings{ProbationSuccesses: -1}, wantErr: "probation_successes"},
-		{name: "negative recovery attempts", in: IsolationSettings{MaxRecoveryAttempts: -1}, wantErr: "max_recovery_attempts"},
+		{name: "complete", in: full},
+		{name: "features off", in: with(func(s *IsolationSettings) {
+			s.MaxPercent, s.SuccessRateMinRequests, s.SuccessRateStdevFactor, s.Jitter = 0, 0, 0, 0
+		})},
+		{name: "zero is incomplete", wantErr: "base_time must be above 0"},
+		{name: "missing max_time", in: with(func(s *IsolationSettings) { s.MaxTime = 0 }), wantErr: "max_time (0s) must not be below base_time (10s)"},
+		{name: "missing decay", in: with(func(s *IsolationSettings) { s.DecayAfter = 0 }), wantErr: "decay_after"},
+		{name: "missing min hosts", in: with(func(s *IsolationSettings) { s.SuccessRateMinHosts = 0 }), wantErr: "min_hosts"},
+		{name: "missing detection interval", in: with(func(s *IsolationSettings) { s.DetectionInterval = 0 }), wantErr: "outlier_interval"},
+		{name: "missing probation successes", in: with(func(s *IsolationSettings) { s.ProbationSuccesses = 0 }), wantErr: "probation_successes"},
+		{name: "missing recovery attempts", in: with(func(s *IsolationSettings) { s.MaxRecoveryAttempts = 0 }), wantErr: "max_recovery_attempts"},
+		{name: "base above max", in: with(func(s *IsolationSettings) { s.BaseTime, s.MaxTime = time.Hour, time.Minute }), wantErr: "max_time (1m0s) must not be below base_time (1h0m0s)"},
+		{name: "jitter of one", in: with(func(s *IsolationSettings) { s.Jitter = 1 }), wantErr: "jitter"},
+		{name: "max_percent above 100", in: with(func(s *IsolationSettings) { s.MaxPercent = 101 }), wantErr: "max_percent"},
+		{name: "negative min requests", in: with(func(s *IsolationSettings) { s.SuccessRateMinRequests = -1 }), wantErr: "min_requests"},
+		{name: "negative factor", in: with(func(s *IsolationSettings) { s.SuccessRateStdevFactor = -1 }), wantErr: "stdev_factor"},
+		{name: "NaN factor", in: with(func(s *IsolationSettings) { s.SuccessRateStdevFactor = math.NaN() }), wantErr: "stdev_factor"},
+		{name: "negative slow start", in: with(func(s *IsolationSettings) { s.SlowStart = -1 }), wantErr: "slow_start"},
+		{name: "negative probation time", in: with(func(s *IsolationSettings) { s.ProbationTime = -1 }), wantErr: "probation_time"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,6 +279,17 @@ func TestIsolationSettings(t *testing.T) {
 				t.Errorf("Validate() = %v, want error containing %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// Update refuses incomplete settings and keeps the ones it had.
+func TestMonitorUpdateRefusesIncomplete(t *testing.T) {
+	p := newPool(2, IsolationSettings{MaxPercent: 100})
+	if err := p.m.Update(IsolationSettings{SuccessRateMinRequests: 10}); err == nil {
+		t.Fatal("Update with incomplete settings succeeded")
+	}
+	if _, ok := p.m.Isolate(p.ws[0], ReasonBreaker, ""); !ok {
+		t.Error("the refused update changed the settings: isolation refused")
 	}
 }
 
@@ -271,7 +322,7 @@ type pool struct {
 // newPool returns a pool of n workers named w0, w1, ...
 func newPool(n int, s IsolationSettings) *pool {
 	p := &pool{clk: newFakeClock()}
-	p.m = NewMonitor(s, p.clk.Now, half)
+	p.m = NewMonitor(isolation(s), p.clk.Now, half)
 	for i := range n {
 		p.ws = append(p.ws, NewWorkerHealth("p", "w"+string(rune('0'+i)), "u"))
 	}
@@ -599,7 +650,7 @@ func TestMonitorProbation(t *testing.T) {
 		reinstate(t, p, w)
 		mustEvent(t, out(p.m.OnResult(w, true)), EventIsolated, w, ReasonProbation)
 		reinstate(t, p, w)
-		for range DefaultProbationSuccesses - 1 {
+		for range testProbationSuccesses - 1 {
 			mustNoEvent(t, out(p.m.OnResult(w, false)))
 		}
 		if s := w.Snapshot(p.clk.Now()); s.RecoveryAttempts != 1 {
@@ -808,7 +859,7 @@ func TestMonitorOutliers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPool(len(tc.results), tc.s)
 			feed(p, tc.results)
-			p.clk.Advance(DefaultDetectionInterval - time.Nanosecond)
+			p.clk.Advance(testDetectionInterval - time.Nanosecond)
 			if evs := p.m.Tick(); len(evs) != 0 {
 				t.Fatalf("detection ran before its interval: %+v", evs)
 			}
@@ -824,7 +875,7 @@ func TestMonitorOutliers(t *testing.T) {
 				t.Errorf("reason = %q, want %q", evs[0].Reason, tc.wantText)
 			}
 			// The window was reset: with no new traffic nothing more.
-			p.clk.Advance(DefaultDetectionInterval)
+			p.clk.Advance(testDetectionInterval)
 			for _, ev := range p.m.Tick() {
 				if ev.Type == EventIsolated {
 					t.Errorf("old window counted again: %+v", ev)
@@ -871,7 +922,9 @@ func TestMonitorSlowStart(t *testing.T) {
 		if got := p.m.Weight(w); got != 0.1 {
 			t.Fatalf("Weight() after restore = %v, want 0.1", got)
 		}
-		p.m.Update(IsolationSettings{})
+		if err := p.m.Update(isolation(IsolationSettings{})); err != nil {
+			t.Fatal(err)
+		}
 		if got := p.m.Weight(w); got != 1 {
 			t.Errorf("Weight() with slow start off = %v, want 1", got)
 		}
@@ -892,7 +945,7 @@ func TestMonitorSetWorkers(t *testing.T) {
 	}
 
 	// A new Monitor over the same records carries the state on.
-	m2 := NewMonitor(IsolationSettings{}, p.clk.Now, half)
+	m2 := NewMonitor(isolation(IsolationSettings{}), p.clk.Now, half)
 	m2.SetWorkers(more)
 	p.clk.Advance(10 * time.Second)
 	if evs := m2.Tick(); len(evs) != 2 {

@@ -286,7 +286,7 @@ func TestRecordProbeHysteresis(t *testing.T) {
 func TestSnapshotJSON(t *testing.T) {
 	clk := newFakeClock()
 	t0 := clk.Now()
-	m := NewMonitor(IsolationSettings{SlowStart: 10 * time.Second}, clk.Now, half)
+	m := NewMonitor(isolation(IsolationSettings{SlowStart: 10 * time.Second}), clk.Now, half)
 	w := NewWorkerHealth("pool1", "pool1/a", "10.0.0.1:80")
 	other := NewWorkerHealth("pool1", "pool1/b", "10.0.0.2:80")
 	m.SetWorkers([]*WorkerHealth{w, other})
@@ -326,7 +326,7 @@ func TestSnapshotJSON(t *testing.T) {
 		s := w.Snapshot(t0)
 		want := Snapshot{
 			ID: "pool1/a", Pool: "pool1", Upstream: "10.0.0.1:80",
-			Isolated: true, IsolatedUntil: t0.Add(DefaultBaseTime),
+			Isolated: true, IsolatedUntil: t0.Add(testBaseTime),
 			IsolationReason: "critical_error: tls name mismatch", Ejections: 1,
 			Throttled: true, ThrottledUntil: t0.Add(time.Minute),
 			ProbeHealthy: true, ConsecutiveFailures: 1, LastFailure: t0,
@@ -367,7 +367,7 @@ func snapshotsEqual(a, b Snapshot) bool {
 
 func TestRequestPathDoesNotAllocate(t *testing.T) {
 	w := NewWorkerHealth("p", "w", "u")
-	m := NewMonitor(IsolationSettings{SlowStart: time.Second}, nil, nil)
+	m := NewMonitor(isolation(IsolationSettings{SlowStart: time.Second}), nil, nil)
 	m.SetWorkers([]*WorkerHealth{w})
 	now := time.Now()
 	allocs := testing.AllocsPerRun(1000, func() {

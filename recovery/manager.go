@@ -10,51 +10,28 @@ import (
 	"unicode/utf8"
 )
 
-// Defaults of ManagerConfig, from the seed's ErrorRecoveryManager(3, 1000).
-const (
-	// DefaultMaxRecoveryAttempts is how many times a worker's recovery is
-	// tried before it is given up as worker_recovery_failed.
-	DefaultMaxRecoveryAttempts = 3
-
-	// DefaultHistoryLimit is how many contextual errors the history keeps.
-	DefaultHistoryLimit = 1000
-
-	// DefaultMaxConcurrentRecovery is how many recovery functions may run
-	// at the same time.
-	DefaultMaxConcurrentRecovery = 4
-
-	// DefaultMessageLimit is the longest message, in bytes, that the
-	// history keeps; longer ones are cut.
-	DefaultMessageLimit = 256
-
-	// MaxMetadata is how many metadata entries of a recorded error are
-	// kept; when there are more, the ones with the smallest keys are kept.
-	MaxMetadata = 8
-)
+// MaxMetadata is how many metadata entries of a recorded error are kept;
+// when there are more, the ones with the smallest keys are kept.
+const MaxMetadata = 8
 
 // ellipsis marks a cut message.
 const ellipsis = "…"
 
-// ManagerConfig holds the limits of a Manager. Zero (or negative) values
-// mean the defaults. It is a plain value, safe to copy.
+// ManagerConfig holds the limits of a Manager. It has no defaults: the
+// caller sets every limit (see Validate). It is a plain value, safe to
+// copy.
 type ManagerConfig struct {
-	// MaxRecoveryAttempts is how many recovery attempts a worker gets
-	// before its recovery counts as failed (default
-	// DefaultMaxRecoveryAttempts). The Manager only stores it; callers read
-	// it with Manager.MaxRecoveryAttempts.
-	MaxRecoveryAttempts int
-
-	// HistoryLimit is how many errors the history keeps, the newest winning
-	// (default DefaultHistoryLimit; the error_history_limit of the seed).
+	// HistoryLimit is how many errors the history keeps, the newest
+	// winning; at least 1.
 	HistoryLimit int
 
 	// MaxConcurrentRecovery limits how many recovery functions started by
-	// TryRecover run at once (default DefaultMaxConcurrentRecovery).
+	// TryRecover run at once; at least 1.
 	MaxConcurrentRecovery int
 
 	// MessageLimit is the longest recorded message and metadata value, in
-	// bytes (default DefaultMessageLimit). Longer ones are cut on a rune
-	// boundary and end with "…", within the limit.
+	// bytes; at least 1. Longer ones are cut on a rune boundary and end
+	// with "…", within the limit.
 	MessageLimit int
 
 	// OnPanic, if set, is called when a recovery function panics, with the
@@ -63,21 +40,17 @@ type ManagerConfig struct {
 	OnPanic func(value any, stack []byte)
 }
 
-// withDefaults returns c with its zero and negative fields set to defaults.
-func (c ManagerConfig) withDefaults() ManagerConfig {
-	if c.MaxRecoveryAttempts <= 0 {
-		c.MaxRecoveryAttempts = DefaultMaxRecoveryAttempts
+// Validate reports the first limit of c that is missing or out of range.
+func (c ManagerConfig) Validate() error {
+	switch {
+	case c.HistoryLimit < 1:
+		return fmt.Errorf("history limit must be at least 1, got %d", c.HistoryLimit)
+	case c.MaxConcurrentRecovery < 1:
+		return fmt.Errorf("max concurrent recovery must be at least 1, got %d", c.MaxConcurrentRecovery)
+	case c.MessageLimit < 1:
+		return fmt.Errorf("message limit must be at least 1, got %d", c.MessageLimit)
 	}
-	if c.HistoryLimit <= 0 {
-		c.HistoryLimit = DefaultHistoryLimit
-	}
-	if c.MaxConcurrentRecovery <= 0 {
-		c.MaxConcurrentRecovery = DefaultMaxConcurrentRecovery
-	}
-	if c.MessageLimit <= 0 {
-		c.MessageLimit = DefaultMessageLimit
-	}
-	return c
+	return nil
 }
 
 // Filter selects errors from the history. Its zero value selects all. It is
@@ -112,11 +85,12 @@ type Statistics struct {
 // Manager is the error recovery manager: it keeps a bounded history of
 // contextual errors, counts errors, retries, breaker trips and recoveries,
 // and runs recovery work under a concurrency limit. A Manager is safe for
-// concurrent use. Create it with NewManager; the zero Manager works too, with
-// the default limits. A Manager must not be copied after first use.
+// concurrent use. Until it is given limits (NewManager or Reconfigure with a
+// valid ManagerConfig), as the zero Manager, it counts errors but keeps none
+// in its history and starts no recovery. A Manager must not be copied after
+// first use.
 type Manager struct {
-	maxAttempts atomic.Int64
-	msgLimit    atomic.Int64
+	msgLimit atomic.Int64
 
 	retries      atomic.Uint64
 	trips        atomic.Uint64
@@ -138,20 +112,24 @@ type Manager struct {
 	onPanic    func(value any, stack []byte)
 }
 
-// NewManager returns a Manager with the limits of cfg.
+// NewManager returns a Manager with the limits of cfg. An invalid cfg (see
+// ManagerConfig.Validate), the zero one included, leaves it without limits,
+// as the zero Manager, until Reconfigure.
 func NewManager(cfg ManagerConfig) *Manager {
 	m := new(Manager)
-	m.Reconfigure(cfg)
+	_ = m.Reconfigure(cfg)
 	return m
 }
 
-// Reconfigure applies new limits, for a config reload. The history and the
-// counters are kept; a smaller HistoryLimit keeps the newest errors.
+// Reconfigure applies new limits, for a config reload, or refuses invalid
+// ones (see ManagerConfig.Validate) and changes nothing. The history and
+// the counters are kept; a smaller HistoryLimit keeps the newest errors.
 // Recovery functions already running are not affected by a smaller
 // MaxConcurrentRecovery, but no new one starts until they are below it.
-func (m *Manager) Reconfigure(cfg ManagerConfig) {
-	cfg = cfg.withDefaults()
-	m.maxAttempts.Store(int64(cfg.MaxRecoveryAttempts))
+func (m *Manager) Reconfigure(cfg ManagerConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	m.msgLimit.Store(int64(cfg.MessageLimit))
 
 	m.mu.Lock()
@@ -164,6 +142,7 @@ func (m *Manager) Reconfigure(cfg ManagerConfig) {
 	m.maxRunning = cfg.MaxConcurrentRecovery
 	m.onPanic = cfg.OnPanic
 	m.recMu.Unlock()
+	return nil
 }
 
 // resize sets the history limit, keeping the newest errors in
@@ -208,9 +187,6 @@ func (m *Manager) Record(e ContextualError) {
 		e.Action = e.Kind.SuggestedRecovery()
 	}
 	limit := int(m.msgLimit.Load())
-	if limit <= 0 { // zero Manager
-		limit = DefaultMessageLimit
-	}
 	if e.Message == "" && e.Err != nil {
 		e.Message = e.Err.Error()
 	}
@@ -218,9 +194,6 @@ func (m *Manager) Record(e ContextualError) {
 	e.Context.Metadata = copyMetadata(e.Context.Metadata, limit)
 
 	m.mu.Lock()
-	if m.limit == 0 { // zero Manager
-		m.resize(DefaultHistoryLimit)
-	}
 	m.total++
 	if int(e.Severity) < numSeverities {
 		m.bySeverity[e.Severity]++
@@ -228,7 +201,9 @@ func (m *Manager) Record(e ContextualError) {
 	if e.Kind.valid() {
 		m.byKind[e.Kind]++
 	}
-	m.store(&e)
+	if m.limit > 0 { // not a Manager without limits
+		m.store(&e)
+	}
 	m.mu.Unlock()
 }
 
@@ -373,15 +348,6 @@ func (m *Manager) CountRecovery(success bool) {
 	}
 }
 
-// MaxRecoveryAttempts returns the configured number of recovery attempts a
-// worker gets.
-func (m *Manager) MaxRecoveryAttempts() int {
-	if n := m.maxAttempts.Load(); n > 0 {
-		return int(n)
-	}
-	return DefaultMaxRecoveryAttempts // zero Manager
-}
-
 // TryRecover runs fn(ctx) on a new goroutine if fewer than
 // MaxConcurrentRecovery recovery functions are running, and reports whether
 // it did. It never blocks: when no slot is free, or ctx is already done, it
@@ -397,11 +363,7 @@ func (m *Manager) TryRecover(ctx context.Context, fn func(ctx context.Context) e
 		return false
 	}
 	m.recMu.Lock()
-	limit := m.maxRunning
-	if limit == 0 { // zero Manager
-		limit = DefaultMaxConcurrentRecovery
-	}
-	if m.running >= limit {
+	if m.running >= m.maxRunning {
 		m.recMu.Unlock()
 		return false
 	}

@@ -57,7 +57,7 @@ func TestManagerHistoryRing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := NewManager(ManagerConfig{HistoryLimit: tt.limit})
+			m := NewManager(withLimit(tt.limit))
 			for i := 1; i <= tt.record; i++ {
 				m.Record(ContextualError{Kind: KindIO, Attempt: i})
 				if n := len(m.Errors(Filter{})); n > tt.limit {
@@ -78,7 +78,7 @@ func TestManagerHistoryRing(t *testing.T) {
 }
 
 func TestManagerFilter(t *testing.T) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	records := []ContextualError{
 		{Attempt: 1, Kind: KindIO, Context: ErrorContext{Pool: "a", WorkerID: "w1"}},
 		{Attempt: 2, Kind: KindTimeout, Context: ErrorContext{Pool: "a", WorkerID: "w2"}},
@@ -118,7 +118,7 @@ func TestManagerFilter(t *testing.T) {
 }
 
 func TestManagerRecordFillsDefaults(t *testing.T) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	before := time.Now()
 	m.Record(ContextualError{Kind: KindHealthCheckFailed, Err: errors.New("probe: status 500")})
 	at := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -166,7 +166,7 @@ func TestTruncate(t *testing.T) {
 }
 
 func TestManagerMessageLimit(t *testing.T) {
-	m := NewManager(ManagerConfig{MessageLimit: 16})
+	m := NewManager(ManagerConfig{HistoryLimit: 10, MaxConcurrentRecovery: 1, MessageLimit: 16})
 	long := strings.Repeat("ü", 20)
 	m.Record(ContextualError{Kind: KindIO, Message: long, Context: ErrorContext{Metadata: map[string]string{"k": long}}})
 	m.Record(ContextualError{Kind: KindIO, Err: errors.New(long)})
@@ -177,11 +177,6 @@ func TestManagerMessageLimit(t *testing.T) {
 		if v, ok := e.Context.Metadata["k"]; ok && len(v) > 16 {
 			t.Errorf("metadata value has %d bytes", len(v))
 		}
-	}
-	def := NewManager(ManagerConfig{})
-	def.Record(ContextualError{Message: strings.Repeat("x", 1000)})
-	if n := len(def.Errors(Filter{})[0].Message); n != DefaultMessageLimit {
-		t.Errorf("default limit cut to %d bytes, want %d", n, DefaultMessageLimit)
 	}
 }
 
@@ -204,7 +199,7 @@ func TestManagerMetadata(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := NewManager(ManagerConfig{})
+			m := NewManager(limits)
 			m.Record(ContextualError{Kind: KindIO, Context: ErrorContext{Metadata: tt.in}})
 			for k := range tt.in {
 				tt.in[k] = "changed by the caller"
@@ -233,7 +228,7 @@ func TestManagerMetadata(t *testing.T) {
 }
 
 func TestManagerStats(t *testing.T) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	s := m.Stats()
 	if len(s.BySeverity) != 4 || len(s.ByKind) != len(Kinds()) {
 		t.Fatalf("empty stats maps: %d severities, %d kinds", len(s.BySeverity), len(s.ByKind))
@@ -277,10 +272,7 @@ func TestManagerStats(t *testing.T) {
 }
 
 func TestManagerReconfigure(t *testing.T) {
-	m := NewManager(ManagerConfig{HistoryLimit: 5, MaxRecoveryAttempts: 7})
-	if m.MaxRecoveryAttempts() != 7 {
-		t.Fatalf("MaxRecoveryAttempts = %d", m.MaxRecoveryAttempts())
-	}
+	m := NewManager(withLimit(5))
 	for i := 1; i <= 7; i++ { // ring wrapped: holds 7..3
 		m.Record(ContextualError{Attempt: i})
 	}
@@ -295,11 +287,14 @@ func TestManagerReconfigure(t *testing.T) {
 		{"grow keeps all", 6, []int{9, 10}, []int{10, 9, 8, 7, 6}},
 		{"fill after growing", 6, []int{11, 12}, []int{12, 11, 10, 9, 8, 7}},
 		{"same limit keeps all", 6, nil, []int{12, 11, 10, 9, 8, 7}},
-		{"default limit", 0, []int{13}, []int{13, 12, 11, 10, 9, 8, 7}},
+		{"a missing limit is refused and changes nothing", 0, []int{13}, []int{13, 12, 11, 10, 9, 8}},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
-			m.Reconfigure(ManagerConfig{HistoryLimit: st.limit})
+			err := m.Reconfigure(withLimit(st.limit))
+			if (err != nil) != (st.limit == 0) {
+				t.Fatalf("Reconfigure(%d) = %v", st.limit, err)
+			}
 			for _, a := range st.record {
 				m.Record(ContextualError{Attempt: a})
 			}
@@ -307,9 +302,6 @@ func TestManagerReconfigure(t *testing.T) {
 				t.Errorf("Errors() = %v, want %v", got, st.want)
 			}
 		})
-	}
-	if m.MaxRecoveryAttempts() != DefaultMaxRecoveryAttempts {
-		t.Errorf("MaxRecoveryAttempts after reload = %d, want the default", m.MaxRecoveryAttempts())
 	}
 	if m.Stats().TotalErrors != 13 {
 		t.Errorf("TotalErrors = %d, want 13: counters must survive a reload", m.Stats().TotalErrors)
@@ -320,7 +312,7 @@ func TestManagerReconfigure(t *testing.T) {
 // the history nor the heap grows with them.
 func TestManagerMemoryBounded(t *testing.T) {
 	const limit, n = 1000, 1_000_000
-	m := NewManager(ManagerConfig{HistoryLimit: limit})
+	m := NewManager(withLimit(limit))
 	record := func(i int) {
 		e := ContextualError{
 			Err:     errors.New("read: connection reset by peer"),
@@ -362,7 +354,7 @@ func TestManagerMemoryBounded(t *testing.T) {
 }
 
 func TestManagerRecordAllocs(t *testing.T) {
-	m := NewManager(ManagerConfig{HistoryLimit: 10})
+	m := NewManager(withLimit(10))
 	e := ContextualError{Kind: KindHTTP, Status: 502, Message: "upstream status 502", Timestamp: time.Now(),
 		Context: ErrorContext{Pool: "p", WorkerID: "w"}}
 	for range 20 { // fill the ring
@@ -378,7 +370,7 @@ func TestManagerRecordAllocs(t *testing.T) {
 }
 
 func TestManagerConcurrentUse(t *testing.T) {
-	m := NewManager(ManagerConfig{HistoryLimit: 50})
+	m := NewManager(withLimit(50))
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -389,7 +381,7 @@ func TestManagerConcurrentUse(t *testing.T) {
 				if i%50 == 0 {
 					m.Errors(Filter{Worker: fmt.Sprint(g)})
 					m.Stats()
-					m.Reconfigure(ManagerConfig{HistoryLimit: 40 + i%20})
+					m.Reconfigure(withLimit(40 + i%20))
 				}
 				m.CountRetry()
 			}
@@ -403,7 +395,7 @@ func TestManagerConcurrentUse(t *testing.T) {
 
 func TestTryRecoverConcurrencyLimit(t *testing.T) {
 	const limit = 3
-	m := NewManager(ManagerConfig{MaxConcurrentRecovery: limit})
+	m := NewManager(ManagerConfig{HistoryLimit: 10, MaxConcurrentRecovery: limit, MessageLimit: 256})
 	release := make(chan struct{})
 	var started sync.WaitGroup
 	var running, peak atomic.Int32
@@ -471,10 +463,12 @@ func TestTryRecoverOutcomes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var panics atomic.Int32
 			var stack atomic.Value
-			m := NewManager(ManagerConfig{OnPanic: func(v any, s []byte) {
+			cfg := limits
+			cfg.OnPanic = func(v any, s []byte) {
 				panics.Add(1)
 				stack.Store(fmt.Sprint(v) + string(s))
-			}})
+			}
+			m := NewManager(cfg)
 			if got := m.TryRecover(tt.ctx, tt.fn); got != tt.started {
 				t.Fatalf("TryRecover = %v, want %v", got, tt.started)
 			}
@@ -500,7 +494,7 @@ func TestTryRecoverOutcomes(t *testing.T) {
 }
 
 func TestWaitStopsOnCancel(t *testing.T) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	ctx, cancel := context.WithCancel(context.Background())
 	var sawCancel atomic.Bool
 	for range 2 {
@@ -521,7 +515,7 @@ func TestWaitStopsOnCancel(t *testing.T) {
 }
 
 func BenchmarkManagerRecord(b *testing.B) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	e := ContextualError{Kind: KindHTTP, Status: 502, Message: "upstream status 502", Timestamp: time.Now(),
 		Context: ErrorContext{Component: "proxy", Operation: "attempt", Pool: "p", WorkerID: "10.0.0.1:80"}, Attempt: 1}
 	b.ReportAllocs()
@@ -531,7 +525,7 @@ func BenchmarkManagerRecord(b *testing.B) {
 }
 
 func BenchmarkManagerRecordParallel(b *testing.B) {
-	m := NewManager(ManagerConfig{})
+	m := NewManager(limits)
 	e := ContextualError{Kind: KindHTTP, Status: 502, Message: "upstream status 502",
 		Context: ErrorContext{Component: "proxy", Operation: "attempt", Pool: "p", WorkerID: "10.0.0.1:80"}, Attempt: 1}
 	b.ReportAllocs()
@@ -542,29 +536,53 @@ func BenchmarkManagerRecordParallel(b *testing.B) {
 	})
 }
 
-func TestZeroManager(t *testing.T) {
-	var m Manager
-	for i := range DefaultHistoryLimit + 5 {
-		m.Record(ContextualError{Kind: KindIO, Attempt: i, Message: strings.Repeat("x", 300)})
+// A Manager without limits picks none of its own: it counts errors but
+// keeps none and starts no recovery until it is given limits.
+func TestManagerWithoutLimits(t *testing.T) {
+	for name, m := range map[string]*Manager{"zero": new(Manager), "zero config": NewManager(ManagerConfig{})} {
+		t.Run(name, func(t *testing.T) {
+			m.Record(ContextualError{Kind: KindIO, Attempt: 1})
+			if errs := m.Errors(Filter{}); len(errs) != 0 || m.Stats().TotalErrors != 1 {
+				t.Errorf("kept %d errors, counted %d; want 0 kept, 1 counted", len(errs), m.Stats().TotalErrors)
+			}
+			if m.TryRecover(context.Background(), func(context.Context) error { return nil }) {
+				t.Error("TryRecover started a recovery without a concurrency limit")
+			}
+			if err := m.Reconfigure(limits); err != nil {
+				t.Fatal(err)
+			}
+			m.Record(ContextualError{Kind: KindIO, Attempt: 2})
+			if got := attempts(m.Errors(Filter{})); !equalInts(got, []int{2}) {
+				t.Errorf("after Reconfigure: Errors() = %v, want [2]", got)
+			}
+		})
 	}
-	errs := m.Errors(Filter{})
-	if len(errs) != DefaultHistoryLimit || errs[0].Attempt != DefaultHistoryLimit+4 {
-		t.Errorf("zero Manager kept %d errors, newest %d", len(errs), errs[0].Attempt)
+}
+
+func TestManagerConfigValidate(t *testing.T) {
+	if err := limits.Validate(); err != nil {
+		t.Errorf("complete limits: %v", err)
 	}
-	if len(errs[0].Message) != DefaultMessageLimit {
-		t.Errorf("zero Manager cut the message to %d bytes", len(errs[0].Message))
+	for _, tc := range []struct {
+		cfg  ManagerConfig
+		want string
+	}{
+		{ManagerConfig{}, "history limit"},
+		{ManagerConfig{HistoryLimit: 1}, "max concurrent recovery"},
+		{ManagerConfig{HistoryLimit: 1, MaxConcurrentRecovery: 1}, "message limit"},
+	} {
+		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want it to name %q", tc.cfg, err, tc.want)
+		}
 	}
-	if m.MaxRecoveryAttempts() != DefaultMaxRecoveryAttempts {
-		t.Errorf("MaxRecoveryAttempts = %d", m.MaxRecoveryAttempts())
-	}
-	release := make(chan struct{})
-	started := 0
-	for m.TryRecover(context.Background(), func(context.Context) error { <-release; return nil }) {
-		started++
-	}
-	close(release)
-	m.Wait()
-	if started != DefaultMaxConcurrentRecovery {
-		t.Errorf("zero Manager ran %d recoveries at once, want %d", started, DefaultMaxConcurrentRecovery)
-	}
+}
+
+// limits are complete limits for tests.
+var limits = ManagerConfig{HistoryLimit: 1000, MaxConcurrentRecovery: 4, MessageLimit: 256}
+
+// withLimit returns limits with the given history limit.
+func withLimit(n int) ManagerConfig {
+	c := limits
+	c.HistoryLimit = n
+	return c
 }

@@ -11,50 +11,27 @@ import (
 	"github.com/cenkalti/backoff/v4"
 )
 
-// Defaults of Policy.
-const (
-	// DefaultAttempts is the number of tries of a request, the first
-	// included.
-	DefaultAttempts = 3
-
-	// DefaultInitialBackoff is the delay before the first retry.
-	DefaultInitialBackoff = 50 * time.Millisecond
-
-	// DefaultMaxBackoff caps the delay between tries.
-	DefaultMaxBackoff = 2 * time.Second
-
-	// DefaultJitter is the default randomization factor: a delay is drawn
-	// from ±50% around the exponential value.
-	DefaultJitter = 0.5
-
-	// BackoffMultiplier is how much the delay grows after each retry.
-	BackoffMultiplier = 2.0
-
-	// NoJitter, as Policy.Jitter, turns jitter off. (A zero Jitter means
-	// the default.)
-	NoJitter = -1.0
-)
+// BackoffMultiplier is how much the delay grows after each retry.
+const BackoffMultiplier = 2.0
 
 // Policy is a retry policy: how many tries a request gets and how long to
-// wait between them. Zero values mean the defaults. A Policy is a plain value,
-// safe for concurrent use; each request gets its own Schedule from it.
+// wait between them. It has no defaults: the caller sets every field (see
+// Validate). A Policy is a plain value, safe for concurrent use; each
+// request gets its own Schedule from it.
 type Policy struct {
-	// Attempts is the number of tries including the first (default
-	// DefaultAttempts); 1 means no retries.
+	// Attempts is the number of tries including the first, at least 1;
+	// 1 means no retries.
 	Attempts int
 
-	// Initial is the delay before the first retry (default
-	// DefaultInitialBackoff). Each further delay is BackoffMultiplier times
-	// the previous one.
+	// Initial is the delay before the first retry, above 0. Each further
+	// delay is BackoffMultiplier times the previous one.
 	Initial time.Duration
 
-	// Max caps every delay, jitter included (default DefaultMaxBackoff, or
-	// Initial if that is larger).
+	// Max caps every delay, jitter included; at least Initial.
 	Max time.Duration
 
-	// Jitter is the randomization factor, from 0 to 1: a delay d becomes a
-	// random value in [d*(1-Jitter), d*(1+Jitter)]. WithDefaults turns 0
-	// into DefaultJitter and NoJitter into 0; NewSchedule takes it as it is.
+	// Jitter is the randomization factor, from 0 (none) to 1: a delay d
+	// becomes a random value in [d*(1-Jitter), d*(1+Jitter)].
 	Jitter float64
 
 	// TryDuration bounds all tries together, measured from the start of
@@ -63,40 +40,16 @@ type Policy struct {
 	TryDuration time.Duration
 }
 
-// WithDefaults returns p with its zero fields set to the defaults, and
-// NoJitter turned into 0.
-func (p Policy) WithDefaults() Policy {
-	if p.Attempts == 0 {
-		p.Attempts = DefaultAttempts
-	}
-	if p.Initial == 0 {
-		p.Initial = DefaultInitialBackoff
-	}
-	if p.Max == 0 {
-		p.Max = max(DefaultMaxBackoff, p.Initial)
-	}
-	switch p.Jitter {
-	case 0:
-		p.Jitter = DefaultJitter
-	case NoJitter:
-		p.Jitter = 0
-	}
-	return p
-}
-
-// Validate reports the first field of p that is out of range. Zero fields
-// are valid (they mean the defaults); so is NoJitter.
+// Validate reports the first field of p that is missing or out of range.
 func (p Policy) Validate() error {
 	switch {
-	case p.Attempts < 0:
+	case p.Attempts < 1:
 		return fmt.Errorf("attempts must be at least 1, got %d", p.Attempts)
-	case p.Initial < 0:
-		return fmt.Errorf("initial backoff must not be negative, got %s", p.Initial)
-	case p.Max < 0:
-		return fmt.Errorf("max backoff must not be negative, got %s", p.Max)
-	case p.Initial > 0 && p.Max > 0 && p.Initial > p.Max:
-		return fmt.Errorf("initial backoff %s is larger than max backoff %s", p.Initial, p.Max)
-	case p.Jitter != NoJitter && (math.IsNaN(p.Jitter) || p.Jitter < 0 || p.Jitter > 1):
+	case p.Initial <= 0:
+		return fmt.Errorf("initial backoff must be above 0, got %s", p.Initial)
+	case p.Max < p.Initial:
+		return fmt.Errorf("max backoff %s is below initial backoff %s", p.Max, p.Initial)
+	case math.IsNaN(p.Jitter) || p.Jitter < 0 || p.Jitter > 1:
 		return fmt.Errorf("jitter must be between 0 and 1, got %g", p.Jitter)
 	case p.TryDuration < 0:
 		return fmt.Errorf("try duration must not be negative, got %s", p.TryDuration)
@@ -118,10 +71,8 @@ type Schedule struct {
 }
 
 // NewSchedule starts the schedule of one request; ctx is the request's
-// context. TryDuration counts from now. Zero Attempts, Initial and Max mean
-// their defaults, but Jitter is taken as it is (0 or NoJitter is none), so
-// that a policy that went through WithDefaults and then had its jitter set
-// to 0 keeps it: call WithDefaults first to get the default jitter.
+// context. TryDuration counts from now. The policy is taken as it is
+// (see Validate); a jitter out of range is clamped.
 func (p Policy) NewSchedule(ctx context.Context) *Schedule {
 	return p.NewScheduleWithClock(ctx, time.Now)
 }
@@ -135,9 +86,10 @@ func (p Policy) NewScheduleWithClock(ctx context.Context, now func() time.Time) 
 	if now == nil {
 		now = time.Now
 	}
-	jitter := p.Jitter
-	p = p.WithDefaults()
-	p.Jitter = min(max(jitter, 0), 1) // NoJitter and out-of-range values clamp
+	if math.IsNaN(p.Jitter) {
+		p.Jitter = 0
+	}
+	p.Jitter = min(max(p.Jitter, 0), 1)
 	s := &Schedule{ctx: ctx, now: now, max: p.Max, tries: uint64(max(p.Attempts-1, 0))}
 	s.exp = backoff.ExponentialBackOff{
 		InitialInterval:     p.Initial,

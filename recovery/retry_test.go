@@ -30,47 +30,30 @@ func delays(s *Schedule, clock *fakeClock) []time.Duration {
 	return out
 }
 
-func TestPolicyWithDefaults(t *testing.T) {
-	tests := []struct {
-		name string
-		in   Policy
-		want Policy
-	}{
-		{"zero", Policy{}, Policy{Attempts: 3, Initial: 50 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5}},
-		{"kept", Policy{Attempts: 1, Initial: time.Second, Max: 3 * time.Second, Jitter: 0.1, TryDuration: time.Minute},
-			Policy{Attempts: 1, Initial: time.Second, Max: 3 * time.Second, Jitter: 0.1, TryDuration: time.Minute}},
-		{"large initial raises the default max", Policy{Initial: 5 * time.Second}, Policy{Attempts: 3, Initial: 5 * time.Second, Max: 5 * time.Second, Jitter: 0.5}},
-		{"no jitter", Policy{Jitter: NoJitter}, Policy{Attempts: 3, Initial: 50 * time.Millisecond, Max: 2 * time.Second, Jitter: 0}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := tt.in.WithDefaults()
-			if got != tt.want {
-				t.Errorf("WithDefaults() = %+v, want %+v", got, tt.want)
-			}
-			if err := got.Validate(); err != nil {
-				t.Errorf("defaults do not validate: %v", err)
-			}
-		})
-	}
-}
+// policy is a complete policy for tests: three tries, 50ms doubling up to
+// 2s, no jitter.
+var policy = Policy{Attempts: 3, Initial: 50 * time.Millisecond, Max: 2 * time.Second}
 
+// A Policy has no defaults: a missing field is an error, not a value the
+// package picks (it used to pick 50ms/2s backoffs, where the handler
+// documents 20ms/1s).
 func TestPolicyValidate(t *testing.T) {
 	tests := []struct {
 		name string
 		p    Policy
 		err  string // substring naming the field; "" means valid
 	}{
-		{"zero is valid", Policy{}, ""},
 		{"full", Policy{Attempts: 5, Initial: time.Millisecond, Max: time.Second, Jitter: 1, TryDuration: time.Second}, ""},
-		{"no jitter", Policy{Jitter: NoJitter}, ""},
+		{"no retries, no jitter", Policy{Attempts: 1, Initial: time.Millisecond, Max: time.Millisecond}, ""},
+		{"zero is incomplete", Policy{}, "attempts must be at least 1"},
+		{"no backoff", Policy{Attempts: 3}, "initial backoff must be above 0"},
+		{"no max", Policy{Attempts: 3, Initial: time.Millisecond}, "max backoff 0s is below initial backoff 1ms"},
 		{"negative attempts", Policy{Attempts: -1}, "attempts"},
-		{"negative initial", Policy{Initial: -time.Second}, "initial"},
-		{"negative max", Policy{Max: -time.Second}, "max"},
-		{"initial above max", Policy{Initial: 2 * time.Second, Max: time.Second}, "initial backoff 2s is larger than max backoff 1s"},
-		{"jitter above 1", Policy{Jitter: 1.5}, "jitter"},
-		{"negative jitter", Policy{Jitter: -0.5}, "jitter"},
-		{"negative try duration", Policy{TryDuration: -time.Second}, "try duration"},
+		{"negative initial", Policy{Attempts: 1, Initial: -time.Second}, "initial"},
+		{"initial above max", Policy{Attempts: 1, Initial: 2 * time.Second, Max: time.Second}, "max backoff 1s is below initial backoff 2s"},
+		{"jitter above 1", Policy{Attempts: 1, Initial: 1, Max: 1, Jitter: 1.5}, "jitter"},
+		{"negative jitter", Policy{Attempts: 1, Initial: 1, Max: 1, Jitter: -0.5}, "jitter"},
+		{"negative try duration", Policy{Attempts: 1, Initial: 1, Max: 1, TryDuration: -time.Second}, "try duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -92,7 +75,9 @@ func TestScheduleAttempts(t *testing.T) {
 	for _, attempts := range []int{1, 2, 3, 6} {
 		t.Run(strings.Repeat("I", attempts), func(t *testing.T) {
 			clock := &fakeClock{t: time.Unix(1000, 0)}
-			s := Policy{Attempts: attempts}.NewScheduleWithClock(context.Background(), clock.now)
+			p := policy
+			p.Attempts = attempts
+			s := p.NewScheduleWithClock(context.Background(), clock.now)
 			if got := len(delays(s, clock)); got != attempts-1 {
 				t.Errorf("%d attempts gave %d delays, want %d", attempts, got, attempts-1)
 			}
@@ -110,16 +95,13 @@ func TestScheduleGrowth(t *testing.T) {
 		p    Policy
 		want []time.Duration
 	}{
-		{"doubles up to max", Policy{Attempts: 7, Initial: 100 * ms, Max: time.Second, Jitter: NoJitter},
+		{"doubles up to max", Policy{Attempts: 7, Initial: 100 * ms, Max: time.Second},
 			[]time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, time.Second, time.Second}},
-		{"zero jitter after WithDefaults is none", func() Policy {
-			p := Policy{Attempts: 4, Initial: 100 * ms, Max: time.Second}.WithDefaults()
-			p.Jitter = 0 // as the root does for an explicit "jitter 0"
-			return p
-		}(), []time.Duration{100 * ms, 200 * ms, 400 * ms}},
-		{"initial equals max", Policy{Attempts: 4, Initial: 300 * ms, Max: 300 * ms, Jitter: NoJitter},
+		{"negative jitter is none", Policy{Attempts: 4, Initial: 100 * ms, Max: time.Second, Jitter: -1},
+			[]time.Duration{100 * ms, 200 * ms, 400 * ms}},
+		{"initial equals max", Policy{Attempts: 4, Initial: 300 * ms, Max: 300 * ms},
 			[]time.Duration{300 * ms, 300 * ms, 300 * ms}},
-		{"try duration stops the delay that would overrun it", Policy{Attempts: 10, Initial: 100 * ms, Max: time.Second, Jitter: NoJitter, TryDuration: 350 * ms},
+		{"try duration stops the delay that would overrun it", Policy{Attempts: 10, Initial: 100 * ms, Max: time.Second, TryDuration: 350 * ms},
 			[]time.Duration{100 * ms, 200 * ms}},
 	}
 	for _, tt := range tests {
@@ -140,7 +122,7 @@ func TestScheduleGrowth(t *testing.T) {
 
 func TestScheduleTryDurationCountsTryTime(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1000, 0)}
-	p := Policy{Attempts: 10, Initial: 100 * time.Millisecond, Max: time.Second, Jitter: NoJitter, TryDuration: 500 * time.Millisecond}
+	p := Policy{Attempts: 10, Initial: 100 * time.Millisecond, Max: time.Second, TryDuration: 500 * time.Millisecond}
 	s := p.NewScheduleWithClock(context.Background(), clock.now)
 	clock.advance(250 * time.Millisecond) // the first try was slow
 	if d, ok := s.Next(); !ok || d != 100*time.Millisecond {
@@ -199,14 +181,14 @@ func TestScheduleContext(t *testing.T) {
 	t.Run("canceled before", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if d, ok := (Policy{}).NewSchedule(ctx).Next(); ok {
+		if d, ok := policy.NewSchedule(ctx).Next(); ok {
 			t.Errorf("Next on a canceled context = %v", d)
 		}
 	})
 	t.Run("canceled between tries", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		s := Policy{Attempts: 5}.NewSchedule(ctx)
+		s := Policy{Attempts: 5, Initial: time.Millisecond, Max: time.Millisecond}.NewSchedule(ctx)
 		if _, ok := s.Next(); !ok {
 			t.Fatal("first Next failed")
 		}
@@ -218,7 +200,7 @@ func TestScheduleContext(t *testing.T) {
 	t.Run("nil context and clock", func(t *testing.T) {
 		// A nil context is a caller bug, but it must not panic.
 		//lint:ignore SA1012 a nil context is what this case tests
-		s := Policy{Attempts: 2}.NewScheduleWithClock(nil, nil)
+		s := Policy{Attempts: 2, Initial: time.Millisecond, Max: time.Millisecond}.NewScheduleWithClock(nil, nil)
 		if _, ok := s.Next(); !ok {
 			t.Error("first Next failed")
 		}
@@ -227,7 +209,7 @@ func TestScheduleContext(t *testing.T) {
 		clock := &fakeClock{t: time.Now()}
 		ctx, cancel := context.WithDeadline(context.Background(), clock.t.Add(time.Hour))
 		defer cancel()
-		p := Policy{Attempts: 5, Initial: 40 * time.Minute, Max: 2 * time.Hour, Jitter: NoJitter}
+		p := Policy{Attempts: 5, Initial: 40 * time.Minute, Max: 2 * time.Hour}
 		got := delays(p.NewScheduleWithClock(ctx, clock.now), clock)
 		if len(got) != 1 || got[0] != 40*time.Minute {
 			t.Errorf("delays = %v, want only 40m: the 80m one ends after the deadline", got)
@@ -393,7 +375,7 @@ func TestBudgetAllocs(t *testing.T) {
 
 func TestNewScheduleAllocs(t *testing.T) {
 	ctx := context.Background()
-	p := Policy{}
+	p := policy
 	if n := testing.AllocsPerRun(100, func() { p.NewSchedule(ctx) }); n > 1 {
 		t.Errorf("NewSchedule allocates %v times, want 1", n)
 	}
@@ -423,7 +405,7 @@ func BenchmarkBudgetParallel(b *testing.B) {
 
 func BenchmarkNewSchedule(b *testing.B) {
 	ctx := context.Background()
-	p := Policy{}
+	p := policy
 	b.ReportAllocs()
 	for b.Loop() {
 		p.NewSchedule(ctx)
@@ -432,7 +414,7 @@ func BenchmarkNewSchedule(b *testing.B) {
 
 func BenchmarkScheduleRetries(b *testing.B) {
 	ctx := context.Background()
-	p := Policy{Attempts: 3}
+	p := policy
 	b.ReportAllocs()
 	for b.Loop() {
 		s := p.NewSchedule(ctx)

@@ -10,7 +10,7 @@
 //     load balancers: an observation at or above the current estimate
 //     replaces it at once (slowness is believed immediately); an
 //     observation below it pulls the estimate towards it with the time
-//     constant decay (default 10s), so good news is believed gradually,
+//     constant decay (default 1s), so good news is believed gradually,
 //     but by at least a sixteenth of the way per answer, so that one
 //     hiccup of a busy worker is forgotten within dozens of answers
 //     rather than seconds. Without news, the estimate decays towards zero with the same time

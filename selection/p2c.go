@@ -52,7 +52,8 @@ const drawAttempts = 4
 // configuration is reloaded, and is learned again within the first answers.
 type P2C struct {
 	// How quickly latency history is forgotten: the time constant of each
-	// upstream's latency estimate (default 10s). Without answers, an
+	// upstream's latency estimate (default 1s, DefaultDecay, the same as
+	// the bifrost handler's default policy). Without answers, an
 	// upstream's estimate falls to 37% of its value in this time, so an
 	// upstream that was avoided for being N times slower than its peers
 	// is tried again after about ln(N) × decay (e.g. 300× slower: about

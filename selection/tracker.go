@@ -8,9 +8,15 @@ import (
 )
 
 const (
-	// DefaultDecay is the time constant of the latency estimate, the
-	// default of Finagle's and linkerd's peak-EWMA balancers.
-	DefaultDecay = 10 * time.Second
+	// DefaultDecay is the time constant of the latency estimate when
+	// none is configured: the decay of bifrost_p2c both when the bifrost
+	// handler uses it as its default policy and when a user names it
+	// without a decay. It is much shorter than the 10s of Finagle's and
+	// linkerd's peak-EWMA balancers, so that a worker that was 100×
+	// slower for a while earns its traffic back within about five seconds
+	// (ln 100 × 1s); the estimate still averages hundreds of samples per
+	// second of traffic, and its peak behaviour keeps it cautious.
+	DefaultDecay = time.Second
 
 	// DefaultInitial is the latency [Tracker.Cost] assumes for a tracker
 	// with no observations.

@@ -125,7 +125,7 @@ func TestEstimatePeakAndDecay(t *testing.T) {
 	e := math.Exp(-1)
 	tests := []struct {
 		name  string
-		decay time.Duration
+		decay time.Duration // 0: 10s, the time constant the cases are written for
 		// observations: latency answered at t0+at, in order
 		obs []struct {
 			at  time.Duration
@@ -194,7 +194,11 @@ func TestEstimatePeakAndDecay(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr := NewTracker(Settings{Decay: tc.decay})
+			decay := tc.decay
+			if decay == 0 {
+				decay = 10 * time.Second
+			}
+			tr := NewTracker(Settings{Decay: decay})
 			for _, o := range tc.obs {
 				observeAt(tr, t0.Add(o.at), o.lat)
 			}
