@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,8 +45,6 @@ const (
 	// warmHedgeDelay is the automatic delay until enough latencies were
 	// seen to compute a percentile.
 	warmHedgeDelay = 100 * time.Millisecond
-	// latencySamples is the size of a pool's latency ring.
-	latencySamples = 512
 )
 
 // race coordinates the tries of one hedged request: the first try to
@@ -254,37 +251,4 @@ func (h *Handler) pickFresh(r *http.Request, w http.ResponseWriter, rs *requestS
 		wk = h.cheapestUntried(rs, now)
 	}
 	return wk
-}
-
-// LatencyRing keeps a pool's recent successful try latencies, and the
-// percentile the automatic hedge delay uses, refreshed on the tick.
-type LatencyRing struct {
-	mu      sync.Mutex
-	samples [latencySamples]time.Duration
-	n       int // samples written, capped at len(samples)
-	next    int
-
-	percentile atomic.Int64 // nanoseconds; 0 until enough samples
-}
-
-// Observe adds one latency.
-func (lr *LatencyRing) Observe(d time.Duration) {
-	lr.mu.Lock()
-	lr.samples[lr.next] = d
-	lr.next = (lr.next + 1) % len(lr.samples)
-	lr.n = min(lr.n+1, len(lr.samples))
-	lr.mu.Unlock()
-}
-
-// Refresh recomputes the percentile p (0-100) over the kept samples.
-func (lr *LatencyRing) Refresh(p float64) {
-	lr.mu.Lock()
-	s := slices.Clone(lr.samples[:lr.n])
-	lr.mu.Unlock()
-	if len(s) < 20 {
-		return
-	}
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := min(int(float64(len(s))*p/100), len(s)-1)
-	lr.percentile.Store(int64(s[i]))
 }
