@@ -1,6 +1,7 @@
 package bifrost
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -436,10 +437,33 @@ func (bc *BreakerConfig) validate() error {
 	if bc.MinRequests > 0 && bc.FailureRatio == 0 {
 		return fmt.Errorf("breaker: min_requests applies to failure_ratio only, which is not set")
 	}
-	if err := (breaker.Settings{Window: time.Duration(bc.Window)}).Validate(); err != nil {
+	if err := bc.settings().Validate(); err != nil {
 		return fmt.Errorf("breaker: %w", err)
 	}
 	return nil
+}
+
+// The breaker's defaults; see BreakerConfig.
+const (
+	defaultBreakerFailures    = 5
+	defaultBreakerSuccesses   = 3
+	defaultBreakerMinRequests = 10
+)
+
+// settings returns the breaker settings of this block (nil for none), with
+// the defaults applied: the breaker package has none of its own.
+func (bc *BreakerConfig) settings() breaker.Settings {
+	if bc == nil {
+		bc = &BreakerConfig{}
+	}
+	return breaker.Settings{
+		Failures:     uint32(cmp.Or(bc.Failures, defaultBreakerFailures)),
+		FailureRatio: bc.FailureRatio,
+		MinRequests:  uint32(cmp.Or(bc.MinRequests, defaultBreakerMinRequests)),
+		Window:       time.Duration(bc.Window),
+		Successes:    uint32(cmp.Or(bc.Successes, defaultBreakerSuccesses)),
+		Timeout:      cmp.Or(time.Duration(bc.Timeout), defaultBreakerTimeout),
+	}
 }
 
 // probeSettings returns the prober's settings for this block, defaults

@@ -389,18 +389,7 @@ func (h *Handler) applyPoolSettings() {
 
 // breakerSettings converts the breaker block.
 func (h *Handler) breakerSettings() breaker.Settings {
-	bc := BreakerConfig{}
-	if h.Breaker != nil {
-		bc = *h.Breaker
-	}
-	return breaker.Settings{
-		Failures:     uint32(bc.Failures),
-		FailureRatio: bc.FailureRatio,
-		MinRequests:  uint32(bc.MinRequests),
-		Window:       time.Duration(bc.Window),
-		Successes:    uint32(bc.Successes),
-		Timeout:      cmp.Or(time.Duration(bc.Timeout), defaultBreakerTimeout),
-	}.WithDefaults()
+	return h.Breaker.settings()
 }
 
 // provisionWorkers builds one worker per upstream: its shared state (new,
@@ -478,7 +467,8 @@ func (h *Handler) loadWorkerState(dial string, bs breaker.Settings) (*workerStat
 			health:   health.NewWorkerHealth(h.poolName, workerID(h.poolName, dial), dial),
 		}
 		ws.idValue = ws.id
-		ws.breaker = breaker.New(ws.id, bs, func(from, to breaker.State) {
+		var err error
+		ws.breaker, err = breaker.New(ws.id, bs, func(from, to breaker.State) {
 			// runs under the breaker's lock: hand off, never block
 			select {
 			case ps.changes <- breakerChange{ws: ws, from: from, to: to}:
@@ -486,6 +476,9 @@ func (h *Handler) loadWorkerState(dial string, bs breaker.Settings) (*workerStat
 				ps.dropped.Add(1)
 			}
 		})
+		if err != nil {
+			return nil, err
+		}
 		return ws, nil
 	})
 	if err != nil {
@@ -493,7 +486,10 @@ func (h *Handler) loadWorkerState(dial string, bs breaker.Settings) (*workerStat
 	}
 	ws := v.(*workerState)
 	if loaded {
-		ws.breaker.Update(bs)
+		if err := ws.breaker.Update(bs); err != nil {
+			_, _ = states.Delete(key)
+			return nil, err
+		}
 	}
 	ws.maxRequests.Store(int64(h.MaxRequests))
 	return ws, nil

@@ -1,3 +1,5 @@
+//go:build bk_cur && old_tests
+
 package breaker
 
 import (
