@@ -23,9 +23,10 @@ type Breaker struct {
 	name     string
 	onChange func(from, to State)
 
-	// now is the clock; tests replace it. epoch is its reading at New: the
-	// breaker's timestamps are durations since epoch, so that they fit in
-	// atomics and keep the clock's monotonic reading.
+	// now is the clock; tests replace it. epoch is a nanosecond before its
+	// reading at New: the breaker's timestamps are durations since epoch,
+	// so that they fit in atomics, keep the clock's monotonic reading, and
+	// are never 0 (unset) unless the clock goes back past New.
 	now   func() time.Time
 	epoch time.Time
 
@@ -67,8 +68,8 @@ func newWithClock(name string, s Settings, onChange func(from, to State), now fu
 		return nil, err
 	}
 	b := &Breaker{name: name, onChange: onChange, now: now, settings: s}
-	b.epoch = now()
-	b.win.reset(s.Window, 0)
+	b.epoch = now().Add(-time.Nanosecond)
+	b.win.reset(s.Window, b.since())
 	return b, nil
 }
 
@@ -310,9 +311,9 @@ func (b *Breaker) windowNow() int64 {
 }
 
 // Trip opens the breaker now, for a full Timeout, whatever its state. If it
-// was not open, onChange is called and Trips counts one more; if it was, its
-// open period restarts now (RetryAt moves, OpenedAt does not). Outcomes of
-// requests admitted before Trip are ignored.
+// was not open, onChange is called and Trips counts one more, and outcomes
+// of requests admitted before Trip are ignored; if it was, its open period
+// restarts now (RetryAt moves, OpenedAt does not).
 func (b *Breaker) Trip() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -321,7 +322,7 @@ func (b *Breaker) Trip() {
 		b.setState(StateOpen, now)
 		return
 	}
-	b.gen++
+	// Open admits nothing, so no outcome is pending: only the period moves.
 	b.retryAt.Store(addSat(now, b.settings.Timeout))
 }
 
