@@ -3,8 +3,6 @@ package breaker
 import (
 	"testing"
 	"time"
-
-	"github.com/sony/gobreaker/v2"
 )
 
 // benchSettings are the root's default settings.
@@ -20,7 +18,6 @@ func newBench(b *testing.B, s Settings) *Breaker {
 }
 
 // BenchmarkDo is the request path of a closed breaker: one request through Do.
-// With the default settings it takes the fast path, which skips the library.
 func BenchmarkDo(b *testing.B) {
 	br := newBench(b, benchSettings)
 	b.ReportAllocs()
@@ -52,18 +49,6 @@ func BenchmarkDoWindow(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := br.Do(func() Outcome { return Success }); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkGobreakerExecute is the library's own path, the floor under
-// BenchmarkDo.
-func BenchmarkGobreakerExecute(b *testing.B) {
-	cb := gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{})
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := cb.Execute(func() (struct{}, error) { return struct{}{}, nil }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -120,7 +105,7 @@ func BenchmarkReadyParallel(b *testing.B) {
 	})
 }
 
-// BenchmarkState is State, which takes the library's lock.
+// BenchmarkState is State, which takes the breaker's lock.
 func BenchmarkState(b *testing.B) {
 	br := newBench(b, benchSettings)
 	b.ReportAllocs()

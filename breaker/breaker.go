@@ -1,5 +1,3 @@
-//go:build !bk_cur && !bk_gob
-
 package breaker
 
 import (
@@ -23,10 +21,12 @@ type Breaker struct {
 	name     string
 	onChange func(from, to State)
 
-	// now is the clock; tests replace it. epoch is a nanosecond before its
-	// reading at New: the breaker's timestamps are durations since epoch,
-	// so that they fit in atomics, keep the clock's monotonic reading, and
-	// are never 0 (unset) unless the clock goes back past New.
+	// now is the clock of tests; nil means time.Now, read through
+	// time.Since, which reads only the monotonic clock (half the cost of
+	// time.Now). epoch is a nanosecond before the clock's reading at New:
+	// the breaker's timestamps are durations since epoch, so that they fit
+	// in atomics, keep the clock's monotonic reading, and are never 0
+	// (unset) unless the clock goes back past New.
 	now   func() time.Time
 	epoch time.Time
 
@@ -59,15 +59,18 @@ type Breaker struct {
 // deadlocks): an atomic store or a non-blocking send on a buffered channel is
 // the intended use.
 func New(name string, s Settings, onChange func(from, to State)) (*Breaker, error) {
-	return newWithClock(name, s, onChange, time.Now)
+	return newWithClock(name, s, onChange, nil)
 }
 
-// newWithClock is New with a clock of the caller's.
+// newWithClock is New with a clock of the caller's; nil means time.Now.
 func newWithClock(name string, s Settings, onChange func(from, to State), now func() time.Time) (*Breaker, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
 	b := &Breaker{name: name, onChange: onChange, now: now, settings: s}
+	if now == nil {
+		now = time.Now
+	}
 	b.epoch = now().Add(-time.Nanosecond)
 	b.win.reset(s.Window, b.since())
 	return b, nil
@@ -75,6 +78,9 @@ func newWithClock(name string, s Settings, onChange func(from, to State), now fu
 
 // since returns the clock's reading as a duration since epoch, at least 1.
 func (b *Breaker) since() int64 {
+	if b.now == nil {
+		return max(int64(time.Since(b.epoch)), 1)
+	}
 	return max(int64(b.now().Sub(b.epoch)), 1)
 }
 
@@ -178,10 +184,10 @@ func (b *Breaker) setState(to State, now int64) {
 	b.state = to
 	b.gen++
 	b.counts = Counts{}
-	if to == StateClosed && b.settings.Window > 0 && now == 0 {
-		now = b.since()
-	}
 	if to == StateClosed {
+		if now == 0 {
+			now = b.windowNow()
+		}
 		b.win.reset(b.settings.Window, now)
 	} else {
 		b.win.reset(0, 0) // off: open and half-open count no window

@@ -1,5 +1,3 @@
-//go:build !bk_cur && !bk_gob
-
 package breaker
 
 import "time"
