@@ -3,14 +3,23 @@ package breaker
 import (
 	"testing"
 	"time"
-
-	"github.com/sony/gobreaker/v2"
 )
 
+// benchSettings are the root's default settings.
+var benchSettings = Settings{Failures: 5, Successes: 3, MinRequests: 10, Timeout: time.Second}
+
+// newBench returns a breaker with settings s, failing b if New does.
+func newBench(b *testing.B, s Settings) *Breaker {
+	br, err := New("w", s, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return br
+}
+
 // BenchmarkDo is the request path of a closed breaker: one request through Do.
-// With the default settings it takes the fast path, which skips the library.
 func BenchmarkDo(b *testing.B) {
-	br := New("w", Settings{}, nil)
+	br := newBench(b, benchSettings)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := br.Do(func() Outcome { return Success }); err != nil {
@@ -22,7 +31,7 @@ func BenchmarkDo(b *testing.B) {
 // BenchmarkDoParallel is BenchmarkDo from every P at once on one breaker: the
 // contention of one busy worker.
 func BenchmarkDoParallel(b *testing.B) {
-	br := New("w", Settings{}, nil)
+	br := newBench(b, benchSettings)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -36,7 +45,7 @@ func BenchmarkDoParallel(b *testing.B) {
 
 // BenchmarkDoWindow is BenchmarkDo with a rolling window and a failure ratio.
 func BenchmarkDoWindow(b *testing.B) {
-	br := New("w", Settings{FailureRatio: 0.5, Window: 10 * time.Second}, nil)
+	br := newBench(b, Settings{Failures: 5, FailureRatio: 0.5, MinRequests: 10, Window: 10 * time.Second, Successes: 3, Timeout: time.Second})
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := br.Do(func() Outcome { return Success }); err != nil {
@@ -45,21 +54,9 @@ func BenchmarkDoWindow(b *testing.B) {
 	}
 }
 
-// BenchmarkGobreakerExecute is the library's own path, the floor under
-// BenchmarkDo.
-func BenchmarkGobreakerExecute(b *testing.B) {
-	cb := gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{})
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := cb.Execute(func() (struct{}, error) { return struct{}{}, nil }); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // BenchmarkDoOpen is a request refused by an open breaker.
 func BenchmarkDoOpen(b *testing.B) {
-	br := New("w", Settings{Timeout: time.Hour}, nil)
+	br := newBench(b, Settings{Failures: 5, Successes: 3, Timeout: time.Hour})
 	br.Trip()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -79,7 +76,7 @@ func BenchmarkReady(b *testing.B) {
 		{name: "open", trip: true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			br := New("w", Settings{Timeout: time.Hour}, nil)
+			br := newBench(b, Settings{Failures: 5, Successes: 3, Timeout: time.Hour})
 			if bc.trip {
 				br.Trip()
 			}
@@ -95,7 +92,7 @@ func BenchmarkReady(b *testing.B) {
 
 // BenchmarkReadyParallel is Ready on an open breaker from every P at once.
 func BenchmarkReadyParallel(b *testing.B) {
-	br := New("w", Settings{Timeout: time.Hour}, nil)
+	br := newBench(b, Settings{Failures: 5, Successes: 3, Timeout: time.Hour})
 	br.Trip()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -108,9 +105,9 @@ func BenchmarkReadyParallel(b *testing.B) {
 	})
 }
 
-// BenchmarkState is State, which takes the library's lock.
+// BenchmarkState is State, which takes the breaker's lock.
 func BenchmarkState(b *testing.B) {
-	br := New("w", Settings{}, nil)
+	br := newBench(b, benchSettings)
 	b.ReportAllocs()
 	for b.Loop() {
 		if br.State() != StateClosed {

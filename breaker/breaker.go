@@ -2,11 +2,10 @@ package breaker
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/sony/gobreaker/v2"
 )
 
 // ErrOpen is returned by Do while the breaker is open.
@@ -16,334 +15,265 @@ var ErrOpen = errors.New("circuit breaker is open")
 // of its probe slots (Settings.Successes) are taken.
 var ErrTooManyRequests = errors.New("circuit breaker is half-open and at its request limit")
 
-const (
-	// minOpen is the shortest open period handed to the library, which takes
-	// 0 for its own 60 s default. It carries over a state that is already due
-	// to turn half-open.
-	minOpen = time.Nanosecond
-
-	// settleTries bounds the loop that waits for a gobreaker opened for
-	// minOpen to turn half-open. Every try reads the clock, so one or two
-	// suffice; the bound only guards against a clock that stands still.
-	settleTries = 1000
-)
-
-// epoch is the origin of the monotonic timestamps kept in atomics: they are
-// durations since epoch, so wall-clock jumps do not move them.
-var epoch = time.Now()
-
-// mono returns the monotonic time since epoch in nanoseconds. It is at least 1,
-// so that 0 can mean "unset".
-func mono() int64 {
-	return max(int64(time.Since(epoch)), 1)
-}
-
-// monoTime converts a timestamp from mono back to a time, 0 to the zero time.
-func monoTime(ns int64) time.Time {
-	if ns == 0 {
-		return time.Time{}
-	}
-	return epoch.Add(time.Duration(ns))
-}
-
 // Breaker is one worker's circuit breaker. It is safe for concurrent use, and
 // must not be copied after first use. Create it with New.
 type Breaker struct {
 	name     string
 	onChange func(from, to State)
 
-	// cur is the gobreaker in use. Do loads it without a lock. Reset, Trip
-	// and Update replace it, and so does the state-change hook of a
-	// provisional instance (see instance.provisional).
-	cur atomic.Pointer[instance]
+	// now is the clock of tests; nil means time.Now, read through
+	// time.Since, which reads only the monotonic clock (half the cost of
+	// time.Now). epoch is a nanosecond before the clock's reading at New:
+	// the breaker's timestamps are durations since epoch, so that they fit
+	// in atomics, keep the clock's monotonic reading, and are never 0
+	// (unset) unless the clock goes back past New.
+	now   func() time.Time
+	epoch time.Time
 
-	// mu serializes Reset, Trip and Update. The request path never takes it.
-	mu sync.Mutex
+	// mu guards everything below up to the mirror.
+	mu       sync.Mutex
+	settings Settings
+	state    State
+	// gen advances on every change of state and on Reset and Trip: an
+	// outcome admitted in an earlier generation is not booked.
+	gen    uint64
+	counts Counts
+	win    window
 
-	// hookMu orders every change of the mirror below and every onChange call,
-	// and makes replacing cur atomic with respect to them: a hook of an
-	// instance that is no longer current is ignored. The hook takes it inside
-	// gobreaker's lock, so it must never be held while calling into a live
-	// gobreaker.
-	hookMu sync.Mutex
-
-	// The mirror of the state, written under hookMu and read without a lock,
-	// so that Ready and the other accessors stay off gobreaker's mutex.
-	state    atomic.Uint32 // a State
-	openedAt atomic.Int64  // mono() when it last opened; 0 if never
-	retryAt  atomic.Int64  // mono() when an open breaker turns half-open; 0 if not open
+	// The mirror, written under mu and read without it, so that Ready and
+	// the timestamps cost no lock. Timestamps are since epoch, at least 1;
+	// 0 means unset.
+	mstate   atomic.Uint32 // a State
+	openedAt atomic.Int64  // when it last opened
+	retryAt  atomic.Int64  // when an open breaker turns half-open; 0 if not open
 	trips    atomic.Uint64 // times it opened, over its whole life
 }
 
-// instance is one gobreaker with the settings it was built from. Instances are
-// replaced, never reconfigured.
-type instance struct {
-	b        *Breaker
-	cb       *gobreaker.CircuitBreaker[struct{}]
-	settings Settings
-
-	// provisional marks a gobreaker built with a shortened open timeout, to
-	// carry an open or half-open state over from the instance it replaced
-	// (the library's timeout is fixed at construction, and it cannot be put
-	// into a state directly). That timeout is wrong for any later open
-	// period, so as soon as a provisional instance closes or opens again its
-	// hook replaces it with a regular instance in the same state. The library
-	// clears counts and drops in-flight outcomes on those changes anyway, so
-	// the swap loses nothing.
-	provisional bool
-
-	// force makes readyToTrip report true. It is set only while the instance
-	// is prepared, before it is live, to open it with one failure.
-	force atomic.Bool
-
-	// live is set just before the instance is published in Breaker.cur. Until
-	// then its hook does nothing, so an instance can be prepared while hookMu
-	// is held.
-	live atomic.Bool
-
-	// lean marks an instance whose closed state trips on consecutive
-	// failures alone (no FailureRatio, no Window, not provisional). Such an
-	// instance lets a request skip the library while it is clean: closed,
-	// with no failure since its last success. A success then costs one
-	// atomic add instead of the library's two locks and two clock reads,
-	// and any other outcome is handed to the library as it would have been
-	// (see fast). The fields below are used by lean instances only.
-	lean bool
-
-	// word holds the clean flag in its low bit and, above it, a sequence
-	// number that every failure and every change of state advances, so
-	// that a success which found the instance failing can mark it clean
-	// again only if nothing failed in between (see recheck).
-	word atomic.Uint64
-
-	// pending counts failures that have marked the instance failing but
-	// are not booked in the library yet.
-	pending atomic.Int64
-
-	// gen advances on every change of state: an outcome admitted in one
-	// state is not booked in another, as the library does with its own
-	// generations.
-	gen atomic.Uint64
-
-	// fastOK counts the successes booked on the fast path since the
-	// instance last closed; runStart is fastOK's value when the instance
-	// last became clean, where its current run of successes began.
-	fastOK   atomic.Uint64
-	runStart atomic.Uint64
-}
-
-// cleanBit is word's clean flag; the sequence number counts in units of seqStep.
-const (
-	cleanBit = 1
-	seqStep  = 2
-)
-
-// New returns a closed breaker with settings s, after WithDefaults. New does not
-// fail: values that Validate would reject are replaced by safe ones (a bad
-// FailureRatio turns the ratio off, a negative Timeout is the default), so call
-// Validate first to report them. The name is only a label for the library.
+// New returns a closed breaker with settings s, or the error of s.Validate.
+// The name is a label for the caller.
 //
 // onChange, which may be nil, is called once for every change of state, in
 // order, from the goroutine that caused it; each call's from is the previous
-// call's to. It runs while the breaker's internal locks are held, so it must be
-// quick, must not block, and must not call any method of this Breaker (that
+// call's to. It runs while the breaker's lock is held, so it must be quick,
+// must not block, and must not call any method of this Breaker (that
 // deadlocks): an atomic store or a non-blocking send on a buffered channel is
 // the intended use.
-func New(name string, s Settings, onChange func(from, to State)) *Breaker {
-	b := &Breaker{name: name, onChange: onChange}
-	in, _, _ := b.closed(s.sanitize())
-	b.install(in)
-	return b
+func New(name string, s Settings, onChange func(from, to State)) (*Breaker, error) {
+	return newWithClock(name, s, onChange, nil)
+}
+
+// newWithClock is New with a clock of the caller's; nil means time.Now.
+func newWithClock(name string, s Settings, onChange func(from, to State), now func() time.Time) (*Breaker, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	b := &Breaker{name: name, onChange: onChange, now: now, settings: s}
+	if now == nil {
+		now = time.Now
+	}
+	b.epoch = now().Add(-time.Nanosecond)
+	b.win.reset(s.Window, b.since())
+	return b, nil
+}
+
+// since returns the clock's reading as a duration since epoch, at least 1.
+func (b *Breaker) since() int64 {
+	if b.now == nil {
+		return max(int64(time.Since(b.epoch)), 1)
+	}
+	return max(int64(b.now().Sub(b.epoch)), 1)
+}
+
+// at converts a timestamp from since back to a time; 0 is the zero time.
+func (b *Breaker) at(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return b.epoch.Add(time.Duration(ns))
 }
 
 // Do lets one request through the breaker and books its outcome: it calls
-// fn, which runs the request and returns its Outcome. If the breaker
-// refuses the request, Do returns ErrOpen or ErrTooManyRequests without
-// calling fn. A panic in fn counts as a failure and is re-raised.
+// fn, which runs the request and returns its Outcome. If the breaker refuses
+// the request, Do returns ErrOpen or ErrTooManyRequests without calling fn.
+// A panic in fn counts as a failure and is re-raised.
 //
-// Admission and outcome are one call: unlike a two-step Allow/done, Do
-// allocates nothing (fn does not escape), and no outcome can be forgotten.
-// Under the default rule a clean closed breaker runs fn without the
-// library (see fast); otherwise fn runs inside the library's Execute.
+// Admission and outcome are one call, so no outcome can be forgotten, and Do
+// allocates nothing (fn does not escape). Do reads the clock only while the
+// breaker is open or has a Window.
 func (b *Breaker) Do(fn func() Outcome) error {
-	in := b.cur.Load()
-	if in.lean && in.word.Load()&cleanBit != 0 {
-		in.fast(fn)
-		return nil
+	gen, err := b.admit()
+	if err != nil {
+		return err
 	}
-	return in.slow(fn)
+	o := Failure // if fn panics
+	defer func() { b.book(gen, o) }()
+	o = fn()
+	return nil
 }
 
-// fast runs fn, admitted by a clean lean instance, outside the library. A
-// success only counts; any other outcome is handed to the library, which
-// books it as though it had admitted the request. The closed state admits
-// every request, so skipping the library's admission changes nothing. What
-// the library would have done differently is the rare interleaving: a
-// success admitted before a failure but finishing after it does not end
-// that failure's streak.
-func (in *instance) fast(fn func() Outcome) {
-	gen := in.gen.Load()
-	booked := false
-	defer func() {
-		if !booked {
-			// fn panicked: a failure, as in the library
-			in.book(gen, Failure)
+// admit lets a request in or refuses it, and returns the generation its
+// outcome belongs to.
+func (b *Breaker) admit() (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case StateOpen:
+		now := b.since()
+		if now < b.retryAt.Load() {
+			return 0, ErrOpen
 		}
-	}()
-	o := fn()
-	booked = true
-	if o == Success {
-		in.fastOK.Add(1)
+		b.setState(StateHalfOpen, now)
+		fallthrough
+	case StateHalfOpen:
+		if b.counts.Requests-b.counts.TotalExclusions >= b.settings.Successes {
+			return 0, ErrTooManyRequests
+		}
+	case StateClosed:
+		if b.win.on() {
+			b.win.advance(b.since(), &b.counts)
+			b.win.cur().requests++
+		}
+	}
+	b.counts.Requests++
+	return b.gen, nil
+}
+
+// book records the outcome of a request admitted in generation gen, unless
+// the breaker has moved on since.
+func (b *Breaker) book(gen uint64, o Outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if gen != b.gen {
 		return
 	}
-	in.book(gen, o)
-}
-
-// book hands an outcome of the fast path to the library, if the instance
-// has not changed state since the request was admitted (in generation gen).
-// A failure marks the instance failing first, so that later requests take
-// the library's path and its successes end the streak.
-func (in *instance) book(gen uint64, o Outcome) {
-	if o != Excluded {
-		in.failing()
-		defer in.pending.Add(-1)
+	// Same generation: the state is the one that admitted the request,
+	// closed or half-open.
+	if b.state == StateClosed && b.win.on() {
+		b.win.advance(b.since(), &b.counts)
 	}
-	if in.gen.Load() != gen {
-		return
-	}
-	// If the library refuses (a concurrent failure opened it), the outcome
-	// belongs to a state that is over, and is dropped as the library would.
-	_, _ = in.cb.Execute(func() (struct{}, error) { return struct{}{}, o.err() })
-}
-
-// failing marks a lean instance as failing (not clean) and counts a failure
-// pending, before the failure is booked in the library.
-func (in *instance) failing() {
-	in.pending.Add(1)
-	in.step(false)
-}
-
-// step advances word's sequence number and sets its clean flag to clean.
-func (in *instance) step(clean bool) {
-	for {
-		w := in.word.Load()
-		next := w&^cleanBit + seqStep
-		if clean {
-			next |= cleanBit
+	switch o {
+	case Success:
+		b.win.success(b.counts.ConsecutiveFailures > 0)
+		b.counts.TotalSuccesses++
+		b.counts.ConsecutiveSuccesses++
+		b.counts.ConsecutiveFailures = 0
+		if b.state == StateHalfOpen && b.counts.ConsecutiveSuccesses >= b.settings.Successes {
+			b.setState(StateClosed, 0)
 		}
-		if in.word.CompareAndSwap(w, next) {
-			return
+	case Excluded:
+		// frees a half-open probe slot: slots are Requests less exclusions
+		b.counts.TotalExclusions++
+		b.win.exclusion()
+	default:
+		b.win.failure(b.counts.ConsecutiveSuccesses > 0)
+		b.counts.TotalFailures++
+		b.counts.ConsecutiveFailures++
+		b.counts.ConsecutiveSuccesses = 0
+		if b.state == StateHalfOpen || b.settings.readyToTrip(b.counts) {
+			b.setState(StateOpen, b.since())
 		}
 	}
 }
 
-// slow runs fn through the library's Execute. On a lean instance, failures
-// mark it failing before the library books them, and a success checks
-// whether it is clean again.
-func (in *instance) slow(fn func() Outcome) error {
-	failed := false
-	if in.lean {
-		defer func() {
-			if failed {
-				in.pending.Add(-1)
-			}
-		}()
-	}
-	_, err := in.cb.Execute(func() (struct{}, error) {
-		o := Failure // if fn panics
-		if in.lean {
-			defer func() {
-				if o != Success && o != Excluded {
-					in.failing()
-					failed = true
-				}
-			}()
+// setState moves the breaker to state to, which must differ from the
+// current one, at now (since epoch; needed only when opening or when a
+// closed state has a window, 0 otherwise). It clears the counts, starts a
+// new generation, updates the mirror and calls onChange. b.mu must be held.
+func (b *Breaker) setState(to State, now int64) {
+	from := b.state
+	b.state = to
+	b.gen++
+	b.counts = Counts{}
+	if to == StateClosed {
+		if now == 0 {
+			now = b.windowNow()
 		}
-		o = fn()
-		return struct{}{}, o.err()
-	})
-	if err == nil && in.lean {
-		in.recheck()
+		b.win.reset(b.settings.Window, now)
+	} else {
+		b.win.reset(0, 0) // off: open and half-open count no window
 	}
-	switch err {
-	case nil, errFailure, errExcluded:
-		return nil
-	case gobreaker.ErrOpenState:
-		return ErrOpen
-	case gobreaker.ErrTooManyRequests:
-		return ErrTooManyRequests
+	// Store RetryAt before the state when opening, and clear it after
+	// leaving, so that a lock-free reader never sees an open state with
+	// another period's RetryAt.
+	if to == StateOpen {
+		b.openedAt.Store(now)
+		b.trips.Add(1)
+		b.retryAt.Store(addSat(now, b.settings.Timeout))
+		b.mstate.Store(uint32(to))
+	} else {
+		b.mstate.Store(uint32(to))
+		b.retryAt.Store(0)
 	}
-	return err
+	if b.onChange != nil {
+		b.onChange(from, to)
+	}
 }
 
-// State returns the current state. It takes the library's lock, and if an open
-// breaker's timeout has passed it turns it half-open (calling onChange) first,
-// as Do would.
+// addSat returns t+d, or the largest timestamp if that overflows.
+func addSat(t int64, d time.Duration) int64 {
+	if int64(d) > math.MaxInt64-t {
+		return math.MaxInt64
+	}
+	return t + int64(d)
+}
+
+// refresh turns an open breaker whose timeout has passed half-open, and
+// ages a closed breaker's window, as Do would. b.mu must be held.
+func (b *Breaker) refresh() {
+	switch b.state {
+	case StateOpen:
+		if now := b.since(); now >= b.retryAt.Load() {
+			b.setState(StateHalfOpen, now)
+		}
+	case StateClosed:
+		if b.win.on() {
+			b.win.advance(b.since(), &b.counts)
+		}
+	}
+}
+
+// State returns the current state. If an open breaker's timeout has passed,
+// it turns it half-open (calling onChange) first, as Do would.
 func (b *Breaker) State() State {
-	return fromGobreaker(b.cur.Load().cb.State())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refresh()
+	return b.state
 }
 
-// recheck marks a failing lean instance clean again after a success, if the
-// library is closed with no failure streak, and no failure is pending or
-// came in since the check began.
-func (in *instance) recheck() {
-	w := in.word.Load()
-	if w&cleanBit != 0 || in.pending.Load() != 0 {
-		return
-	}
-	// Any change of state or failure after w was read moves word on, and
-	// the swap below fails; one before it is in the library's state now.
-	if in.cb.State() != gobreaker.StateClosed || in.cb.Counts().ConsecutiveFailures != 0 {
-		return
-	}
-	run := in.fastOK.Load()
-	if in.word.CompareAndSwap(w, w|cleanBit) {
-		in.runStart.Store(run)
-	}
-}
-
-// Counts returns the counts of the current state (see Counts). Like State, it
-// brings the state and the rolling window up to date first.
+// Counts returns the counts of the current state (see Counts). Like State,
+// it brings the state and the rolling window up to date first.
 func (b *Breaker) Counts() Counts {
-	in := b.cur.Load()
-	st := in.cb.State()
-	c := countsFrom(in.cb.Counts())
-	if in.lean && st == gobreaker.StateClosed {
-		// the successes of the fast path since the instance closed
-		ok := in.fastOK.Load()
-		c.Requests += uint32(ok)
-		c.TotalSuccesses += uint32(ok)
-		if in.word.Load()&cleanBit != 0 {
-			c.ConsecutiveSuccesses += uint32(ok - in.runStart.Load())
-		}
-	}
-	return c
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refresh()
+	return b.counts
 }
 
 // Ready reports whether Do would likely let a request through now: the
-// breaker is closed or half-open (whose probe slots may all be taken), or open
-// with its timeout passed. It takes no lock, does not allocate, and does not
-// change the state or take a probe slot.
+// breaker is closed or half-open (whose probe slots may all be taken), or
+// open with its timeout passed. It takes no lock, does not allocate, and does
+// not change the state or take a probe slot.
 func (b *Breaker) Ready() bool {
-	if State(b.state.Load()) != StateOpen {
+	if State(b.mstate.Load()) != StateOpen {
 		return true
 	}
-	return mono() > b.retryAt.Load()
+	return b.since() >= b.retryAt.Load()
 }
 
 // OpenedAt returns when the breaker last opened, or the zero time if it never
 // did.
 func (b *Breaker) OpenedAt() time.Time {
-	return monoTime(b.openedAt.Load())
+	return b.at(b.openedAt.Load())
 }
 
-// RetryAt returns when an open breaker turns half-open (it does so on the first
-// call that looks after that time), or the zero time if it is not open.
+// RetryAt returns when an open breaker turns half-open (it does so on the
+// first call that looks after that time), or the zero time if it is not open.
 func (b *Breaker) RetryAt() time.Time {
-	if State(b.state.Load()) != StateOpen {
+	if State(b.mstate.Load()) != StateOpen {
 		return time.Time{}
 	}
-	return monoTime(b.retryAt.Load())
+	return b.at(b.retryAt.Load())
 }
 
 // Trips returns how many times the breaker has opened in its life, Trip
@@ -357,249 +287,91 @@ func (b *Breaker) Name() string {
 	return b.name
 }
 
-// Settings returns the settings in use, with defaults applied.
+// Settings returns the settings in use.
 func (b *Breaker) Settings() Settings {
-	return b.cur.Load().settings
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.settings
 }
 
-// Reset closes the breaker and clears its counts, calling onChange if it was not
-// closed. Outcomes of requests admitted before Reset are ignored.
+// Reset closes the breaker and clears its counts, calling onChange if it was
+// not closed. Outcomes of requests admitted before Reset are ignored.
 func (b *Breaker) Reset() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	in, st, retryAt := b.closed(b.cur.Load().settings)
-	b.replace(nil, in, st, retryAt)
+	if b.state != StateClosed {
+		b.setState(StateClosed, 0)
+		return
+	}
+	b.gen++
+	b.counts = Counts{}
+	b.win.reset(b.settings.Window, b.windowNow())
 }
 
-// Trip opens the breaker now, for a full Timeout, whatever its state. If it was
-// not open, onChange is called and Trips counts one more; if it was, its open
-// period restarts now (RetryAt moves, OpenedAt does not). Outcomes of requests
-// admitted before Trip are ignored.
+// windowNow returns the clock's reading if the settings have a window, else 0.
+func (b *Breaker) windowNow() int64 {
+	if b.settings.Window > 0 {
+		return b.since()
+	}
+	return 0
+}
+
+// Trip opens the breaker now, for a full Timeout, whatever its state. If it
+// was not open, onChange is called and Trips counts one more, and outcomes
+// of requests admitted before Trip are ignored; if it was, its open period
+// restarts now (RetryAt moves, OpenedAt does not).
 func (b *Breaker) Trip() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	in, st, retryAt := b.opened(b.cur.Load().settings)
-	b.replace(nil, in, st, retryAt)
+	now := b.since()
+	if b.state != StateOpen {
+		b.setState(StateOpen, now)
+		return
+	}
+	// Open admits nothing, so no outcome is pending: only the period moves.
+	b.retryAt.Store(addSat(now, b.settings.Timeout))
 }
 
-// Update applies new settings (after WithDefaults) to the breaker, for a
-// configuration reload. If they equal the current settings nothing changes.
-// Otherwise the breaker carries its state over to the new settings:
+// Update applies new settings to the breaker, for a configuration reload,
+// after checking them with Validate (whose error it returns, changing
+// nothing). If they equal the current settings nothing changes. Otherwise
+// the breaker keeps its state:
 //
-//   - closed stays closed, with its counts cleared;
+//   - closed stays closed, with its counts, which the new thresholds judge
+//     from the next failure on; a changed Window starts the counts over;
 //   - open stays open until its RetryAt, or until OpenedAt plus the new
 //     Timeout if that is sooner (a shorter timeout applies at once, a longer
-//     one waits for the next open period); if that time has passed it turns
-//     half-open at once;
-//   - half-open stays half-open, with all Successes probe slots free again:
-//     probes in flight are not counted, so up to twice as many can briefly
-//     run.
+//     one from the next open period);
+//   - half-open stays half-open with its probes in flight, and the new
+//     Successes sets how many probes it admits and how many successes close
+//     it (if the probes so far already make that many, it closes now).
 //
-// onChange is called only if the state changes. Trips, OpenedAt and RetryAt are
-// kept. Outcomes of requests admitted before Update are ignored.
-func (b *Breaker) Update(s Settings) {
-	s = s.sanitize()
+// onChange is called only if the state changes. Trips and OpenedAt are kept.
+func (b *Breaker) Update(s Settings) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for {
-		base := b.cur.Load()
-		if base.settings == s {
-			return
+	old := b.settings
+	if s == old {
+		return nil
+	}
+	b.settings = s
+	switch b.state {
+	case StateClosed:
+		if s.Window != old.Window {
+			b.counts = Counts{}
+			b.win.reset(s.Window, b.windowNow())
 		}
-		// Reading the state first turns a due open breaker half-open
-		// through the hook, so the carried state is the current one.
-		in, st, retryAt := b.carry(s, fromGobreaker(base.cb.State()))
-		if b.replace(base, in, st, retryAt) {
-			return
+	case StateOpen:
+		if r := addSat(b.openedAt.Load(), s.Timeout); r < b.retryAt.Load() {
+			b.retryAt.Store(r)
 		}
-		// base was provisional, and its hook replaced it by a regular
-		// instance in the meantime. Regular instances are replaced only
-		// under b.mu, so this loops at most once more.
-	}
-}
-
-// newInstance builds an instance that is not live yet. openFor is the library's
-// open timeout: s.Timeout, except for a provisional instance.
-func (b *Breaker) newInstance(s Settings, openFor time.Duration, provisional bool) *instance {
-	in := &instance{b: b, settings: s, provisional: provisional}
-	in.lean = !provisional && s.FailureRatio == 0 && s.Window == 0
-	if in.lean {
-		in.word.Store(cleanBit) // closed, with nothing counted
-	}
-	gs := gobreaker.Settings{
-		Name:          b.name,
-		MaxRequests:   s.Successes,
-		Timeout:       openFor,
-		ReadyToTrip:   in.readyToTrip,
-		OnStateChange: in.stateChanged,
-		IsExcluded:    isExcluded,
-	}
-	if s.Window > 0 {
-		gs.Interval, gs.BucketPeriod = window(s.Window)
-	}
-	in.cb = gobreaker.NewCircuitBreaker[struct{}](gs)
-	return in
-}
-
-// closed returns a regular instance in the closed state.
-func (b *Breaker) closed(s Settings) (*instance, State, int64) {
-	return b.newInstance(s, s.Timeout, false), StateClosed, 0
-}
-
-// opened returns a regular instance opened now, with its state and RetryAt.
-func (b *Breaker) opened(s Settings) (*instance, State, int64) {
-	in := b.newInstance(s, s.Timeout, false)
-	in.forceOpen()
-	st, retryAt := in.settle(s.Timeout)
-	return in, st, retryAt
-}
-
-// carry returns an instance with settings s that continues state st of the
-// current one (see Update), with its actual state and RetryAt.
-func (b *Breaker) carry(s Settings, st State) (*instance, State, int64) {
-	if st == StateClosed {
-		return b.closed(s)
-	}
-	openFor := minOpen
-	if st == StateOpen {
-		openFor = b.remainingOpen(s)
-	}
-	in := b.newInstance(s, openFor, true)
-	in.forceOpen()
-	got, retryAt := in.settle(openFor)
-	for i := 0; st == StateHalfOpen && got == StateOpen && i < settleTries; i++ {
-		got, retryAt = in.settle(openFor)
-	}
-	return in, got, retryAt
-}
-
-// remainingOpen returns how much longer an open breaker stays open under new
-// settings s: until its RetryAt, or OpenedAt+s.Timeout if sooner, and at least
-// minOpen.
-func (b *Breaker) remainingOpen(s Settings) time.Duration {
-	now := mono()
-	until := now + int64(s.Timeout)
-	if at := b.openedAt.Load(); at != 0 {
-		until = at + int64(s.Timeout)
-	}
-	if r := b.retryAt.Load(); r != 0 && r < until {
-		until = r
-	}
-	return max(time.Duration(until-now), minOpen)
-}
-
-// install makes in live and current. Callers other than New hold hookMu.
-func (b *Breaker) install(in *instance) {
-	in.live.Store(true)
-	b.cur.Store(in)
-}
-
-// replace installs in, prepared in state st, in place of base (or of whatever
-// is current if base is nil) and publishes st. If base is no longer current it
-// changes nothing and reports false.
-func (b *Breaker) replace(base, in *instance, st State, retryAt int64) bool {
-	b.hookMu.Lock()
-	defer b.hookMu.Unlock()
-	if base != nil && b.cur.Load() != base {
-		return false
-	}
-	b.install(in)
-	b.publish(st, retryAt)
-	return true
-}
-
-// publish records state to in the mirror and reports the change, if any, to
-// onChange. retryAt is used only if to is StateOpen. It must be called with
-// hookMu held.
-func (b *Breaker) publish(to State, retryAt int64) {
-	from := State(b.state.Load())
-	// Store RetryAt before the state when opening, and clear it after
-	// leaving, so that a lock-free reader never sees an open state with
-	// another period's RetryAt.
-	if to == StateOpen {
-		if from != StateOpen {
-			b.openedAt.Store(mono())
-			b.trips.Add(1)
+	case StateHalfOpen:
+		if b.counts.ConsecutiveSuccesses >= s.Successes {
+			b.setState(StateClosed, 0)
 		}
-		b.retryAt.Store(retryAt)
-		b.state.Store(uint32(to))
-	} else {
-		b.state.Store(uint32(to))
-		b.retryAt.Store(0)
 	}
-	if from != to && b.onChange != nil {
-		b.onChange(from, to)
-	}
-}
-
-// readyToTrip is the library's ReadyToTrip hook.
-func (in *instance) readyToTrip(c gobreaker.Counts) bool {
-	return in.force.Load() || in.settings.readyToTrip(countsFrom(c))
-}
-
-// stateChanged is the library's OnStateChange hook. It runs with the library's
-// lock held.
-func (in *instance) stateChanged(_ string, _, to gobreaker.State) {
-	if !in.live.Load() {
-		return
-	}
-	b := in.b
-	b.hookMu.Lock()
-	defer b.hookMu.Unlock()
-	if b.cur.Load() != in {
-		// Replaced: its outcomes no longer matter.
-		return
-	}
-	st := fromGobreaker(to)
-	if in.lean {
-		in.changed(st)
-	}
-	var retryAt int64
-	switch {
-	case in.provisional && st == StateOpen:
-		var next *instance
-		next, st, retryAt = b.opened(in.settings)
-		b.install(next)
-	case in.provisional && st == StateClosed:
-		var next *instance
-		next, st, retryAt = b.closed(in.settings)
-		b.install(next)
-	case st == StateOpen:
-		// The library set its expiry before calling the hook, so this
-		// RetryAt is never before it.
-		retryAt = mono() + int64(in.settings.Timeout)
-	}
-	b.publish(st, retryAt)
-}
-
-// changed starts a new generation of a lean instance entering state st: the
-// fast path's counts start over, and the instance is clean if st is closed
-// (the library has just cleared its counts).
-func (in *instance) changed(st State) {
-	in.gen.Add(1)
-	if st == StateClosed {
-		in.fastOK.Store(0)
-		in.runStart.Store(0)
-	}
-	in.step(st == StateClosed)
-}
-
-// forceOpen opens a fresh instance that is not live yet, by reporting one
-// failure while force is set.
-func (in *instance) forceOpen() {
-	in.force.Store(true)
-	defer in.force.Store(false)
-	in.word.Store(0) // not clean: open
-	_, _ = in.cb.Execute(func() (struct{}, error) { return struct{}{}, errFailure })
-}
-
-// settle returns the state of an instance that is not live yet, and for an open
-// one its RetryAt, read after the library set its expiry from openFor so that
-// Ready never reports the instance due before the library does.
-func (in *instance) settle(openFor time.Duration) (State, int64) {
-	st := fromGobreaker(in.cb.State())
-	if st != StateOpen {
-		return st, 0
-	}
-	return st, mono() + int64(openFor)
+	return nil
 }

@@ -5,18 +5,34 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// short is the open timeout of tests that wait for a breaker to turn
-// half-open; they poll for it (see waitUntil) rather than sleep.
-const short = 20 * time.Millisecond
+// clock is a test clock: it moves only when told to.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-// slack bounds how far apart two timestamps taken in one step may be.
-const slack = 100 * time.Millisecond
+func newClock() *clock {
+	return &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
 
 type transition struct{ from, to State }
 
@@ -32,15 +48,12 @@ func (r *recorder) onChange(from, to State) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) transitions() []transition {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.got)
-}
-
 func (r *recorder) expect(t *testing.T, want ...transition) {
 	t.Helper()
-	if got := r.transitions(); !slices.Equal(got, want) {
+	r.mu.Lock()
+	got := slices.Clone(r.got)
+	r.mu.Unlock()
+	if !slices.Equal(got, want) {
 		t.Fatalf("transitions = %v, want %v", got, want)
 	}
 }
@@ -53,10 +66,88 @@ var (
 	openToClosed     = transition{StateOpen, StateClosed}
 )
 
-// allow lets one request through b and keeps it in flight, as a two-step
-// breaker would: the request runs inside Do on a goroutine of its own, and
-// the returned function reports its outcome and waits until Do has booked
-// it. A refused request returns Do's error and no function.
+// settings returns complete settings: 3 failures, 2 successes, a one-minute
+// timeout, changed by the given functions.
+func settings(change ...func(*Settings)) Settings {
+	s := Settings{Failures: 3, Successes: 2, Timeout: time.Minute}
+	for _, f := range change {
+		f(&s)
+	}
+	return s
+}
+
+// harness is a breaker on a test clock, with its transitions recorded.
+type harness struct {
+	*Breaker
+	clock *clock
+	rec   *recorder
+}
+
+func newHarness(t *testing.T, s Settings) *harness {
+	t.Helper()
+	h := &harness{clock: newClock(), rec: &recorder{}}
+	b, err := newWithClock("w", s, h.rec.onChange, h.clock.now)
+	if err != nil {
+		t.Fatalf("New(%+v) = %v", s, err)
+	}
+	h.Breaker = b
+	return h
+}
+
+// halfOpen returns a half-open breaker with settings s: tripped, and past
+// its timeout.
+func halfOpen(t *testing.T, s Settings) *harness {
+	t.Helper()
+	h := newHarness(t, s)
+	h.Trip()
+	h.clock.advance(s.Timeout)
+	h.expectState(t, StateHalfOpen)
+	h.rec.expect(t, closedToOpen, openToHalfOpen)
+	return h
+}
+
+func (h *harness) expectState(t *testing.T, want State) {
+	t.Helper()
+	if got := h.State(); got != want {
+		t.Fatalf("State() = %v, want %v", got, want)
+	}
+}
+
+// do runs one request with outcome o through the breaker, which must admit
+// it.
+func do(t *testing.T, b *Breaker, o Outcome) {
+	t.Helper()
+	if err := b.Do(func() Outcome { return o }); err != nil {
+		t.Fatalf("Do(%v) = %v", o, err)
+	}
+}
+
+// doAll runs a sequence of outcomes: S, F or X for each.
+func doAll(t *testing.T, b *Breaker, seq string) {
+	t.Helper()
+	for _, c := range seq {
+		do(t, b, outcomeOf(t, c))
+	}
+}
+
+func outcomeOf(t *testing.T, c rune) Outcome {
+	t.Helper()
+	switch c {
+	case 'S':
+		return Success
+	case 'F':
+		return Failure
+	case 'X':
+		return Excluded
+	}
+	t.Fatalf("bad outcome %q", c)
+	return Failure
+}
+
+// allow lets one request through b and keeps it in flight: the request runs
+// inside Do on a goroutine of its own, and the returned function reports its
+// outcome and waits until Do has booked it. A refused request returns Do's
+// error and no function.
 func allow(b *Breaker) (done func(Outcome), err error) {
 	admitted := make(chan struct{})
 	outcome := make(chan Outcome)
@@ -81,38 +172,6 @@ func allow(b *Breaker) (done func(Outcome), err error) {
 	}
 }
 
-// report lets one request through b and reports its outcome.
-func report(t *testing.T, b *Breaker, o Outcome) {
-	t.Helper()
-	done, err := allow(b)
-	if err != nil {
-		t.Fatalf("allow() refused a %v: %v", o, err)
-	}
-	done(o)
-}
-
-// reportAll reports a sequence of outcomes: S, F or X for each.
-func reportAll(t *testing.T, b *Breaker, seq string) {
-	t.Helper()
-	for _, c := range seq {
-		report(t, b, outcomeOf(t, c))
-	}
-}
-
-func outcomeOf(t *testing.T, c rune) Outcome {
-	t.Helper()
-	switch c {
-	case 'S':
-		return Success
-	case 'F':
-		return Failure
-	case 'X':
-		return Excluded
-	}
-	t.Fatalf("bad outcome %q", c)
-	return Failure
-}
-
 // admit takes n requests through b and returns their done functions. The
 // requests a test leaves in flight end, excluded, when it is over.
 func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
@@ -121,7 +180,7 @@ func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
 	for i := range n {
 		done, err := allow(b)
 		if err != nil {
-			t.Fatalf("allow() #%d refused: %v", i+1, err)
+			t.Fatalf("request #%d refused: %v", i+1, err)
 		}
 		t.Cleanup(func() { done(Excluded) })
 		dones = append(dones, done)
@@ -131,110 +190,84 @@ func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
 
 func expectRefused(t *testing.T, b *Breaker, want error) {
 	t.Helper()
-	done, err := allow(b)
-	if !errors.Is(err, want) {
-		if done != nil {
-			done(Excluded)
-		}
-		t.Fatalf("allow() = %v, want %v", err, want)
+	ran := false
+	if err := b.Do(func() Outcome { ran = true; return Success }); !errors.Is(err, want) {
+		t.Fatalf("Do() = %v, want %v", err, want)
 	}
-	if done != nil {
-		t.Fatal("allow() refused but returned a done function")
+	if ran {
+		t.Fatal("Do() ran a refused request")
 	}
-}
-
-func expectState(t *testing.T, b *Breaker, want State) {
-	t.Helper()
-	if got := b.State(); got != want {
-		t.Fatalf("State() = %v, want %v", got, want)
-	}
-}
-
-// waitUntil polls cond until it holds, failing the test after a generous
-// deadline. It is for the library's real-time open timeout only.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// halfOpen returns a half-open breaker with settings s, whose next open period
-// lasts s.Timeout (which should be long, so that no test races it). It gets
-// there by tripping with a short timeout, waiting, and updating the timeout,
-// which reports closed→open and open→half_open to rec.
-func halfOpen(t *testing.T, s Settings, rec *recorder) *Breaker {
-	t.Helper()
-	long := s
-	s.Timeout = short
-	b := New("w", s, rec.onChange)
-	b.Trip()
-	waitUntil(t, "half-open", func() bool { return b.State() == StateHalfOpen })
-	b.Update(long)
-	expectState(t, b, StateHalfOpen)
-	rec.expect(t, closedToOpen, openToHalfOpen)
-	return b
 }
 
 func TestNew(t *testing.T) {
-	b := New("w1", Settings{}, nil)
-	expectState(t, b, StateClosed)
-	if !b.Ready() {
-		t.Error("Ready() = false on a new breaker")
-	}
-	if got := b.Name(); got != "w1" {
-		t.Errorf("Name() = %q", got)
-	}
-	if got := b.Settings(); got != (Settings{}).WithDefaults() {
-		t.Errorf("Settings() = %+v, want the defaults", got)
-	}
-	if b.Trips() != 0 || !b.OpenedAt().IsZero() || !b.RetryAt().IsZero() {
-		t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want zeros", b.Trips(), b.OpenedAt(), b.RetryAt())
-	}
-	if got := b.Counts(); got != (Counts{}) {
-		t.Errorf("Counts() = %+v, want zero", got)
-	}
+	t.Run("closed", func(t *testing.T) {
+		s := settings()
+		b, err := New("w1", s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.State() != StateClosed || !b.Ready() {
+			t.Errorf("State, Ready = %v, %v; want closed, true", b.State(), b.Ready())
+		}
+		if b.Name() != "w1" || b.Settings() != s {
+			t.Errorf("Name, Settings = %q, %+v", b.Name(), b.Settings())
+		}
+		if b.Trips() != 0 || !b.OpenedAt().IsZero() || !b.RetryAt().IsZero() || b.Counts() != (Counts{}) {
+			t.Errorf("Trips, OpenedAt, RetryAt, Counts = %d, %v, %v, %+v; want zeros",
+				b.Trips(), b.OpenedAt(), b.RetryAt(), b.Counts())
+		}
+		do(t, b, Failure) // nil onChange is fine
+	})
+
+	t.Run("incomplete settings are refused", func(t *testing.T) {
+		b, err := New("w", Settings{Failures: 5}, nil)
+		if b != nil || err == nil {
+			t.Fatalf("New() = %v, %v; want an error", b, err)
+		}
+		for _, field := range []string{"successes", "timeout"} {
+			if !strings.Contains(err.Error(), field) {
+				t.Errorf("New() = %q, want it to name %s", err, field)
+			}
+		}
+	})
 }
 
 func TestConsecutiveFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		failures uint32 // Settings.Failures
+		failures uint32
 		before   string // outcomes that must leave it closed
 		last     bool   // one more failure opens it
 	}{
-		{name: "default threshold", before: "FFFF", last: true},
-		{name: "threshold 1", failures: 1, before: "", last: true},
+		{name: "threshold 1", failures: 1, last: true},
 		{name: "threshold 3", failures: 3, before: "FF", last: true},
 		{name: "a success resets the streak", failures: 3, before: "FFSFF", last: true},
 		{name: "exclusions do not break the streak", failures: 3, before: "FXXXF", last: true},
 		{name: "successes only", failures: 1, before: "SSSSSSSSSS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var rec recorder
-			b := New("w", Settings{Failures: tc.failures, Timeout: time.Hour}, rec.onChange)
+			h := newHarness(t, settings(func(s *Settings) { s.Failures = tc.failures }))
 			for i, c := range tc.before {
-				report(t, b, outcomeOf(t, c))
-				if got := b.State(); got != StateClosed {
+				do(t, h.Breaker, outcomeOf(t, c))
+				if got := h.State(); got != StateClosed {
 					t.Fatalf("State() after %q = %v, want closed", tc.before[:i+1], got)
 				}
 			}
 			if !tc.last {
-				rec.expect(t)
+				h.rec.expect(t)
 				return
 			}
-			report(t, b, Failure)
-			expectState(t, b, StateOpen)
-			expectRefused(t, b, ErrOpen)
-			rec.expect(t, closedToOpen)
-			if b.Trips() != 1 || b.Ready() {
-				t.Errorf("Trips, Ready = %d, %v; want 1, false", b.Trips(), b.Ready())
+			do(t, h.Breaker, Failure)
+			h.expectState(t, StateOpen)
+			expectRefused(t, h.Breaker, ErrOpen)
+			h.rec.expect(t, closedToOpen)
+			if h.Trips() != 1 || h.Ready() {
+				t.Errorf("Trips, Ready = %d, %v; want 1, false", h.Trips(), h.Ready())
 			}
-			if got := b.Counts(); got != (Counts{}) {
+			if !h.OpenedAt().Equal(h.clock.now()) || !h.RetryAt().Equal(h.clock.now().Add(time.Minute)) {
+				t.Errorf("OpenedAt, RetryAt = %v, %v; want now and a timeout later", h.OpenedAt(), h.RetryAt())
+			}
+			if got := h.Counts(); got != (Counts{}) {
 				t.Errorf("Counts() = %+v, want cleared on opening", got)
 			}
 		})
@@ -244,41 +277,41 @@ func TestConsecutiveFailures(t *testing.T) {
 func TestFailureRatio(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		settings Settings
+		ratio    float64
+		min      uint32
+		failures uint32 // 0: 100
 		seq      string
 		openAt   int // outcomes after which it is open; 0: never
 	}{
-		{name: "opens at the ratio", settings: Settings{FailureRatio: 0.5, MinRequests: 4}, seq: "SSFF", openAt: 4},
-		{name: "not before min requests", settings: Settings{FailureRatio: 0.5, MinRequests: 4}, seq: "FSFSF", openAt: 5},
-		{name: "default min requests", settings: Settings{FailureRatio: 0.5}, seq: "FFFFFFFFFF", openAt: 10},
-		{name: "below the ratio", settings: Settings{FailureRatio: 0.6, MinRequests: 4}, seq: "SFSFSFSFSFSF"},
-		{name: "exclusions are not requests", settings: Settings{FailureRatio: 0.5, MinRequests: 4}, seq: "FXXXXXXF"},
-		{name: "in-flight requests are not requests", settings: Settings{FailureRatio: 0.5, MinRequests: 3}, seq: "SFF", openAt: 3},
-		{name: "ratio 1 needs every request failed", settings: Settings{FailureRatio: 1, MinRequests: 3}, seq: "FFSFFFS"},
-		{name: "ratio 1", settings: Settings{FailureRatio: 1, MinRequests: 3}, seq: "FFF", openAt: 3},
-		{name: "consecutive failures still open it", settings: Settings{Failures: 3, FailureRatio: 0.9, MinRequests: 100}, seq: "SFFF", openAt: 4},
+		{name: "opens at the ratio", ratio: 0.5, min: 4, seq: "SSFF", openAt: 4},
+		{name: "not before min requests", ratio: 0.5, min: 4, seq: "FSFSF", openAt: 5},
+		{name: "no minimum", ratio: 0.5, seq: "SF", openAt: 2},
+		{name: "below the ratio", ratio: 0.6, min: 4, seq: "SFSFSFSFSFSF"},
+		{name: "exclusions are not requests", ratio: 0.5, min: 4, seq: "FXXXXXXF"},
+		{name: "in-flight requests are not requests", ratio: 0.5, min: 3, seq: "SFF", openAt: 3},
+		{name: "ratio 1 needs every request failed", ratio: 1, min: 3, seq: "FFSFFFS"},
+		{name: "ratio 1", ratio: 1, min: 3, seq: "FFF", openAt: 3},
+		{name: "consecutive failures still open it", ratio: 0.9, min: 100, failures: 3, seq: "SFFF", openAt: 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := tc.settings
-			if s.Failures == 0 {
-				s.Failures = 100
-			}
-			s.Timeout = time.Hour
-			b := New("w", s, nil)
-			if tc.name == "in-flight requests are not requests" {
-				// Two requests in flight raise Requests but not the
-				// completed count the ratio is taken over.
-				for _, done := range admit(t, b, 2) {
-					defer done(Excluded)
+			h := newHarness(t, settings(func(s *Settings) {
+				s.FailureRatio, s.MinRequests, s.Failures = tc.ratio, tc.min, tc.failures
+				if s.Failures == 0 {
+					s.Failures = 100
 				}
+			}))
+			if tc.name == "in-flight requests are not requests" {
+				// two requests in flight raise Requests, not the
+				// completed count the ratio is taken over
+				admit(t, h.Breaker, 2)
 			}
 			for i, c := range tc.seq {
-				report(t, b, outcomeOf(t, c))
+				do(t, h.Breaker, outcomeOf(t, c))
 				want := StateClosed
 				if i+1 == tc.openAt {
 					want = StateOpen
 				}
-				if got := b.State(); got != want {
+				if got := h.State(); got != want {
 					t.Fatalf("State() after %q = %v, want %v", tc.seq[:i+1], got, want)
 				}
 				if want == StateOpen {
@@ -291,92 +324,82 @@ func TestFailureRatio(t *testing.T) {
 
 func TestExcluded(t *testing.T) {
 	t.Run("closed", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 3}, rec.onChange)
-		reportAll(t, b, "SFF")
-		before := b.Counts()
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "SFF")
 		for range 50 {
-			report(t, b, Excluded)
+			do(t, h.Breaker, Excluded)
 		}
-		got := b.Counts()
-		want := before
-		want.Requests += 50
-		want.TotalExclusions += 50
-		if got != want {
+		want := Counts{Requests: 53, TotalSuccesses: 1, TotalFailures: 2, TotalExclusions: 50, ConsecutiveFailures: 2}
+		if got := h.Counts(); got != want {
 			t.Fatalf("Counts() = %+v, want %+v", got, want)
 		}
-		expectState(t, b, StateClosed)
-		rec.expect(t)
+		h.expectState(t, StateClosed)
+		h.rec.expect(t)
 	})
 
 	t.Run("half-open", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, Settings{Successes: 2, Timeout: time.Hour}, &rec)
+		h := halfOpen(t, settings())
 		for range 20 {
-			report(t, b, Excluded)
+			do(t, h.Breaker, Excluded)
 		}
-		expectState(t, b, StateHalfOpen)
-		if c := b.Counts(); c.TotalSuccesses != 0 || c.TotalFailures != 0 || c.TotalExclusions != 20 {
+		h.expectState(t, StateHalfOpen)
+		if c := h.Counts(); c != (Counts{Requests: 20, TotalExclusions: 20}) {
 			t.Fatalf("Counts() = %+v", c)
 		}
-		rec.expect(t, closedToOpen, openToHalfOpen)
+		h.rec.expect(t, closedToOpen, openToHalfOpen)
 	})
 }
 
 func TestHalfOpen(t *testing.T) {
-	settings := Settings{Failures: 1, Successes: 3, Timeout: time.Hour}
+	s := settings(func(s *Settings) { s.Failures, s.Successes = 1, 3 })
 
 	t.Run("limits probes and closes after successes", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, settings, &rec)
-		dones := admit(t, b, 3)
-		expectRefused(t, b, ErrTooManyRequests)
-		if !b.Ready() {
+		h := halfOpen(t, s)
+		dones := admit(t, h.Breaker, 3)
+		expectRefused(t, h.Breaker, ErrTooManyRequests)
+		if !h.Ready() {
 			t.Error("Ready() = false while half-open")
 		}
 		dones[0](Success)
 		dones[1](Success)
-		expectState(t, b, StateHalfOpen)
-		expectRefused(t, b, ErrTooManyRequests)
+		h.expectState(t, StateHalfOpen)
+		expectRefused(t, h.Breaker, ErrTooManyRequests)
 		dones[2](Success)
-		expectState(t, b, StateClosed)
-		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-		admit(t, b, 10) // closed: no limit
+		h.expectState(t, StateClosed)
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
+		admit(t, h.Breaker, 10) // closed: no limit
 	})
 
 	t.Run("a failure reopens it", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, settings, &rec)
-		dones := admit(t, b, 2)
+		h := halfOpen(t, s)
+		dones := admit(t, h.Breaker, 2)
 		dones[0](Success)
 		dones[1](Failure)
-		expectState(t, b, StateOpen)
-		expectRefused(t, b, ErrOpen)
-		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
-		if b.Trips() != 2 {
-			t.Errorf("Trips() = %d, want 2", b.Trips())
+		h.expectState(t, StateOpen)
+		expectRefused(t, h.Breaker, ErrOpen)
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
+		if h.Trips() != 2 {
+			t.Errorf("Trips() = %d, want 2", h.Trips())
 		}
-		if d := b.RetryAt().Sub(b.OpenedAt()); d < time.Hour-slack || d > time.Hour {
-			t.Errorf("RetryAt - OpenedAt = %v, want the full timeout", d)
+		if d := h.RetryAt().Sub(h.OpenedAt()); d != time.Minute {
+			t.Errorf("RetryAt - OpenedAt = %v, want the timeout", d)
 		}
 	})
 
 	t.Run("an exclusion frees its slot", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, settings, &rec)
-		dones := admit(t, b, 3)
+		h := halfOpen(t, s)
+		dones := admit(t, h.Breaker, 3)
 		dones[0](Excluded)
-		dones = append(dones, admit(t, b, 1)...)
-		expectRefused(t, b, ErrTooManyRequests)
+		dones = append(dones, admit(t, h.Breaker, 1)...)
+		expectRefused(t, h.Breaker, ErrTooManyRequests)
 		for _, done := range dones[1:] {
 			done(Success)
 		}
-		expectState(t, b, StateClosed)
+		h.expectState(t, StateClosed)
 	})
 
 	t.Run("concurrent probes", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, settings, &rec)
+		h := halfOpen(t, s)
 		var (
 			start            = make(chan struct{})
 			wg               sync.WaitGroup
@@ -387,7 +410,7 @@ func TestHalfOpen(t *testing.T) {
 		for range 64 {
 			wg.Go(func() {
 				<-start
-				done, err := allow(b)
+				done, err := allow(h.Breaker)
 				if err != nil {
 					if errors.Is(err, ErrTooManyRequests) {
 						refuse.Add(1)
@@ -408,186 +431,168 @@ func TestHalfOpen(t *testing.T) {
 		for _, done := range dones {
 			done(Success)
 		}
-		expectState(t, b, StateClosed)
+		h.expectState(t, StateClosed)
 	})
 }
 
 func TestTimeoutTurnsHalfOpen(t *testing.T) {
-	var rec recorder
-	b := New("w", Settings{Failures: 1, Successes: 1, Timeout: short}, rec.onChange)
-	report(t, b, Failure)
-	opened, retry := b.OpenedAt(), b.RetryAt()
-	if d := retry.Sub(opened); d < short-slack || d > short {
-		t.Fatalf("RetryAt - OpenedAt = %v, want about %v", d, short)
+	h := newHarness(t, settings(func(s *Settings) { s.Failures, s.Successes = 1, 1 }))
+	do(t, h.Breaker, Failure)
+	opened := h.OpenedAt()
+	if want := opened.Add(time.Minute); !h.RetryAt().Equal(want) {
+		t.Fatalf("RetryAt() = %v, want %v", h.RetryAt(), want)
 	}
-	waitUntil(t, "Ready", b.Ready)
-	if time.Now().Before(retry) {
-		t.Fatalf("Ready() before RetryAt %v", retry)
+	h.clock.advance(time.Minute - time.Nanosecond)
+	if h.Ready() || h.State() != StateOpen {
+		t.Fatal("Ready or not open a nanosecond before RetryAt")
+	}
+	expectRefused(t, h.Breaker, ErrOpen)
+	h.clock.advance(time.Nanosecond)
+	if !h.Ready() {
+		t.Fatal("Ready() = false at RetryAt")
 	}
 	// Ready does not change the state: the mirror still says open.
-	if got := State(b.state.Load()); got != StateOpen {
+	if got := State(h.mstate.Load()); got != StateOpen {
 		t.Fatalf("state after Ready() = %v, want still open", got)
 	}
-	rec.expect(t, closedToOpen)
-	report(t, b, Success)
-	expectState(t, b, StateClosed)
-	rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-	if !b.RetryAt().IsZero() || !b.OpenedAt().Equal(opened) {
-		t.Errorf("RetryAt, OpenedAt = %v, %v; want zero, %v", b.RetryAt(), b.OpenedAt(), opened)
+	h.rec.expect(t, closedToOpen)
+	do(t, h.Breaker, Success)
+	h.expectState(t, StateClosed)
+	h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
+	if !h.RetryAt().IsZero() || !h.OpenedAt().Equal(opened) {
+		t.Errorf("RetryAt, OpenedAt = %v, %v; want zero, %v", h.RetryAt(), h.OpenedAt(), opened)
 	}
 }
 
 func TestReadyTakesNoSlot(t *testing.T) {
-	var rec recorder
-	b := halfOpen(t, Settings{Successes: 2, Timeout: time.Hour}, &rec)
+	h := halfOpen(t, settings())
 	for range 100 {
-		if !b.Ready() {
+		if !h.Ready() {
 			t.Fatal("Ready() = false while half-open")
 		}
 	}
-	admit(t, b, 2)
-	b.Trip()
-	if b.Ready() {
-		t.Error("Ready() = true while open for an hour")
+	admit(t, h.Breaker, 2)
+	h.Trip()
+	if h.Ready() {
+		t.Error("Ready() = true while open")
 	}
 }
 
 func TestOnChangeOrder(t *testing.T) {
-	var rec recorder
-	b := New("w", Settings{Failures: 1, Successes: 1, Timeout: short}, rec.onChange)
-	report(t, b, Failure)
-	waitUntil(t, "half-open", func() bool { return b.State() == StateHalfOpen })
-	b.State() // no change, no call
-	report(t, b, Success)
-	b.Trip()
-	b.Trip() // already open: no call
-	b.Reset()
-	b.Reset() // already closed: no call
-	rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed, closedToOpen, openToClosed)
+	h := newHarness(t, settings(func(s *Settings) { s.Failures, s.Successes = 1, 1 }))
+	do(t, h.Breaker, Failure)
+	h.clock.advance(time.Minute)
+	h.State() // open → half-open
+	h.State() // no change, no call
+	do(t, h.Breaker, Success)
+	h.Trip()
+	h.Trip() // already open: no call
+	h.Reset()
+	h.Reset() // already closed: no call
+	h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed, closedToOpen, openToClosed)
 }
 
 func TestTrip(t *testing.T) {
-	settings := Settings{Successes: 2, Timeout: time.Hour}
-	for _, tc := range []struct {
-		name      string
-		setup     func(t *testing.T, rec *recorder) *Breaker
-		before    []transition // transitions of setup
-		from      State        // the state Trip opens from
-		tripsWant uint64
-	}{
-		{
-			name: "closed with counts",
-			setup: func(t *testing.T, rec *recorder) *Breaker {
-				b := New("w", settings, rec.onChange)
-				reportAll(t, b, "SFF")
-				return b
-			},
-			from:      StateClosed,
-			tripsWant: 1,
-		},
-		{
-			name: "half-open with probes in flight",
-			setup: func(t *testing.T, rec *recorder) *Breaker {
-				b := halfOpen(t, settings, rec)
-				for _, done := range admit(t, b, 2) {
-					t.Cleanup(func() { done(Success) })
-				}
-				return b
-			},
-			before:    []transition{closedToOpen, openToHalfOpen},
-			from:      StateHalfOpen,
-			tripsWant: 2,
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var rec recorder
-			b := tc.setup(t, &rec)
-			b.Trip()
-			expectState(t, b, StateOpen)
-			expectRefused(t, b, ErrOpen)
-			rec.expect(t, append(tc.before, transition{tc.from, StateOpen})...)
-			if b.Trips() != tc.tripsWant {
-				t.Errorf("Trips() = %d, want %d", b.Trips(), tc.tripsWant)
-			}
-			if got := b.Counts(); got != (Counts{}) {
-				t.Errorf("Counts() = %+v, want zero", got)
-			}
-			if d := time.Until(b.RetryAt()); d < time.Hour-slack || d > time.Hour {
-				t.Errorf("RetryAt in %v, want an hour", d)
-			}
-			if d := time.Since(b.OpenedAt()); d < 0 || d > slack {
-				t.Errorf("OpenedAt %v ago, want now", d)
-			}
-		})
-	}
-
-	t.Run("already open restarts the open period", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Timeout: time.Hour}, rec.onChange)
-		report(t, b, Failure)
-		opened, retry := b.OpenedAt(), b.RetryAt()
-		waitUntil(t, "the clock to move", func() bool { return time.Since(opened) > time.Millisecond })
-		b.Trip()
-		expectState(t, b, StateOpen)
-		rec.expect(t, closedToOpen)
-		if b.Trips() != 1 || !b.OpenedAt().Equal(opened) || !b.RetryAt().After(retry) {
-			t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want 1, %v, after %v", b.Trips(), b.OpenedAt(), b.RetryAt(), opened, retry)
+	t.Run("closed with counts", func(t *testing.T) {
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "SFF")
+		h.Trip()
+		h.expectState(t, StateOpen)
+		expectRefused(t, h.Breaker, ErrOpen)
+		h.rec.expect(t, closedToOpen)
+		if h.Trips() != 1 || h.Counts() != (Counts{}) {
+			t.Errorf("Trips, Counts = %d, %+v; want 1, zero", h.Trips(), h.Counts())
+		}
+		if now := h.clock.now(); !h.OpenedAt().Equal(now) || !h.RetryAt().Equal(now.Add(time.Minute)) {
+			t.Errorf("OpenedAt, RetryAt = %v, %v; want now and a timeout later", h.OpenedAt(), h.RetryAt())
 		}
 	})
 
-	t.Run("due to turn half-open", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Timeout: short}, rec.onChange)
-		report(t, b, Failure)
-		waitUntil(t, "Ready", b.Ready)
-		before := time.Now()
-		b.Trip()
-		if got := State(b.state.Load()); got != StateOpen || b.RetryAt().Before(before.Add(short)) {
-			t.Errorf("state, RetryAt = %v, %v; want open until at least %v", got, b.RetryAt(), before.Add(short))
+	t.Run("half-open with probes in flight", func(t *testing.T) {
+		h := halfOpen(t, settings())
+		dones := admit(t, h.Breaker, 2)
+		h.Trip()
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
+		// outcomes of requests admitted before Trip are ignored
+		dones[0](Success)
+		dones[1](Success)
+		h.expectState(t, StateOpen)
+		if h.Trips() != 2 || h.Counts() != (Counts{}) {
+			t.Errorf("Trips, Counts = %d, %+v; want 2, zero", h.Trips(), h.Counts())
 		}
-		rec.expect(t, closedToOpen)
+	})
+
+	t.Run("open restarts the open period", func(t *testing.T) {
+		h := newHarness(t, settings())
+		h.Trip()
+		opened := h.OpenedAt()
+		h.clock.advance(59 * time.Second) // due in a second
+		h.Trip()
+		h.expectState(t, StateOpen)
+		h.rec.expect(t, closedToOpen)
+		if h.Trips() != 1 || !h.OpenedAt().Equal(opened) || !h.RetryAt().Equal(h.clock.now().Add(time.Minute)) {
+			t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want 1, %v, a timeout from now",
+				h.Trips(), h.OpenedAt(), h.RetryAt(), opened)
+		}
+	})
+
+	t.Run("open past its timeout stays open", func(t *testing.T) {
+		h := newHarness(t, settings())
+		h.Trip()
+		h.clock.advance(2 * time.Minute) // due, but nobody looked
+		h.Trip()
+		if got := State(h.mstate.Load()); got != StateOpen || h.Ready() {
+			t.Errorf("state, Ready = %v, %v; want open, false", got, h.Ready())
+		}
+		h.rec.expect(t, closedToOpen)
 	})
 }
 
 func TestReset(t *testing.T) {
 	t.Run("closed with counts", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 3}, rec.onChange)
-		reportAll(t, b, "SFF")
-		b.Reset()
-		if got := b.Counts(); got != (Counts{}) {
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "SFF")
+		h.Reset()
+		if got := h.Counts(); got != (Counts{}) {
 			t.Fatalf("Counts() = %+v, want zero", got)
 		}
-		reportAll(t, b, "FF") // the two earlier failures are gone
-		expectState(t, b, StateClosed)
-		rec.expect(t)
+		doAll(t, h.Breaker, "FF") // the two earlier failures are gone
+		h.expectState(t, StateClosed)
+		h.rec.expect(t)
+	})
+
+	t.Run("closed with a request in flight", func(t *testing.T) {
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "FF")
+		dones := admit(t, h.Breaker, 1)
+		h.Reset()
+		dones[0](Failure) // admitted before Reset: ignored
+		doAll(t, h.Breaker, "FF")
+		h.expectState(t, StateClosed)
 	})
 
 	t.Run("open", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Timeout: time.Hour}, rec.onChange)
-		report(t, b, Failure)
-		opened := b.OpenedAt()
-		b.Reset()
-		expectState(t, b, StateClosed)
-		rec.expect(t, closedToOpen, openToClosed)
-		if !b.Ready() || !b.RetryAt().IsZero() || b.Trips() != 1 || !b.OpenedAt().Equal(opened) {
-			t.Errorf("Ready, RetryAt, Trips, OpenedAt = %v, %v, %d, %v", b.Ready(), b.RetryAt(), b.Trips(), b.OpenedAt())
+		h := newHarness(t, settings())
+		h.Trip()
+		opened := h.OpenedAt()
+		h.Reset()
+		h.expectState(t, StateClosed)
+		h.rec.expect(t, closedToOpen, openToClosed)
+		if !h.Ready() || !h.RetryAt().IsZero() || h.Trips() != 1 || !h.OpenedAt().Equal(opened) {
+			t.Errorf("Ready, RetryAt, Trips, OpenedAt = %v, %v, %d, %v", h.Ready(), h.RetryAt(), h.Trips(), h.OpenedAt())
 		}
-		report(t, b, Success)
+		do(t, h.Breaker, Success)
 	})
 
 	t.Run("half-open with probes in flight", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, Settings{Failures: 1, Successes: 2, Timeout: time.Hour}, &rec)
-		dones := admit(t, b, 2)
-		b.Reset()
-		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-		// Outcomes of requests admitted before Reset are ignored.
+		h := halfOpen(t, settings())
+		dones := admit(t, h.Breaker, 2)
+		h.Reset()
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
 		dones[0](Failure)
 		dones[1](Failure)
-		expectState(t, b, StateClosed)
-		if got := b.Counts(); got != (Counts{}) {
+		h.expectState(t, StateClosed)
+		if got := h.Counts(); got != (Counts{}) {
 			t.Fatalf("Counts() = %+v, want zero", got)
 		}
 	})
@@ -595,215 +600,329 @@ func TestReset(t *testing.T) {
 
 func TestUpdate(t *testing.T) {
 	t.Run("equal settings keep everything", func(t *testing.T) {
-		for _, same := range []Settings{{}, (Settings{}).WithDefaults()} {
-			var rec recorder
-			b := New("w", Settings{}, rec.onChange)
-			reportAll(t, b, "SFFFFX")
-			before, in := b.Counts(), b.cur.Load()
-			b.Update(same)
-			if got := b.Counts(); got != before {
-				t.Fatalf("Update(%+v): Counts() = %+v, want %+v", same, got, before)
-			}
-			if b.cur.Load() != in {
-				t.Fatalf("Update(%+v) replaced the breaker", same)
-			}
-			reportAll(t, b, "F") // the fifth consecutive failure
-			expectState(t, b, StateOpen)
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "SFFX")
+		before := h.Counts()
+		if err := h.Update(settings()); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.Counts(); got != before {
+			t.Fatalf("Counts() = %+v, want %+v", got, before)
+		}
+		do(t, h.Breaker, Failure) // the third in a row
+		h.expectState(t, StateOpen)
+	})
+
+	t.Run("invalid settings change nothing", func(t *testing.T) {
+		h := newHarness(t, settings())
+		err := h.Update(settings(func(s *Settings) { s.FailureRatio, s.Timeout = 7, 0 }))
+		if err == nil || !strings.Contains(err.Error(), "failure_ratio") || !strings.Contains(err.Error(), "timeout") {
+			t.Fatalf("Update() = %v, want an error naming failure_ratio and timeout", err)
+		}
+		if h.Settings() != settings() {
+			t.Errorf("Settings() = %+v, want unchanged", h.Settings())
 		}
 	})
 
-	t.Run("closed takes the new threshold at once", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 5}, rec.onChange)
-		reportAll(t, b, "FFF")
-		b.Update(Settings{Failures: 2})
-		if got := b.Settings().Failures; got != 2 {
+	t.Run("closed keeps its counts, judged by the new threshold", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Failures = 5 }))
+		doAll(t, h.Breaker, "SFFF")
+		if err := h.Update(settings(func(s *Settings) { s.Failures = 2 })); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.Settings().Failures; got != 2 {
 			t.Fatalf("Settings().Failures = %d, want 2", got)
 		}
-		expectState(t, b, StateClosed)
-		if got := b.Counts(); got != (Counts{}) {
-			t.Fatalf("Counts() = %+v, want cleared", got)
+		h.expectState(t, StateClosed) // judged on the next failure
+		if c := h.Counts(); c.ConsecutiveFailures != 3 || c.Requests != 4 {
+			t.Fatalf("Counts() = %+v, want kept", c)
 		}
-		report(t, b, Failure)
-		expectState(t, b, StateClosed)
-		report(t, b, Failure)
-		expectState(t, b, StateOpen)
-		rec.expect(t, closedToOpen)
+		do(t, h.Breaker, Failure)
+		h.expectState(t, StateOpen)
+		h.rec.expect(t, closedToOpen)
 	})
 
-	t.Run("open stays open until its RetryAt", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Timeout: time.Hour}, rec.onChange)
-		report(t, b, Failure)
-		opened, retry := b.OpenedAt(), b.RetryAt()
-		b.Update(Settings{Failures: 2, Timeout: 2 * time.Hour})
-		expectState(t, b, StateOpen)
-		expectRefused(t, b, ErrOpen)
-		rec.expect(t, closedToOpen)
-		if b.Trips() != 1 || !b.OpenedAt().Equal(opened) {
-			t.Errorf("Trips, OpenedAt = %d, %v; want 1, %v", b.Trips(), b.OpenedAt(), opened)
+	t.Run("closed with a new window starts over", func(t *testing.T) {
+		h := newHarness(t, settings())
+		doAll(t, h.Breaker, "FF")
+		if err := h.Update(settings(func(s *Settings) { s.Window = time.Minute })); err != nil {
+			t.Fatal(err)
 		}
-		if d := b.RetryAt().Sub(retry); d < 0 || d > slack {
-			t.Errorf("RetryAt moved by %v, want kept", d)
+		if c := h.Counts(); c != (Counts{}) {
+			t.Fatalf("Counts() = %+v, want zero", c)
 		}
-		if b.Settings().Timeout != 2*time.Hour {
-			t.Errorf("Settings().Timeout = %v", b.Settings().Timeout)
-		}
+		doAll(t, h.Breaker, "FF")
+		h.expectState(t, StateClosed)
 	})
 
-	t.Run("open takes a shorter timeout and the new threshold", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Successes: 1, Timeout: time.Hour}, rec.onChange)
-		report(t, b, Failure)
-		b.Update(Settings{Failures: 2, Successes: 1, Timeout: short})
-		// At most short plus the time Update took to build the new breaker.
-		if d := b.RetryAt().Sub(b.OpenedAt()); d > short+slack {
-			t.Fatalf("RetryAt - OpenedAt = %v, want about %v", d, short)
+	t.Run("open keeps its RetryAt under a longer timeout", func(t *testing.T) {
+		h := newHarness(t, settings())
+		h.Trip()
+		opened, retry := h.OpenedAt(), h.RetryAt()
+		h.clock.advance(time.Second)
+		if err := h.Update(settings(func(s *Settings) { s.Timeout = time.Hour })); err != nil {
+			t.Fatal(err)
 		}
-		waitUntil(t, "half-open", func() bool { return b.State() == StateHalfOpen })
-		report(t, b, Success)
-		expectState(t, b, StateClosed)
-		report(t, b, Failure)
-		expectState(t, b, StateClosed) // the old threshold was 1
-		report(t, b, Failure)
-		expectState(t, b, StateOpen)
-		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed, closedToOpen)
-		if b.Trips() != 2 {
-			t.Errorf("Trips() = %d, want 2", b.Trips())
+		h.expectState(t, StateOpen)
+		expectRefused(t, h.Breaker, ErrOpen)
+		if h.Trips() != 1 || !h.OpenedAt().Equal(opened) || !h.RetryAt().Equal(retry) {
+			t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want 1, %v, %v", h.Trips(), h.OpenedAt(), h.RetryAt(), opened, retry)
+		}
+		h.rec.expect(t, closedToOpen)
+
+		// the next open period is the new timeout
+		h.clock.advance(time.Minute)
+		h.Trip()
+		if d := h.RetryAt().Sub(h.clock.now()); d != time.Hour {
+			t.Errorf("next open period %v, want an hour", d)
 		}
 	})
 
-	t.Run("carried open period does not shorten later ones", func(t *testing.T) {
-		for _, reopen := range []struct {
-			name    string
-			outcome Outcome
-			path    []transition
-		}{
-			{name: "reopened from half-open", outcome: Failure, path: []transition{halfOpenToOpen}},
-			{name: "closed then opened", outcome: Success, path: []transition{halfOpenToClosed, closedToOpen}},
-		} {
-			t.Run(reopen.name, func(t *testing.T) {
-				var rec recorder
-				b := New("w", Settings{Failures: 1, Successes: 1, Timeout: short}, rec.onChange)
-				report(t, b, Failure)
-				// A longer timeout waits for the next open period: this
-				// one keeps its short RetryAt.
-				b.Update(Settings{Failures: 1, Successes: 1, Timeout: time.Hour})
-				if !b.cur.Load().provisional {
-					t.Fatal("carried open state is not provisional")
-				}
-				waitUntil(t, "half-open", func() bool { return b.State() == StateHalfOpen })
-				report(t, b, reopen.outcome)
-				if reopen.outcome == Success {
-					if b.cur.Load().provisional {
-						t.Fatal("closed breaker still provisional")
-					}
-					report(t, b, Failure)
-				}
-				expectState(t, b, StateOpen)
-				if b.cur.Load().provisional {
-					t.Fatal("reopened breaker still provisional: its open period would be the carried one")
-				}
-				if d := time.Until(b.RetryAt()); d < time.Hour-slack {
-					t.Errorf("RetryAt in %v, want an hour", d)
-				}
-				rec.expect(t, append([]transition{closedToOpen, openToHalfOpen}, reopen.path...)...)
-			})
+	t.Run("open takes a shorter timeout at once", func(t *testing.T) {
+		h := newHarness(t, settings())
+		h.Trip()
+		opened := h.OpenedAt()
+		h.clock.advance(time.Second)
+		if err := h.Update(settings(func(s *Settings) { s.Timeout = 10 * time.Second })); err != nil {
+			t.Fatal(err)
 		}
+		if want := opened.Add(10 * time.Second); !h.RetryAt().Equal(want) {
+			t.Fatalf("RetryAt() = %v, want %v", h.RetryAt(), want)
+		}
+		h.clock.advance(9 * time.Second)
+		h.expectState(t, StateHalfOpen)
 	})
 
 	t.Run("open past its new timeout turns half-open", func(t *testing.T) {
-		var rec recorder
-		b := New("w", Settings{Failures: 1, Timeout: time.Hour}, rec.onChange)
-		report(t, b, Failure)
-		waitUntil(t, "the clock to move", func() bool { return time.Since(b.OpenedAt()) > time.Millisecond })
-		b.Update(Settings{Failures: 1, Timeout: time.Millisecond})
-		if !b.Ready() {
+		h := newHarness(t, settings())
+		h.Trip()
+		h.clock.advance(30 * time.Second)
+		if err := h.Update(settings(func(s *Settings) { s.Timeout = time.Second })); err != nil {
+			t.Fatal(err)
+		}
+		if !h.Ready() {
 			t.Error("Ready() = false past the new timeout")
 		}
-		expectState(t, b, StateHalfOpen)
-		rec.expect(t, closedToOpen, openToHalfOpen)
+		h.expectState(t, StateHalfOpen)
+		h.rec.expect(t, closedToOpen, openToHalfOpen)
 	})
 
-	t.Run("half-open stays half-open", func(t *testing.T) {
-		var rec recorder
-		b := halfOpen(t, Settings{Successes: 2, Timeout: time.Hour}, &rec)
-		old := admit(t, b, 2)
-		expectRefused(t, b, ErrTooManyRequests)
-		b.Update(Settings{Successes: 3, Timeout: time.Hour})
-		expectState(t, b, StateHalfOpen)
-		rec.expect(t, closedToOpen, openToHalfOpen)
-		dones := admit(t, b, 3)
-		expectRefused(t, b, ErrTooManyRequests)
-		// Probes admitted before Update do not count.
+	t.Run("half-open keeps its probes", func(t *testing.T) {
+		h := halfOpen(t, settings(func(s *Settings) { s.Successes = 2 }))
+		old := admit(t, h.Breaker, 2)
+		expectRefused(t, h.Breaker, ErrTooManyRequests)
+		if err := h.Update(settings(func(s *Settings) { s.Successes = 3 })); err != nil {
+			t.Fatal(err)
+		}
+		h.expectState(t, StateHalfOpen)
+		dones := admit(t, h.Breaker, 1) // one more slot
+		expectRefused(t, h.Breaker, ErrTooManyRequests)
 		old[0](Success)
 		old[1](Success)
-		expectState(t, b, StateHalfOpen)
-		for _, done := range dones {
-			done(Success)
+		h.expectState(t, StateHalfOpen)
+		dones[0](Success)
+		h.expectState(t, StateClosed)
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
+	})
+
+	t.Run("half-open closes if its probes already succeeded enough", func(t *testing.T) {
+		h := halfOpen(t, settings(func(s *Settings) { s.Successes = 3 }))
+		doAll(t, h.Breaker, "SS")
+		if err := h.Update(settings(func(s *Settings) { s.Successes = 2 })); err != nil {
+			t.Fatal(err)
 		}
-		expectState(t, b, StateClosed)
-		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-		if b.cur.Load().provisional {
-			t.Error("closed breaker still provisional")
-		}
+		h.expectState(t, StateClosed)
+		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
 	})
 
 	t.Run("trips survive", func(t *testing.T) {
-		b := New("w", Settings{Failures: 1}, nil)
-		b.Trip()
-		b.Reset()
-		report(t, b, Failure)
-		b.Update(Settings{Failures: 3})
-		b.Reset()
-		b.Update(Settings{Failures: 4})
-		if b.Trips() != 2 {
-			t.Errorf("Trips() = %d, want 2", b.Trips())
+		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
+		h.Trip()
+		h.Reset()
+		do(t, h.Breaker, Failure)
+		for i, f := range []uint32{3, 4} {
+			if err := h.Update(settings(func(s *Settings) { s.Failures = f })); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				h.Reset()
+			}
 		}
-	})
-
-	t.Run("invalid settings are made safe", func(t *testing.T) {
-		b := New("w", Settings{}, nil)
-		b.Update(Settings{FailureRatio: 7, Timeout: -1})
-		if got, want := b.Settings(), (Settings{}).WithDefaults(); got != want {
-			t.Errorf("Settings() = %+v, want %+v", got, want)
+		if h.Trips() != 2 {
+			t.Errorf("Trips() = %d, want 2", h.Trips())
 		}
 	})
 }
 
 func TestRollingWindow(t *testing.T) {
-	const window = 200 * time.Millisecond
-	b := New("w", Settings{Failures: 3, Window: window, Timeout: time.Hour}, nil)
-	reportAll(t, b, "FF")
-	if c := b.Counts(); c.ConsecutiveFailures != 2 {
-		t.Fatalf("Counts() = %+v", c)
-	}
-	waitUntil(t, "the failures age out", func() bool {
-		c := b.Counts()
-		return c.TotalFailures == 0 && c.ConsecutiveFailures == 0
+	const window = 10 * time.Second // ten buckets of a second
+
+	t.Run("failures age out a bucket at a time", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		do(t, h.Breaker, Failure) // bucket 0
+		h.clock.advance(5 * time.Second)
+		do(t, h.Breaker, Failure) // bucket 5
+		if c := h.Counts(); c.ConsecutiveFailures != 2 || c.TotalFailures != 2 {
+			t.Fatalf("Counts() = %+v", c)
+		}
+		h.clock.advance(5*time.Second - time.Nanosecond)
+		if c := h.Counts(); c.ConsecutiveFailures != 2 {
+			t.Fatalf("Counts() a nanosecond before the first failure leaves = %+v", c)
+		}
+		h.clock.advance(time.Nanosecond) // bucket 10: bucket 0 leaves
+		want := Counts{Requests: 1, TotalFailures: 1, ConsecutiveFailures: 1}
+		if c := h.Counts(); c != want {
+			t.Fatalf("Counts() = %+v, want %+v", c, want)
+		}
+		doAll(t, h.Breaker, "F")
+		h.expectState(t, StateClosed)
+		doAll(t, h.Breaker, "F")
+		h.expectState(t, StateOpen)
 	})
-	reportAll(t, b, "FF")
-	expectState(t, b, StateClosed)
-	report(t, b, Failure)
-	expectState(t, b, StateOpen)
+
+	t.Run("a success ends the run of failures in every bucket", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		do(t, h.Breaker, Failure) // bucket 0
+		h.clock.advance(5 * time.Second)
+		doAll(t, h.Breaker, "SF")        // bucket 5
+		h.clock.advance(5 * time.Second) // bucket 0 leaves
+		want := Counts{Requests: 2, TotalSuccesses: 1, TotalFailures: 1, ConsecutiveFailures: 1}
+		if c := h.Counts(); c != want {
+			t.Fatalf("Counts() = %+v, want %+v", c, want)
+		}
+	})
+
+	t.Run("a success's run ends with its bucket", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		doAll(t, h.Breaker, "SS")
+		h.clock.advance(time.Second)
+		doAll(t, h.Breaker, "S")
+		h.clock.advance(9 * time.Second) // the first bucket leaves
+		want := Counts{Requests: 1, TotalSuccesses: 1, ConsecutiveSuccesses: 1}
+		if c := h.Counts(); c != want {
+			t.Fatalf("Counts() = %+v, want %+v", c, want)
+		}
+		doAll(t, h.Breaker, "FS") // a failure ends the run in every bucket
+		h.clock.advance(9 * time.Second)
+		want = Counts{Requests: 2, TotalSuccesses: 1, TotalFailures: 1, ConsecutiveSuccesses: 1}
+		if c := h.Counts(); c != want {
+			t.Fatalf("Counts() = %+v, want %+v", c, want)
+		}
+	})
+
+	t.Run("everything leaves after a long pause", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		doAll(t, h.Breaker, "SFFX")
+		h.clock.advance(time.Hour)
+		if c := h.Counts(); c != (Counts{}) {
+			t.Fatalf("Counts() = %+v, want zero", c)
+		}
+		doAll(t, h.Breaker, "FF")
+		h.expectState(t, StateClosed)
+	})
+
+	t.Run("ratio over the window", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) {
+			s.Failures, s.FailureRatio, s.MinRequests, s.Window = 100, 0.5, 4, window
+		}))
+		doAll(t, h.Breaker, "FFF") // 3 of 3, below min requests
+		h.clock.advance(window)    // gone
+		doAll(t, h.Breaker, "SSSF")
+		h.expectState(t, StateClosed) // 1 of 4
+		doAll(t, h.Breaker, "F")
+		h.expectState(t, StateClosed) // 2 of 5
+		doAll(t, h.Breaker, "F")
+		h.expectState(t, StateOpen) // 3 of 6
+	})
+
+	t.Run("an outcome counts when it ends", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		dones := admit(t, h.Breaker, 1)
+		h.clock.advance(window) // the request's admission leaves the window
+		dones[0](Failure)
+		want := Counts{TotalFailures: 1, ConsecutiveFailures: 1}
+		if c := h.Counts(); c != want {
+			t.Fatalf("Counts() = %+v, want %+v", c, want)
+		}
+	})
+
+	t.Run("a clock going back moves nothing", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
+		h.clock.advance(5 * time.Second)
+		doAll(t, h.Breaker, "FF")
+		h.clock.advance(-time.Hour)
+		if c := h.Counts(); c.ConsecutiveFailures != 2 {
+			t.Fatalf("Counts() = %+v", c)
+		}
+	})
+
+	t.Run("shorter than its buckets", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Window = 5 }))
+		doAll(t, h.Breaker, "FF")
+		h.clock.advance(5)
+		doAll(t, h.Breaker, "FF")
+		h.expectState(t, StateClosed)
+	})
 }
 
-// TestConcurrent races requests against operator calls and reloads, under
-// -race, and checks that onChange saw one consistent chain of transitions.
+func TestDo(t *testing.T) {
+	t.Run("a panic is a failure and goes on", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
+		func() {
+			defer func() {
+				if v := recover(); v != "boom" {
+					t.Fatalf("recovered %v, want the request's panic", v)
+				}
+			}()
+			_ = h.Do(func() Outcome { panic("boom") })
+		}()
+		h.expectState(t, StateOpen)
+	})
+
+	t.Run("an unknown outcome is a failure", func(t *testing.T) {
+		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
+		do(t, h.Breaker, Outcome(9))
+		h.expectState(t, StateOpen)
+	})
+
+	t.Run("allocates nothing", func(t *testing.T) {
+		for name, s := range map[string]Settings{
+			"closed": settings(),
+			"window": settings(func(s *Settings) { s.FailureRatio, s.Window = 0.5, time.Second }),
+		} {
+			b, err := New("w", s, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok := func() Outcome { return Success }
+			if n := testing.AllocsPerRun(100, func() { _ = b.Do(ok); b.Ready() }); n != 0 {
+				t.Errorf("%s: Do and Ready allocate %v times", name, n)
+			}
+		}
+	})
+}
+
+// TestConcurrent races requests against operator calls, reloads and the
+// clock, under -race, and checks that onChange saw one consistent chain of
+// transitions that matches the mirror and Trips.
 func TestConcurrent(t *testing.T) {
 	var (
 		mu    sync.Mutex
 		chain []transition
 		opens int
+		clk   = newClock()
 	)
-	b := New("w", Settings{Failures: 3, Successes: 2, Timeout: time.Millisecond}, func(from, to State) {
+	b, err := newWithClock("w", settings(), func(from, to State) {
 		mu.Lock()
 		chain = append(chain, transition{from, to})
 		if to == StateOpen {
 			opens++
 		}
 		mu.Unlock()
-	})
+	}, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	var (
 		stop     = make(chan struct{})
@@ -811,7 +930,7 @@ func TestConcurrent(t *testing.T) {
 		admitted atomic.Int64
 		attempts atomic.Int64
 	)
-	for w := range 6 {
+	for w := range 4 {
 		workers.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(w), 1))
 			for {
@@ -820,68 +939,54 @@ func TestConcurrent(t *testing.T) {
 					return
 				default:
 				}
-				// Yield often so that the operations below
-				// interleave with requests even on one CPU.
 				runtime.Gosched()
 				attempts.Add(1)
-				done, err := allow(b)
-				if err != nil {
-					if !errors.Is(err, ErrOpen) && !errors.Is(err, ErrTooManyRequests) {
-						t.Errorf("allow() = %v", err)
-					}
-					b.Ready()
-					continue
+				err := b.Do(func() Outcome {
+					admitted.Add(1)
+					runtime.Gosched()
+					return Outcome(r.IntN(3))
+				})
+				if err != nil && !errors.Is(err, ErrOpen) && !errors.Is(err, ErrTooManyRequests) {
+					t.Errorf("Do() = %v", err)
 				}
-				admitted.Add(1)
-				done(Outcome(r.IntN(3)))
-				if r.IntN(10) == 0 {
-					done(Failure) // ignored
-				}
+				b.Ready()
+				b.RetryAt()
 			}
 		})
 	}
-	workers.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			b.State()
-			b.Counts()
-			b.RetryAt()
-			b.OpenedAt()
-			runtime.Gosched()
-		}
-	})
 
 	r := rand.New(rand.NewPCG(42, 42))
-	for range 1000 {
+	for range 2000 {
 		switch n := r.IntN(10); {
 		case n == 0:
 			b.Trip()
 		case n == 1:
 			b.Reset()
-		case n < 5:
-			// Mostly short timeouts, so that open periods carried over
-			// by Update end while requests run; now and then a long one.
-			timeout := time.Duration(1+r.IntN(3)) * time.Millisecond
-			if r.IntN(8) == 0 {
-				timeout = time.Hour
+		case n < 4:
+			s := settings(func(s *Settings) {
+				s.Failures, s.Successes = uint32(1+r.IntN(3)), uint32(1+r.IntN(3))
+				s.Timeout = time.Duration(1+r.IntN(3)) * time.Second
+				if r.IntN(2) == 0 {
+					s.Window = 10 * time.Second
+				}
+			})
+			if err := b.Update(s); err != nil {
+				t.Fatal(err)
 			}
-			b.Update(Settings{Failures: uint32(2 + r.IntN(3)), Successes: uint32(1 + r.IntN(3)), Timeout: timeout})
+		case n < 6:
+			b.State()
+			b.Counts()
+		default:
+			clk.advance(time.Duration(r.IntN(1500)) * time.Millisecond)
 		}
-		// Let the workers run between operations, for long enough
-		// that the short timeouts expire now and then.
-		next, until := attempts.Load()+20, time.Now().Add(200*time.Microsecond)
-		for attempts.Load() < next || time.Now().Before(until) {
+		for next := attempts.Load() + 5; attempts.Load() < next; {
 			runtime.Gosched()
 		}
 	}
 	close(stop)
 	workers.Wait()
 
-	b.State() // settle a due open → half-open before reading the mirror
+	final := b.State()
 	mu.Lock()
 	defer mu.Unlock()
 	prev := StateClosed
@@ -891,82 +996,14 @@ func TestConcurrent(t *testing.T) {
 		}
 		prev = tr.to
 	}
-	if got := State(b.state.Load()); got != prev {
-		t.Errorf("mirror state %v, last transition to %v", got, prev)
+	if final != prev || State(b.mstate.Load()) != prev {
+		t.Errorf("State() %v, mirror %v, last transition to %v", final, State(b.mstate.Load()), prev)
 	}
 	if uint64(opens) != b.Trips() {
 		t.Errorf("Trips() = %d, onChange saw %d opens", b.Trips(), opens)
 	}
-	if admitted.Load() == 0 || opens == 0 {
-		t.Errorf("admitted %d, opened %d times: the test exercised nothing", admitted.Load(), opens)
+	if admitted.Load() == 0 || opens < 10 {
+		t.Errorf("admitted %d, opened %d times: the test exercised little", admitted.Load(), opens)
 	}
 	t.Logf("%d transitions, %d opens, %d requests admitted", len(chain), opens, admitted.Load())
-}
-
-// TestReplaceStale checks the guard that keeps Update from overwriting an
-// instance that a provisional hook installed while Update was building its own.
-func TestReplaceStale(t *testing.T) {
-	var rec recorder
-	b := New("w", Settings{Failures: 1, Timeout: time.Hour}, rec.onChange)
-	stale := b.cur.Load()
-	b.Trip()
-	current := b.cur.Load()
-	in, st, retryAt := b.closed(b.Settings())
-	if b.replace(stale, in, st, retryAt) {
-		t.Fatal("replace() of a stale base succeeded")
-	}
-	if b.cur.Load() != current {
-		t.Fatal("replace() of a stale base changed the breaker")
-	}
-	expectState(t, b, StateOpen)
-	rec.expect(t, closedToOpen)
-	if !b.replace(current, in, st, retryAt) {
-		t.Fatal("replace() of the current base failed")
-	}
-	expectState(t, b, StateClosed)
-	rec.expect(t, closedToOpen, openToClosed)
-}
-
-func TestDo(t *testing.T) {
-	t.Run("refused request never runs", func(t *testing.T) {
-		b := New("w", Settings{Timeout: time.Hour}, nil)
-		b.Trip()
-		ran := false
-		if err := b.Do(func() Outcome { ran = true; return Success }); !errors.Is(err, ErrOpen) {
-			t.Fatalf("Do() on an open breaker = %v, want ErrOpen", err)
-		}
-		if ran {
-			t.Fatal("Do() ran a refused request")
-		}
-	})
-
-	t.Run("outcomes are booked", func(t *testing.T) {
-		b := New("w", Settings{Failures: 2}, nil)
-		for _, o := range []Outcome{Success, Excluded, Failure} {
-			if err := b.Do(func() Outcome { return o }); err != nil {
-				t.Fatalf("Do() returned %v for an admitted request", err)
-			}
-		}
-		c := b.Counts()
-		if c.TotalSuccesses != 1 || c.TotalFailures != 1 || c.Requests != 3 {
-			t.Fatalf("Counts() = %+v, want 1 success, 1 failure, 3 requests", c)
-		}
-		if err := b.Do(func() Outcome { return Failure }); err != nil {
-			t.Fatal(err)
-		}
-		expectState(t, b, StateOpen)
-	})
-
-	t.Run("a panic is a failure and goes on", func(t *testing.T) {
-		b := New("w", Settings{Failures: 1}, nil)
-		func() {
-			defer func() {
-				if v := recover(); v != "boom" {
-					t.Fatalf("recovered %v, want the request's panic", v)
-				}
-			}()
-			_ = b.Do(func() Outcome { panic("boom") })
-		}()
-		expectState(t, b, StateOpen)
-	})
 }

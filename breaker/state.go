@@ -1,10 +1,7 @@
 package breaker
 
 import (
-	"errors"
 	"fmt"
-
-	"github.com/sony/gobreaker/v2"
 )
 
 // State is the state of a Breaker. Its zero value is StateClosed. It is a
@@ -59,17 +56,6 @@ func (s *State) UnmarshalText(text []byte) error {
 	return nil
 }
 
-// fromGobreaker maps the library's state onto ours.
-func fromGobreaker(s gobreaker.State) State {
-	switch s {
-	case gobreaker.StateHalfOpen:
-		return StateHalfOpen
-	case gobreaker.StateOpen:
-		return StateOpen
-	}
-	return StateClosed
-}
-
 // Outcome is the result of a request admitted by Do, as the request's function
 // returns it. It is a plain value, safe for concurrent use.
 type Outcome uint8
@@ -101,30 +87,6 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// errFailure and errExcluded carry an Outcome out of the function gobreaker's
-// Execute runs: IsExcluded recognises errExcluded, and every other non-nil error
-// is a failure.
-var (
-	errFailure  = errors.New("breaker: request failed")
-	errExcluded = errors.New("breaker: request excluded")
-)
-
-// err returns the error that stands for o in the function Execute runs.
-func (o Outcome) err() error {
-	switch o {
-	case Success:
-		return nil
-	case Excluded:
-		return errExcluded
-	}
-	return errFailure
-}
-
-// isExcluded is the gobreaker IsExcluded hook.
-func isExcluded(err error) bool {
-	return err == errExcluded
-}
-
 // Counts are a breaker's request counts. In the closed state they cover the
 // rolling window (Settings.Window), or everything since the breaker last closed
 // if there is no window; they are cleared on every change of state. Counts is a
@@ -143,16 +105,4 @@ type Counts struct {
 	ConsecutiveSuccesses uint32 `json:"consecutive_successes"`
 	// ConsecutiveFailures is the number of failures since the last success.
 	ConsecutiveFailures uint32 `json:"consecutive_failures"`
-}
-
-// countsFrom converts the library's counts.
-func countsFrom(c gobreaker.Counts) Counts {
-	return Counts{
-		Requests:             c.Requests,
-		TotalSuccesses:       c.TotalSuccesses,
-		TotalFailures:        c.TotalFailures,
-		TotalExclusions:      c.TotalExclusions,
-		ConsecutiveSuccesses: c.ConsecutiveSuccesses,
-		ConsecutiveFailures:  c.ConsecutiveFailures,
-	}
 }

@@ -179,7 +179,8 @@ func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Sett
 			Health:   health.NewWorkerHealth(p.Name, WorkerID(p.Name, dial), dial),
 		}
 		w.IDValue = w.ID
-		w.Breaker = breaker.New(w.ID, bs, func(from, to breaker.State) {
+		var err error
+		w.Breaker, err = breaker.New(w.ID, bs, func(from, to breaker.State) {
 			// runs under the breaker's lock: hand off, never block
 			select {
 			case p.changes <- change{w: w, from: from, to: to}:
@@ -187,6 +188,9 @@ func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Sett
 				p.dropped.Add(1)
 			}
 		})
+		if err != nil {
+			return nil, err
+		}
 		w.setTracker(ts)
 		return w, nil
 	})
@@ -195,7 +199,10 @@ func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Sett
 	}
 	w := v.(*Worker)
 	if loaded {
-		w.Breaker.Update(bs)
+		if err := w.Breaker.Update(bs); err != nil {
+			_, _ = registry.Delete(workerKey(p.Name, dial))
+			return nil, err
+		}
 		w.setTracker(ts)
 	}
 	return w, nil
