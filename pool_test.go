@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
 )
 
 // Two sites that name the same pool share it: the pool's one loop
@@ -114,5 +116,50 @@ func TestReloadKeepsSelectionState(t *testing.T) {
 	}
 	if h2.p2c == nil || h2.p2c.Trackers().Get(slow.addr) != tr {
 		t.Error("the default policy does not read the worker's surviving tracker")
+	}
+}
+
+// A reload that changes the breaker block keeps each breaker's state: an
+// open breaker stays open, its trips in a row are kept (so the reload is
+// not counted as one more), and it half-opens no later than the new
+// timeout allows.
+func TestReloadWithNewBreakerSettingsKeepsBreakerState(t *testing.T) {
+	good := newBackend(t)
+	dead := deadAddr(t)
+	cfg := func(timeout string) string {
+		return siteConfig([]string{good.addr, dead}, `
+			name rebreak
+			lb_policy round_robin
+			breaker {
+				failures 1
+				timeout `+timeout+`
+			}`)
+	}
+	loadCaddyfile(t, cfg("1m"))
+	for range 6 {
+		get(t, "/")
+	}
+	ws := workerOf(t, "rebreak", dead)
+	if st := ws.Breaker.State(); st != breaker.StateOpen {
+		t.Fatalf("dead worker's breaker is %s, want open", st)
+	}
+	opened, trips := ws.Breaker.OpenedAt(), ws.Trips.Load()
+
+	loadCaddyfile(t, cfg("30s"))
+	ws2 := workerOf(t, "rebreak", dead)
+	if ws2 != ws {
+		t.Fatal("the reload made a new state for a kept worker")
+	}
+	if st := ws.Breaker.State(); st != breaker.StateOpen {
+		t.Fatalf("after the reload the breaker is %s, want still open", st)
+	}
+	if got := ws.Breaker.OpenedAt(); !got.Equal(opened) {
+		t.Errorf("after the reload the breaker opened at %v, want %v", got, opened)
+	}
+	if got, want := ws.Breaker.RetryAt(), opened.Add(30*time.Second); got.After(want.Add(time.Millisecond)) {
+		t.Errorf("after the reload the breaker half-opens at %v, later than the new timeout allows (%v)", got, want)
+	}
+	if got := ws.Trips.Load(); got != trips {
+		t.Errorf("trips in a row went from %d to %d across the reload", trips, got)
 	}
 }
