@@ -88,14 +88,14 @@ func parseIsolate(r *http.Request) (time.Duration, string, error) {
 	}
 	reason := "isolated by an operator"
 	if body.Reason != "" {
-		reason = Truncate(body.Reason, maxReason)
+		reason = truncate(body.Reason, maxReason)
 	}
 	return d, reason, nil
 }
 
-// Truncate cuts s to at most n bytes on a rune boundary, and marks the
+// truncate cuts s to at most n bytes on a rune boundary, and marks the
 // cut with an ellipsis.
-func Truncate(s string, n int) string {
+func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
