@@ -340,18 +340,17 @@ func TestStatusCommand(t *testing.T) {
 	for i := 0; i < 50 && ws.Breaker.State() != breaker.StateOpen; i++ {
 		get(t, "/")
 	}
-	var out bytes.Buffer
-	if err := printStatus(&out, testAdmin, 5*time.Second); err != nil {
+	text, err := bifrostStatus(t, "--address", testAdmin)
+	if err != nil {
 		t.Fatal(err)
 	}
-	text := out.String()
 	for _, want := range []string{"POOL", pool.WorkerID("cli", a.addr), pool.WorkerID("cli", dead), "healthy", "open"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status output lacks %q:\n%s", want, text)
 		}
 	}
 
-	err := printStatus(&out, deadAddr(t), time.Second)
+	_, err = bifrostStatus(t, "--address", deadAddr(t))
 	if err == nil || !strings.Contains(err.Error(), "cannot reach Caddy's admin API") {
 		t.Fatalf("unreachable admin: %v", err)
 	}

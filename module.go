@@ -29,6 +29,7 @@ import (
 	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 	"github.com/bifrost-proxy/bifrost/selection"
+	_ "github.com/bifrost-proxy/bifrost/status"
 )
 
 func init() {

@@ -11,202 +11,13 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/bifrost-proxy/bifrost/breaker"
-	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/pool"
 )
 
-func TestStatusRoute(t *testing.T) {
-	for _, tc := range []struct {
-		prefix, path string
-		want         statusTarget
-	}{
-		// derived mount point
-		{"", "/", statusTarget{route: routePage}},
-		{"", "", statusTarget{route: routePage}},
-		{"", "/bifrost/", statusTarget{route: routePage}},
-		{"", "/a/b/c/", statusTarget{route: routePage}},
-		{"", "/bifrost", statusTarget{route: routeRedirect}},
-		{"", "/bifrost/api/state", statusTarget{route: routeState}},
-		{"", "/api/state", statusTarget{route: routeState}},
-		{"", "/api/status/api/state", statusTarget{route: routeState}},
-		{"", "/api/status/", statusTarget{route: routePage}},
-		{"", "/s/api/workers/p_127.0.0.1-80/isolate", statusTarget{route: routeAction, worker: "p_127.0.0.1-80", action: "isolate"}},
-		{"", "/s/api/workers/x/restore", statusTarget{route: routeAction, worker: "x", action: "restore"}},
-		{"", "/s/api/workers/x", statusTarget{route: routeNotFound}},
-		{"", "/s/api/workers//reset", statusTarget{route: routeNotFound}},
-		{"", "/s/api/state/extra", statusTarget{route: routeNotFound}},
-		{"", "/s/assets/status.js", statusTarget{route: routeAsset, asset: "status.js"}},
-		{"", "/s/assets/status.css", statusTarget{route: routeAsset, asset: "status.css"}},
-		{"", "/s/assets/other.js", statusTarget{route: routeNotFound}},
-		{"", "/s/assets/", statusTarget{route: routePage}},
-		// explicit prefix
-		{"/status", "/status", statusTarget{route: routeRedirect}},
-		{"/status", "/status/", statusTarget{route: routePage}},
-		{"/status", "/status/api/state", statusTarget{route: routeState}},
-		{"/status", "/status/api/workers/x/reset", statusTarget{route: routeAction, worker: "x", action: "reset"}},
-		{"/status", "/status/assets/status.js", statusTarget{route: routeAsset, asset: "status.js"}},
-		{"/status", "/status/x/api/state", statusTarget{route: routeNotFound}},
-		{"/status", "/status/x/assets/status.js", statusTarget{route: routeNotFound}},
-		{"/status", "/status/api/nope", statusTarget{route: routeNotFound}},
-		{"/status", "/status/index.html", statusTarget{route: routeNotFound}},
-		{"/status", "/statusx", statusTarget{route: routeNone}},
-		{"/status", "/other/api/state", statusTarget{route: routeNone}},
-	} {
-		if got := routeStatus(tc.prefix, tc.path); got != tc.want {
-			t.Errorf("routeStatus(%q, %q) = %+v, want %+v", tc.prefix, tc.path, got, tc.want)
-		}
-	}
-}
-
-func TestStatusWorkerStatus(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		v          pool.WorkerView
-		code, text string
-	}{
-		{"healthy", pool.WorkerView{Snapshot: health.Snapshot{Healthy: true, ProbeHealthy: true}}, "healthy", "healthy"},
-		{"half-open", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true}, Breaker: pool.BreakerView{State: breaker.StateHalfOpen}}, "half_open", "half-open"},
-		{"open", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: pool.BreakerView{State: breaker.StateOpen}}, "open", "breaker open"},
-		{"throttled", pool.WorkerView{Snapshot: health.Snapshot{ProbeHealthy: true, Throttled: true}, Breaker: pool.BreakerView{State: breaker.StateHalfOpen}}, "throttled", "throttled"},
-		{"probe failing", pool.WorkerView{Snapshot: health.Snapshot{}}, "unhealthy", "probe failing"},
-		{"isolated", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, ProbeHealthy: true}, Breaker: pool.BreakerView{State: breaker.StateOpen}}, "isolated", "isolated"},
-		{"recovery failed", pool.WorkerView{Snapshot: health.Snapshot{Isolated: true, RecoveryFailed: true}}, "recovery_failed", "recovery failed"},
-	} {
-		if code, text := workerStatus(tc.v); code != tc.code || text != tc.text {
-			t.Errorf("%s: workerStatus = %q, %q; want %q, %q", tc.name, code, text, tc.code, tc.text)
-		}
-	}
-}
-
-// statusTestWorker is a worker's shared state with only what the status
-// series reads.
-func statusTestWorker(poolName, dial string) *pool.Worker {
-	id := pool.WorkerID(poolName, dial)
-	return &pool.Worker{ID: id, Pool: poolName, Upstream: dial, Health: health.NewWorkerHealth(poolName, id, dial)}
-}
-
-// statusTries records n tries of ws, the first fails of them failed.
-func statusTries(ws *pool.Worker, n, fails int, now time.Time) {
-	for i := range n {
-		ws.Health.BeginRequest()
-		if i < fails {
-			ws.Health.RecordFailure(now)
-		} else {
-			ws.Health.RecordSuccess(now)
-		}
-		ws.Health.EndRequest()
-	}
-}
-
-func TestStatusSeries(t *testing.T) {
-	ss := newStatusSeries()
-	a, b := statusTestWorker("p", "a:80"), statusTestWorker("p", "b:80")
-	c := statusTestWorker("q", "c:80")
-	t0 := time.Unix(1_000_000, 0)
-
-	ss.sample(t0, []*pool.Worker{a, b})
-	if v := ss.view(""); len(v.Times) != 0 {
-		t.Fatalf("a rate needs two samples, got %+v", v)
-	}
-
-	statusTries(a, 10, 0, t0)
-	statusTries(b, 4, 2, t0)
-	ss.sample(t0.Add(2*time.Second), []*pool.Worker{a, b})
-	total, inP := ss.view(""), ss.view("p")
-	if len(total.Times) != 1 || total.Requests[0] != 7 || total.Errors[0] != 1 {
-		t.Fatalf("total after 14 tries and 2 failures in 2s = %+v, want 7 req/s and 1 err/s", total)
-	}
-	if len(inP.Times) != 1 || inP.Requests[0] != 7 || inP.Times[0] != t0.Add(2*time.Second).UnixMilli() {
-		t.Fatalf("pool p = %+v", inP)
-	}
-	if r := ss.workerRates()[b.ID]; r.requests != 2 || r.errors != 1 {
-		t.Fatalf("rates of b = %+v, want 2 and 1", r)
-	}
-
-	// a second sampler (a reload overlap, another page) a moment later
-	// does not thicken the series
-	ss.sample(t0.Add(2500*time.Millisecond), []*pool.Worker{a, b})
-	if n := len(ss.view("").Times); n != 1 {
-		t.Fatalf("sample 0.5s after the last one was kept: %d points", n)
-	}
-
-	// b goes away and pool q arrives: b is forgotten, q starts at 0
-	statusTries(c, 5, 5, t0)
-	ss.sample(t0.Add(3*time.Second), []*pool.Worker{a, c})
-	if _, ok := ss.workerRates()[b.ID]; ok {
-		t.Fatal("rates of a removed worker are still reported")
-	}
-	if q := ss.view("q"); len(q.Times) != 1 || q.Requests[0] != 0 || q.Errors[0] != 0 {
-		t.Fatalf("new pool q counted its worker's past: %+v", q)
-	}
-	if len(ss.tracks) != 2 {
-		t.Fatalf("%d worker tracks, want 2", len(ss.tracks))
-	}
-
-	// a pool that goes away loses its series; the total keeps going
-	ss.sample(t0.Add(4*time.Second), []*pool.Worker{c})
-	if p := ss.view("p"); len(p.Times) != 0 {
-		t.Fatalf("removed pool p still has a series: %+v", p)
-	}
-
-	// the rings are bounded
-	for i := range 2 * statusSeriesLen {
-		ss.sample(t0.Add(time.Duration(5+i)*time.Second), []*pool.Worker{c})
-	}
-	v := ss.view("")
-	if len(v.Times) != statusSeriesLen || len(v.Requests) != statusSeriesLen || len(v.Errors) != statusSeriesLen {
-		t.Fatalf("total has %d points, want %d", len(v.Times), statusSeriesLen)
-	}
-	for i := 1; i < len(v.Times); i++ {
-		if v.Times[i] <= v.Times[i-1] {
-			t.Fatalf("series not oldest first at %d: %d then %d", i, v.Times[i-1], v.Times[i])
-		}
-	}
-	if len(ss.tracks[c].counts) != statusRateWindow+1 {
-		t.Fatal("worker track is not bounded")
-	}
-}
-
-func TestStatusCaddyfile(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		want    StatusPage
-		wantErr string
-	}{
-		{in: `bifrost_status`, want: StatusPage{}},
-		{in: "bifrost_status {\n\tactions\n\tprefix /status\n}", want: StatusPage{Actions: true, Prefix: "/status"}},
-		{in: `bifrost_status /x`, wantErr: "wrong argument count"},
-		{in: "bifrost_status {\n\tactions yes\n}", wantErr: "wrong argument count"},
-		{in: "bifrost_status {\n\tprefix\n}", wantErr: "wrong argument count"},
-		{in: "bifrost_status {\n\tprefix /a /b\n}", wantErr: "wrong argument count"},
-		{in: "bifrost_status {\n\tprefix status\n}", wantErr: "prefix must be a path"},
-		{in: "bifrost_status {\n\tprefix /s*\n}", wantErr: "prefix must be a path"},
-		{in: "bifrost_status {\n\tactions\n\tactions\n}", wantErr: "actions already specified"},
-		{in: "bifrost_status {\n\tread_only\n}", wantErr: "unrecognized bifrost_status subdirective read_only"},
-		{in: "bifrost_status {\n\tpools api web\n}", want: StatusPage{Pools: []string{"api", "web"}}},
-		{in: "bifrost_status {\n\tpools *\n}", want: StatusPage{Pools: []string{"*"}}},
-		{in: "bifrost_status {\n\tpools\n}", wantErr: "wrong argument count"},
-		{in: "bifrost_status {\n\tpools * api\n}", wantErr: "cannot be combined"},
-		{in: "bifrost_status {\n\tpools a\n\tpools b\n}", wantErr: "pools already specified"},
-	} {
-		var s StatusPage
-		err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
-		switch {
-		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-			t.Errorf("%q: error %v, want one containing %q", tc.in, err, tc.wantErr)
-		case tc.wantErr == "" && err != nil:
-			t.Errorf("%q: %v", tc.in, err)
-		case tc.wantErr == "" && (s.Actions != tc.want.Actions || s.Prefix != tc.want.Prefix || !slices.Equal(s.Pools, tc.want.Pools)):
-			t.Errorf("%q: got %+v, want %+v", tc.in, s, tc.want)
-		}
-	}
-
-	// The directive is ordered before bifrost: a matcher-scoped status
-	// page next to a catch-all bifrost gets its requests.
+// The directive is ordered before bifrost: a matcher-scoped status page
+// next to a catch-all bifrost gets its requests.
+func TestStatusCaddyfileOrder(t *testing.T) {
 	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`:9080 {
 	bifrost 127.0.0.1:1
 	bifrost_status /status/* {
@@ -225,9 +36,6 @@ func TestStatusCaddyfile(t *testing.T) {
 		t.Fatalf("actions lost in adaptation:\n%s", js)
 	}
 
-	if err := (&StatusPage{Pools: []string{"api", ""}}).Validate(); err == nil || !strings.Contains(err.Error(), "pools[1] is empty") {
-		t.Errorf("an empty pool name in JSON: %v", err)
-	}
 }
 
 // statusFeedJSON is the part of the feed the tests read.
@@ -533,7 +341,7 @@ func TestStatusHandler(t *testing.T) {
 		if rate <= 0 {
 			t.Errorf("no worker shows a request rate after the traffic: %+v", workers)
 		}
-		if len(f.Errors) == 0 || len(f.Errors) > statusErrorLimit {
+		if len(f.Errors) == 0 || len(f.Errors) > 50 {
 			t.Fatalf("%d errors in the feed", len(f.Errors))
 		}
 		for i, e := range f.Errors {
@@ -845,24 +653,5 @@ http://all.localhost {
 	f, _ = feedOf(t, "a.localhost", "/status/api/state")
 	if slices.ContainsFunc(f.Series.Requests, func(r float64) bool { return r > 0 }) || len(f.Series.Times) == 0 {
 		t.Errorf("site a's series shows other sites' traffic (or none at all): %+v", f.Series)
-	}
-}
-
-func TestStatusRouteHosts(t *testing.T) {
-	ab, b := caddyhttp.MatchHost{"B.example", "a.example"}, caddyhttp.MatchHost{"b.example"}
-	for _, tc := range []struct {
-		name string
-		sets caddyhttp.MatcherSets
-		want string
-	}{
-		{"no matcher", nil, ""},
-		{"a path only", caddyhttp.MatcherSets{{caddyhttp.MatchPath{"/x"}}}, ""},
-		{"hosts, sorted and lower case", caddyhttp.MatcherSets{{&ab, caddyhttp.MatchPath{"/x"}}}, "a.example,b.example"},
-		{"hosts over sets, once each", caddyhttp.MatcherSets{{&ab}, {b}}, "a.example,b.example"},
-		{"a set without a host matches any host", caddyhttp.MatcherSets{{&ab}, {caddyhttp.MatchPath{"/x"}}}, ""},
-	} {
-		if got := routeHosts(tc.sets); got != tc.want {
-			t.Errorf("%s: routeHosts = %q, want %q", tc.name, got, tc.want)
-		}
 	}
 }

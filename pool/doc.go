@@ -14,5 +14,7 @@
 //
 // The package also provides the read models (WorkerView, StatsView) and
 // the operator actions (Act) that the admin API, the status page and the
-// CLI share. It knows nothing of HTTP requests.
+// CLI share, and the one reading of an operator's request that the admin
+// API and the status page both answer (Operate, WriteJSON). It knows
+// nothing of the requests it proxies.
 package pool

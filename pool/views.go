@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -194,4 +195,18 @@ func Errors(f recovery.Filter, keep func(pool string) bool) []recovery.Contextua
 		out = out[:f.Limit]
 	}
 	return out
+}
+
+// NameOf returns the name of the pool u is a user of (see Attach), and
+// whether it is one.
+func NameOf(u User) (string, bool) {
+	for _, p := range All() {
+		p.mu.Lock()
+		ok := slices.Contains(p.users, u)
+		p.mu.Unlock()
+		if ok {
+			return p.Name, true
+		}
+	}
+	return "", false
 }

@@ -1,4 +1,4 @@
-package bifrost
+package status
 
 import (
 	"encoding/json"
@@ -44,7 +44,7 @@ unix//run/caddy/admin.sock.
 					if err != nil {
 						return fmt.Errorf("couldn't determine admin API address: %w", err)
 					}
-					return printStatus(c.OutOrStdout(), addr, statusTimeout)
+					return printStatus(c.OutOrStdout(), addr, commandTimeout)
 				},
 			}
 			status.Flags().StringP("config", "c", "", "Configuration file to read the admin address from, if --address is not used")
@@ -55,8 +55,8 @@ unix//run/caddy/admin.sock.
 	})
 }
 
-// statusTimeout bounds the admin request of `caddy bifrost status`.
-const statusTimeout = 10 * time.Second
+// commandTimeout bounds the admin request of `caddy bifrost status`.
+const commandTimeout = 10 * time.Second
 
 // printStatus fetches the workers from the admin API at addr, in any
 // form of Caddy's admin address, and prints them as a table.
