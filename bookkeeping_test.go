@@ -92,7 +92,7 @@ func BenchmarkChoose(b *testing.B) {
 				b.RunParallel(func(pb *testing.PB) {
 					w := httptest.NewRecorder()
 					for pb.Next() {
-						if h.choose(r, w, time.Now()) == nil {
+						if h.chooseIn(h.set.Load(), r, w, time.Now()) == nil {
 							b.Error("no worker chosen")
 							return
 						}

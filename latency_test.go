@@ -288,7 +288,7 @@ func TestDirectChoiceIsThePolicys(t *testing.T) {
 	for _, direct := range []bool{true, false} {
 		h.directP2C = direct
 		for range 200 {
-			if got := h.choose(r, httptest.NewRecorder(), now); got != fast {
+			if got := h.chooseIn(h.set.Load(), r, httptest.NewRecorder(), now); got != fast {
 				t.Fatalf("direct=%v: chose %s; want %s, the only cheap available worker", direct, got.ID, fast.ID)
 			}
 		}

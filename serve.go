@@ -366,12 +366,6 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	return best, true
 }
 
-// choose returns the selection policy's choice among the current workers
-// for r at now, or nil (see chooseIn).
-func (h *Handler) choose(r *http.Request, w http.ResponseWriter, now time.Time) *worker {
-	return h.chooseIn(h.set.Load(), r, w, now)
-}
-
 // chooseIn returns the selection policy's choice of worker of set for r at
 // now, or nil. The default policy's choice is made over the workers
 // themselves: the same draws and costs as its Select, without finding
