@@ -3,6 +3,7 @@ package pool
 import (
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,4 +299,60 @@ func restoreEvent(t *testing.T, p *Pool, w *Worker) health.Event {
 		t.Fatal("Restore refused")
 	}
 	return ev
+}
+
+func TestDetachWaitsForRestoredInFlight(t *testing.T) {
+	// Report runs on any goroutine (a probe, a request, the admin API):
+	// a user that Detach has let go must not be handed a restored worker
+	// by a Report that began before
+	p := newPool(t)
+	w := newWorker(t, p, "10.0.0.1:80", slowBreaker)
+	a, b := newUser("a"), newUser("b")
+	entered, release := make(chan struct{}), make(chan struct{})
+	a.onRestored = func(*Worker) {
+		close(entered)
+		<-release
+	}
+	var detached atomic.Bool
+	var late atomic.Int32
+	b.onRestored = func(*Worker) {
+		if detached.Load() {
+			late.Add(1)
+		}
+	}
+	attach(t, p, a, w)
+	attach(t, p, b, w)
+
+	ev := restoreEvent(t, p, w)
+	reported := make(chan struct{})
+	go func() {
+		p.Report(ev) // a first (oldest), then b
+		close(reported)
+	}()
+	<-entered
+
+	returned := make(chan struct{})
+	go func() {
+		p.Detach(b)
+		detached.Store(true)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	for _, ch := range []chan struct{}{reported, returned} {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Report or Detach did not return")
+		}
+	}
+	if n := late.Load(); n != 0 {
+		t.Fatalf("a user got Restored %d time(s) after its Detach returned", n)
+	}
+	if got := a.restoredList(); len(got) != 1 {
+		t.Fatalf("the remaining user restored %v, want [%s]", ids(got), w.ID)
+	}
 }
