@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -33,17 +32,15 @@ func TestAttachStartsOneLoopForAllUsers(t *testing.T) {
 	for _, u := range users {
 		waitTicks(t, u, 2)
 	}
-	if n := runtime.NumGoroutine(); n != base+1 {
-		t.Fatalf("goroutines = %d with 3 users, want %d (one loop)", n, base+1)
-	}
 	if n := loops(); n != 1 {
 		t.Fatalf("%d loops run for 3 users, want 1", n)
 	}
+	settleGoroutines(t, base+1, "one loop for 3 users")
 
 	// attaching a user again changes nothing
 	p.Attach(users[0], []*Worker{w})
-	if n := runtime.NumGoroutine(); n != base+1 {
-		t.Fatalf("goroutines = %d after a repeated Attach, want %d", n, base+1)
+	if n := loops(); n != 1 {
+		t.Fatalf("%d loops run after a repeated Attach, want 1", n)
 	}
 	p.mu.Lock()
 	nusers := len(p.users)
@@ -72,9 +69,10 @@ func TestDetachNonLastUserKeepsLoop(t *testing.T) {
 	if got := a.ticks.Load(); got != ticks {
 		t.Fatalf("detached user got %d more ticks", got-ticks)
 	}
-	if n := runtime.NumGoroutine(); n != base+1 {
-		t.Fatalf("goroutines = %d, want %d", n, base+1)
+	if n := loops(); n != 1 {
+		t.Fatalf("%d loops run, want 1", n)
 	}
+	settleGoroutines(t, base+1, "the loop still runs")
 
 	// a worker back from isolation goes to the remaining user only
 	if _, ok := p.Monitor.IsolateFor(w.Health, 0, "test"); !ok {
