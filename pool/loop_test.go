@@ -2,6 +2,7 @@ package pool
 
 import (
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,6 +147,9 @@ func TestDetachWaitsForRunningTick(t *testing.T) {
 			if !last {
 				attach(t, p, b)
 			}
+			var released sync.Once
+			unblock := func() { released.Do(func() { close(release) }) }
+			t.Cleanup(unblock) // runs before the Detach of attach, even on failure
 			<-entered // the loop is inside a's Tick
 
 			returned := make(chan struct{})
@@ -158,7 +162,7 @@ func TestDetachWaitsForRunningTick(t *testing.T) {
 				t.Fatal("Detach returned while the loop was still ticking its user")
 			case <-time.After(50 * time.Millisecond):
 			}
-			close(release)
+			unblock()
 			select {
 			case <-returned:
 			case <-time.After(10 * time.Second):
@@ -261,14 +265,26 @@ func TestWorkersAndMonitorFollowUsers(t *testing.T) {
 	p.SetWorkers(b, []*Worker{w4, w2})
 	check("b's workers replaced", w1, w2, w4)
 
+	member := func(u User) bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		_, ok := p.members[u]
+		return ok
+	}
 	p.SetWorkers(stranger, []*Worker{w3})
 	check("SetWorkers of a user not attached", w1, w2, w4)
+	if member(stranger) {
+		t.Fatal("SetWorkers recorded the workers of a user not attached")
+	}
 
 	p.Detach(a)
 	check("a detached", w4, w2)
 
 	p.SetWorkers(a, []*Worker{w1}) // detached: nothing
 	check("SetWorkers after Detach", w4, w2)
+	if member(a) {
+		t.Fatal("SetWorkers recorded the workers of a detached user")
+	}
 
 	p.Detach(b)
 	check("b detached")
@@ -320,6 +336,9 @@ func TestDetachWaitsForRestoredInFlight(t *testing.T) {
 	}
 	attach(t, p, a, w)
 	attach(t, p, b, w)
+	var released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
 
 	ev := restoreEvent(t, p, w)
 	reported := make(chan struct{})
@@ -339,7 +358,7 @@ func TestDetachWaitsForRestoredInFlight(t *testing.T) {
 	case <-returned:
 	case <-time.After(50 * time.Millisecond):
 	}
-	close(release)
+	unblock()
 	for _, ch := range []chan struct{}{reported, returned} {
 		select {
 		case <-ch:
