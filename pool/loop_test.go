@@ -150,7 +150,7 @@ func TestDetachWaitsForRunningTick(t *testing.T) {
 			var released sync.Once
 			unblock := func() { released.Do(func() { close(release) }) }
 			t.Cleanup(unblock) // runs before the Detach of attach, even on failure
-			<-entered // the loop is inside a's Tick
+			<-entered          // the loop is inside a's Tick
 
 			returned := make(chan struct{})
 			go func() {
