@@ -30,7 +30,8 @@ type User interface {
 	// transitions while this user is its newest.
 	Reporter() Reporter
 	// Restored is called once a worker is back from isolation; a user
-	// that serves it restarts its proxy.
+	// that serves it restarts its proxy. It must not call Report or
+	// Detach.
 	Restored(w *Worker)
 	// Tick runs the user's periodic work (hang detection, gauges) on
 	// every tick of the pool's loop.
@@ -116,6 +117,10 @@ func (p *Pool) Detach(u User) {
 		//lint:ignore SA2001 the empty critical section is the wait
 		p.running.Unlock()
 	}
+	// so may a Report on another goroutine
+	p.handing.Lock()
+	//lint:ignore SA2001 the empty critical section is the wait
+	p.handing.Unlock()
 	p.syncMonitor()
 }
 
@@ -256,7 +261,7 @@ func (p *Pool) Isolate(w *Worker, reason health.Reason, detail string) bool {
 // worker that came back to the users, which restart it. It is never
 // called with a lock held.
 func (p *Pool) Report(ev health.Event) {
-	users, rep := p.snapshot()
+	_, rep := p.snapshot()
 	rep.workerEvent(ev)
 	if ev.Type == health.EventRecoveryFailed {
 		// isolated with no end: booked as an error too, its action
@@ -267,6 +272,11 @@ func (p *Pool) Report(ev health.Event) {
 	if ev.Type != health.EventRestored {
 		return
 	}
+	// the users of now, held until handed: Detach waits (only the
+	// hand-off: subscribers to the events above may reload the config)
+	p.handing.RLock()
+	defer p.handing.RUnlock()
+	users, _ := p.snapshot()
 	for _, w := range p.Workers() {
 		if w.Health == ev.Worker {
 			for _, u := range users {

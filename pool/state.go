@@ -120,6 +120,10 @@ type Pool struct {
 	breakerTrips atomic.Int32
 
 	running sync.Mutex // held by the loop while it works
+	// handing is read-held by Report while it hands a restored worker
+	// to the users, on whatever goroutine: Detach waits for it, so a
+	// user it let go gets no more Restored calls
+	handing sync.RWMutex
 
 	mu      sync.Mutex
 	users   []User             // oldest first; the last one reports
