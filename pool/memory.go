@@ -55,11 +55,21 @@ type BodyMemory struct {
 	used  atomic.Int64
 }
 
-// SetLimit sets the most the copies may hold.
-func (m *BodyMemory) SetLimit(n int64) { m.limit.Store(n) }
+// SetLimit sets the most the copies may hold; a nil *BodyMemory keeps
+// having none.
+func (m *BodyMemory) SetLimit(n int64) {
+	if m != nil {
+		m.limit.Store(n)
+	}
+}
 
 // Used returns what the copies hold now.
-func (m *BodyMemory) Used() int64 { return m.used.Load() }
+func (m *BodyMemory) Used() int64 {
+	if m == nil {
+		return 0
+	}
+	return m.used.Load()
+}
 
 // Take reserves n bytes, if the limit allows.
 func (m *BodyMemory) Take(n int64) bool {
