@@ -270,7 +270,9 @@ func TestReportRestoredGoesToEveryUser(t *testing.T) {
 
 func TestReportRecoveryFailedBooksAnError(t *testing.T) {
 	p := newPool(t)
-	p.Monitor.Update(health.IsolationSettings{MaxRecoveryAttempts: 1})
+	s := testIsolation
+	s.MaxRecoveryAttempts = 1
+	setIsolation(t, p, s)
 	w := newWorker(t, p, "10.0.0.1:80", slowBreaker)
 	other := newWorker(t, p, "10.0.0.2:80", slowBreaker)
 	u := newUser("u")

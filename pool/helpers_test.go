@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/recovery"
 	"github.com/bifrost-proxy/bifrost/selection"
 )
@@ -27,12 +28,37 @@ func uniqueName(t *testing.T) string {
 	return fmt.Sprintf("%s-%d", name, poolSeq.Add(1))
 }
 
-// newPool acquires a pool with a unique name, released when the test ends.
+// testIsolation are complete isolation settings with the product's
+// defaults (the root's config.go), as a handler gives its pool.
+var testIsolation = health.IsolationSettings{
+	BaseTime:               10 * time.Second,
+	MaxTime:                5 * time.Minute,
+	Jitter:                 0.1,
+	DecayAfter:             5 * time.Minute,
+	MaxPercent:             50,
+	SuccessRateMinRequests: 20,
+	SuccessRateStdevFactor: 1,
+	SuccessRateMinHosts:    3,
+	DetectionInterval:      5 * time.Second,
+	ProbationTime:          5 * time.Second,
+	ProbationSuccesses:     5,
+	MaxRecoveryAttempts:    3,
+}
+
+// testManager is a complete error history configuration.
+var testManager = recovery.ManagerConfig{HistoryLimit: 1000, MaxConcurrentRecovery: 4, MessageLimit: 256}
+
+// newPool acquires a pool with a unique name and the product's default
+// settings, released when the test ends.
 func newPool(t *testing.T) *Pool {
 	t.Helper()
 	p, err := Acquire(uniqueName(t))
 	if err != nil {
 		t.Fatalf("Acquire: %v", err)
+	}
+	setIsolation(t, p, testIsolation)
+	if err := p.Manager.Reconfigure(testManager); err != nil {
+		t.Fatalf("Reconfigure: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := p.Release(); err != nil {
@@ -40,6 +66,14 @@ func newPool(t *testing.T) *Pool {
 		}
 	})
 	return p
+}
+
+// setIsolation gives p's monitor the settings s.
+func setIsolation(t *testing.T, p *Pool, s health.IsolationSettings) {
+	t.Helper()
+	if err := p.Monitor.Update(s); err != nil {
+		t.Fatalf("Monitor.Update: %v", err)
+	}
 }
 
 // fastBreaker opens after one failure and turns half-open after a

@@ -24,7 +24,7 @@ func TestWorkerID(t *testing.T) {
 
 func TestAcquireWorkerSharesState(t *testing.T) {
 	p := newPool(t)
-	bs := breaker.Settings{Failures: 3, Timeout: time.Hour}
+	bs := breaker.Settings{Failures: 3, Successes: 1, Timeout: time.Hour}
 	ts := selection.Settings{Decay: time.Second}
 	w := newWorker(t, p, "10.0.0.1:80", bs)
 	if w.ID != WorkerID(p.Name, "10.0.0.1:80") || w.IDValue != any(w.ID) || w.Pool != p.Name || w.Upstream != "10.0.0.1:80" {
@@ -37,7 +37,7 @@ func TestAcquireWorkerSharesState(t *testing.T) {
 	tracker := w.Tracker()
 
 	// a reload with other breaker settings keeps the breaker and its state
-	bs2 := breaker.Settings{Failures: 7, Timeout: time.Hour}
+	bs2 := breaker.Settings{Failures: 7, Successes: 1, Timeout: time.Hour}
 	again, err := p.AcquireWorker("10.0.0.1:80", bs2, selection.Settings{})
 	if err != nil {
 		t.Fatal(err)
