@@ -24,8 +24,8 @@ func longPoll(d time.Duration) http.HandlerFunc {
 
 // Long polls are slow by nature: a worker holding several of them beyond
 // the hang threshold, while it answers its other requests, is not hung.
-// Before hang detection looked at the worker's own answers, one of the
-// two workers was isolated in each round (and for longer in the next).
+// Were hang detection to ignore the worker's own answers, one of the two
+// workers would be isolated in each round (and for longer in the next).
 func TestLongPollsDoNotIsolateAnAnsweringWorker(t *testing.T) {
 	a, b := newBackend(t), newBackend(t)
 	a.set(longPoll(1500 * time.Millisecond))

@@ -419,8 +419,9 @@ func TestSimultaneousRestartsDoNotRace(t *testing.T) {
 }
 
 // isolation { max_percent 0 } turns automatic isolation off, as its
-// documentation says; it used to become the default 50. A worker whose
-// probes fail is marked probe-unhealthy and stays in rotation.
+// documentation says, rather than standing for unset (the default 50). A
+// worker whose probes fail is marked probe-unhealthy and stays in
+// rotation.
 func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
 	c.setHealth(status(http.StatusServiceUnavailable, ""))

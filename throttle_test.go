@@ -21,8 +21,9 @@ func perUserLimit(w http.ResponseWriter, r *http.Request) {
 // One client over its rate limit, answered 429 + Retry-After: 30 by every
 // backend, throttles no worker: the other clients keep being served, and
 // that client gets the upstream's 429 with its Retry-After after a single
-// try. Before, each 429 was retried on the other worker and throttled
-// both for 30 s; the pool then ran in panic mode and others got 502s.
+// try. Were each 429 retried on the other worker and held against both,
+// both would be throttled for 30 s, and the pool, in panic mode, would
+// answer the other clients with 502s.
 func TestOneClientsRateLimitThrottlesNoWorker(t *testing.T) {
 	a, b := newBackend(t), newBackend(t)
 	a.set(perUserLimit)

@@ -251,7 +251,7 @@ func scanOne[T any](items []T, ok func(T) bool, skip int) int {
 //
 //	lb_policy bifrost_p2c [<decay>]
 //
-// decay is a duration (default 10s); see the Decay field.
+// decay is a duration (default 1s); see the Decay field.
 func (p *P2C) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
 	if d.NextArg() {
