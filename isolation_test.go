@@ -2,8 +2,8 @@ package bifrost
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,8 +181,9 @@ func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
 // outlier detection while its peers are healthy.
 func TestSuccessRateOutlierIsIsolated(t *testing.T) {
 	flaky, b, c := newBackend(t), newBackend(t), newBackend(t)
+	var n atomic.Int64
 	flaky.set(func(w http.ResponseWriter, r *http.Request) {
-		if rand.Float64() < 0.3 {
+		if n.Add(1)%10 < 3 { // 3 requests in 10
 			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}

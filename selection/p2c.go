@@ -65,6 +65,7 @@ type P2C struct {
 	once     sync.Once
 	trackers *Trackers
 	now      func() time.Time // injected by tests; nil means time.Now
+	rng      *rand.Rand       // injected by single-goroutine tests; nil means the global source
 }
 
 // CaddyModule returns the Caddy module information.
@@ -119,7 +120,7 @@ func (p *P2C) Trackers() *Trackers {
 // one if just one is available, or nil if none is.
 func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
 	p.once.Do(p.setup)
-	ia, ib := PickTwo(pool, available)
+	ia, ib := pickTwo(p.rng, pool, available)
 	switch {
 	case ia < 0:
 		return nil
@@ -199,19 +200,25 @@ func available(u *reverseproxy.Upstream) bool {
 // Rejected draws and the scan both sample uniformly among the available
 // items, so their mix does too.
 func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
+	return pickTwo(nil, items, ok)
+}
+
+// pickTwo is PickTwo drawing from rng, or from math/rand/v2's global
+// source when rng is nil.
+func pickTwo[T any](rng *rand.Rand, items []T, ok func(T) bool) (a, b int) {
 	n := len(items)
 	if n == 0 {
 		return -1, -1
 	}
 	a = -1
 	for range drawAttempts {
-		if i := rand.IntN(n); ok(items[i]) { //nolint:gosec // load balancing, not security
+		if i := intN(rng, n); ok(items[i]) {
 			a = i
 			break
 		}
 	}
 	if a < 0 {
-		if a = scanOne(items, ok, -1); a < 0 {
+		if a = scanOne(rng, items, ok, -1); a < 0 {
 			return -1, -1
 		}
 	}
@@ -219,7 +226,7 @@ func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
 		return a, -1
 	}
 	for range drawAttempts {
-		j := rand.IntN(n - 1) //nolint:gosec // load balancing, not security
+		j := intN(rng, n-1)
 		if j >= a {
 			j++ // skip a: j is uniform over the others
 		}
@@ -227,24 +234,33 @@ func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
 			return a, j
 		}
 	}
-	return a, scanOne(items, ok, a)
+	return a, scanOne(rng, items, ok, a)
 }
 
 // scanOne returns the index of an item other than skip for which ok
 // reports true, chosen uniformly by reservoir sampling, or -1 if there is
 // none.
-func scanOne[T any](items []T, ok func(T) bool, skip int) int {
+func scanOne[T any](rng *rand.Rand, items []T, ok func(T) bool, skip int) int {
 	chosen, seen := -1, 0
 	for i, it := range items {
 		if i == skip || !ok(it) {
 			continue
 		}
 		seen++
-		if rand.IntN(seen) == 0 { //nolint:gosec // load balancing, not security
+		if intN(rng, seen) == 0 {
 			chosen = i
 		}
 	}
 	return chosen
+}
+
+// intN returns a random number in [0,n) from rng, or from math/rand/v2's
+// global source when rng is nil.
+func intN(rng *rand.Rand, n int) int {
+	if rng != nil {
+		return rng.IntN(n)
+	}
+	return rand.IntN(n) //nolint:gosec // load balancing, not security
 }
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens. Syntax:

@@ -219,8 +219,12 @@ type sim struct {
 	// failRatio, if set, is the share of each upstream's answers that
 	// are failures, drawn from rng.
 	failRatio []float64
-	rng       *rand.Rand
+	rng       *rand.Rand // the policy's draws and the failures: seeded
 }
+
+// simSeed seeds each simulation's random numbers, so that a run is
+// reproducible.
+const simSeed = 1
 
 type simRequest struct {
 	due    time.Time
@@ -234,7 +238,9 @@ type simRequest struct {
 // their latency, so that their costs start apart.
 func newSim(t testing.TB, latency ...time.Duration) *sim {
 	s := &sim{clock: fakeClock{t0}, pool: testPool(len(latency)), latency: latency}
+	s.rng = rand.New(rand.NewPCG(simSeed, simSeed))
 	s.p = newTestP2C(t, &s.clock)
+	s.p.rng = s.rng
 	for i, u := range s.pool {
 		if latency[i] > 0 {
 			observeAt(s.p.Tracker(u.Dial), t0, latency[i])
@@ -328,7 +334,6 @@ func TestP2CRecoveredUpstreamEarnsTrafficBack(t *testing.T) {
 func TestP2CFlakyUpstreamShare(t *testing.T) {
 	s := newSim(t, 2*time.Millisecond, 2*time.Millisecond, 2*time.Millisecond)
 	s.failRatio = []float64{0, 0, 0.3}
-	s.rng = rand.New(rand.NewPCG(1, 2))
 	const interval = 2 * time.Millisecond // 500 req/s
 	s.run(500, interval)                  // its first second
 	flaky := s.run(5000, interval)        // ten seconds
