@@ -130,18 +130,18 @@ func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.Res
 	return pool[ia]
 }
 
-// cheaper reports whether sending the request to b costs less than to a.
-// On a tie it returns false: a is the first of two random draws, so that
-// breaks ties at random.
-func (p *P2C) cheaper(b, a *reverseproxy.Upstream) bool {
+// cheaper reports whether sending the request to a costs less than to b.
+// On a tie it returns false: Select passes its second draw as a, so that
+// ties go to the first draw, itself random.
+func (p *P2C) cheaper(a, b *reverseproxy.Upstream) bool {
 	ca := Candidate{p.trackers.Get(a.Dial), numRequests(a)}
 	cb := Candidate{p.trackers.Get(b.Dial), numRequests(b)}
 	if ca.Tracker == nil && cb.Tracker == nil {
 		// Plain reverse_proxy: nothing is fed, and costs with equal
 		// latencies compare as the loads do (no clock needed).
-		return cb.Requests < ca.Requests
+		return ca.Requests < cb.Requests
 	}
-	return p.Cheaper(cb, ca, p.clock())
+	return p.Cheaper(ca, cb, p.clock())
 }
 
 // Candidate is one side of a comparison: an upstream's tracker (nil if it
@@ -151,11 +151,12 @@ type Candidate struct {
 	Requests int64
 }
 
-// Cheaper reports whether b costs less than a at now, as Select compares
-// its two draws; on a tie it returns false. A handler that owns the
-// policy's trackers can make Select's choice itself with PickTwo and
-// Cheaper, without looking its upstreams' trackers up by address.
-func (p *P2C) Cheaper(b, a Candidate, now time.Time) bool {
+// Cheaper reports whether a costs less than b at now; on a tie it returns
+// false. Select compares its second draw to its first this way. A handler
+// that owns the policy's trackers can make Select's choice itself with
+// PickTwo and Cheaper, without looking its upstreams' trackers up by
+// address.
+func (p *P2C) Cheaper(a, b Candidate, now time.Time) bool {
 	va, vb := a.Tracker.view(now), b.Tracker.view(now)
 	va.inflight = max(va.inflight, a.Requests)
 	vb.inflight = max(vb.inflight, b.Requests)
@@ -168,7 +169,7 @@ func (p *P2C) Cheaper(b, a Candidate, now time.Time) bool {
 		va.latency = float64(p.Trackers().Settings().Initial)
 		vb.latency = va.latency
 	}
-	return costOf(vb) < costOf(va)
+	return costOf(va) < costOf(vb)
 }
 
 func (p *P2C) clock() time.Time {
