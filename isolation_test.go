@@ -437,7 +437,7 @@ func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
 			max_percent 0
 		}`))
 	wk := workerAt(t, h, c.addr)
-	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.Health.ProbeHealthy() })
+	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.Health.Snapshot(time.Now()).ProbeHealthy })
 	time.Sleep(300 * time.Millisecond) // a few more probes and ticks
 	if wk.Health.Isolated() {
 		t.Fatalf("worker isolated with max_percent 0: %s", wk.Health.Snapshot(time.Now()).IsolationReason)

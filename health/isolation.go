@@ -152,20 +152,14 @@ type WindowStats struct {
 	Requests, Successes uint64
 }
 
-// SuccessRateOutliers returns the indexes, in increasing order, of the
+// successRateOutliers returns the indexes, in increasing order, of the
 // entries of stats whose success rate is an outlier (Envoy's success-rate
 // algorithm): only entries with at least minRequests requests take part,
 // nothing is flagged when fewer than minHosts take part, and an entry is an
 // outlier when its success rate is below mean - factor*stdev of the
 // participants (population standard deviation). A minRequests of 0 or less
-// turns detection off. It is a pure function.
-func SuccessRateOutliers(stats []WindowStats, minRequests int, factor float64, minHosts int) []int {
-	idx, _, _ := successRateOutliers(stats, minRequests, factor, minHosts)
-	return idx
-}
-
-// successRateOutliers is SuccessRateOutliers that also returns the mean and
-// the threshold, for explaining the decision.
+// turns detection off. It also returns the mean and the threshold, for
+// explaining the decision. It is a pure function.
 func successRateOutliers(stats []WindowStats, minRequests int, factor float64, minHosts int) (idx []int, mean, threshold float64) {
 	if minRequests <= 0 {
 		return nil, 0, 0

@@ -153,9 +153,9 @@ func TestSuccessRateOutliers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := SuccessRateOutliers(tc.stats, tc.minRequests, tc.factor, tc.minHosts)
+			got, _, _ := successRateOutliers(tc.stats, tc.minRequests, tc.factor, tc.minHosts)
 			if !slices.Equal(got, tc.want) {
-				t.Errorf("SuccessRateOutliers() = %v, want %v", got, tc.want)
+				t.Errorf("successRateOutliers() = %v, want %v", got, tc.want)
 			}
 		})
 	}

@@ -118,11 +118,11 @@ func (k Kind) Severity() Severity {
 	return kinds[k].severity
 }
 
-// IsRecoverable reports whether a failure of kind k is expected to clear by
+// recoverable reports whether a failure of kind k is expected to clear by
 // itself (low and medium severity), so that the request or the worker can be
 // tried again. It is false for KindNone, KindCanceled and the high and
 // critical kinds, which need a re-provision or an operator.
-func (k Kind) IsRecoverable() bool {
+func (k Kind) recoverable() bool {
 	s := k.Severity()
 	return s == SeverityLow || s == SeverityMedium
 }
@@ -163,16 +163,6 @@ func (k Kind) Err() error {
 		return nil
 	}
 	return kinds[k].err
-}
-
-// Kinds returns every kind except KindNone, in declaration order. The slice
-// is new on each call.
-func Kinds() []Kind {
-	out := make([]Kind, 0, numKinds-1)
-	for k := KindNone + 1; k < numKinds; k++ {
-		out = append(out, k)
-	}
-	return out
 }
 
 // ParseKind returns the kind whose name is s ("timeout", "throttled",

@@ -99,12 +99,12 @@ func (p *P2C) setup() {
 	p.trackers = NewTrackers(Settings{Decay: time.Duration(p.Decay)})
 }
 
-// Tracker returns the tracker of the upstream with the given dial address
+// tracker returns the tracker of the upstream with the given dial address
 // (its Dial as configured), creating it if needed. The caller feeds it with
 // Start and Done around each try; see the package documentation. Call it
 // only for configured upstreams: the registry is bounded, and returns nil
 // (a valid tracker that records nothing) once full.
-func (p *P2C) Tracker(dial string) *Tracker {
+func (p *P2C) tracker(dial string) *Tracker {
 	p.once.Do(p.setup)
 	return p.trackers.GetOrCreate(dial)
 }
