@@ -163,7 +163,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"max_fails with breaker block", "max_fails 2\n\tbreaker {\n\t}", "max_fails conflicts with the breaker block", "Caddyfile:"},
 		{"unknown reverse_proxy option", "frobnicate 1", "unrecognized subdirective frobnicate", "Caddyfile:3"},
 		{"block args", "breaker 5 {\n\t}", "wrong argument count", "Caddyfile:3"},
-		// accepted before, then ignored or changed at run time
+		// settings that would otherwise be ignored or changed at run time
 		{"health without uri", "health {\n\t\tinterval 1s\n\t}", "health: uri is required", "Caddyfile:5"},
 		{"health_interval without uri", "health_interval 1s", "health: uri is required", "Caddyfile:"},
 		{"isolation max_time below default base", "isolation {\n\t\tmax_time 5s\n\t}", "max_time 5s is below the default base_time 10s", "Caddyfile:5"},
@@ -202,7 +202,7 @@ func TestJSONConfigErrors(t *testing.T) {
 		{"negative max_requests", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"max_requests":-1}`, "max_requests must not be negative"},
 		{"bad classify", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"classify":[{"status":"5xx","kind":"boom"}]}`, "classify[0]"},
 		{"max percent", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"max_percent":101}}`, "isolation: max_percent must be between 0 and 100, got 101"},
-		// accepted before, then ignored or changed at run time
+		// settings that would otherwise be ignored or changed at run time
 		{"health without uri", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"health":{"fails":2}}`, "health: uri is required"},
 		{"max_time below default base", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"max_time":"5s"}}`, "isolation: max_time 5s is below the default base_time 10s"},
 		{"outlier tuning with detection off", `{"handler":"bifrost","upstreams":[{"dial":"127.0.0.1:1"}],"isolation":{"success_rate_min_requests":0,"success_rate_stdev_factor":2}}`, "which success_rate_min_requests 0 turns off"},

@@ -24,8 +24,8 @@ func longPoll(d time.Duration) http.HandlerFunc {
 
 // Long polls are slow by nature: a worker holding several of them beyond
 // the hang threshold, while it answers its other requests, is not hung.
-// Before hang detection looked at the worker's own answers, one of the
-// two workers was isolated in each round (and for longer in the next).
+// Were hang detection to ignore the worker's own answers, one of the two
+// workers would be isolated in each round (and for longer in the next).
 func TestLongPollsDoNotIsolateAnAnsweringWorker(t *testing.T) {
 	a, b := newBackend(t), newBackend(t)
 	a.set(longPoll(1500 * time.Millisecond))
@@ -102,26 +102,7 @@ func TestBackendThatStopsAnsweringIsIsolated(t *testing.T) {
 			hang_requests 2
 		}`))
 	wk := workerAt(t, h, hung.addr)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if resp, err := client.Get(testSite + "/"); err == nil {
-					resp.Body.Close()
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
-	defer func() { close(stop); wg.Wait() }()
+	startLoad(t, 4, 10*time.Millisecond)
 	eventually(t, 3*time.Second, "the worker to answer", func() bool { return !wk.Health.LastSuccess().IsZero() })
 	hung.set(hang)
 	from := time.Now()

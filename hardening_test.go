@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,33 +86,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	ws := workerOf(t, "reloadload", bad.addr)
 	eventually(t, 2*time.Second, "the failing worker's breaker to open", func() bool { return ws.Breaker.State().String() == "open" })
 
-	stop := make(chan struct{})
-	var sent, failed atomic.Int64
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := client.Get(testSite + "/")
-				sent.Add(1)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
+	stop := startLoad(t, 4, 0)
 
 	time.Sleep(200 * time.Millisecond)
 	runtime.GC()
@@ -126,11 +98,9 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		time.Sleep(40 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
-
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d requests failed during 25 reloads", failed.Load(), sent.Load())
+	sent, failed := stop()
+	if failed != 0 {
+		t.Fatalf("%d of %d requests failed during 25 reloads", failed, sent)
 	}
 	if st := workerOf(t, "reloadload", bad.addr).Breaker.State(); st.String() != "open" {
 		t.Errorf("failing worker's breaker is %s after the reloads, want it kept open", st)
@@ -140,7 +110,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		runtime.GC()
 		return runtime.NumGoroutine() <= goroutinesBefore+10
 	})
-	t.Logf("%d requests, 0 failed, during 25 reloads; goroutines %d before, %d after", sent.Load(), goroutinesBefore, runtime.NumGoroutine())
+	t.Logf("%d requests, 0 failed, during 25 reloads; goroutines %d before, %d after", sent, goroutinesBefore, runtime.NumGoroutine())
 }
 
 // hostile starts a raw TCP server that answers every connection with

@@ -294,6 +294,61 @@ func get(t *testing.T, path string) (int, string) {
 	return code, body
 }
 
+// startLoad starts n clients that each send GETs of the test site's root
+// in a loop, waiting pause before each, until the returned stop is called
+// (or the test ends). stop waits for the clients and returns how many
+// requests they sent and how many failed: an error or a status other than
+// 200. It may be called more than once.
+func startLoad(t testing.TB, n int, pause time.Duration) (stop func() (sent, failed int64)) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var s, f atomic.Int64
+	for range n {
+		wg.Go(func() {
+			for {
+				if pause > 0 {
+					select {
+					case <-done:
+						return
+					case <-time.After(pause):
+					}
+				} else {
+					select {
+					case <-done:
+						return
+					default:
+					}
+				}
+				resp, err := client.Get(testSite + "/")
+				s.Add(1)
+				if err != nil {
+					f.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					f.Add(1)
+				}
+			}
+		})
+	}
+	stop = sync.OnceValues(func() (int64, int64) {
+		close(done)
+		wg.Wait()
+		return s.Load(), f.Load()
+	})
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// load runs startLoad's clients, with no pause, for d.
+func load(t testing.TB, n int, d time.Duration) (sent, failed int64) {
+	stop := startLoad(t, n, 0)
+	time.Sleep(d)
+	return stop()
+}
+
 // adminJSON queries the admin API and decodes its JSON answer.
 func adminJSON(t *testing.T, method, path string, out any) int {
 	t.Helper()

@@ -2,8 +2,8 @@ package bifrost
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,8 +181,9 @@ func TestPanicModeFailuresAreNotHeldAgainstWorkers(t *testing.T) {
 // outlier detection while its peers are healthy.
 func TestSuccessRateOutlierIsIsolated(t *testing.T) {
 	flaky, b, c := newBackend(t), newBackend(t), newBackend(t)
+	var n atomic.Int64
 	flaky.set(func(w http.ResponseWriter, r *http.Request) {
-		if rand.Float64() < 0.3 {
+		if n.Add(1)%10 < 3 { // 3 requests in 10
 			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}
@@ -419,8 +420,9 @@ func TestSimultaneousRestartsDoNotRace(t *testing.T) {
 }
 
 // isolation { max_percent 0 } turns automatic isolation off, as its
-// documentation says; it used to become the default 50. A worker whose
-// probes fail is marked probe-unhealthy and stays in rotation.
+// documentation says, rather than standing for unset (the default 50). A
+// worker whose probes fail is marked probe-unhealthy and stays in
+// rotation.
 func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
 	c.setHealth(status(http.StatusServiceUnavailable, ""))
@@ -435,7 +437,7 @@ func TestMaxPercentZeroIsolatesNothing(t *testing.T) {
 			max_percent 0
 		}`))
 	wk := workerAt(t, h, c.addr)
-	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.Health.ProbeHealthy() })
+	eventually(t, 3*time.Second, "the failing probes to mark the worker unhealthy", func() bool { return !wk.Health.Snapshot(time.Now()).ProbeHealthy })
 	time.Sleep(300 * time.Millisecond) // a few more probes and ticks
 	if wk.Health.Isolated() {
 		t.Fatalf("worker isolated with max_percent 0: %s", wk.Health.Snapshot(time.Now()).IsolationReason)

@@ -5,42 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/pool"
 )
-
-// load sends GETs from n clients until the duration has passed, and
-// returns how many were sent and how many failed.
-func load(t *testing.T, n int, d time.Duration) (sent, failed int64) {
-	t.Helper()
-	var wg sync.WaitGroup
-	var s, f atomic.Int64
-	deadline := time.Now().Add(d)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) {
-				resp, err := client.Get(testSite + "/")
-				s.Add(1)
-				if err != nil {
-					f.Add(1)
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					f.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return s.Load(), f.Load()
-}
 
 // With the default selection policy, a backend that answers 300 ms slower
 // than its peers gets under 5% of the requests once its latency is known.

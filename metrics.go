@@ -36,57 +36,46 @@ var collectors struct {
 }
 
 func initCollectors() {
-	const ns, sub = "caddy", "bifrost"
-	pw := []string{"pool", "worker"}
-	collectors.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "requests_total",
-		Help: "Tries sent to workers, by outcome (success, failure, canceled).",
-	}, append(pw, "outcome"))
-	collectors.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "errors_total",
-		Help: "Classified worker failures, by kind and severity.",
-	}, append(pw, "kind", "severity"))
-	collectors.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "retries_total",
-		Help: "Retries after a failed try on the worker.",
-	}, pw)
-	collectors.hedges = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "hedges_total",
-		Help: "Hedged tries sent to the worker.",
-	}, pw)
-	collectors.degraded = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "degraded_total",
-		Help: "Requests no worker could serve (fallback or 503).",
-	}, []string{"pool"})
-	collectors.recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "recovery_actions_total",
-		Help: "Recovery actions carried out on workers.",
-	}, append(pw, "action"))
-	collectors.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "worker_transitions_total",
-		Help: "Isolation transitions of workers, by event name.",
-	}, append(pw, "event"))
-	collectors.probes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: ns, Subsystem: sub, Name: "probes_total",
-		Help: "Active health probes, by result (pass, fail).",
-	}, append(pw, "result"))
-	collectors.breaker = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Subsystem: sub, Name: "breaker_state",
-		Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-	}, pw)
-	collectors.healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Subsystem: sub, Name: "worker_healthy",
-		Help: "1 if the worker can take requests now, else 0.",
-	}, pw)
-	collectors.isolated = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Subsystem: sub, Name: "worker_isolated",
-		Help: "1 if the worker is isolated, else 0.",
-	}, pw)
+	collectors.requests = workerCounter("requests_total", "Tries sent to workers, by outcome (success, failure, canceled).", "outcome")
+	collectors.errors = workerCounter("errors_total", "Classified worker failures, by kind and severity.", "kind", "severity")
+	collectors.retries = workerCounter("retries_total", "Retries after a failed try on the worker.")
+	collectors.hedges = workerCounter("hedges_total", "Hedged tries sent to the worker.")
+	collectors.recoveries = workerCounter("recovery_actions_total", "Recovery actions carried out on workers.", "action")
+	collectors.transitions = workerCounter("worker_transitions_total", "Isolation transitions of workers, by event name.", "event")
+	collectors.probes = workerCounter("probes_total", "Active health probes, by result (pass, fail).", "result")
+	collectors.breaker = workerGauge("breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.")
+	collectors.healthy = workerGauge("worker_healthy", "1 if the worker can take requests now, else 0.")
+	collectors.isolated = workerGauge("worker_isolated", "1 if the worker is isolated, else 0.")
+	o := metricOpts("attempt_duration_seconds", "Duration of tries against workers, until the response was written or failed.")
 	collectors.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: ns, Subsystem: sub, Name: "attempt_duration_seconds",
-		Help:    "Duration of tries against workers, until the response was written or failed.",
+		Namespace: o.Namespace, Subsystem: o.Subsystem, Name: o.Name, Help: o.Help,
 		Buckets: prometheus.DefBuckets,
-	}, pw)
+	}, workerLabels())
+	// the one series that is not a worker's
+	collectors.degraded = prometheus.NewCounterVec(prometheus.CounterOpts(
+		metricOpts("degraded_total", "Requests no worker could serve (fallback or 503)."),
+	), []string{"pool"})
+}
+
+// metricOpts names the collector caddy_bifrost_<name>.
+func metricOpts(name, help string) prometheus.Opts {
+	return prometheus.Opts{Namespace: "caddy", Subsystem: "bifrost", Name: name, Help: help}
+}
+
+// workerLabels returns the labels of a worker's series: pool, worker, then
+// more.
+func workerLabels(more ...string) []string {
+	return append([]string{"pool", "worker"}, more...)
+}
+
+// workerCounter makes a counter of workers' series.
+func workerCounter(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts(metricOpts(name, help)), workerLabels(labels...))
+}
+
+// workerGauge makes a gauge of workers' series.
+func workerGauge(name, help string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts(metricOpts(name, help)), workerLabels())
 }
 
 // poolMetrics records one handler's metrics. Its methods are safe on a

@@ -13,10 +13,10 @@ import (
 // Two sites that name the same pool share it: the pool's one loop
 // escalates a breaker that keeps opening to isolation whichever site's
 // handler has the worker, and the isolation monitor knows the workers of
-// both. (Each handler used to drain the pool's breaker changes itself, so
-// a change could be taken by the handler without the worker and its
-// escalation skipped; and the monitor knew only the newest handler's
-// workers, so the other site's could not be isolated at all.)
+// both. (Were each handler to drain the pool's breaker changes itself, a
+// change could be taken by the handler without the worker and its
+// escalation skipped; a monitor that knew only the newest handler's
+// workers could not isolate the other site's at all.)
 func TestSharedPoolEscalatesEverySitesWorkers(t *testing.T) {
 	goodA, goodB := newBackend(t), newBackend(t)
 	var deadA, deadB []string
@@ -61,10 +61,10 @@ func TestSharedPoolEscalatesEverySitesWorkers(t *testing.T) {
 }
 
 // A reload that keeps a worker keeps what selection and hang detection
-// know of it: its latency estimate and its requests in flight. (Trackers
-// used to be rebuilt on every reload while breakers and isolation
-// survived, so a request hanging across a reload was invisible to hang
-// detection and the slow worker's cost was forgotten.)
+// know of it: its latency estimate and its requests in flight, like its
+// breaker and isolation state. (Trackers rebuilt on every reload would
+// hide a request hanging across the reload from hang detection and forget
+// the slow worker's cost.)
 func TestReloadKeepsSelectionState(t *testing.T) {
 	slow := newBackend(t)
 	release := make(chan struct{})

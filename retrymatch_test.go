@@ -8,8 +8,8 @@ import (
 )
 
 // retry { match path /idempotent/* } retries only the requests it
-// matches, whatever their method, and no longer retries the default
-// idempotent methods elsewhere.
+// matches, whatever their method; elsewhere it retries nothing, not even
+// the default idempotent methods.
 func TestRetryMatchScopesRetries(t *testing.T) {
 	bad, good := newBackend(t), newBackend(t)
 	bad.set(status(http.StatusServiceUnavailable, "bad"))

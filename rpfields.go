@@ -39,11 +39,11 @@ func (h *Handler) adoptReverseProxyFields() error {
 // adoptLoadBalancing maps load_balancing's retry fields onto retry.
 func (h *Handler) adoptLoadBalancing() error {
 	lb := h.LoadBalancing
-	if lb == nil {
+	if lb == nil || lb.Retries == 0 && lb.TryDuration == 0 && lb.TryInterval == 0 && len(lb.RetryMatchRaw) == 0 {
 		return nil
 	}
+	h.Retry = ensure(h.Retry)
 	if lb.Retries != 0 {
-		h.Retry = ensure(h.Retry)
 		switch {
 		case lb.Retries < 0:
 			return fmt.Errorf("load_balancing.retries must not be negative, got %d", lb.Retries)
@@ -53,24 +53,13 @@ func (h *Handler) adoptLoadBalancing() error {
 		h.Retry.Attempts = lb.Retries + 1
 		lb.Retries = 0
 	}
-	if lb.TryDuration != 0 {
-		h.Retry = ensure(h.Retry)
-		if h.Retry.TryDuration != 0 {
-			return errors.New("load_balancing.try_duration and retry.try_duration are both set: keep retry.try_duration")
-		}
-		h.Retry.TryDuration = lb.TryDuration
-		lb.TryDuration = 0
+	if err := adopt(&lb.TryDuration, &h.Retry.TryDuration, "load_balancing.try_duration", "retry.try_duration"); err != nil {
+		return err
 	}
-	if lb.TryInterval != 0 {
-		h.Retry = ensure(h.Retry)
-		if h.Retry.BackoffInitial != 0 {
-			return errors.New("load_balancing.try_interval and retry.backoff_initial are both set: keep retry.backoff_initial")
-		}
-		h.Retry.BackoffInitial = lb.TryInterval
-		lb.TryInterval = 0
+	if err := adopt(&lb.TryInterval, &h.Retry.BackoffInitial, "load_balancing.try_interval", "retry.backoff_initial"); err != nil {
+		return err
 	}
 	if len(lb.RetryMatchRaw) > 0 {
-		h.Retry = ensure(h.Retry)
 		if len(h.Retry.MatchRaw) > 0 {
 			return errors.New("load_balancing.retry_match and retry.match are both set: keep retry.match")
 		}
@@ -123,30 +112,36 @@ func (h *Handler) adoptHealthChecks() error {
 		}
 		if p.MaxFails != 0 || p.FailDuration != 0 {
 			h.Breaker = ensure(h.Breaker)
-		}
-		if p.MaxFails != 0 {
-			if h.Breaker.Failures != 0 {
-				return errors.New("health_checks.passive.max_fails and breaker.failures are both set: keep breaker.failures")
+			if err := adopt(&p.MaxFails, &h.Breaker.Failures, "health_checks.passive.max_fails", "breaker.failures"); err != nil {
+				return err
 			}
-			h.Breaker.Failures = p.MaxFails
-		}
-		if p.FailDuration != 0 {
-			if h.Breaker.Window != 0 {
-				return errors.New("health_checks.passive.fail_duration and breaker.window are both set: keep breaker.window")
+			if err := adopt(&p.FailDuration, &h.Breaker.Window, "health_checks.passive.fail_duration", "breaker.window"); err != nil {
+				return err
 			}
-			h.Breaker.Window = p.FailDuration
 		}
-		if p.UnhealthyRequestCount != 0 {
-			if h.MaxRequests != 0 {
-				return errors.New("health_checks.passive.unhealthy_request_count and max_requests are both set: keep max_requests")
-			}
-			h.MaxRequests = p.UnhealthyRequestCount
+		if err := adopt(&p.UnhealthyRequestCount, &h.MaxRequests, "health_checks.passive.unhealthy_request_count", "max_requests"); err != nil {
+			return err
 		}
 		for _, code := range p.UnhealthyStatus {
 			h.Classify = append(h.Classify, ClassifyRule{Status: strconv.Itoa(code), Kind: "http"})
 		}
 	}
 	h.HealthChecks = nil
+	return nil
+}
+
+// adopt moves the value of the reverse_proxy field from, when it is set,
+// onto Bifrost's equivalent to, and clears from. It refuses a value when
+// to is set too, naming both fields.
+func adopt[T comparable](from, to *T, fromName, toName string) error {
+	var zero T
+	if *from == zero {
+		return nil
+	}
+	if *to != zero {
+		return fmt.Errorf("%s and %s are both set: keep %s", fromName, toName, toName)
+	}
+	*to, *from = *from, zero
 	return nil
 }
 

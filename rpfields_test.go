@@ -192,7 +192,7 @@ func TestDuplicateUpstreamsWeigh(t *testing.T) {
 
 // request_buffers applies to each try as in reverse_proxy, and a retry,
 // which reads the body from Bifrost's copy, sends the same bytes: an inner
-// request_buffers no longer drains the body and leaves the next worker an
+// request_buffers does not drain the body and leave the next worker an
 // empty one, whether the body fits in its buffer or not.
 func TestRequestBuffersApplyToEachTry(t *testing.T) {
 	type seen struct {

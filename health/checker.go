@@ -207,11 +207,7 @@ func (c *Checker) nextDelay(w *WorkerHealth) time.Duration {
 func (c *Checker) probeOnce(ctx context.Context, t Target) {
 	defer func() {
 		if r := recover(); r != nil {
-			c.logger.Error("panic in probe result handler",
-				zap.String("pool", t.Worker.Pool()),
-				zap.String("worker", t.Worker.ID()),
-				zap.Any("error", r),
-				zap.ByteString("stack", debug.Stack()))
+			c.logPanic("panic in probe result handler", t, r)
 		}
 	}()
 
@@ -242,11 +238,7 @@ func (c *Checker) runProbe(ctx context.Context, t Target) (err error) {
 	defer cancel()
 	defer func() {
 		if r := recover(); r != nil {
-			c.logger.Error("panic in probe",
-				zap.String("pool", t.Worker.Pool()),
-				zap.String("worker", t.Worker.ID()),
-				zap.Any("error", r),
-				zap.ByteString("stack", debug.Stack()))
+			c.logPanic("panic in probe", t, r)
 			err = fmt.Errorf("%w: %v", ErrProbePanic, r)
 		}
 	}()
@@ -255,6 +247,15 @@ func (c *Checker) runProbe(ctx context.Context, t Target) (err error) {
 		err = pctx.Err()
 	}
 	return err
+}
+
+// logPanic logs a panic r recovered while probing t, with its stack.
+func (c *Checker) logPanic(msg string, t Target, r any) {
+	c.logger.Error(msg,
+		zap.String("pool", t.Worker.Pool()),
+		zap.String("worker", t.Worker.ID()),
+		zap.Any("error", r),
+		zap.ByteString("stack", debug.Stack()))
 }
 
 // firstDelay returns the delay before a worker's first probe: a random

@@ -252,7 +252,7 @@ func TestCheckerHysteresis(t *testing.T) {
 			t.Fatalf("result %d = %+v, want %+v", i, got, w)
 		}
 	}
-	if !r.w.ProbeHealthy() {
+	if !r.w.probeHealthy.Load() {
 		t.Error("worker not probe-healthy after the passes")
 	}
 	if r.w.Snapshot(time.Now()).LastCheck.IsZero() {

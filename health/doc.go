@@ -40,7 +40,7 @@
 // DetectionInterval, among the workers that served at least
 // SuccessRateMinRequests requests in the window (and only when there are at
 // least SuccessRateMinHosts of them), a worker whose success rate is below
-// mean - SuccessRateStdevFactor*stdev is isolated; see [SuccessRateOutliers].
+// mean - SuccessRateStdevFactor*stdev is isolated; see [Monitor.Tick].
 //
 // # Events and locks
 //

@@ -152,20 +152,14 @@ type WindowStats struct {
 	Requests, Successes uint64
 }
 
-// SuccessRateOutliers returns the indexes, in increasing order, of the
+// successRateOutliers returns the indexes, in increasing order, of the
 // entries of stats whose success rate is an outlier (Envoy's success-rate
 // algorithm): only entries with at least minRequests requests take part,
 // nothing is flagged when fewer than minHosts take part, and an entry is an
 // outlier when its success rate is below mean - factor*stdev of the
 // participants (population standard deviation). A minRequests of 0 or less
-// turns detection off. It is a pure function.
-func SuccessRateOutliers(stats []WindowStats, minRequests int, factor float64, minHosts int) []int {
-	idx, _, _ := successRateOutliers(stats, minRequests, factor, minHosts)
-	return idx
-}
-
-// successRateOutliers is SuccessRateOutliers that also returns the mean and
-// the threshold, for explaining the decision.
+// turns detection off. It also returns the mean and the threshold, for
+// explaining the decision. It is a pure function.
 func successRateOutliers(stats []WindowStats, minRequests int, factor float64, minHosts int) (idx []int, mean, threshold float64) {
 	if minRequests <= 0 {
 		return nil, 0, 0
@@ -390,9 +384,7 @@ func (m *Monitor) Isolate(w *WorkerHealth, reason Reason, detail string) (Event,
 // not count as an ejection. It is refused (false) when w is already
 // isolated.
 func (m *Monitor) IsolateFor(w *WorkerHealth, d time.Duration, detail string) (Event, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.isMemberLocked(w) || d < 0 {
+	if d < 0 {
 		return Event{}, false
 	}
 	if detail == "" {
@@ -401,19 +393,18 @@ func (m *Monitor) IsolateFor(w *WorkerHealth, d time.Duration, detail string) (E
 			detail = "isolated by operator for " + d.String()
 		}
 	}
-	now := m.now()
-	var until time.Time
-	if d > 0 {
-		until = now.Add(d)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.isolated.Load() {
-		return Event{}, false
-	}
-	text := reasonText(ReasonOperator, detail)
-	w.setIsolatedLocked(until, text)
-	return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
+	return m.withWorker(w, func(now time.Time) (Event, bool) {
+		if w.isolated.Load() {
+			return Event{}, false
+		}
+		var until time.Time
+		if d > 0 {
+			until = now.Add(d)
+		}
+		text := reasonText(ReasonOperator, detail)
+		w.setIsolatedLocked(until, text)
+		return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
+	})
 }
 
 // Restore puts w back into rotation on an operator's request, on probation
@@ -421,21 +412,15 @@ func (m *Monitor) IsolateFor(w *WorkerHealth, d time.Duration, detail string) (E
 // recovery attempts. It returns false, after clearing them, when w is not
 // isolated.
 func (m *Monitor) Restore(w *WorkerHealth) (Event, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.isMemberLocked(w) {
-		return Event{}, false
-	}
-	now := m.now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.iso.recoveryAttempts = 0
-	w.iso.recoveryFailed = false
-	if !w.isolated.Load() {
-		return Event{}, false
-	}
-	w.reinstateLocked(now)
-	return Event{Type: EventRestored, Worker: w, Reason: reasonText(ReasonOperator, "restored by operator")}, true
+	return m.withWorker(w, func(now time.Time) (Event, bool) {
+		w.iso.recoveryAttempts = 0
+		w.iso.recoveryFailed = false
+		if !w.isolated.Load() {
+			return Event{}, false
+		}
+		w.reinstateLocked(now)
+		return Event{Type: EventRestored, Worker: w, Reason: reasonText(ReasonOperator, "restored by operator")}, true
+	})
 }
 
 // ProbeRecovered is called when a probe flips w from unhealthy to
@@ -446,35 +431,29 @@ func (m *Monitor) Restore(w *WorkerHealth) (Event, bool) {
 // an operator or after a failed probation is not ended early. Otherwise,
 // or when w is not probe-healthy, it returns false.
 func (m *Monitor) ProbeRecovered(w *WorkerHealth) (Event, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.isMemberLocked(w) {
-		return Event{}, false
-	}
-	now := m.now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.isolated.Load() || !w.probeHealthy.Load() {
-		return Event{}, false
-	}
-	var detail string
-	switch {
-	case w.iso.recoveryFailed:
-		detail = "probe passed after recovery failed"
-	case w.iso.endsOnProbe:
-		// the probes failed and now pass again: evidence of recovery,
-		// whatever took the worker out. A probe that never failed (one
-		// that lies while real traffic fails) never flips, so it cannot
-		// shorten an ejection; nor can it end one that began when a
-		// reinstated worker failed its probation.
-		detail = "probe passed again"
-	case !w.iso.until.IsZero() && !now.Before(w.iso.until):
-		detail = "probe passed after the ejection time"
-	default:
-		return Event{}, false
-	}
-	w.reinstateLocked(now)
-	return Event{Type: EventRestored, Worker: w, Reason: reasonText(ReasonProbeRecovered, detail)}, true
+	return m.withWorker(w, func(now time.Time) (Event, bool) {
+		if !w.isolated.Load() || !w.probeHealthy.Load() {
+			return Event{}, false
+		}
+		var detail string
+		switch {
+		case w.iso.recoveryFailed:
+			detail = "probe passed after recovery failed"
+		case w.iso.endsOnProbe:
+			// the probes failed and now pass again: evidence of recovery,
+			// whatever took the worker out. A probe that never failed (one
+			// that lies while real traffic fails) never flips, so it cannot
+			// shorten an ejection; nor can it end one that began when a
+			// reinstated worker failed its probation.
+			detail = "probe passed again"
+		case !w.iso.until.IsZero() && !now.Before(w.iso.until):
+			detail = "probe passed after the ejection time"
+		default:
+			return Event{}, false
+		}
+		w.reinstateLocked(now)
+		return Event{Type: EventRestored, Worker: w, Reason: reasonText(ReasonProbeRecovered, detail)}, true
+	})
 }
 
 // OnResult is called after each try of a request to w that counts (not
@@ -498,52 +477,46 @@ func (m *Monitor) OnResult(w *WorkerHealth, failure bool) (Event, bool) {
 // onProbationResult is OnResult for a worker that looked on probation. It is
 // split out so that OnResult's common path pays for no defers and inlines.
 func (m *Monitor) onProbationResult(w *WorkerHealth, failure bool) (Event, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.isMemberLocked(w) {
-		return Event{}, false
-	}
-	now := m.now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.onProbation.Load() {
-		return Event{}, false
-	}
-	if m.probationOverLocked(w, now) {
-		w.endProbationLocked()
-		return Event{}, false
-	}
-	if !failure {
-		w.iso.probationSuccesses++
-		if w.iso.probationSuccesses >= m.s.ProbationSuccesses {
+	return m.withWorker(w, func(now time.Time) (Event, bool) {
+		if !w.onProbation.Load() {
+			return Event{}, false
+		}
+		if m.probationOverLocked(w, now) {
 			w.endProbationLocked()
+			return Event{}, false
 		}
-		return Event{}, false
-	}
-	if !m.roomLocked() {
-		return Event{}, false
-	}
-	since := now.Sub(fromNanos(w.restoredAt.Load())).Round(time.Millisecond)
-	w.iso.ejections++
-	w.iso.recoveryAttempts++
-	if w.iso.recoveryAttempts >= m.s.MaxRecoveryAttempts {
-		w.iso.recoveryFailed = true
-		back := "an operator restores it"
-		if m.s.ProbesConfigured {
-			back = "a probe passes or " + back
+		if !failure {
+			w.iso.probationSuccesses++
+			if w.iso.probationSuccesses >= m.s.ProbationSuccesses {
+				w.endProbationLocked()
+			}
+			return Event{}, false
 		}
+		if !m.roomLocked() {
+			return Event{}, false
+		}
+		since := now.Sub(fromNanos(w.restoredAt.Load())).Round(time.Millisecond)
+		w.iso.ejections++
+		w.iso.recoveryAttempts++
+		if w.iso.recoveryAttempts >= m.s.MaxRecoveryAttempts {
+			w.iso.recoveryFailed = true
+			back := "an operator restores it"
+			if m.s.ProbesConfigured {
+				back = "a probe passes or " + back
+			}
+			text := reasonText(ReasonProbation, fmt.Sprintf(
+				"failed %v after reinstatement, recovery failed %d times; isolated until %s",
+				since, w.iso.recoveryAttempts, back))
+			w.setIsolatedLocked(time.Time{}, text)
+			return Event{Type: EventRecoveryFailed, Worker: w, Reason: text}, true
+		}
+		until := now.Add(EjectionTime(m.s, w.iso.ejections, m.rnd()))
 		text := reasonText(ReasonProbation, fmt.Sprintf(
-			"failed %v after reinstatement, recovery failed %d times; isolated until %s",
-			since, w.iso.recoveryAttempts, back))
-		w.setIsolatedLocked(time.Time{}, text)
-		return Event{Type: EventRecoveryFailed, Worker: w, Reason: text}, true
-	}
-	until := now.Add(EjectionTime(m.s, w.iso.ejections, m.rnd()))
-	text := reasonText(ReasonProbation, fmt.Sprintf(
-		"failed %v after reinstatement (recovery attempt %d of %d)",
-		since, w.iso.recoveryAttempts, m.s.MaxRecoveryAttempts))
-	w.setIsolatedLocked(until, text)
-	return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
+			"failed %v after reinstatement (recovery attempt %d of %d)",
+			since, w.iso.recoveryAttempts, m.s.MaxRecoveryAttempts))
+		w.setIsolatedLocked(until, text)
+		return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
+	})
 }
 
 // Tick runs the Monitor's periodic work and returns the resulting events;
@@ -701,6 +674,20 @@ func (m *Monitor) roomLocked() bool {
 // Requires m.mu and w.mu.
 func (m *Monitor) probationOverLocked(w *WorkerHealth, now time.Time) bool {
 	return now.UnixNano()-w.restoredAt.Load() >= int64(max(m.s.ProbationTime, m.s.SlowStart))
+}
+
+// withWorker runs f with m.mu and w.mu held and the current time, when w
+// is one of the pool's workers; otherwise it returns false.
+func (m *Monitor) withWorker(w *WorkerHealth, f func(now time.Time) (Event, bool)) (Event, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.isMemberLocked(w) {
+		return Event{}, false
+	}
+	now := m.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return f(now)
 }
 
 // isMemberLocked reports whether w is one of the pool's workers. Requires

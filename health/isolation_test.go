@@ -153,9 +153,9 @@ func TestSuccessRateOutliers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := SuccessRateOutliers(tc.stats, tc.minRequests, tc.factor, tc.minHosts)
+			got, _, _ := successRateOutliers(tc.stats, tc.minRequests, tc.factor, tc.minHosts)
 			if !slices.Equal(got, tc.want) {
-				t.Errorf("SuccessRateOutliers() = %v, want %v", got, tc.want)
+				t.Errorf("successRateOutliers() = %v, want %v", got, tc.want)
 			}
 		})
 	}
@@ -232,8 +232,8 @@ func isolation(s IsolationSettings) IsolationSettings {
 }
 
 // IsolationSettings have no defaults: a missing field is an error, not a
-// value the package picks (it used to pick a stdev factor of 1.9 and an
-// outlier interval of 10s, where the handler documents 1 and 5s).
+// value the package picks, so the defaults the handler documents are the
+// only ones.
 func TestIsolationSettings(t *testing.T) {
 	full := isolation(IsolationSettings{})
 	with := func(f func(*IsolationSettings)) IsolationSettings {

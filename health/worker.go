@@ -169,10 +169,6 @@ func (w *WorkerHealth) LastSuccess() time.Time { return fromNanos(w.lastSuccess.
 // Isolated reports whether the worker is isolated.
 func (w *WorkerHealth) Isolated() bool { return w.isolated.Load() }
 
-// ProbeHealthy reports the result of the active probes after hysteresis. It
-// is true until probes say otherwise, and stays true when no probes run.
-func (w *WorkerHealth) ProbeHealthy() bool { return w.probeHealthy.Load() }
-
 // Healthy reports whether the worker is healthy at time now: available,
 // probe-healthy and not recovery-failed. It is [Snapshot.Healthy] without
 // building a snapshot.
@@ -181,9 +177,9 @@ func (w *WorkerHealth) Healthy(now time.Time) bool {
 	return w.Available(now) && w.probeHealthy.Load()
 }
 
-// ResetProbe forgets the probe streaks and makes the worker probe-healthy
-// again, e.g. when a config reload turns active probes off.
-func (w *WorkerHealth) ResetProbe() {
+// resetProbe forgets the probe streaks and makes the worker probe-healthy
+// again.
+func (w *WorkerHealth) resetProbe() {
 	w.pmu.Lock()
 	w.probePasses, w.probeFails = 0, 0
 	w.probeHealthy.Store(true)

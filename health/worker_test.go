@@ -240,7 +240,7 @@ func TestRecordProbeHysteresis(t *testing.T) {
 					t.Fatalf("step %d: RecordProbe() = %+v, want changed %v healthy %v err %v", i, res, st.wantChanged, st.wantHealthy, err)
 				}
 				s := w.Snapshot(now)
-				if s.ProbeHealthy != st.wantHealthy || w.ProbeHealthy() != st.wantHealthy {
+				if s.ProbeHealthy != st.wantHealthy || w.probeHealthy.Load() != st.wantHealthy {
 					t.Fatalf("step %d: ProbeHealthy = %v, want %v", i, s.ProbeHealthy, st.wantHealthy)
 				}
 				if s.ProbePasses != st.wantPasses || s.ProbeFails != st.wantFails {
@@ -256,9 +256,9 @@ func TestRecordProbeHysteresis(t *testing.T) {
 	t.Run("reset makes the worker probe-healthy", func(t *testing.T) {
 		w := NewWorkerHealth("p", "w", "u")
 		w.RecordProbe(down, t0, 1, 1)
-		w.ResetProbe()
+		w.resetProbe()
 		if s := w.Snapshot(t0); !s.ProbeHealthy || s.ProbeFails != 0 {
-			t.Errorf("after ResetProbe: healthy %v, fails %d; want true, 0", s.ProbeHealthy, s.ProbeFails)
+			t.Errorf("after resetProbe: healthy %v, fails %d; want true, 0", s.ProbeHealthy, s.ProbeFails)
 		}
 	})
 

@@ -118,11 +118,11 @@ func (k Kind) Severity() Severity {
 	return kinds[k].severity
 }
 
-// IsRecoverable reports whether a failure of kind k is expected to clear by
+// recoverable reports whether a failure of kind k is expected to clear by
 // itself (low and medium severity), so that the request or the worker can be
 // tried again. It is false for KindNone, KindCanceled and the high and
 // critical kinds, which need a re-provision or an operator.
-func (k Kind) IsRecoverable() bool {
+func (k Kind) recoverable() bool {
 	s := k.Severity()
 	return s == SeverityLow || s == SeverityMedium
 }
@@ -165,48 +165,24 @@ func (k Kind) Err() error {
 	return kinds[k].err
 }
 
-// Kinds returns every kind except KindNone, in declaration order. The slice
-// is new on each call.
-func Kinds() []Kind {
-	out := make([]Kind, 0, numKinds-1)
-	for k := KindNone + 1; k < numKinds; k++ {
-		out = append(out, k)
-	}
-	return out
-}
-
 // ParseKind returns the kind whose name is s ("timeout", "throttled",
 // "none", ...), ignoring case. It is the inverse of Kind.String.
-func ParseKind(s string) (Kind, error) {
-	for k := range kinds {
-		if strings.EqualFold(s, kinds[k].name) {
-			return Kind(k), nil
-		}
-	}
-	names := make([]string, 0, numKinds)
-	for _, ki := range kinds {
-		names = append(names, ki.name)
-	}
-	return KindNone, fmt.Errorf("unknown error kind %q (valid: %s)", s, strings.Join(names, ", "))
-}
+func ParseKind(s string) (Kind, error) { return parseName[Kind](kindNames, s) }
 
 // MarshalText encodes k as its name.
-func (k Kind) MarshalText() ([]byte, error) {
-	if !k.valid() {
-		return nil, fmt.Errorf("invalid error kind %d", uint8(k))
-	}
-	return []byte(kinds[k].name), nil
-}
+func (k Kind) MarshalText() ([]byte, error) { return kindNames.marshal(uint8(k)) }
 
 // UnmarshalText decodes a kind name, as ParseKind does.
-func (k *Kind) UnmarshalText(b []byte) error {
-	v, err := ParseKind(string(b))
-	if err != nil {
-		return err
+func (k *Kind) UnmarshalText(b []byte) error { return unmarshalName(kindNames, b, k) }
+
+// kindNames are the names of the kinds, from the taxonomy.
+var kindNames = func() names {
+	n := names{what: "error kind", short: "kind", all: make([]string, numKinds)}
+	for k, ki := range kinds {
+		n.all[k] = ki.name
 	}
-	*k = v
-	return nil
-}
+	return n
+}()
 
 // Severity is how serious a failure is. Its zero value, SeverityNone, is the
 // severity of "no failure" and of a client cancellation. Severities are
@@ -225,45 +201,21 @@ const (
 	numSeverities = iota
 )
 
-var severityNames = [numSeverities]string{"none", "low", "medium", "high", "critical"}
+var severityNames = names{what: "severity", short: "severity", all: []string{"none", "low", "medium", "high", "critical"}}
 
 // String returns the name of s, such as "medium", or "severity(N)" for an
 // undeclared value.
-func (s Severity) String() string {
-	if int(s) >= numSeverities {
-		return fmt.Sprintf("severity(%d)", uint8(s))
-	}
-	return severityNames[s]
-}
+func (s Severity) String() string { return severityNames.name(uint8(s)) }
 
 // ParseSeverity returns the severity whose name is s, ignoring case. It is
 // the inverse of Severity.String.
-func ParseSeverity(s string) (Severity, error) {
-	for i, name := range severityNames {
-		if strings.EqualFold(s, name) {
-			return Severity(i), nil
-		}
-	}
-	return SeverityNone, fmt.Errorf("unknown severity %q (valid: %s)", s, strings.Join(severityNames[:], ", "))
-}
+func ParseSeverity(s string) (Severity, error) { return parseName[Severity](severityNames, s) }
 
 // MarshalText encodes s as its name.
-func (s Severity) MarshalText() ([]byte, error) {
-	if int(s) >= numSeverities {
-		return nil, fmt.Errorf("invalid severity %d", uint8(s))
-	}
-	return []byte(severityNames[s]), nil
-}
+func (s Severity) MarshalText() ([]byte, error) { return severityNames.marshal(uint8(s)) }
 
 // UnmarshalText decodes a severity name, as ParseSeverity does.
-func (s *Severity) UnmarshalText(b []byte) error {
-	v, err := ParseSeverity(string(b))
-	if err != nil {
-		return err
-	}
-	*s = v
-	return nil
-}
+func (s *Severity) UnmarshalText(b []byte) error { return unmarshalName(severityNames, b, s) }
 
 // Action is a recovery action: what is done to the worker whose try
 // failed, beyond counting the failure. Whether the request itself is
@@ -287,44 +239,65 @@ const (
 	numActions = iota
 )
 
-var actionNames = [numActions]string{
+var actionNames = names{what: "recovery action", short: "action", all: []string{
 	"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore",
-}
+}}
 
 // String returns the name of a, such as "isolate_worker", or "action(N)" for an
 // undeclared value.
-func (a Action) String() string {
-	if int(a) >= numActions {
-		return fmt.Sprintf("action(%d)", uint8(a))
-	}
-	return actionNames[a]
-}
+func (a Action) String() string { return actionNames.name(uint8(a)) }
 
 // ParseAction returns the action whose name is s, ignoring case. It is the
 // inverse of Action.String.
-func ParseAction(s string) (Action, error) {
-	for i, name := range actionNames {
-		if strings.EqualFold(s, name) {
-			return Action(i), nil
-		}
-	}
-	return ActionNone, fmt.Errorf("unknown recovery action %q (valid: %s)", s, strings.Join(actionNames[:], ", "))
-}
+func ParseAction(s string) (Action, error) { return parseName[Action](actionNames, s) }
 
 // MarshalText encodes a as its name.
-func (a Action) MarshalText() ([]byte, error) {
-	if int(a) >= numActions {
-		return nil, fmt.Errorf("invalid recovery action %d", uint8(a))
-	}
-	return []byte(actionNames[a]), nil
-}
+func (a Action) MarshalText() ([]byte, error) { return actionNames.marshal(uint8(a)) }
 
 // UnmarshalText decodes an action name, as ParseAction does.
-func (a *Action) UnmarshalText(b []byte) error {
-	v, err := ParseAction(string(b))
+func (a *Action) UnmarshalText(b []byte) error { return unmarshalName(actionNames, b, a) }
+
+// names are the names of an enumeration's values (Kind, Severity,
+// Action), indexed by value.
+type names struct {
+	what  string // the enumeration in errors
+	short string // the enumeration in the name of an undeclared value
+	all   []string
+}
+
+// name returns the name of v, or "short(N)" for an undeclared value.
+func (n names) name(v uint8) string {
+	if int(v) >= len(n.all) {
+		return fmt.Sprintf("%s(%d)", n.short, v)
+	}
+	return n.all[v]
+}
+
+// parseName returns the value whose name is s, ignoring case, or 0 and an
+// error listing the valid names.
+func parseName[T ~uint8](n names, s string) (T, error) {
+	for i, name := range n.all {
+		if strings.EqualFold(s, name) {
+			return T(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown %s %q (valid: %s)", n.what, s, strings.Join(n.all, ", "))
+}
+
+// marshal returns the name of v, or an error for an undeclared value.
+func (n names) marshal(v uint8) ([]byte, error) {
+	if int(v) >= len(n.all) {
+		return nil, fmt.Errorf("invalid %s %d", n.what, v)
+	}
+	return []byte(n.all[v]), nil
+}
+
+// unmarshalName sets *v to the value named b, as parseName does.
+func unmarshalName[T ~uint8](n names, b []byte, v *T) error {
+	x, err := parseName[T](n, string(b))
 	if err != nil {
 		return err
 	}
-	*a = v
+	*v = x
 	return nil
 }

@@ -339,15 +339,6 @@ func (m *Manager) CountRetry() { m.retries.Add(1) }
 // CountBreakerTrip counts one circuit breaker opening.
 func (m *Manager) CountBreakerTrip() { m.trips.Add(1) }
 
-// CountRecovery counts one recovery attempt made outside TryRecover, and
-// its success.
-func (m *Manager) CountRecovery(success bool) {
-	m.recAttempts.Add(1)
-	if success {
-		m.recSuccesses.Add(1)
-	}
-}
-
 // TryRecover runs fn(ctx) on a new goroutine if fewer than
 // MaxConcurrentRecovery recovery functions are running, and reports whether
 // it did. It never blocks: when no slot is free, or ctx is already done, it

@@ -2,7 +2,6 @@ package recovery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"sync/atomic"
@@ -164,10 +163,6 @@ const (
 // budgetBuckets is the number of buckets the window is split into: with
 // the default window, one per second.
 const budgetBuckets = 10
-
-// ErrBudgetExhausted is the error a caller may report when TryRetry refused
-// a retry.
-var ErrBudgetExhausted = errors.New("retry budget exhausted")
 
 // Budget limits retries to a share of requests over a sliding window, like
 // the retry budgets of Envoy and Finagle, so that a full outage fails fast

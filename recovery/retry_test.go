@@ -35,8 +35,8 @@ func delays(s *Schedule, clock *fakeClock) []time.Duration {
 var policy = Policy{Attempts: 3, Initial: 50 * time.Millisecond, Max: 2 * time.Second}
 
 // A Policy has no defaults: a missing field is an error, not a value the
-// package picks (it used to pick 50ms/2s backoffs, where the handler
-// documents 20ms/1s).
+// package picks, so the backoffs the handler documents are the only
+// defaults.
 func TestPolicyValidate(t *testing.T) {
 	tests := []struct {
 		name string

@@ -21,7 +21,7 @@ func BenchmarkP2CSelect(b *testing.B) {
 			pool := testPool(n)
 			now := time.Now()
 			for i, u := range pool {
-				tr := p.Tracker(u.Dial)
+				tr := p.tracker(u.Dial)
 				observeAt(tr, now, time.Duration(i%7+1)*time.Millisecond)
 				if i%3 == 0 {
 					tr.Start(now)
@@ -63,13 +63,13 @@ func BenchmarkP2CSelectParallel(b *testing.B) {
 			p := newTestP2C(b, nil)
 			pool := testPool(n)
 			for _, u := range pool {
-				observeAt(p.Tracker(u.Dial), time.Now(), time.Millisecond)
+				observeAt(p.tracker(u.Dial), time.Now(), time.Millisecond)
 			}
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					u := p.Select(pool, nil, nil)
-					tr := p.Tracker(u.Dial)
+					tr := p.tracker(u.Dial)
 					now := time.Now()
 					tr.Done(tr.Start(now), now, time.Millisecond, false)
 				}

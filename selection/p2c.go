@@ -65,6 +65,7 @@ type P2C struct {
 	once     sync.Once
 	trackers *Trackers
 	now      func() time.Time // injected by tests; nil means time.Now
+	rng      *rand.Rand       // injected by single-goroutine tests; nil means the global source
 }
 
 // CaddyModule returns the Caddy module information.
@@ -98,12 +99,12 @@ func (p *P2C) setup() {
 	p.trackers = NewTrackers(Settings{Decay: time.Duration(p.Decay)})
 }
 
-// Tracker returns the tracker of the upstream with the given dial address
+// tracker returns the tracker of the upstream with the given dial address
 // (its Dial as configured), creating it if needed. The caller feeds it with
 // Start and Done around each try; see the package documentation. Call it
 // only for configured upstreams: the registry is bounded, and returns nil
 // (a valid tracker that records nothing) once full.
-func (p *P2C) Tracker(dial string) *Tracker {
+func (p *P2C) tracker(dial string) *Tracker {
 	p.once.Do(p.setup)
 	return p.trackers.GetOrCreate(dial)
 }
@@ -119,7 +120,7 @@ func (p *P2C) Trackers() *Trackers {
 // one if just one is available, or nil if none is.
 func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
 	p.once.Do(p.setup)
-	ia, ib := PickTwo(pool, available)
+	ia, ib := pickTwo(p.rng, pool, available)
 	switch {
 	case ia < 0:
 		return nil
@@ -129,18 +130,18 @@ func (p *P2C) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.Res
 	return pool[ia]
 }
 
-// cheaper reports whether sending the request to b costs less than to a.
-// On a tie it returns false: a is the first of two random draws, so that
-// breaks ties at random.
-func (p *P2C) cheaper(b, a *reverseproxy.Upstream) bool {
+// cheaper reports whether sending the request to a costs less than to b.
+// On a tie it returns false: Select passes its second draw as a, so that
+// ties go to the first draw, itself random.
+func (p *P2C) cheaper(a, b *reverseproxy.Upstream) bool {
 	ca := Candidate{p.trackers.Get(a.Dial), numRequests(a)}
 	cb := Candidate{p.trackers.Get(b.Dial), numRequests(b)}
 	if ca.Tracker == nil && cb.Tracker == nil {
 		// Plain reverse_proxy: nothing is fed, and costs with equal
 		// latencies compare as the loads do (no clock needed).
-		return cb.Requests < ca.Requests
+		return ca.Requests < cb.Requests
 	}
-	return p.Cheaper(cb, ca, p.clock())
+	return p.Cheaper(ca, cb, p.clock())
 }
 
 // Candidate is one side of a comparison: an upstream's tracker (nil if it
@@ -150,11 +151,12 @@ type Candidate struct {
 	Requests int64
 }
 
-// Cheaper reports whether b costs less than a at now, as Select compares
-// its two draws; on a tie it returns false. A handler that owns the
-// policy's trackers can make Select's choice itself with PickTwo and
-// Cheaper, without looking its upstreams' trackers up by address.
-func (p *P2C) Cheaper(b, a Candidate, now time.Time) bool {
+// Cheaper reports whether a costs less than b at now; on a tie it returns
+// false. Select compares its second draw to its first this way. A handler
+// that owns the policy's trackers can make Select's choice itself with
+// PickTwo and Cheaper, without looking its upstreams' trackers up by
+// address.
+func (p *P2C) Cheaper(a, b Candidate, now time.Time) bool {
 	va, vb := a.Tracker.view(now), b.Tracker.view(now)
 	va.inflight = max(va.inflight, a.Requests)
 	vb.inflight = max(vb.inflight, b.Requests)
@@ -167,7 +169,7 @@ func (p *P2C) Cheaper(b, a Candidate, now time.Time) bool {
 		va.latency = float64(p.Trackers().Settings().Initial)
 		vb.latency = va.latency
 	}
-	return costOf(vb) < costOf(va)
+	return costOf(va) < costOf(vb)
 }
 
 func (p *P2C) clock() time.Time {
@@ -199,19 +201,25 @@ func available(u *reverseproxy.Upstream) bool {
 // Rejected draws and the scan both sample uniformly among the available
 // items, so their mix does too.
 func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
+	return pickTwo(nil, items, ok)
+}
+
+// pickTwo is PickTwo drawing from rng, or from math/rand/v2's global
+// source when rng is nil.
+func pickTwo[T any](rng *rand.Rand, items []T, ok func(T) bool) (a, b int) {
 	n := len(items)
 	if n == 0 {
 		return -1, -1
 	}
 	a = -1
 	for range drawAttempts {
-		if i := rand.IntN(n); ok(items[i]) { //nolint:gosec // load balancing, not security
+		if i := intN(rng, n); ok(items[i]) {
 			a = i
 			break
 		}
 	}
 	if a < 0 {
-		if a = scanOne(items, ok, -1); a < 0 {
+		if a = scanOne(rng, items, ok, -1); a < 0 {
 			return -1, -1
 		}
 	}
@@ -219,7 +227,7 @@ func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
 		return a, -1
 	}
 	for range drawAttempts {
-		j := rand.IntN(n - 1) //nolint:gosec // load balancing, not security
+		j := intN(rng, n-1)
 		if j >= a {
 			j++ // skip a: j is uniform over the others
 		}
@@ -227,31 +235,40 @@ func PickTwo[T any](items []T, ok func(T) bool) (a, b int) {
 			return a, j
 		}
 	}
-	return a, scanOne(items, ok, a)
+	return a, scanOne(rng, items, ok, a)
 }
 
 // scanOne returns the index of an item other than skip for which ok
 // reports true, chosen uniformly by reservoir sampling, or -1 if there is
 // none.
-func scanOne[T any](items []T, ok func(T) bool, skip int) int {
+func scanOne[T any](rng *rand.Rand, items []T, ok func(T) bool, skip int) int {
 	chosen, seen := -1, 0
 	for i, it := range items {
 		if i == skip || !ok(it) {
 			continue
 		}
 		seen++
-		if rand.IntN(seen) == 0 { //nolint:gosec // load balancing, not security
+		if intN(rng, seen) == 0 {
 			chosen = i
 		}
 	}
 	return chosen
 }
 
+// intN returns a random number in [0,n) from rng, or from math/rand/v2's
+// global source when rng is nil.
+func intN(rng *rand.Rand, n int) int {
+	if rng != nil {
+		return rng.IntN(n)
+	}
+	return rand.IntN(n) //nolint:gosec // load balancing, not security
+}
+
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens. Syntax:
 //
 //	lb_policy bifrost_p2c [<decay>]
 //
-// decay is a duration (default 10s); see the Decay field.
+// decay is a duration (default 1s); see the Decay field.
 func (p *P2C) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
 	if d.NextArg() {

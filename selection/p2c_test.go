@@ -107,7 +107,7 @@ func TestP2CChoosesCheaper(t *testing.T) {
 			p := newTestP2C(t, &clock)
 			pool := testPool(2)
 			for i, s := range []state{tc.a, tc.b} {
-				tr := p.Tracker(pool[i].Dial)
+				tr := p.tracker(pool[i].Dial)
 				if s.latency > 0 {
 					observeAt(tr, t0, s.latency)
 				}
@@ -150,7 +150,7 @@ func TestP2CNeverPicksUnavailable(t *testing.T) {
 			// Feed the down ones as the cheapest, so only availability
 			// keeps them out; the others have equal costs.
 			for _, i := range tc.down {
-				observeAt(p.Tracker(pool[i].Dial), time.Now(), time.Microsecond)
+				observeAt(p.tracker(pool[i].Dial), time.Now(), time.Microsecond)
 			}
 			seen := map[*reverseproxy.Upstream]int{}
 			for range 2000 {
@@ -219,8 +219,12 @@ type sim struct {
 	// failRatio, if set, is the share of each upstream's answers that
 	// are failures, drawn from rng.
 	failRatio []float64
-	rng       *rand.Rand
+	rng       *rand.Rand // the policy's draws and the failures: seeded
 }
+
+// simSeed seeds each simulation's random numbers, so that a run is
+// reproducible.
+const simSeed = 1
 
 type simRequest struct {
 	due    time.Time
@@ -234,10 +238,12 @@ type simRequest struct {
 // their latency, so that their costs start apart.
 func newSim(t testing.TB, latency ...time.Duration) *sim {
 	s := &sim{clock: fakeClock{t0}, pool: testPool(len(latency)), latency: latency}
+	s.rng = rand.New(rand.NewPCG(simSeed, simSeed))
 	s.p = newTestP2C(t, &s.clock)
+	s.p.rng = s.rng
 	for i, u := range s.pool {
 		if latency[i] > 0 {
-			observeAt(s.p.Tracker(u.Dial), t0, latency[i])
+			observeAt(s.p.tracker(u.Dial), t0, latency[i])
 		}
 	}
 	return s
@@ -252,7 +258,7 @@ func (s *sim) run(n int, interval time.Duration) []int {
 		s.answer(now)
 		up := slices.Index(s.pool, s.p.Select(s.pool, nil, nil))
 		counts[up]++
-		tr := s.p.Tracker(s.pool[up].Dial)
+		tr := s.p.tracker(s.pool[up].Dial)
 		r := simRequest{up: up, token: tr.Start(now), lat: s.latency[up]}
 		if s.failRatio != nil {
 			r.failed = s.rng.Float64() < s.failRatio[up]
@@ -273,7 +279,7 @@ func (s *sim) answer(now time.Time) {
 		if r.due.After(now) {
 			break
 		}
-		s.p.Tracker(s.pool[r.up].Dial).Done(r.token, r.due, r.lat, r.failed)
+		s.p.tracker(s.pool[r.up].Dial).Done(r.token, r.due, r.lat, r.failed)
 		n++
 	}
 	s.pending = s.pending[n:]
@@ -328,7 +334,6 @@ func TestP2CRecoveredUpstreamEarnsTrafficBack(t *testing.T) {
 func TestP2CFlakyUpstreamShare(t *testing.T) {
 	s := newSim(t, 2*time.Millisecond, 2*time.Millisecond, 2*time.Millisecond)
 	s.failRatio = []float64{0, 0, 0.3}
-	s.rng = rand.New(rand.NewPCG(1, 2))
 	const interval = 2 * time.Millisecond // 500 req/s
 	s.run(500, interval)                  // its first second
 	flaky := s.run(5000, interval)        // ten seconds
@@ -357,7 +362,7 @@ func TestP2CHungUpstreamGetsNoNewRequests(t *testing.T) {
 	if after[2] != 0 {
 		t.Errorf("hung upstream got %d requests after its first 100ms, want 0", after[2])
 	}
-	if got := s.p.Tracker(s.pool[2].Dial).Stuck(s.clock.now(), 100*time.Millisecond); got != first[2] {
+	if got := s.p.tracker(s.pool[2].Dial).Stuck(s.clock.now(), 100*time.Millisecond); got != first[2] {
 		t.Errorf("Stuck = %d, want the %d hung requests", got, first[2])
 	}
 }
@@ -369,7 +374,7 @@ func TestP2CWithoutProvision(t *testing.T) {
 	if p.Select(pool, nil, nil) == nil {
 		t.Fatal("Select returned nil on an available pool")
 	}
-	tr := p.Tracker(pool[0].Dial)
+	tr := p.tracker(pool[0].Dial)
 	if tr == nil || p.Trackers().Get(pool[0].Dial) != tr {
 		t.Fatal("Tracker did not register its tracker")
 	}

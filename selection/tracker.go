@@ -267,7 +267,8 @@ func (t *Tracker) Done(token int64, now time.Time, latency time.Duration, failed
 	}
 	t.account(n, true)
 	streak := min(t.failures.Add(1), 30)
-	d := min(t.penaltyNs()*float64(int64(1)<<(streak-1)), t.maxPenaltyNs())
+	d := orDefault(t.penalty, DefaultFailurePenalty) * float64(int64(1)<<(streak-1))
+	d = min(d, orDefault(t.maxPenalty, DefaultMaxFailurePenalty))
 	t.avoidUntil.Store(n + int64(d))
 }
 
@@ -299,7 +300,7 @@ func (t *Tracker) forget(dt int64) float64 {
 	if dt <= 0 {
 		return 1
 	}
-	return math.Exp(-float64(dt) / t.maxPenaltyNs())
+	return math.Exp(-float64(dt) / orDefault(t.maxPenalty, DefaultMaxFailurePenalty))
 }
 
 // FailureShare returns the worker's failure share at now, in [0, 1): an
@@ -442,7 +443,7 @@ func (t *Tracker) weight(dt int64) float64 {
 	if dt <= 0 {
 		return 1
 	}
-	x := float64(dt) / t.decayNs()
+	x := float64(dt) / orDefault(t.decay, DefaultDecay)
 	if x < 1e-3 {
 		// A fed worker's estimate is milliseconds old: a Taylor series
 		// is exact to 1e-10 there and costs a tenth of math.Exp.
@@ -451,32 +452,13 @@ func (t *Tracker) weight(dt int64) float64 {
 	return math.Exp(-x)
 }
 
-func (t *Tracker) decayNs() float64 {
-	if t.decay > 0 {
-		return t.decay
+// orDefault returns the setting v (in ns) when it is set, else def: the
+// zero Tracker works with the default settings.
+func orDefault(v float64, def time.Duration) float64 {
+	if v > 0 {
+		return v
 	}
-	return float64(DefaultDecay)
-}
-
-func (t *Tracker) initialNs() float64 {
-	if t.initial > 0 {
-		return t.initial
-	}
-	return float64(DefaultInitial)
-}
-
-func (t *Tracker) penaltyNs() float64 {
-	if t.penalty > 0 {
-		return t.penalty
-	}
-	return float64(DefaultFailurePenalty)
-}
-
-func (t *Tracker) maxPenaltyNs() float64 {
-	if t.maxPenalty > 0 {
-		return t.maxPenalty
-	}
-	return float64(DefaultMaxFailurePenalty)
+	return float64(def)
 }
 
 // view is what a cost is computed from, read at one instant.
@@ -497,7 +479,7 @@ func (t *Tracker) view(now time.Time) view {
 	n := mono(now)
 	v := view{inflight: max(t.inflight.Load(), 0), avoided: n < t.avoidUntil.Load()}
 	if share := t.shareAt(n); share != 0 {
-		v.failing = share * t.penaltyNs()
+		v.failing = share * orDefault(t.penalty, DefaultFailurePenalty)
 	}
 	if est := math.Float64frombits(t.estimate.Load()); est != 0 {
 		v.latency = est * t.weight(n-t.stamp.Load())
@@ -557,7 +539,7 @@ func (t *Tracker) Cost(now time.Time) float64 {
 	}
 	v := t.view(now)
 	if !v.known {
-		v.latency = t.initialNs()
+		v.latency = orDefault(t.initial, DefaultInitial)
 	}
 	return costOf(v)
 }

@@ -10,7 +10,7 @@ import (
 // reverseproxy.Upstream as configured, placeholders unreplaced, which is
 // what a selection policy sees). Entries are created only when asked for,
 // by whoever feeds them for its configured upstreams, and are bounded by
-// Settings.MaxTrackers; Remove and Retain drop stale ones.
+// Settings.MaxTrackers; Remove drops a stale one.
 //
 // Get is lock-free: the registry keeps an immutable map behind an atomic
 // pointer and writers, which are rare (provisioning), replace it with a
@@ -85,30 +85,6 @@ func (ts *Trackers) Remove(dial string) bool {
 	}
 	ts.m.Store(&m)
 	return true
-}
-
-// Retain drops every tracker whose dial address is not in dials, for
-// example after the set of upstreams changed, and returns how many it
-// dropped.
-func (ts *Trackers) Retain(dials ...string) int {
-	if ts == nil {
-		return 0
-	}
-	keep := make(map[string]struct{}, len(dials))
-	for _, d := range dials {
-		keep[d] = struct{}{}
-	}
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	old := ts.load()
-	m := make(map[string]*Tracker, len(old))
-	for k, v := range old {
-		if _, ok := keep[k]; ok {
-			m[k] = v
-		}
-	}
-	ts.m.Store(&m)
-	return len(old) - len(m)
 }
 
 // Len returns the number of trackers.

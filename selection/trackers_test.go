@@ -29,11 +29,8 @@ func TestTrackers(t *testing.T) {
 	if !ts.Remove("b:80") || ts.Remove("b:80") {
 		t.Error("Remove did not report the removal exactly once")
 	}
-	if n := ts.Retain("a:80", "z:80"); n != 1 {
-		t.Errorf("Retain dropped %d, want 1", n)
-	}
-	if ts.Len() != 1 || ts.Get("a:80") != a {
-		t.Error("Retain dropped a kept tracker")
+	if ts.Len() != 2 || ts.Get("a:80") != a {
+		t.Error("Remove dropped a kept tracker")
 	}
 	// A tracker that was removed keeps working for whoever holds it.
 	c := ts.GetOrCreate("c:80")
@@ -59,7 +56,7 @@ func TestTrackersSettingsReachTrackers(t *testing.T) {
 
 func TestNilTrackers(t *testing.T) {
 	var ts *Trackers
-	if ts.Get("a") != nil || ts.GetOrCreate("a") != nil || ts.Remove("a") || ts.Retain() != 0 || ts.Len() != 0 {
+	if ts.Get("a") != nil || ts.GetOrCreate("a") != nil || ts.Remove("a") || ts.Len() != 0 {
 		t.Error("a nil registry is not empty")
 	}
 	if ts.Settings().Decay != DefaultDecay {
@@ -78,7 +75,7 @@ func TestTrackersConcurrent(t *testing.T) {
 				tr.Done(tr.Start(time.Now()), time.Now(), time.Millisecond, false)
 				_ = ts.Get(dial).Cost(time.Now())
 				if g == 0 && i%50 == 0 {
-					ts.Retain("10.0.0.1:80", "10.0.0.2:80")
+					ts.Remove(dial)
 				}
 			}
 		})
