@@ -315,6 +315,11 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Wo
 		return nil, err
 	}
 	ws.MaxRequests.Store(int64(h.MaxRequests))
+	if !h.Health.active() {
+		// no probes in this config: a failed probe of an earlier one
+		// must not leave the worker "unhealthy" for good
+		ws.Health.ResetProbe()
+	}
 	return ws, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // Two sites that name the same pool share it: the pool's one loop
@@ -161,5 +162,31 @@ func TestReloadWithNewBreakerSettingsKeepsBreakerState(t *testing.T) {
 	}
 	if got := ws.Trips.Load(); got != trips {
 		t.Errorf("trips in a row went from %d to %d across the reload", trips, got)
+	}
+}
+
+// A reload that drops the health block forgets what the probes found: a
+// worker whose probes failed is not left "unhealthy" by a config that no
+// longer probes it.
+func TestReloadWithoutProbesForgetsProbeState(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	a.setHealth(status(http.StatusInternalServerError, "sick"))
+	probed := siteConfig([]string{a.addr, b.addr}, `
+		name noprobes
+		health {
+			uri /health
+			interval 50ms
+			fails 1
+		}`)
+	loadCaddyfile(t, probed)
+	eventually(t, 5*time.Second, "the probes found the worker unhealthy", func() bool {
+		return !pool.ViewOf(workerOf(t, "noprobes", a.addr), time.Now()).ProbeHealthy
+	})
+
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr}, `
+		name noprobes`))
+	v := pool.ViewOf(workerOf(t, "noprobes", a.addr), time.Now())
+	if !v.ProbeHealthy || v.State() == "unhealthy" {
+		t.Fatalf("after a reload without probes the worker reads %q (probe healthy %v)", v.State(), v.ProbeHealthy)
 	}
 }

@@ -177,9 +177,9 @@ func (w *WorkerHealth) Healthy(now time.Time) bool {
 	return w.Available(now) && w.probeHealthy.Load()
 }
 
-// resetProbe forgets the probe streaks and makes the worker probe-healthy
-// again.
-func (w *WorkerHealth) resetProbe() {
+// ResetProbe forgets the probe streaks and makes the worker probe-healthy
+// again, for a config that probes it no more.
+func (w *WorkerHealth) ResetProbe() {
 	w.pmu.Lock()
 	w.probePasses, w.probeFails = 0, 0
 	w.probeHealthy.Store(true)

@@ -256,9 +256,9 @@ func TestRecordProbeHysteresis(t *testing.T) {
 	t.Run("reset makes the worker probe-healthy", func(t *testing.T) {
 		w := NewWorkerHealth("p", "w", "u")
 		w.RecordProbe(down, t0, 1, 1)
-		w.resetProbe()
+		w.ResetProbe()
 		if s := w.Snapshot(t0); !s.ProbeHealthy || s.ProbeFails != 0 {
-			t.Errorf("after resetProbe: healthy %v, fails %d; want true, 0", s.ProbeHealthy, s.ProbeFails)
+			t.Errorf("after ResetProbe: healthy %v, fails %d; want true, 0", s.ProbeHealthy, s.ProbeFails)
 		}
 	})
 
