@@ -92,34 +92,32 @@ func (w *window) advance(now int64, c *Counts) {
 // failures, if ended says there was one. It does nothing if the window is
 // off.
 func (w *window) success(ended bool) {
-	if !w.on() {
-		return
+	if w.on() {
+		w.outcome(ended, func(b *bucket) *uint32 { return &b.runF }, func(b *bucket) (*uint32, *uint32) { return &b.successes, &b.runS })
 	}
-	if ended {
-		for i := range w.buckets {
-			w.buckets[i].runF = 0
-		}
-	}
-	b := w.cur()
-	b.successes++
-	b.runS++
 }
 
 // failure records a failure in the current bucket; it ends the run of
 // successes, if ended says there was one. It does nothing if the window is
 // off.
 func (w *window) failure(ended bool) {
-	if !w.on() {
-		return
+	if w.on() {
+		w.outcome(ended, func(b *bucket) *uint32 { return &b.runS }, func(b *bucket) (*uint32, *uint32) { return &b.failures, &b.runF })
 	}
+}
+
+// outcome counts one success or failure: when ended, the other kind's
+// run (other) ends in every bucket; the current bucket's count and run
+// (mine) grow by one.
+func (w *window) outcome(ended bool, other func(*bucket) *uint32, mine func(*bucket) (count, run *uint32)) {
 	if ended {
 		for i := range w.buckets {
-			w.buckets[i].runS = 0
+			*other(&w.buckets[i]) = 0
 		}
 	}
-	b := w.cur()
-	b.failures++
-	b.runF++
+	count, run := mine(w.cur())
+	*count++
+	*run++
 }
 
 // exclusion records an excluded outcome in the current bucket.

@@ -63,28 +63,21 @@ func (v WorkerView) State() string {
 }
 
 // AllWorkers returns every worker of the running configs, sorted by id.
-func AllWorkers() []*Worker {
-	var out []*Worker
-	registry.Range(func(_, v any) bool {
-		if w, ok := v.(*Worker); ok {
-			out = append(out, w)
-		}
-		return true
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
-}
+func AllWorkers() []*Worker { return registered(func(w *Worker) string { return w.ID }) }
 
 // All returns every pool of the running configs, sorted by name.
-func All() []*Pool {
-	var out []*Pool
+func All() []*Pool { return registered(func(p *Pool) string { return p.Name }) }
+
+// registered returns the values of type T in the registry, sorted by key.
+func registered[T any](key func(T) string) []T {
+	var out []T
 	registry.Range(func(_, v any) bool {
-		if p, ok := v.(*Pool); ok {
-			out = append(out, p)
+		if x, ok := v.(T); ok {
+			out = append(out, x)
 		}
 		return true
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
 	return out
 }
 
