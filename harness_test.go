@@ -300,6 +300,14 @@ func get(t *testing.T, path string) (int, string) {
 // requests they sent and how many failed: an error or a status other than
 // 200. It may be called more than once.
 func startLoad(t testing.TB, n int, pause time.Duration) (stop func() (sent, failed int64)) {
+	return startLoadWith(t, n, pause, false)
+}
+
+// startLoadWith is startLoad whose clients, when resend is set, send a
+// GET again once if their connection to Caddy failed before an answer (a
+// reset or EOF), as a browser does: Caddy's own listener handover on a
+// reload resets a few connections, whatever the handler.
+func startLoadWith(t testing.TB, n int, pause time.Duration, resend bool) (stop func() (sent, failed int64)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var s, f atomic.Int64
@@ -320,6 +328,9 @@ func startLoad(t testing.TB, n int, pause time.Duration) (stop func() (sent, fai
 					}
 				}
 				resp, err := client.Get(testSite + "/")
+				if err != nil && resend {
+					resp, err = client.Get(testSite + "/")
+				}
 				s.Add(1)
 				if err != nil {
 					f.Add(1)
