@@ -367,6 +367,7 @@ const (
 	defaultJitter             = 0.5
 	defaultBudget             = 0.2
 	defaultBudgetMinPerSecond = 3
+	budgetWindow              = 10 * time.Second // the retry budget counts over it
 	defaultMaxBody            = 1 << 20
 	defaultMaxBodyTotal       = 64 << 20
 	defaultMaxHeldResponse    = 64 << 10
@@ -914,7 +915,9 @@ func (h *Handler) applyPoolSettings() error {
 	if err := h.pool.Manager.Reconfigure(h.cfg.manager); err != nil {
 		return fmt.Errorf("error_history_limit: %w", err)
 	}
-	h.pool.Budget.Update(h.cfg.retry.budget, h.cfg.retry.budgetMinPerSecond)
+	if err := h.pool.SetBudget(h.cfg.retry.budget, h.cfg.retry.budgetMinPerSecond, budgetWindow); err != nil {
+		return fmt.Errorf("retry: budget: %w", err)
+	}
 	h.pool.Replay.SetLimit(h.maxBodyTotal)
 	h.pool.SetBreakerTrips(h.cfg.isolation.breakerTrips)
 	return nil

@@ -158,7 +158,7 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 	another := func(hedge bool) bool {
 		tw := newTryWriter(w, base, h.maxHeld)
 		wk := h.pickFresh(r, tw, rs)
-		if wk == nil || (hedge && !h.pool.Budget.TryRetry(time.Now())) {
+		if wk == nil || (hedge && !h.pool.Budget().TryRetry(time.Now())) {
 			return false
 		}
 		rs.tries++

@@ -33,7 +33,7 @@ var errNoWorker = errors.New("no worker could serve the request")
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	ready := time.Now()
-	h.pool.Budget.OnRequest(ready)
+	h.pool.Budget().OnRequest(ready)
 	// The body streams to the first try as the upstream reads it; a copy
 	// is kept for a retry only when the request may need one.
 	body := newRequestBody(r, h.maxBody, &h.pool.Replay, h.keepsCopy(r))
@@ -105,7 +105,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if !res.canRetry || !rs.body.replayable() || !h.anotherWorker(rs, nil) {
 			break
 		}
-		if !h.pool.Budget.TryRetry(time.Now()) {
+		if !h.pool.Budget().TryRetry(time.Now()) {
 			h.logDebug("retry budget exhausted", res.wk, rs, cls)
 			break
 		}

@@ -102,7 +102,6 @@ type Pool struct {
 	Name    string
 	Monitor *health.Monitor
 	Manager *recovery.Manager
-	Budget  *recovery.Budget
 	Latency LatencyRing // recent successful try latencies (hedge delay)
 	Replay  BodyMemory  // what request body copies hold (retry.max_body_total)
 
@@ -114,6 +113,10 @@ type Pool struct {
 	// full channel drops the event (counted), never blocks a request.
 	changes chan change
 	dropped atomic.Uint64
+
+	// budget caps the pool's retries; nil (every retry allowed) until
+	// the first config sets it (see SetBudget)
+	budget atomic.Pointer[recovery.Budget]
 
 	// breakerTrips is how many breaker openings in a row isolate a
 	// worker, as the newest config says.
@@ -142,7 +145,6 @@ func Acquire(name string) (*Pool, error) {
 			Name:    name,
 			Monitor: health.NewMonitor(health.IsolationSettings{}, nil, nil),
 			Manager: recovery.NewManager(recovery.ManagerConfig{}),
-			Budget:  recovery.NewBudget(0, 0, 0),
 			changes: make(chan change, 256),
 			members: map[User][]*Worker{},
 			now:     time.Now,
@@ -164,6 +166,27 @@ func (p *Pool) Release() error {
 // outlive its last reference besides memory (its loop stops with its
 // last user).
 func (*Pool) Destruct() error { return nil }
+
+// Budget returns the pool's retry budget (nil before SetBudget: every
+// retry allowed).
+func (p *Pool) Budget() *recovery.Budget { return p.budget.Load() }
+
+// SetBudget sets the pool's retry budget: its ratio of retries to
+// requests and retries per second always allowed. The first call also
+// fixes its sliding window; later ones keep the window and its counts.
+func (p *Pool) SetBudget(ratio float64, minPerSecond int, window time.Duration) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.budget.Load(); b != nil {
+		return b.Update(ratio, minPerSecond)
+	}
+	b, err := recovery.NewBudget(ratio, minPerSecond, window)
+	if err != nil {
+		return err
+	}
+	p.budget.Store(b)
+	return nil
+}
 
 // SetBreakerTrips sets how many breaker openings in a row isolate a
 // worker.

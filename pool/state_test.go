@@ -133,7 +133,7 @@ func TestAcquireReleasePool(t *testing.T) {
 	if p != q {
 		t.Fatal("two acquires of one name made two pools")
 	}
-	if p.Name != name || p.Monitor == nil || p.Manager == nil || p.Budget == nil {
+	if p.Name != name || p.Monitor == nil || p.Manager == nil || p.Budget() != nil {
 		t.Fatalf("pool = %+v", p)
 	}
 	if Named(name) != p {

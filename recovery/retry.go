@@ -147,19 +147,6 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Defaults of NewBudget.
-const (
-	// DefaultBudgetRatio lets retries add at most 20% to the requests.
-	DefaultBudgetRatio = 0.2
-
-	// DefaultBudgetMinPerSecond is the retry rate always allowed, so low
-	// traffic can still retry.
-	DefaultBudgetMinPerSecond = 3
-
-	// DefaultBudgetWindow is the sliding window the budget counts over.
-	DefaultBudgetWindow = 10 * time.Second
-)
-
 // budgetBuckets is the number of buckets the window is split into: with
 // the default window, one per second.
 const budgetBuckets = 10
@@ -183,43 +170,39 @@ type Budget struct {
 }
 
 // NewBudget returns a budget with the given ratio of retries to requests,
-// retries per second always allowed, and sliding window. Zero values mean
-// the defaults (DefaultBudgetRatio, DefaultBudgetMinPerSecond,
-// DefaultBudgetWindow); a negative ratio or minPerSecond means 0. The window
-// is counted in budgetBuckets buckets, so it slides in steps of a tenth of
-// its length.
-func NewBudget(ratio float64, minPerSecond int, window time.Duration) *Budget {
+// retries per second always allowed, and sliding window, which must be
+// positive (the other two must not be negative: see Update). The window
+// is counted in budgetBuckets buckets, so it slides in steps of a tenth
+// of its length.
+func NewBudget(ratio float64, minPerSecond int, window time.Duration) (*Budget, error) {
 	if window <= 0 {
-		window = DefaultBudgetWindow
+		return nil, fmt.Errorf("budget window must be positive, got %v", window)
 	}
 	b := &Budget{
 		width:   max(int64(window/budgetBuckets), 1),
 		windowS: window.Seconds(),
 	}
-	b.Update(ratio, minPerSecond)
-	return b
+	if err := b.Update(ratio, minPerSecond); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
-// Update sets a new ratio and minimum rate, as NewBudget takes them, keeping
-// the counts.
-func (b *Budget) Update(ratio float64, minPerSecond int) {
-	if b == nil {
-		return
-	}
+// Update sets a new ratio and minimum rate, keeping the counts. Either may
+// be 0 (no retries earned by requests; no rate always allowed); neither
+// may be negative.
+func (b *Budget) Update(ratio float64, minPerSecond int) error {
 	switch {
-	case ratio == 0 || math.IsNaN(ratio):
-		ratio = DefaultBudgetRatio
-	case ratio < 0:
-		ratio = 0
-	}
-	switch {
-	case minPerSecond == 0:
-		minPerSecond = DefaultBudgetMinPerSecond
+	case !(ratio >= 0):
+		return fmt.Errorf("budget ratio must not be negative, got %v", ratio)
 	case minPerSecond < 0:
-		minPerSecond = 0
+		return fmt.Errorf("budget minimum must not be negative, got %d", minPerSecond)
+	case b == nil:
+		return nil
 	}
 	b.ratio.Store(math.Float64bits(ratio))
 	b.minPerS.Store(int64(minPerSecond))
+	return nil
 }
 
 // OnRequest counts a new client request at now.

@@ -261,16 +261,16 @@ func TestBudget(t *testing.T) {
 		steps []step
 	}{
 		{"nil allows everything", nil, []step{{0, 0, 100, 100}}},
-		{"defaults: 3/s over 10s with no traffic", NewBudget(0, 0, 0), []step{{0, 0, 40, 30}}},
-		{"ratio alone", NewBudget(0.2, -1, 10*time.Second), []step{{0, 100, 30, 20}}},
-		{"ratio plus minimum", NewBudget(0.2, 1, 10*time.Second), []step{{0, 100, 40, 30}}},
-		{"minimum alone", NewBudget(-1, 2, 5*time.Second), []step{{0, 1000, 20, 10}}},
-		{"no traffic, no minimum", NewBudget(0.5, -1, time.Second), []step{{0, 0, 5, 0}}},
-		{"requests earn retries as they come", NewBudget(0.1, -1, 10*time.Second), []step{
+		{"3/s over 10s with no traffic", mustBudget(0.2, 3, 10*time.Second), []step{{0, 0, 40, 30}}},
+		{"ratio alone", mustBudget(0.2, 0, 10*time.Second), []step{{0, 100, 30, 20}}},
+		{"ratio plus minimum", mustBudget(0.2, 1, 10*time.Second), []step{{0, 100, 40, 30}}},
+		{"minimum alone", mustBudget(0, 2, 5*time.Second), []step{{0, 1000, 20, 10}}},
+		{"no traffic, no minimum", mustBudget(0.5, 0, time.Second), []step{{0, 0, 5, 0}}},
+		{"requests earn retries as they come", mustBudget(0.1, 0, 10*time.Second), []step{
 			{0, 10, 3, 1},
 			{time.Second, 20, 3, 2},
 		}},
-		{"the window slides", NewBudget(0.2, -1, 10*time.Second), []step{
+		{"the window slides", mustBudget(0.2, 0, 10*time.Second), []step{
 			{0, 100, 0, 0},
 			{5 * time.Second, 0, 25, 20},       // earned by the requests at t0
 			{9999 * time.Millisecond, 0, 5, 0}, // still inside the window
@@ -280,7 +280,7 @@ func TestBudget(t *testing.T) {
 			{100 * time.Second, 0, 5, 0},       // everything left
 			{100 * time.Second, 100, 30, 20},   // recovered with new traffic
 		}},
-		{"a clock that goes back does not count the future", NewBudget(0.2, -1, 10*time.Second), []step{
+		{"a clock that goes back does not count the future", mustBudget(0.2, 0, 10*time.Second), []step{
 			{20 * time.Second, 100, 0, 0},
 			{0, 0, 5, 0},
 		}},
@@ -308,7 +308,7 @@ func TestBudget(t *testing.T) {
 
 func TestBudgetUpdate(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
-	b := NewBudget(0.1, -1, 10*time.Second)
+	b := mustBudget(0.1, 0, 10*time.Second)
 	for range 100 {
 		b.OnRequest(now)
 	}
@@ -324,22 +324,59 @@ func TestBudgetUpdate(t *testing.T) {
 	if got := take(20); got != 10 {
 		t.Fatalf("ratio 0.1: %d granted, want 10", got)
 	}
-	b.Update(0.5, -1)
+	mustUpdate(t, b, 0.5, 0)
 	if got := take(50); got != 40 {
 		t.Errorf("after raising the ratio to 0.5: %d more granted, want 40", got)
 	}
-	b.Update(0.5, 1) // +10 over the 10s window
+	mustUpdate(t, b, 0.5, 1) // +10 over the 10s window
 	if got := take(20); got != 10 {
 		t.Errorf("after adding a minimum of 1/s: %d more granted, want 10", got)
 	}
 	var nilBudget *Budget
-	nilBudget.Update(1, 1) // must not panic
+	if err := nilBudget.Update(1, 1); err != nil { // must not panic
+		t.Errorf("nil budget Update: %v", err)
+	}
 	nilBudget.OnRequest(now)
+}
+
+// A budget takes complete settings: no window, or a negative ratio or
+// minimum, is refused, not read as a default.
+func TestBudgetRefusesIncompleteSettings(t *testing.T) {
+	for _, c := range []struct {
+		ratio  float64
+		min    int
+		window time.Duration
+	}{{0.2, 3, 0}, {-0.1, 3, time.Second}, {0.2, -1, time.Second}} {
+		if b, err := NewBudget(c.ratio, c.min, c.window); err == nil {
+			t.Errorf("NewBudget(%v, %d, %v) = %v, want an error", c.ratio, c.min, c.window, b)
+		}
+	}
+	b := mustBudget(0.2, 3, time.Second)
+	if err := b.Update(-1, 0); err == nil {
+		t.Error("Update with a negative ratio: no error")
+	}
+}
+
+// mustBudget returns NewBudget's budget, or panics.
+func mustBudget(ratio float64, minPerSecond int, window time.Duration) *Budget {
+	b, err := NewBudget(ratio, minPerSecond, window)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// mustUpdate updates b, failing the test on an error.
+func mustUpdate(t *testing.T, b *Budget, ratio float64, minPerSecond int) {
+	t.Helper()
+	if err := b.Update(ratio, minPerSecond); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestBudgetConcurrent(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
-	b := NewBudget(0.2, -1, 10*time.Second)
+	b := mustBudget(0.2, 0, 10*time.Second)
 	const workers, perWorker = 4, 2000
 	var granted atomic.Int64
 	var wg sync.WaitGroup
@@ -363,7 +400,7 @@ func TestBudgetConcurrent(t *testing.T) {
 }
 
 func TestBudgetAllocs(t *testing.T) {
-	b := NewBudget(0, 0, 0)
+	b := mustBudget(0.2, 3, 10*time.Second)
 	now := time.Now()
 	if n := testing.AllocsPerRun(1000, func() {
 		b.OnRequest(now)
@@ -382,7 +419,7 @@ func TestNewScheduleAllocs(t *testing.T) {
 }
 
 func BenchmarkBudget(b *testing.B) {
-	bu := NewBudget(0, 0, 0)
+	bu := mustBudget(0.2, 3, 10*time.Second)
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -392,7 +429,7 @@ func BenchmarkBudget(b *testing.B) {
 }
 
 func BenchmarkBudgetParallel(b *testing.B) {
-	bu := NewBudget(0, 0, 0)
+	bu := mustBudget(0.2, 3, 10*time.Second)
 	now := time.Now()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
