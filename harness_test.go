@@ -271,7 +271,15 @@ func do(t *testing.T, method, url string, body []byte, hdr ...string) (int, stri
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, url, rd)
+	return doStream(t, method, url, rd, hdr...)
+}
+
+// doStream is do with a body read as the request is sent: a reader other
+// than a bytes or strings reader has no length, so the client streams it
+// chunked.
+func doStream(t *testing.T, method, url string, body io.Reader, hdr ...string) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}

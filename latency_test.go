@@ -209,18 +209,8 @@ func TestSlowUploadIsNotTheWorkersLatency(t *testing.T) {
 		_, _ = pw.Write([]byte("second half"))
 		pw.Close()
 	}()
-	req, err := http.NewRequest(http.MethodPost, testSite+"/", pr) // chunked: no length
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("got %d", resp.StatusCode)
+	if code, _, _ := doStream(t, http.MethodPost, testSite+"/", pr); code != http.StatusOK { // chunked: no length
+		t.Fatalf("got %d", code)
 	}
 	est, ok := h.workers[0].tracker.Estimate(time.Now())
 	if !ok {

@@ -216,18 +216,8 @@ func TestRequestBuffersApplyToEachTry(t *testing.T) {
 
 	for _, c := range []struct{ body string }{{"0123456789"}, {strings.Repeat("x", 32)}} {
 		// a reader without a length: the client streams it chunked
-		req, err := http.NewRequest(http.MethodPut, testSite+"/", io.MultiReader(strings.NewReader(c.body)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("%d-byte PUT: got %d, want the second worker's 200", len(c.body), resp.StatusCode)
+		if code, _, _ := doStream(t, http.MethodPut, testSite+"/", io.MultiReader(strings.NewReader(c.body))); code != http.StatusOK {
+			t.Fatalf("%d-byte PUT: got %d, want the second worker's 200", len(c.body), code)
 		}
 		for i := range 2 {
 			s := <-got
