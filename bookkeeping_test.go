@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -124,10 +125,23 @@ func bookkeep(b *testing.B, h *Handler, r *http.Request, w http.ResponseWriter, 
 	h.record(tryResult{wk: wk, tw: tw, cls: cls, latency: time.Millisecond, end: time.Now(), number: 1}, false)
 }
 
+// goroutinesCreated returns how many goroutines this process has started.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
 // BenchmarkProxy compares a GET through plain reverse_proxy and through
 // bifrost, in-process, against three real backends on loopback. It is a
-// profiling aid (go test -bench Proxy -cpuprofile); the side-by-side
-// happy-path figures come from the chaos suite's alternating runs.
+// profiling aid (go test -bench Proxy -cpuprofile) and the guard of the
+// request path's cost: it reports allocs/op, B/op and goroutines/op (the
+// client's, the server's and the handler's, the same for both) beside
+// each other; the side-by-side happy-path throughput comes from the chaos
+// suite's alternating runs.
 func BenchmarkProxy(b *testing.B) {
 	t := &testing.T{}
 	backs := []*backend{newBackend(t), newBackend(t), newBackend(t)}
@@ -158,8 +172,11 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
-			before := conns()
-			defer func() { b.ReportMetric(float64(conns()-before)/float64(b.N), "conns/op") }()
+			before, started := conns(), goroutinesCreated()
+			defer func() {
+				b.ReportMetric(float64(conns()-before)/float64(b.N), "conns/op")
+				b.ReportMetric(float64(goroutinesCreated()-started)/float64(b.N), "goroutines/op")
+			}()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					resp, err := client.Get(testSite + "/")
