@@ -266,7 +266,8 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 // is booked when it ends instead.
 func (tw *tryWriter) bookHeaders(status int) {
 	k := &tw.hook
-	if !tw.pass.Pending() || k.h == nil || status == 499 || tw.timedOut.Load() {
+	// phase, not timedOut: the timer sets timedOut just after it wins
+	if !tw.pass.Pending() || k.h == nil || status == 499 || tw.phase.Load() != phaseAnswered {
 		return
 	}
 	if tw.retryMatched {

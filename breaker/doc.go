@@ -22,7 +22,9 @@
 //
 // Excluded outcomes (a client that went away) count against nobody
 // (IsExcluded), and in the half-open state they free the slot they held.
-// An outcome booked after the state changed counts for nothing.
+// An outcome booked after the state changed counts for nothing, and so
+// does, with a window, one whose request was let through in a bucket that
+// has left the window since.
 //
 // # What the wrapper adds
 //

@@ -285,7 +285,10 @@ func (p *Pool) SetBreakerTrips(n int) { p.breakerTrips.Store(int32(n)) }
 // AcquireWorker takes one reference to the shared state of the pool's
 // worker for dial, creating it if needed, and applies the breaker and
 // tracker settings of the config that acquires it: a surviving breaker
-// keeps its state, a surviving tracker is kept unless its settings
+// keeps its gobreaker instance, and so its exact state, unless its
+// settings changed, when it starts over closed (see breaker.Update; the
+// close is reported, never an opening, and isolation is the pool's
+// business, untouched); a surviving tracker is kept unless its settings
 // changed. ReleaseWorker gives the reference back.
 func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Settings) (*Worker, error) {
 	v, loaded, err := registry.LoadOrNew(workerKey(p.Name, dial), func() (caddy.Destructor, error) {
