@@ -337,7 +337,8 @@ func (rs *requestState) publish() {
 // was tried (a pool of one can still retry). When no worker is available
 // for the first try, it returns the least-bad worker with panicMode set:
 // one try is better than failing everything, and a recovered pool serves
-// again at once.
+// again at once. A worker whose breaker refused the request (a half-open
+// one at its probe limit) is no panic-mode choice.
 func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState, now time.Time) (*worker, bool) {
 	if rs.set == nil {
 		rs.set = h.set.Load()
@@ -364,7 +365,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 			continue // retired since the snapshot
 		}
 		if slices.Contains(rs.skipped, wk) {
-			continue // its half-open breaker refused this request
+			continue // its breaker refused this request
 		}
 		if best == nil || wk.Health.ConsecutiveFailures() < best.Health.ConsecutiveFailures() {
 			best = wk
