@@ -140,10 +140,11 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 			}()
 			err := errWorkerRetired
 			if wk.enter() {
-				err = wk.Breaker.Do(func() breaker.Outcome {
+				var pass breaker.Pass
+				if pass, err = wk.Breaker.Allow(); err == nil {
+					tw.pass = pass
 					res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
-					return breakerOutcome(res.cls)
-				})
+				}
 				wk.leave()
 			}
 			if err != nil {

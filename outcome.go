@@ -37,9 +37,10 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		if h.hedge != nil {
 			h.pool.Latency.Observe(res.latency)
 		}
-		if panicMode && wk.Breaker.State() != breaker.StateClosed {
-			// the worker served while the whole pool was out: that is
-			// the evidence the breaker waits for
+		if panicMode && wk.Breaker.State() == breaker.StateOpen {
+			// the worker served while the whole pool was out, past its
+			// open breaker: that is the evidence the breaker waits for
+			// (a half-open breaker counted this try as its probe)
 			wk.Breaker.Reset()
 		}
 		h.onResult(wk, false)

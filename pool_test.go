@@ -120,23 +120,25 @@ func TestReloadKeepsSelectionState(t *testing.T) {
 	}
 }
 
-// A reload that changes the breaker block keeps each breaker's state: an
-// open breaker stays open, its trips in a row are kept (so the reload is
-// not counted as one more), and it half-opens no later than the new
-// timeout allows.
-func TestReloadWithNewBreakerSettingsKeepsBreakerState(t *testing.T) {
+// A reload that leaves the breaker block as it was keeps each breaker,
+// and so its exact state: an open breaker stays open, with the same
+// opening and retry time and its trips in a row. A reload that changes
+// the breaker block gives each worker a new breaker, closed: that is not
+// counted as a trip and never isolates a worker, and an isolation in
+// force stays (it belongs to the pool, not to the breaker).
+func TestReloadBreakerSettings(t *testing.T) {
 	good := newBackend(t)
 	dead := deadAddr(t)
-	cfg := func(timeout string) string {
+	cfg := func(timeout, policy string) string {
 		return siteConfig([]string{good.addr, dead}, `
 			name rebreak
-			lb_policy round_robin
+			lb_policy `+policy+`
 			breaker {
 				failures 1
 				timeout `+timeout+`
 			}`)
 	}
-	loadCaddyfile(t, cfg("1m"))
+	loadCaddyfile(t, cfg("1m", "round_robin"))
 	for range 6 {
 		get(t, "/")
 	}
@@ -144,24 +146,45 @@ func TestReloadWithNewBreakerSettingsKeepsBreakerState(t *testing.T) {
 	if st := ws.Breaker.State(); st != breaker.StateOpen {
 		t.Fatalf("dead worker's breaker is %s, want open", st)
 	}
-	opened, trips := ws.Breaker.OpenedAt(), ws.Trips.Load()
+	eventually(t, 5*time.Second, "the pool counted the opening", func() bool { return ws.Trips.Load() == 1 })
+	opened, retry, lifetime := ws.Breaker.OpenedAt(), ws.Breaker.RetryAt(), ws.Breaker.Trips()
 
-	loadCaddyfile(t, cfg("30s"))
-	ws2 := workerOf(t, "rebreak", dead)
-	if ws2 != ws {
+	// another part of the config changes: the breaker is kept as it is
+	loadCaddyfile(t, cfg("1m", "first"))
+	if ws2 := workerOf(t, "rebreak", dead); ws2 != ws {
 		t.Fatal("the reload made a new state for a kept worker")
 	}
 	if st := ws.Breaker.State(); st != breaker.StateOpen {
-		t.Fatalf("after the reload the breaker is %s, want still open", st)
+		t.Fatalf("after a reload with the same breaker settings the breaker is %s, want still open", st)
 	}
-	if got := ws.Breaker.OpenedAt(); !got.Equal(opened) {
-		t.Errorf("after the reload the breaker opened at %v, want %v", got, opened)
+	if !ws.Breaker.OpenedAt().Equal(opened) || !ws.Breaker.RetryAt().Equal(retry) || ws.Breaker.Trips() != lifetime {
+		t.Errorf("after the reload: opened %v, retry %v, trips %d; want %v, %v, %d kept",
+			ws.Breaker.OpenedAt(), ws.Breaker.RetryAt(), ws.Breaker.Trips(), opened, retry, lifetime)
 	}
-	if got, want := ws.Breaker.RetryAt(), opened.Add(30*time.Second); got.After(want.Add(time.Millisecond)) {
-		t.Errorf("after the reload the breaker half-opens at %v, later than the new timeout allows (%v)", got, want)
+	if got := ws.Trips.Load(); got != 1 {
+		t.Errorf("trips in a row went from 1 to %d across the reload", got)
 	}
-	if got := ws.Trips.Load(); got != trips {
-		t.Errorf("trips in a row went from %d to %d across the reload", trips, got)
+
+	// the breaker block changes, with the worker isolated by an operator:
+	// a new breaker, closed; no trip, and the isolation stays
+	code, body, _ := do(t, http.MethodPost, "http://"+testAdmin+"/bifrost/workers/"+ws.ID+"/isolate",
+		[]byte(`{"duration":"1h","reason":"maintenance"}`), "Content-Type", "application/json")
+	if code != http.StatusOK {
+		t.Fatalf("isolate: %d %s", code, body)
+	}
+	loadCaddyfile(t, cfg("30s", "first"))
+	if st := ws.Breaker.State(); st != breaker.StateClosed {
+		t.Fatalf("after a reload with new breaker settings the breaker is %s, want a new one, closed", st)
+	}
+	if got := ws.Breaker.Settings().Timeout; got != 30*time.Second {
+		t.Errorf("breaker timeout = %v after the reload, want 30s", got)
+	}
+	if got := ws.Breaker.Trips(); got != lifetime {
+		t.Errorf("breaker openings = %d after the reload, want %d: the reload is no trip", got, lifetime)
+	}
+	eventually(t, 5*time.Second, "the pool saw the breaker closed", func() bool { return ws.Trips.Load() == 0 })
+	if !ws.Health.Isolated() {
+		t.Error("the operator's isolation did not survive the reload")
 	}
 }
 

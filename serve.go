@@ -183,11 +183,6 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 		if h.hedgeDelay(rs, panicMode) > 0 {
 			return h.runRace(w, r, rs, tw, wk, next)
 		}
-		var res tryResult
-		run := func() breaker.Outcome {
-			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
-			return breakerOutcome(res.cls)
-		}
 		if !wk.enter() {
 			// a dynamic worker that retired since this request took
 			// its snapshot of the workers: it never saw the request
@@ -195,12 +190,21 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
+		var res tryResult
+		var pass breaker.Pass
 		var refused error
 		if panicMode {
-			// the whole pool is out: the breakers are bypassed
-			run()
+			// the whole pool is out: closed and open breakers are
+			// bypassed, a half-open one keeps its probe limit
+			pass, refused = wk.Breaker.AllowPanic()
 		} else {
-			refused = wk.Breaker.Do(run)
+			pass, refused = wk.Breaker.Allow()
+		}
+		if refused == nil {
+			// the try books its outcome when its response headers
+			// are in, or when it ends without them
+			tw.pass = pass
+			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 		}
 		wk.leave()
 		if refused != nil {
@@ -333,7 +337,8 @@ func (rs *requestState) publish() {
 // was tried (a pool of one can still retry). When no worker is available
 // for the first try, it returns the least-bad worker with panicMode set:
 // one try is better than failing everything, and a recovered pool serves
-// again at once.
+// again at once. A worker whose breaker refused the request (a half-open
+// one at its probe limit) is no panic-mode choice.
 func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState, now time.Time) (*worker, bool) {
 	if rs.set == nil {
 		rs.set = h.set.Load()
@@ -358,6 +363,9 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 		wk := workers[(off+i)%len(workers)]
 		if wk.dyn != nil && wk.dyn.closing.Load() {
 			continue // retired since the snapshot
+		}
+		if slices.Contains(rs.skipped, wk) {
+			continue // its breaker refused this request
 		}
 		if best == nil || wk.Health.ConsecutiveFailures() < best.Health.ConsecutiveFailures() {
 			best = wk

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
@@ -53,6 +54,10 @@ type tryResult struct {
 // alike a failure says nothing about this one against its peers, and
 // counting it would keep the worker avoided after the pool recovers.
 func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryWriter, r *http.Request, rs *requestState, canRetry, panicMode bool, rc *race, next caddyhttp.Handler) tryResult {
+	// the breaker's outcome is booked when the response headers are in
+	// (see bookHeaders), else once the try is classified below; a try
+	// that panics counts as a failure
+	defer tw.pass.Done(breaker.Failure)
 	tw.method = r.Method
 	tw.hook = tryHook{h: h, wk: wk, r: r, rs: rs, rc: rc, start: start, token: wk.tracker.Start(start), canRetry: canRetry, panicMode: panicMode}
 	if rc != nil {
@@ -147,6 +152,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		res.cls = recovery.Classification{Kind: recovery.KindHTTP, Severity: recovery.KindHTTP.Severity(),
 			Action: recovery.ActionRetry, Failure: true, Sent: true}
 	}
+	tw.pass.Done(breakerOutcome(res.cls)) // unless booked with the headers
 	if token := tw.hook.token; !tw.hook.answered {
 		switch {
 		case r.Context().Err() != nil:
@@ -251,6 +257,31 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	return false
 }
 
+// bookHeaders books the try's outcome in its worker's breaker once its
+// final response headers are in, as reverse_proxy books its passive
+// health: by the status, as classified, so that a stream, a WebSocket or
+// a long download does not hold a half-open breaker's probe slot for its
+// whole life. A body that fails later counts against the worker's health,
+// not its breaker. A try that timed out, or a cancelled round trip (499),
+// is booked when it ends instead.
+func (tw *tryWriter) bookHeaders(status int) {
+	k := &tw.hook
+	// phase, not timedOut: the timer sets timedOut just after it wins
+	if !tw.pass.Pending() || k.h == nil || status == 499 || tw.phase.Load() != phaseAnswered {
+		return
+	}
+	if tw.retryMatched {
+		tw.pass.Done(breaker.Failure) // see try
+		return
+	}
+	if !k.classified || k.status != status {
+		// try uses this classification too
+		k.cls = k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, time.Now())
+		k.status, k.classified = status, true
+	}
+	tw.pass.Done(breakerOutcome(k.cls))
+}
+
 // serveWorker runs the worker's own reverse_proxy handler. reverse_proxy
 // aborts a response whose body fails mid-stream by panicking with
 // http.ErrAbortHandler. When that response was held back, nothing reached
@@ -338,6 +369,10 @@ type tryWriter struct {
 	// status when the response headers arrive; it reports whether the
 	// response is held back.
 	hook tryHook
+	// pass is the try's admission by its worker's breaker; the outcome
+	// is booked with the final response headers (bookHeaders), or by
+	// try when none arrive. Zero when the breaker was bypassed.
+	pass breaker.Pass
 
 	// discard is set when the try's response must never reach the
 	// client: it timed out, or it lost a race. timedOut says which.
@@ -476,6 +511,7 @@ func (tw *tryWriter) WriteHeader(code int) {
 		tw.discard.Store(true) // timed out just before
 	}
 	hold := tw.hook.h != nil && tw.hook.decide(tw, code)
+	tw.bookHeaders(code)
 	if tw.discard.Load() || hold {
 		tw.held = true
 		tw.unwind()

@@ -17,50 +17,58 @@ func newBench(b *testing.B, s Settings) *Breaker {
 	return br
 }
 
-// BenchmarkDo is the request path of a closed breaker: one request through Do.
-func BenchmarkDo(b *testing.B) {
+// BenchmarkAllow is the request path of a closed breaker: one request
+// through Allow and its Pass's Done.
+func BenchmarkAllow(b *testing.B) {
 	br := newBench(b, benchSettings)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := br.Do(func() Outcome { return Success }); err != nil {
+		p, err := br.Allow()
+		if err != nil {
 			b.Fatal(err)
 		}
+		p.Done(Success)
 	}
 }
 
-// BenchmarkDoParallel is BenchmarkDo from every P at once on one breaker: the
-// contention of one busy worker.
-func BenchmarkDoParallel(b *testing.B) {
+// BenchmarkAllowParallel is BenchmarkAllow from every P at once on one
+// breaker: the contention of one busy worker.
+func BenchmarkAllowParallel(b *testing.B) {
 	br := newBench(b, benchSettings)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := br.Do(func() Outcome { return Success }); err != nil {
+			p, err := br.Allow()
+			if err != nil {
 				b.Error(err)
 				return
 			}
+			p.Done(Success)
 		}
 	})
 }
 
-// BenchmarkDoWindow is BenchmarkDo with a rolling window and a failure ratio.
-func BenchmarkDoWindow(b *testing.B) {
+// BenchmarkAllowWindow is BenchmarkAllow with a rolling window and a
+// failure ratio.
+func BenchmarkAllowWindow(b *testing.B) {
 	br := newBench(b, Settings{Failures: 5, FailureRatio: 0.5, MinRequests: 10, Window: 10 * time.Second, Successes: 3, Timeout: time.Second})
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := br.Do(func() Outcome { return Success }); err != nil {
+		p, err := br.Allow()
+		if err != nil {
 			b.Fatal(err)
 		}
+		p.Done(Success)
 	}
 }
 
-// BenchmarkDoOpen is a request refused by an open breaker.
-func BenchmarkDoOpen(b *testing.B) {
+// BenchmarkAllowOpen is a request refused by an open breaker.
+func BenchmarkAllowOpen(b *testing.B) {
 	br := newBench(b, Settings{Failures: 5, Successes: 3, Timeout: time.Hour})
 	br.Trip()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := br.Do(func() Outcome { return Success }); err != ErrOpen {
+		if _, err := br.Allow(); err != ErrOpen {
 			b.Fatal(err)
 		}
 	}
@@ -105,7 +113,7 @@ func BenchmarkReadyParallel(b *testing.B) {
 	})
 }
 
-// BenchmarkState is State, which takes the breaker's lock.
+// BenchmarkState is State, which takes gobreaker's lock.
 func BenchmarkState(b *testing.B) {
 	br := newBench(b, benchSettings)
 	b.ReportAllocs()

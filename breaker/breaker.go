@@ -6,82 +6,121 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
-// ErrOpen is returned by Do while the breaker is open.
-var ErrOpen = errors.New("circuit breaker is open")
+// ErrOpen is returned by Allow while the breaker is open (gobreaker's
+// ErrOpenState).
+var ErrOpen = gobreaker.ErrOpenState
 
-// ErrTooManyRequests is returned by Do while the breaker is half-open and all
-// of its probe slots (Settings.Successes) are taken.
-var ErrTooManyRequests = errors.New("circuit breaker is half-open and at its request limit")
+// ErrTooManyRequests is returned by Allow while the breaker is half-open and
+// all of its probe slots (Settings.Successes) are taken (gobreaker's
+// ErrTooManyRequests).
+var ErrTooManyRequests = gobreaker.ErrTooManyRequests
 
-// Breaker is one worker's circuit breaker. It is safe for concurrent use, and
+// Breaker is one worker's circuit breaker: a gobreaker TwoStepCircuitBreaker
+// and a lock-free mirror of its state. It is safe for concurrent use, and
 // must not be copied after first use. Create it with New.
 type Breaker struct {
 	name     string
 	onChange func(from, to State)
 
-	// now is the clock of tests; nil means time.Now, read through
-	// time.Since, which reads only the monotonic clock (half the cost of
-	// time.Now). epoch is a nanosecond before the clock's reading at New:
-	// the breaker's timestamps are durations since epoch, so that they fit
-	// in atomics, keep the clock's monotonic reading, and are never 0
-	// (unset) unless the clock goes back past New.
-	now   func() time.Time
+	// epoch is a nanosecond before New: the mirror's timestamps are
+	// durations since epoch, so that they fit in atomics, keep the clock's
+	// monotonic reading, and are never 0 (unset).
 	epoch time.Time
 
-	// mu guards everything below up to the mirror.
-	mu       sync.Mutex
-	settings Settings
-	state    State
-	// gen advances on every change of state and on Reset and Trip: an
-	// outcome admitted in an earlier generation is not booked.
-	gen    uint64
-	counts Counts
-	win    window
+	// mu serializes replacing the instance (Reset, Update) with the
+	// instance's state changes, so that the mirror and onChange see one
+	// sequence of states. It is taken inside gobreaker's lock (from
+	// OnStateChange) and never held while calling into gobreaker.
+	mu  sync.Mutex
+	cur atomic.Pointer[instance]
 
-	// The mirror, written under mu and read without it, so that Ready and
-	// the timestamps cost no lock. Timestamps are since epoch, at least 1;
-	// 0 means unset.
-	mstate   atomic.Uint32 // a State
+	// The mirror, written under mu from OnStateChange and read without a
+	// lock. It only copies what gobreaker decided. Timestamps are since
+	// epoch, at least 1; 0 means unset.
+	state    atomic.Uint32 // a State
 	openedAt atomic.Int64  // when it last opened
-	retryAt  atomic.Int64  // when an open breaker turns half-open; 0 if not open
+	retryAt  atomic.Int64  // when an open breaker may turn half-open; 0 if not open
 	trips    atomic.Uint64 // times it opened, over its whole life
 }
 
-// New returns a closed breaker with settings s, or the error of s.Validate.
-// The name is a label for the caller.
-//
-// onChange, which may be nil, is called once for every change of state, in
-// order, from the goroutine that caused it; each call's from is the previous
-// call's to. It runs while the breaker's lock is held, so it must be quick,
-// must not block, and must not call any method of this Breaker (that
-// deadlocks): an atomic store or a non-blocking send on a buffered channel is
-// the intended use.
-func New(name string, s Settings, onChange func(from, to State)) (*Breaker, error) {
-	return newWithClock(name, s, onChange, nil)
+// instance is one gobreaker breaker with the settings it was made with.
+type instance struct {
+	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	settings Settings
 }
 
-// newWithClock is New with a clock of the caller's; nil means time.Now.
-func newWithClock(name string, s Settings, onChange func(from, to State), now func() time.Time) (*Breaker, error) {
+// New returns a closed breaker with settings s, or the error of s.Validate.
+// The name is gobreaker's name of the breaker, a label for the caller.
+//
+// onChange, which may be nil, is called once for every change of state, in
+// order; each call's from is the previous call's to. It is called from
+// gobreaker's OnStateChange (on the goroutine that caused the change, while
+// gobreaker's lock is held), and from Reset and Update. So it must be quick,
+// must not block, and must not call any method of this Breaker (that
+// deadlocks): an atomic store or a hand-off to another goroutine that never
+// blocks is the intended use.
+func New(name string, s Settings, onChange func(from, to State)) (*Breaker, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Breaker{name: name, onChange: onChange, now: now, settings: s}
-	if now == nil {
-		now = time.Now
-	}
-	b.epoch = now().Add(-time.Nanosecond)
-	b.win.reset(s.Window, b.since())
+	b := &Breaker{name: name, onChange: onChange, epoch: time.Now().Add(-time.Nanosecond)}
+	b.cur.Store(b.newInstance(s))
 	return b, nil
 }
 
-// since returns the clock's reading as a duration since epoch, at least 1.
-func (b *Breaker) since() int64 {
-	if b.now == nil {
-		return max(int64(time.Since(b.epoch)), 1)
+// newInstance returns a closed gobreaker breaker with settings s, whose state
+// changes reach the mirror and onChange while it is the current one.
+func (b *Breaker) newInstance(s Settings) *instance {
+	inst := &instance{settings: s}
+	st := s.gobreaker(b.name)
+	st.OnStateChange = func(_ string, from, to gobreaker.State) {
+		b.changed(inst, State(from), State(to))
 	}
-	return max(int64(b.now().Sub(b.epoch)), 1)
+	inst.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)
+	return inst
+}
+
+// changed is OnStateChange of inst: it updates the mirror and calls onChange,
+// unless inst was replaced (its late outcomes change nothing).
+func (b *Breaker) changed(inst *instance, from, to State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur.Load() != inst {
+		return
+	}
+	b.mirror(to, inst.settings.Timeout)
+	if b.onChange != nil {
+		b.onChange(from, to)
+	}
+}
+
+// mirror records state to, which gobreaker just entered (or a new instance
+// starts in). b.mu must be held.
+func (b *Breaker) mirror(to State, timeout time.Duration) {
+	if to != StateOpen {
+		b.state.Store(uint32(to))
+		b.retryAt.Store(0)
+		return
+	}
+	// RetryAt is stored before the state, so that a lock-free reader never
+	// sees an open state with another period's RetryAt. It is read after
+	// gobreaker read its clock, so it is never before gobreaker's expiry:
+	// when Ready says yes, Allow does too.
+	now := b.since()
+	b.openedAt.Store(now)
+	b.trips.Add(1)
+	b.retryAt.Store(addSat(now, timeout))
+	b.state.Store(uint32(to))
+}
+
+// since returns the time since epoch, at least 1. time.Since reads only the
+// monotonic clock.
+func (b *Breaker) since() int64 {
+	return max(int64(time.Since(b.epoch)), 1)
 }
 
 // at converts a timestamp from since back to a time; 0 is the zero time.
@@ -92,123 +131,6 @@ func (b *Breaker) at(ns int64) time.Time {
 	return b.epoch.Add(time.Duration(ns))
 }
 
-// Do lets one request through the breaker and books its outcome: it calls
-// fn, which runs the request and returns its Outcome. If the breaker refuses
-// the request, Do returns ErrOpen or ErrTooManyRequests without calling fn.
-// A panic in fn counts as a failure and is re-raised.
-//
-// Admission and outcome are one call, so no outcome can be forgotten, and Do
-// allocates nothing (fn does not escape). Do reads the clock only while the
-// breaker is open or has a Window.
-func (b *Breaker) Do(fn func() Outcome) error {
-	gen, err := b.admit()
-	if err != nil {
-		return err
-	}
-	o := Failure // if fn panics
-	defer func() { b.book(gen, o) }()
-	o = fn()
-	return nil
-}
-
-// admit lets a request in or refuses it, and returns the generation its
-// outcome belongs to.
-func (b *Breaker) admit() (uint64, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch b.state {
-	case StateOpen:
-		now := b.since()
-		if now < b.retryAt.Load() {
-			return 0, ErrOpen
-		}
-		b.setState(StateHalfOpen, now)
-		fallthrough
-	case StateHalfOpen:
-		if b.counts.Requests-b.counts.TotalExclusions >= b.settings.Successes {
-			return 0, ErrTooManyRequests
-		}
-	case StateClosed:
-		if b.win.on() {
-			b.win.advance(b.since(), &b.counts)
-			b.win.cur().requests++
-		}
-	}
-	b.counts.Requests++
-	return b.gen, nil
-}
-
-// book records the outcome of a request admitted in generation gen, unless
-// the breaker has moved on since.
-func (b *Breaker) book(gen uint64, o Outcome) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if gen != b.gen {
-		return
-	}
-	// Same generation: the state is the one that admitted the request,
-	// closed or half-open.
-	if b.state == StateClosed && b.win.on() {
-		b.win.advance(b.since(), &b.counts)
-	}
-	switch o {
-	case Success:
-		b.win.success(b.counts.ConsecutiveFailures > 0)
-		b.counts.TotalSuccesses++
-		b.counts.ConsecutiveSuccesses++
-		b.counts.ConsecutiveFailures = 0
-		if b.state == StateHalfOpen && b.counts.ConsecutiveSuccesses >= b.settings.Successes {
-			b.setState(StateClosed, 0)
-		}
-	case Excluded:
-		// frees a half-open probe slot: slots are Requests less exclusions
-		b.counts.TotalExclusions++
-		b.win.exclusion()
-	default:
-		b.win.failure(b.counts.ConsecutiveSuccesses > 0)
-		b.counts.TotalFailures++
-		b.counts.ConsecutiveFailures++
-		b.counts.ConsecutiveSuccesses = 0
-		if b.state == StateHalfOpen || b.settings.readyToTrip(b.counts) {
-			b.setState(StateOpen, b.since())
-		}
-	}
-}
-
-// setState moves the breaker to state to, which must differ from the
-// current one, at now (since epoch; needed only when opening or when a
-// closed state has a window, 0 otherwise). It clears the counts, starts a
-// new generation, updates the mirror and calls onChange. b.mu must be held.
-func (b *Breaker) setState(to State, now int64) {
-	from := b.state
-	b.state = to
-	b.gen++
-	b.counts = Counts{}
-	if to == StateClosed {
-		if now == 0 {
-			now = b.windowNow()
-		}
-		b.win.reset(b.settings.Window, now)
-	} else {
-		b.win.reset(0, 0) // off: open and half-open count no window
-	}
-	// Store RetryAt before the state when opening, and clear it after
-	// leaving, so that a lock-free reader never sees an open state with
-	// another period's RetryAt.
-	if to == StateOpen {
-		b.openedAt.Store(now)
-		b.trips.Add(1)
-		b.retryAt.Store(addSat(now, b.settings.Timeout))
-		b.mstate.Store(uint32(to))
-	} else {
-		b.mstate.Store(uint32(to))
-		b.retryAt.Store(0)
-	}
-	if b.onChange != nil {
-		b.onChange(from, to)
-	}
-}
-
 // addSat returns t+d, or the largest timestamp if that overflows.
 func addSat(t int64, d time.Duration) int64 {
 	if int64(d) > math.MaxInt64-t {
@@ -217,48 +139,84 @@ func addSat(t int64, d time.Duration) int64 {
 	return t + int64(d)
 }
 
-// refresh turns an open breaker whose timeout has passed half-open, and
-// ages a closed breaker's window, as Do would. b.mu must be held.
-func (b *Breaker) refresh() {
-	switch b.state {
-	case StateOpen:
-		if now := b.since(); now >= b.retryAt.Load() {
-			b.setState(StateHalfOpen, now)
-		}
-	case StateClosed:
-		if b.win.on() {
-			b.win.advance(b.since(), &b.counts)
-		}
+// Pass is one request let through by Allow. Its outcome is booked with
+// Done, once; the zero Pass (a request that bypassed the breaker, see
+// AllowPanic) books nothing. A Pass must not be copied once its request
+// runs, and its Done must not be called concurrently.
+type Pass struct {
+	done func(error)
+}
+
+// Done books the request's outcome o in the breaker that let it through,
+// the first time it is called; later calls do nothing. An outcome booked
+// after the breaker changed state, or was Reset or replaced by Update since
+// the request was let through, counts for nothing (gobreaker's
+// generations).
+func (p *Pass) Done(o Outcome) {
+	if d := p.done; d != nil {
+		p.done = nil
+		d(o.err())
 	}
 }
 
-// State returns the current state. If an open breaker's timeout has passed,
-// it turns it half-open (calling onChange) first, as Do would.
-func (b *Breaker) State() State {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.refresh()
-	return b.state
+// Pending reports whether the request's outcome is still to be booked.
+func (p *Pass) Pending() bool { return p.done != nil }
+
+// Allow asks the breaker to let one request through (gobreaker's
+// TwoStepCircuitBreaker.Allow). If it does, the request's outcome must be
+// booked with the Pass's Done once known; a half-open breaker holds a probe
+// slot until then. Otherwise it returns ErrOpen or ErrTooManyRequests.
+// Allow allocates gobreaker's done function: one allocation per request.
+func (b *Breaker) Allow() (Pass, error) {
+	done, err := b.cur.Load().cb.Allow()
+	if err != nil {
+		return Pass{}, err
+	}
+	return Pass{done: done}, nil
 }
 
-// Counts returns the counts of the current state (see Counts). Like State,
-// it brings the state and the rolling window up to date first.
-func (b *Breaker) Counts() Counts {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.refresh()
-	return b.counts
+// AllowPanic is Allow for a request sent while no worker of its pool is
+// available (panic mode), where one try is better than none. A half-open
+// breaker (or an open one whose timeout has passed, which Allow turns
+// half-open) is asked as Allow asks it: its probe limit holds, in panic mode
+// too. A closed breaker, or an open one within its timeout, is bypassed: the
+// request goes through with the zero Pass, and its outcome is not counted.
+func (b *Breaker) AllowPanic() (Pass, error) {
+	switch State(b.state.Load()) {
+	case StateClosed:
+		return Pass{}, nil
+	case StateOpen:
+		if b.since() < b.retryAt.Load() {
+			return Pass{}, nil
+		}
+	}
+	return b.Allow()
 }
 
-// Ready reports whether Do would likely let a request through now: the
+// Ready reports whether Allow would likely let a request through now: the
 // breaker is closed or half-open (whose probe slots may all be taken), or
-// open with its timeout passed. It takes no lock, does not allocate, and does
-// not change the state or take a probe slot.
+// open with its timeout passed. It reads only the mirror: it takes no lock,
+// does not allocate, and does not change the state or take a probe slot.
 func (b *Breaker) Ready() bool {
-	if State(b.mstate.Load()) != StateOpen {
+	if State(b.state.Load()) != StateOpen {
 		return true
 	}
 	return b.since() >= b.retryAt.Load()
+}
+
+// State returns the current state. gobreaker turns an open breaker whose
+// timeout has passed half-open (calling onChange) first, and ages a closed
+// breaker's window.
+func (b *Breaker) State() State {
+	return State(b.cur.Load().cb.State())
+}
+
+// Counts returns the counts of the current state (see Counts), once State
+// has brought the state and the rolling window up to date.
+func (b *Breaker) Counts() Counts {
+	inst := b.cur.Load()
+	inst.cb.State()
+	return Counts(inst.cb.Counts())
 }
 
 // OpenedAt returns when the breaker last opened, or the zero time if it never
@@ -270,14 +228,14 @@ func (b *Breaker) OpenedAt() time.Time {
 // RetryAt returns when an open breaker turns half-open (it does so on the
 // first call that looks after that time), or the zero time if it is not open.
 func (b *Breaker) RetryAt() time.Time {
-	if State(b.mstate.Load()) != StateOpen {
+	if State(b.state.Load()) != StateOpen {
 		return time.Time{}
 	}
 	return b.at(b.retryAt.Load())
 }
 
-// Trips returns how many times the breaker has opened in its life, Trip
-// included. Update keeps it.
+// Trips returns how many times the breaker has opened in its life. Reset and
+// Update keep it.
 func (b *Breaker) Trips() uint64 {
 	return b.trips.Load()
 }
@@ -289,89 +247,66 @@ func (b *Breaker) Name() string {
 
 // Settings returns the settings in use.
 func (b *Breaker) Settings() Settings {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.settings
+	return b.cur.Load().settings
 }
 
-// Reset closes the breaker and clears its counts, calling onChange if it was
-// not closed. Outcomes of requests admitted before Reset are ignored.
+// Reset closes the breaker and clears its counts: gobreaker cannot be put
+// into a state, so the breaker gets a new gobreaker instance, closed, with
+// the same settings. onChange is called if it was not closed. Outcomes of
+// requests let through before Reset count for nothing.
 func (b *Breaker) Reset() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != StateClosed {
-		b.setState(StateClosed, 0)
-		return
-	}
-	b.gen++
-	b.counts = Counts{}
-	b.win.reset(b.settings.Window, b.windowNow())
+	b.replace(b.cur.Load().settings)
 }
 
-// windowNow returns the clock's reading if the settings have a window, else 0.
-func (b *Breaker) windowNow() int64 {
-	if b.settings.Window > 0 {
-		return b.since()
-	}
-	return 0
-}
-
-// Trip opens the breaker now, for a full Timeout, whatever its state. If it
-// was not open, onChange is called and Trips counts one more, and outcomes
-// of requests admitted before Trip are ignored; if it was, its open period
-// restarts now (RetryAt moves, OpenedAt does not).
-func (b *Breaker) Trip() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.since()
-	if b.state != StateOpen {
-		b.setState(StateOpen, now)
-		return
-	}
-	// Open admits nothing, so no outcome is pending: only the period moves.
-	b.retryAt.Store(addSat(now, b.settings.Timeout))
-}
-
-// Update applies new settings to the breaker, for a configuration reload,
-// after checking them with Validate (whose error it returns, changing
-// nothing). If they equal the current settings nothing changes. Otherwise
-// the breaker keeps its state:
-//
-//   - closed stays closed, with its counts, which the new thresholds judge
-//     from the next failure on; a changed Window starts the counts over;
-//   - open stays open until its RetryAt, or until OpenedAt plus the new
-//     Timeout if that is sooner (a shorter timeout applies at once, a longer
-//     one from the next open period);
-//   - half-open stays half-open with its probes in flight, and the new
-//     Successes sets how many probes it admits and how many successes close
-//     it (if the probes so far already make that many, it closes now).
-//
-// onChange is called only if the state changes. Trips and OpenedAt are kept.
+// Update applies a reload's settings, after checking them with Validate
+// (whose error it returns, changing nothing). If they equal the current
+// settings, nothing changes: the gobreaker instance, and so its exact state
+// and counts, are kept. Otherwise the breaker gets a new gobreaker instance
+// with the new settings, closed, as Reset does: onChange is called with a
+// change to closed if it was not closed (never with an opening), and
+// outcomes of requests let through before count for nothing. Trips and
+// OpenedAt are kept.
 func (b *Breaker) Update(s Settings) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	old := b.settings
-	if s == old {
+	if b.cur.Load().settings == s {
 		return nil
 	}
-	b.settings = s
-	switch b.state {
-	case StateClosed:
-		if s.Window != old.Window {
-			b.counts = Counts{}
-			b.win.reset(s.Window, b.windowNow())
-		}
-	case StateOpen:
-		if r := addSat(b.openedAt.Load(), s.Timeout); r < b.retryAt.Load() {
-			b.retryAt.Store(r)
-		}
-	case StateHalfOpen:
-		if b.counts.ConsecutiveSuccesses >= s.Successes {
-			b.setState(StateClosed, 0)
-		}
-	}
+	b.replace(s)
 	return nil
+}
+
+// replace puts a new closed gobreaker instance with settings s in place of
+// the current one. b.mu must be held.
+func (b *Breaker) replace(s Settings) {
+	b.cur.Store(b.newInstance(s))
+	from := State(b.state.Load())
+	b.mirror(StateClosed, 0)
+	if from != StateClosed && b.onChange != nil {
+		b.onChange(from, StateClosed)
+	}
+}
+
+// Trip opens a closed or half-open breaker the way failing requests do: it
+// books failures through gobreaker until it opens (at most Failures of
+// them). It reports whether the breaker is open afterwards; a half-open
+// breaker whose probe slots are all taken cannot be tripped. It is meant for
+// tests and tools; an open breaker is left as it is.
+func (b *Breaker) Trip() bool {
+	for range b.Settings().Failures {
+		p, err := b.Allow()
+		if errors.Is(err, ErrOpen) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+		p.Done(Failure)
+	}
+	return State(b.state.Load()) == StateOpen
 }

@@ -2,39 +2,29 @@ package breaker
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
-	"runtime"
 	"slices"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
-// clock is a test clock: it moves only when told to.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock {
-	return &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// These tests drive gobreaker through the wrapper, on the real clock: a
+// breaker that must change state with time has a short timeout or window,
+// and the test polls for the state with a deadline.
 
 type transition struct{ from, to State }
+
+var (
+	closedToOpen     = transition{StateClosed, StateOpen}
+	openToHalfOpen   = transition{StateOpen, StateHalfOpen}
+	halfOpenToClosed = transition{StateHalfOpen, StateClosed}
+	halfOpenToOpen   = transition{StateHalfOpen, StateOpen}
+	openToClosed     = transition{StateOpen, StateClosed}
+)
 
 // recorder collects onChange calls.
 type recorder struct {
@@ -48,962 +38,585 @@ func (r *recorder) onChange(from, to State) {
 	r.mu.Unlock()
 }
 
+func (r *recorder) transitions() []transition {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
 func (r *recorder) expect(t *testing.T, want ...transition) {
 	t.Helper()
-	r.mu.Lock()
-	got := slices.Clone(r.got)
-	r.mu.Unlock()
-	if !slices.Equal(got, want) {
+	if got := r.transitions(); !slices.Equal(got, want) {
 		t.Fatalf("transitions = %v, want %v", got, want)
 	}
 }
 
-var (
-	closedToOpen     = transition{StateClosed, StateOpen}
-	openToHalfOpen   = transition{StateOpen, StateHalfOpen}
-	halfOpenToClosed = transition{StateHalfOpen, StateClosed}
-	halfOpenToOpen   = transition{StateHalfOpen, StateOpen}
-	openToClosed     = transition{StateOpen, StateClosed}
-)
-
-// settings returns complete settings: 3 failures, 2 successes, a one-minute
+// settings returns complete settings: 3 failures, 2 successes, a one-hour
 // timeout, changed by the given functions.
 func settings(change ...func(*Settings)) Settings {
-	s := Settings{Failures: 3, Successes: 2, Timeout: time.Minute}
+	s := Settings{Failures: 3, Successes: 2, Timeout: time.Hour}
 	for _, f := range change {
 		f(&s)
 	}
 	return s
 }
 
-// harness is a breaker on a test clock, with its transitions recorded.
-type harness struct {
-	*Breaker
-	clock *clock
-	rec   *recorder
+// shortTimeout is the timeout of breakers that must turn half-open during
+// a test.
+const shortTimeout = 20 * time.Millisecond
+
+func withTimeout(d time.Duration) func(*Settings) {
+	return func(s *Settings) { s.Timeout = d }
 }
 
-func newHarness(t *testing.T, s Settings) *harness {
+// newBreaker returns a breaker with settings s and the recorder of its
+// transitions.
+func newBreaker(t *testing.T, s Settings) (*Breaker, *recorder) {
 	t.Helper()
-	h := &harness{clock: newClock(), rec: &recorder{}}
-	b, err := newWithClock("w", s, h.rec.onChange, h.clock.now)
+	rec := &recorder{}
+	b, err := New("w", s, rec.onChange)
 	if err != nil {
 		t.Fatalf("New(%+v) = %v", s, err)
 	}
-	h.Breaker = b
-	return h
+	return b, rec
 }
 
-// halfOpen returns a half-open breaker with settings s: tripped, and past
-// its timeout.
-func halfOpen(t *testing.T, s Settings) *harness {
+// eventually polls cond until it holds, failing the test after a generous
+// deadline: the wait is never the assertion.
+func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	h := newHarness(t, s)
-	h.Trip()
-	h.clock.advance(s.Timeout)
-	h.expectState(t, StateHalfOpen)
-	h.rec.expect(t, closedToOpen, openToHalfOpen)
-	return h
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
-func (h *harness) expectState(t *testing.T, want State) {
+// halfOpen returns a half-open breaker with settings s (whose timeout
+// should be short): tripped, then polled until its timeout has passed.
+func halfOpen(t *testing.T, s Settings) (*Breaker, *recorder) {
 	t.Helper()
-	if got := h.State(); got != want {
+	b, rec := newBreaker(t, s)
+	if !b.Trip() {
+		t.Fatal("Trip() = false on a closed breaker")
+	}
+	eventually(t, "the breaker is half-open", func() bool { return b.State() == StateHalfOpen })
+	rec.expect(t, closedToOpen, openToHalfOpen)
+	return b, rec
+}
+
+func expectState(t *testing.T, b *Breaker, want State) {
+	t.Helper()
+	if got := b.State(); got != want {
 		t.Fatalf("State() = %v, want %v", got, want)
 	}
 }
 
-// do runs one request with outcome o through the breaker, which must admit
-// it.
-func do(t *testing.T, b *Breaker, o Outcome) {
+// allow takes one request through b, failing the test if it is refused.
+func allow(t *testing.T, b *Breaker) *Pass {
 	t.Helper()
-	if err := b.Do(func() Outcome { return o }); err != nil {
-		t.Fatalf("Do(%v) = %v", o, err)
+	p, err := b.Allow()
+	if err != nil {
+		t.Fatalf("Allow() = %v", err)
 	}
+	if !p.Pending() {
+		t.Fatal("Allow() gave a Pass with nothing to book")
+	}
+	return &p
 }
 
-// doAll runs a sequence of outcomes: S, F or X for each.
-func doAll(t *testing.T, b *Breaker, seq string) {
+// book runs a sequence of requests through b, each booked at once: S, F
+// or X for each outcome.
+func book(t *testing.T, b *Breaker, seq string) {
 	t.Helper()
 	for _, c := range seq {
-		do(t, b, outcomeOf(t, c))
+		o := map[rune]Outcome{'S': Success, 'F': Failure, 'X': Excluded}[c]
+		allow(t, b).Done(o)
 	}
-}
-
-func outcomeOf(t *testing.T, c rune) Outcome {
-	t.Helper()
-	switch c {
-	case 'S':
-		return Success
-	case 'F':
-		return Failure
-	case 'X':
-		return Excluded
-	}
-	t.Fatalf("bad outcome %q", c)
-	return Failure
-}
-
-// allow lets one request through b and keeps it in flight: the request runs
-// inside Do on a goroutine of its own, and the returned function reports its
-// outcome and waits until Do has booked it. A refused request returns Do's
-// error and no function.
-func allow(b *Breaker) (done func(Outcome), err error) {
-	admitted := make(chan struct{})
-	outcome := make(chan Outcome)
-	returned := make(chan error, 1)
-	go func() {
-		returned <- b.Do(func() Outcome {
-			close(admitted)
-			return <-outcome
-		})
-	}()
-	select {
-	case <-admitted:
-		var once sync.Once
-		return func(o Outcome) {
-			once.Do(func() {
-				outcome <- o
-				<-returned
-			})
-		}, nil
-	case err := <-returned:
-		return nil, err
-	}
-}
-
-// admit takes n requests through b and returns their done functions. The
-// requests a test leaves in flight end, excluded, when it is over.
-func admit(t *testing.T, b *Breaker, n int) []func(Outcome) {
-	t.Helper()
-	var dones []func(Outcome)
-	for i := range n {
-		done, err := allow(b)
-		if err != nil {
-			t.Fatalf("request #%d refused: %v", i+1, err)
-		}
-		t.Cleanup(func() { done(Excluded) })
-		dones = append(dones, done)
-	}
-	return dones
 }
 
 func expectRefused(t *testing.T, b *Breaker, want error) {
 	t.Helper()
-	ran := false
-	if err := b.Do(func() Outcome { ran = true; return Success }); !errors.Is(err, want) {
-		t.Fatalf("Do() = %v, want %v", err, want)
+	p, err := b.Allow()
+	if !errors.Is(err, want) {
+		t.Fatalf("Allow() = %v, want %v", err, want)
 	}
-	if ran {
-		t.Fatal("Do() ran a refused request")
+	if p.Pending() {
+		t.Fatal("a refused Allow gave a Pass to book")
 	}
 }
 
 func TestNew(t *testing.T) {
-	t.Run("closed", func(t *testing.T) {
-		s := settings()
-		b, err := New("w1", s, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b.State() != StateClosed || !b.Ready() {
-			t.Errorf("State, Ready = %v, %v; want closed, true", b.State(), b.Ready())
-		}
-		if b.Name() != "w1" || b.Settings() != s {
-			t.Errorf("Name, Settings = %q, %+v", b.Name(), b.Settings())
-		}
-		if b.Trips() != 0 || !b.OpenedAt().IsZero() || !b.RetryAt().IsZero() || b.Counts() != (Counts{}) {
-			t.Errorf("Trips, OpenedAt, RetryAt, Counts = %d, %v, %v, %+v; want zeros",
-				b.Trips(), b.OpenedAt(), b.RetryAt(), b.Counts())
-		}
-		do(t, b, Failure) // nil onChange is fine
-	})
+	if _, err := New("w", Settings{}, nil); err == nil {
+		t.Fatal("New with empty settings succeeded, want Validate's error")
+	}
+	s := settings()
+	b, err := New("w", s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, b, StateClosed)
+	if !b.Ready() || b.Name() != "w" || b.Settings() != s || b.Trips() != 0 ||
+		!b.OpenedAt().IsZero() || !b.RetryAt().IsZero() || b.Counts() != (Counts{}) {
+		t.Fatalf("new breaker: ready %v, name %q, settings %+v, trips %d, opened %v, retry %v, counts %+v",
+			b.Ready(), b.Name(), b.Settings(), b.Trips(), b.OpenedAt(), b.RetryAt(), b.Counts())
+	}
+	// a nil onChange is allowed through every change of state
+	b.Trip()
+	b.Reset()
+	expectState(t, b, StateClosed)
+}
 
-	t.Run("incomplete settings are refused", func(t *testing.T) {
-		b, err := New("w", Settings{Failures: 5}, nil)
-		if b != nil || err == nil {
-			t.Fatalf("New() = %v, %v; want an error", b, err)
+func TestSettingsMapOntoGobreaker(t *testing.T) {
+	s := Settings{Failures: 4, FailureRatio: 0.5, MinRequests: 6, Window: 10 * time.Second, Successes: 3, Timeout: 7 * time.Second}
+	g := s.gobreaker("w")
+	if g.Name != "w" || g.MaxRequests != 3 || g.Interval != 10*time.Second || g.BucketPeriod != time.Second ||
+		g.Timeout != 7*time.Second || g.ReadyToTrip == nil || g.IsExcluded == nil || g.IsSuccessful != nil {
+		t.Fatalf("gobreaker settings = %+v", g)
+	}
+	if !g.IsExcluded(Excluded.err()) || g.IsExcluded(Failure.err()) || g.IsExcluded(nil) {
+		t.Error("IsExcluded does not single out Excluded outcomes")
+	}
+	if Success.err() != nil || Failure.err() == nil || Outcome(9).err() != Failure.err() {
+		t.Error("outcomes map onto the wrong errors")
+	}
+	for _, tc := range []struct {
+		c    gobreaker.Counts
+		want bool
+	}{
+		{gobreaker.Counts{ConsecutiveFailures: 4, TotalFailures: 4}, true},
+		{gobreaker.Counts{ConsecutiveFailures: 3, TotalFailures: 3, TotalSuccesses: 2}, false}, // 5 < min 6
+		{gobreaker.Counts{ConsecutiveFailures: 1, TotalFailures: 3, TotalSuccesses: 3}, true},  // 3/6 = 0.5
+		{gobreaker.Counts{ConsecutiveFailures: 1, TotalFailures: 2, TotalSuccesses: 4}, false},
+		{gobreaker.Counts{TotalFailures: math.MaxUint32, TotalSuccesses: math.MaxUint32, ConsecutiveFailures: 1}, true},
+	} {
+		if got := g.ReadyToTrip(tc.c); got != tc.want {
+			t.Errorf("ReadyToTrip(%+v) = %v, want %v", tc.c, got, tc.want)
 		}
-		for _, field := range []string{"successes", "timeout"} {
-			if !strings.Contains(err.Error(), field) {
-				t.Errorf("New() = %q, want it to name %s", err, field)
-			}
-		}
-	})
+	}
+	// the largest window does not overflow gobreaker's rounding to buckets
+	huge := settings(func(s *Settings) { s.Window, s.Timeout = math.MaxInt64, math.MaxInt64 })
+	if g := huge.gobreaker("w"); g.Interval <= 0 || g.BucketPeriod <= 0 || g.Interval+g.BucketPeriod < g.Interval {
+		t.Fatalf("huge window maps to interval %v, bucket %v", g.Interval, g.BucketPeriod)
+	}
+	b, _ := newBreaker(t, huge)
+	book(t, b, "SFX")
+	if !b.Trip() || b.Ready() {
+		t.Fatal("a breaker with the largest window and timeout did not open")
+	}
 }
 
 func TestConsecutiveFailures(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		failures uint32
-		before   string // outcomes that must leave it closed
-		last     bool   // one more failure opens it
-	}{
-		{name: "threshold 1", failures: 1, last: true},
-		{name: "threshold 3", failures: 3, before: "FF", last: true},
-		{name: "a success resets the streak", failures: 3, before: "FFSFF", last: true},
-		{name: "exclusions do not break the streak", failures: 3, before: "FXXXF", last: true},
-		{name: "successes only", failures: 1, before: "SSSSSSSSSS"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, settings(func(s *Settings) { s.Failures = tc.failures }))
-			for i, c := range tc.before {
-				do(t, h.Breaker, outcomeOf(t, c))
-				if got := h.State(); got != StateClosed {
-					t.Fatalf("State() after %q = %v, want closed", tc.before[:i+1], got)
-				}
-			}
-			if !tc.last {
-				h.rec.expect(t)
-				return
-			}
-			do(t, h.Breaker, Failure)
-			h.expectState(t, StateOpen)
-			expectRefused(t, h.Breaker, ErrOpen)
-			h.rec.expect(t, closedToOpen)
-			if h.Trips() != 1 || h.Ready() {
-				t.Errorf("Trips, Ready = %d, %v; want 1, false", h.Trips(), h.Ready())
-			}
-			if !h.OpenedAt().Equal(h.clock.now()) || !h.RetryAt().Equal(h.clock.now().Add(time.Minute)) {
-				t.Errorf("OpenedAt, RetryAt = %v, %v; want now and a timeout later", h.OpenedAt(), h.RetryAt())
-			}
-			if got := h.Counts(); got != (Counts{}) {
-				t.Errorf("Counts() = %+v, want cleared on opening", got)
-			}
-		})
+	b, rec := newBreaker(t, settings())
+	book(t, b, "FFSFFX")
+	expectState(t, b, StateClosed)
+	if c := b.Counts(); c.ConsecutiveFailures != 2 || c.TotalFailures != 4 || c.TotalSuccesses != 1 || c.TotalExclusions != 1 || c.Requests != 6 {
+		t.Fatalf("counts = %+v", c)
+	}
+	before := time.Now()
+	book(t, b, "F")
+	rec.expect(t, closedToOpen)
+	expectState(t, b, StateOpen)
+	expectRefused(t, b, ErrOpen)
+	if b.Ready() {
+		t.Error("an open breaker within its timeout is Ready")
+	}
+	if b.Trips() != 1 {
+		t.Errorf("Trips() = %d, want 1", b.Trips())
+	}
+	if opened := b.OpenedAt(); opened.Before(before) || opened.After(time.Now()) {
+		t.Errorf("OpenedAt() = %v, not within the failure that opened it", opened)
+	}
+	if got := b.RetryAt().Sub(b.OpenedAt()); got != time.Hour {
+		t.Errorf("RetryAt() - OpenedAt() = %v, want the timeout", got)
+	}
+	if c := b.Counts(); c != (Counts{}) {
+		t.Errorf("counts of the new state = %+v, want none", c)
 	}
 }
 
 func TestFailureRatio(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		ratio    float64
-		min      uint32
-		failures uint32 // 0: 100
-		seq      string
-		openAt   int // outcomes after which it is open; 0: never
+		seq  string
+		open bool
 	}{
-		{name: "opens at the ratio", ratio: 0.5, min: 4, seq: "SSFF", openAt: 4},
-		{name: "not before min requests", ratio: 0.5, min: 4, seq: "FSFSF", openAt: 5},
-		{name: "no minimum", ratio: 0.5, seq: "SF", openAt: 2},
-		{name: "below the ratio", ratio: 0.6, min: 4, seq: "SFSFSFSFSFSF"},
-		{name: "exclusions are not requests", ratio: 0.5, min: 4, seq: "FXXXXXXF"},
-		{name: "in-flight requests are not requests", ratio: 0.5, min: 3, seq: "SFF", openAt: 3},
-		{name: "ratio 1 needs every request failed", ratio: 1, min: 3, seq: "FFSFFFS"},
-		{name: "ratio 1", ratio: 1, min: 3, seq: "FFF", openAt: 3},
-		{name: "consecutive failures still open it", ratio: 0.9, min: 100, failures: 3, seq: "SFFF", openAt: 4},
+		{seq: "SFS", open: false},     // below min 4
+		{seq: "SFSF", open: true},     // 2 of 4
+		{seq: "SSFSF", open: false},   // 2 of 5
+		{seq: "FXXXSF", open: false},  // exclusions are no requests of the minimum: 2 of 3
+		{seq: "FXXXSFSF", open: true}, // 3 of 5
+		{seq: "SSSSFFF", open: false}, // 3 of 7
+		{seq: "SSSSFFFF", open: true}, // 4 of 8, by the ratio
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, settings(func(s *Settings) {
-				s.FailureRatio, s.MinRequests, s.Failures = tc.ratio, tc.min, tc.failures
-				if s.Failures == 0 {
-					s.Failures = 100
+		t.Run(tc.seq, func(t *testing.T) {
+			b, _ := newBreaker(t, settings(func(s *Settings) { s.Failures, s.FailureRatio, s.MinRequests = 100, 0.5, 4 }))
+			for _, c := range tc.seq {
+				if b.State() == StateOpen {
+					break
 				}
-			}))
-			if tc.name == "in-flight requests are not requests" {
-				// two requests in flight raise Requests, not the
-				// completed count the ratio is taken over
-				admit(t, h.Breaker, 2)
+				book(t, b, string(c))
 			}
-			for i, c := range tc.seq {
-				do(t, h.Breaker, outcomeOf(t, c))
-				want := StateClosed
-				if i+1 == tc.openAt {
-					want = StateOpen
-				}
-				if got := h.State(); got != want {
-					t.Fatalf("State() after %q = %v, want %v", tc.seq[:i+1], got, want)
-				}
-				if want == StateOpen {
-					return
-				}
+			if got := b.State() == StateOpen; got != tc.open {
+				t.Fatalf("open = %v after %s, want %v (counts %+v)", got, tc.seq, tc.open, b.Counts())
 			}
 		})
 	}
 }
 
-func TestExcluded(t *testing.T) {
-	t.Run("closed", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "SFF")
-		for range 50 {
-			do(t, h.Breaker, Excluded)
-		}
-		want := Counts{Requests: 53, TotalSuccesses: 1, TotalFailures: 2, TotalExclusions: 50, ConsecutiveFailures: 2}
-		if got := h.Counts(); got != want {
-			t.Fatalf("Counts() = %+v, want %+v", got, want)
-		}
-		h.expectState(t, StateClosed)
-		h.rec.expect(t)
-	})
-
-	t.Run("half-open", func(t *testing.T) {
-		h := halfOpen(t, settings())
-		for range 20 {
-			do(t, h.Breaker, Excluded)
-		}
-		h.expectState(t, StateHalfOpen)
-		if c := h.Counts(); c != (Counts{Requests: 20, TotalExclusions: 20}) {
-			t.Fatalf("Counts() = %+v", c)
-		}
-		h.rec.expect(t, closedToOpen, openToHalfOpen)
-	})
+func TestExcludedCountsAgainstNobody(t *testing.T) {
+	b, rec := newBreaker(t, settings())
+	book(t, b, "FXFXX")
+	expectState(t, b, StateClosed)
+	if c := b.Counts(); c.ConsecutiveFailures != 2 || c.TotalExclusions != 3 {
+		t.Fatalf("counts = %+v: exclusions must neither end nor extend a run", c)
+	}
+	book(t, b, "F")
+	rec.expect(t, closedToOpen)
 }
 
 func TestHalfOpen(t *testing.T) {
-	s := settings(func(s *Settings) { s.Failures, s.Successes = 1, 3 })
-
-	t.Run("limits probes and closes after successes", func(t *testing.T) {
-		h := halfOpen(t, s)
-		dones := admit(t, h.Breaker, 3)
-		expectRefused(t, h.Breaker, ErrTooManyRequests)
-		if !h.Ready() {
-			t.Error("Ready() = false while half-open")
+	t.Run("probes close it", func(t *testing.T) {
+		b, rec := halfOpen(t, settings(withTimeout(shortTimeout)))
+		if !b.Ready() || !b.RetryAt().IsZero() {
+			t.Fatalf("half-open: Ready %v, RetryAt %v", b.Ready(), b.RetryAt())
 		}
-		dones[0](Success)
-		dones[1](Success)
-		h.expectState(t, StateHalfOpen)
-		expectRefused(t, h.Breaker, ErrTooManyRequests)
-		dones[2](Success)
-		h.expectState(t, StateClosed)
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-		admit(t, h.Breaker, 10) // closed: no limit
+		p1, p2 := allow(t, b), allow(t, b)
+		expectRefused(t, b, ErrTooManyRequests)
+		if !b.Ready() {
+			t.Error("a half-open breaker at its limit is not Ready (Ready must not count slots)")
+		}
+		p1.Done(Excluded) // frees its slot
+		p3 := allow(t, b)
+		expectRefused(t, b, ErrTooManyRequests)
+		p2.Done(Success)
+		expectState(t, b, StateHalfOpen)
+		p3.Done(Success)
+		expectState(t, b, StateClosed)
+		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
+		book(t, b, "FF")
+		expectState(t, b, StateClosed)
 	})
-
-	t.Run("a failure reopens it", func(t *testing.T) {
-		h := halfOpen(t, s)
-		dones := admit(t, h.Breaker, 2)
-		dones[0](Success)
-		dones[1](Failure)
-		h.expectState(t, StateOpen)
-		expectRefused(t, h.Breaker, ErrOpen)
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
-		if h.Trips() != 2 {
-			t.Errorf("Trips() = %d, want 2", h.Trips())
+	t.Run("one failure opens it again", func(t *testing.T) {
+		b, rec := halfOpen(t, settings(withTimeout(shortTimeout)))
+		p1, p2 := allow(t, b), allow(t, b)
+		p1.Done(Success)
+		p2.Done(Failure)
+		rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
+		if b.Trips() != 2 {
+			t.Errorf("Trips() = %d, want 2", b.Trips())
 		}
-		if d := h.RetryAt().Sub(h.OpenedAt()); d != time.Minute {
-			t.Errorf("RetryAt - OpenedAt = %v, want the timeout", d)
-		}
+		expectRefused(t, b, ErrOpen)
+		eventually(t, "the breaker is half-open again", func() bool { return b.State() == StateHalfOpen })
 	})
-
-	t.Run("an exclusion frees its slot", func(t *testing.T) {
-		h := halfOpen(t, s)
-		dones := admit(t, h.Breaker, 3)
-		dones[0](Excluded)
-		dones = append(dones, admit(t, h.Breaker, 1)...)
-		expectRefused(t, h.Breaker, ErrTooManyRequests)
-		for _, done := range dones[1:] {
-			done(Success)
-		}
-		h.expectState(t, StateClosed)
+	t.Run("Ready sees the timeout pass without a call", func(t *testing.T) {
+		b, rec := newBreaker(t, settings(withTimeout(shortTimeout)))
+		b.Trip()
+		eventually(t, "Ready", b.Ready)
+		// only the mirror was read: gobreaker turns half-open on its
+		// next call, which Allow is
+		rec.expect(t, closedToOpen)
+		allow(t, b).Done(Success)
+		rec.expect(t, closedToOpen, openToHalfOpen)
 	})
-
-	t.Run("concurrent probes", func(t *testing.T) {
-		h := halfOpen(t, s)
-		var (
-			start            = make(chan struct{})
-			wg               sync.WaitGroup
-			admitted, refuse atomic.Int32
-			mu               sync.Mutex
-			dones            []func(Outcome)
-		)
-		for range 64 {
-			wg.Go(func() {
-				<-start
-				done, err := allow(h.Breaker)
-				if err != nil {
-					if errors.Is(err, ErrTooManyRequests) {
-						refuse.Add(1)
-					}
-					return
-				}
-				admitted.Add(1)
-				mu.Lock()
-				dones = append(dones, done)
-				mu.Unlock()
-			})
-		}
-		close(start)
-		wg.Wait()
-		if admitted.Load() != 3 || refuse.Load() != 61 {
-			t.Fatalf("admitted %d, refused %d; want 3, 61", admitted.Load(), refuse.Load())
-		}
-		for _, done := range dones {
-			done(Success)
-		}
-		h.expectState(t, StateClosed)
-	})
-}
-
-func TestTimeoutTurnsHalfOpen(t *testing.T) {
-	h := newHarness(t, settings(func(s *Settings) { s.Failures, s.Successes = 1, 1 }))
-	do(t, h.Breaker, Failure)
-	opened := h.OpenedAt()
-	if want := opened.Add(time.Minute); !h.RetryAt().Equal(want) {
-		t.Fatalf("RetryAt() = %v, want %v", h.RetryAt(), want)
-	}
-	h.clock.advance(time.Minute - time.Nanosecond)
-	if h.Ready() || h.State() != StateOpen {
-		t.Fatal("Ready or not open a nanosecond before RetryAt")
-	}
-	expectRefused(t, h.Breaker, ErrOpen)
-	h.clock.advance(time.Nanosecond)
-	if !h.Ready() {
-		t.Fatal("Ready() = false at RetryAt")
-	}
-	// Ready does not change the state: the mirror still says open.
-	if got := State(h.mstate.Load()); got != StateOpen {
-		t.Fatalf("state after Ready() = %v, want still open", got)
-	}
-	h.rec.expect(t, closedToOpen)
-	do(t, h.Breaker, Success)
-	h.expectState(t, StateClosed)
-	h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-	if !h.RetryAt().IsZero() || !h.OpenedAt().Equal(opened) {
-		t.Errorf("RetryAt, OpenedAt = %v, %v; want zero, %v", h.RetryAt(), h.OpenedAt(), opened)
-	}
 }
 
 func TestReadyTakesNoSlot(t *testing.T) {
-	h := halfOpen(t, settings())
-	for range 100 {
-		if !h.Ready() {
-			t.Fatal("Ready() = false while half-open")
+	b, _ := halfOpen(t, settings(withTimeout(shortTimeout), func(s *Settings) { s.Successes = 1 }))
+	for range 10 {
+		if !b.Ready() {
+			t.Fatal("half-open breaker is not Ready")
 		}
 	}
-	admit(t, h.Breaker, 2)
-	h.Trip()
-	if h.Ready() {
-		t.Error("Ready() = true while open")
-	}
+	allow(t, b).Done(Success)
+	expectState(t, b, StateClosed)
 }
 
-func TestOnChangeOrder(t *testing.T) {
-	h := newHarness(t, settings(func(s *Settings) { s.Failures, s.Successes = 1, 1 }))
-	do(t, h.Breaker, Failure)
-	h.clock.advance(time.Minute)
-	h.State() // open → half-open
-	h.State() // no change, no call
-	do(t, h.Breaker, Success)
-	h.Trip()
-	h.Trip() // already open: no call
-	h.Reset()
-	h.Reset() // already closed: no call
-	h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed, closedToOpen, openToClosed)
+func TestPassBooksOnce(t *testing.T) {
+	b, _ := newBreaker(t, settings(func(s *Settings) { s.Failures = 2 }))
+	p := allow(t, b)
+	p.Done(Failure)
+	if p.Pending() {
+		t.Fatal("a booked Pass is still pending")
+	}
+	p.Done(Failure)
+	expectState(t, b, StateClosed)
+	if c := b.Counts(); c.TotalFailures != 1 {
+		t.Fatalf("counts = %+v after one Pass booked twice", c)
+	}
+	var zero Pass
+	zero.Done(Failure) // books nothing, and does not panic
+}
+
+func TestLateOutcomeCountsForNothing(t *testing.T) {
+	b, rec := newBreaker(t, settings(withTimeout(shortTimeout)))
+	late := allow(t, b)
+	b.Trip()
+	eventually(t, "the breaker is half-open", func() bool { return b.State() == StateHalfOpen })
+	// admitted while closed, booked while half-open: not a probe's failure
+	late.Done(Failure)
+	expectState(t, b, StateHalfOpen)
+	rec.expect(t, closedToOpen, openToHalfOpen)
+}
+
+func TestAllowPanic(t *testing.T) {
+	t.Run("closed is bypassed", func(t *testing.T) {
+		b, _ := newBreaker(t, settings(func(s *Settings) { s.Failures = 1 }))
+		p, err := b.AllowPanic()
+		if err != nil || p.Pending() {
+			t.Fatalf("AllowPanic() = pending %v, %v; want a bypass", p.Pending(), err)
+		}
+		p.Done(Failure)
+		expectState(t, b, StateClosed)
+		if c := b.Counts(); c != (Counts{}) {
+			t.Fatalf("a bypass was counted: %+v", c)
+		}
+	})
+	t.Run("open within its timeout is bypassed", func(t *testing.T) {
+		b, rec := newBreaker(t, settings())
+		b.Trip()
+		p, err := b.AllowPanic()
+		if err != nil || p.Pending() {
+			t.Fatalf("AllowPanic() = pending %v, %v; want a bypass", p.Pending(), err)
+		}
+		p.Done(Success)
+		expectState(t, b, StateOpen)
+		rec.expect(t, closedToOpen)
+	})
+	t.Run("half-open keeps its probe limit", func(t *testing.T) {
+		b, rec := newBreaker(t, settings(withTimeout(shortTimeout), func(s *Settings) { s.Successes = 1 }))
+		b.Trip()
+		eventually(t, "Ready", b.Ready)
+		// open past its timeout: asked as Allow asks, which takes the
+		// one probe slot
+		probe, err := b.AllowPanic()
+		if err != nil || !probe.Pending() {
+			t.Fatalf("AllowPanic() = pending %v, %v; want the probe", probe.Pending(), err)
+		}
+		rec.expect(t, closedToOpen, openToHalfOpen)
+		if p, err := b.AllowPanic(); !errors.Is(err, ErrTooManyRequests) || p.Pending() {
+			t.Fatalf("AllowPanic() with the probe in flight = pending %v, %v; want ErrTooManyRequests", p.Pending(), err)
+		}
+		probe.Done(Success)
+		expectState(t, b, StateClosed)
+	})
 }
 
 func TestTrip(t *testing.T) {
-	t.Run("closed with counts", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "SFF")
-		h.Trip()
-		h.expectState(t, StateOpen)
-		expectRefused(t, h.Breaker, ErrOpen)
-		h.rec.expect(t, closedToOpen)
-		if h.Trips() != 1 || h.Counts() != (Counts{}) {
-			t.Errorf("Trips, Counts = %d, %+v; want 1, zero", h.Trips(), h.Counts())
-		}
-		if now := h.clock.now(); !h.OpenedAt().Equal(now) || !h.RetryAt().Equal(now.Add(time.Minute)) {
-			t.Errorf("OpenedAt, RetryAt = %v, %v; want now and a timeout later", h.OpenedAt(), h.RetryAt())
-		}
-	})
-
-	t.Run("half-open with probes in flight", func(t *testing.T) {
-		h := halfOpen(t, settings())
-		dones := admit(t, h.Breaker, 2)
-		h.Trip()
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
-		// outcomes of requests admitted before Trip are ignored
-		dones[0](Success)
-		dones[1](Success)
-		h.expectState(t, StateOpen)
-		if h.Trips() != 2 || h.Counts() != (Counts{}) {
-			t.Errorf("Trips, Counts = %d, %+v; want 2, zero", h.Trips(), h.Counts())
-		}
-	})
-
-	t.Run("open restarts the open period", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		opened := h.OpenedAt()
-		h.clock.advance(59 * time.Second) // due in a second
-		h.Trip()
-		h.expectState(t, StateOpen)
-		h.rec.expect(t, closedToOpen)
-		if h.Trips() != 1 || !h.OpenedAt().Equal(opened) || !h.RetryAt().Equal(h.clock.now().Add(time.Minute)) {
-			t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want 1, %v, a timeout from now",
-				h.Trips(), h.OpenedAt(), h.RetryAt(), opened)
-		}
-	})
-
-	t.Run("open past its timeout stays open", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		h.clock.advance(2 * time.Minute) // due, but nobody looked
-		h.Trip()
-		if got := State(h.mstate.Load()); got != StateOpen || h.Ready() {
-			t.Errorf("state, Ready = %v, %v; want open, false", got, h.Ready())
-		}
-		h.rec.expect(t, closedToOpen)
-	})
+	b, rec := newBreaker(t, settings(withTimeout(shortTimeout), func(s *Settings) { s.Successes = 1 }))
+	book(t, b, "F")
+	if !b.Trip() {
+		t.Fatal("Trip() = false on a closed breaker")
+	}
+	if !b.Trip() {
+		t.Fatal("Trip() = false on an open breaker")
+	}
+	rec.expect(t, closedToOpen)
+	eventually(t, "the breaker is half-open", func() bool { return b.State() == StateHalfOpen })
+	probe := allow(t, b)
+	if b.Trip() {
+		t.Fatal("Trip() = true on a half-open breaker whose one slot is taken")
+	}
+	probe.Done(Excluded)
+	if !b.Trip() {
+		t.Fatal("Trip() = false on a half-open breaker")
+	}
+	rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToOpen)
 }
 
 func TestReset(t *testing.T) {
-	t.Run("closed with counts", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "SFF")
-		h.Reset()
-		if got := h.Counts(); got != (Counts{}) {
-			t.Fatalf("Counts() = %+v, want zero", got)
-		}
-		doAll(t, h.Breaker, "FF") // the two earlier failures are gone
-		h.expectState(t, StateClosed)
-		h.rec.expect(t)
-	})
+	b, rec := newBreaker(t, settings(func(s *Settings) { s.Failures = 1 }))
+	b.Trip()
+	opened := b.OpenedAt()
+	b.Reset()
+	rec.expect(t, closedToOpen, openToClosed)
+	expectState(t, b, StateClosed)
+	if !b.Ready() || !b.RetryAt().IsZero() || b.Trips() != 1 || !b.OpenedAt().Equal(opened) {
+		t.Fatalf("after Reset: Ready %v, RetryAt %v, Trips %d, OpenedAt %v (was %v)", b.Ready(), b.RetryAt(), b.Trips(), b.OpenedAt(), opened)
+	}
 
-	t.Run("closed with a request in flight", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "FF")
-		dones := admit(t, h.Breaker, 1)
-		h.Reset()
-		dones[0](Failure) // admitted before Reset: ignored
-		doAll(t, h.Breaker, "FF")
-		h.expectState(t, StateClosed)
-	})
-
-	t.Run("open", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		opened := h.OpenedAt()
-		h.Reset()
-		h.expectState(t, StateClosed)
-		h.rec.expect(t, closedToOpen, openToClosed)
-		if !h.Ready() || !h.RetryAt().IsZero() || h.Trips() != 1 || !h.OpenedAt().Equal(opened) {
-			t.Errorf("Ready, RetryAt, Trips, OpenedAt = %v, %v, %d, %v", h.Ready(), h.RetryAt(), h.Trips(), h.OpenedAt())
-		}
-		do(t, h.Breaker, Success)
-	})
-
-	t.Run("half-open with probes in flight", func(t *testing.T) {
-		h := halfOpen(t, settings())
-		dones := admit(t, h.Breaker, 2)
-		h.Reset()
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-		dones[0](Failure)
-		dones[1](Failure)
-		h.expectState(t, StateClosed)
-		if got := h.Counts(); got != (Counts{}) {
-			t.Fatalf("Counts() = %+v, want zero", got)
-		}
-	})
+	// a request let through before a Reset counts for nothing after it
+	late := allow(t, b)
+	b.Reset() // closed already: no change to report
+	late.Done(Failure)
+	expectState(t, b, StateClosed)
+	rec.expect(t, closedToOpen, openToClosed)
+	if c := b.Counts(); c != (Counts{}) {
+		t.Fatalf("counts after Reset = %+v", c)
+	}
+	book(t, b, "F")
+	rec.expect(t, closedToOpen, openToClosed, closedToOpen)
 }
 
 func TestUpdate(t *testing.T) {
-	t.Run("equal settings keep everything", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "SFFX")
-		before := h.Counts()
-		if err := h.Update(settings()); err != nil {
+	s := settings(func(s *Settings) { s.Failures = 2 })
+	t.Run("same settings keep the state", func(t *testing.T) {
+		b, rec := newBreaker(t, s)
+		b.Trip()
+		opened, retry := b.OpenedAt(), b.RetryAt()
+		if err := b.Update(s); err != nil {
 			t.Fatal(err)
 		}
-		if got := h.Counts(); got != before {
-			t.Fatalf("Counts() = %+v, want %+v", got, before)
+		expectState(t, b, StateOpen)
+		expectRefused(t, b, ErrOpen)
+		if !b.OpenedAt().Equal(opened) || !b.RetryAt().Equal(retry) || b.Trips() != 1 {
+			t.Fatalf("after Update: OpenedAt %v (was %v), RetryAt %v (was %v), Trips %d", b.OpenedAt(), opened, b.RetryAt(), retry, b.Trips())
 		}
-		do(t, h.Breaker, Failure) // the third in a row
-		h.expectState(t, StateOpen)
-	})
+		rec.expect(t, closedToOpen)
 
-	t.Run("invalid settings change nothing", func(t *testing.T) {
-		h := newHarness(t, settings())
-		err := h.Update(settings(func(s *Settings) { s.FailureRatio, s.Timeout = 7, 0 }))
-		if err == nil || !strings.Contains(err.Error(), "failure_ratio") || !strings.Contains(err.Error(), "timeout") {
-			t.Fatalf("Update() = %v, want an error naming failure_ratio and timeout", err)
-		}
-		if h.Settings() != settings() {
-			t.Errorf("Settings() = %+v, want unchanged", h.Settings())
-		}
-	})
-
-	t.Run("closed keeps its counts, judged by the new threshold", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Failures = 5 }))
-		doAll(t, h.Breaker, "SFFF")
-		if err := h.Update(settings(func(s *Settings) { s.Failures = 2 })); err != nil {
+		// counts of a closed breaker are kept too
+		c, _ := newBreaker(t, s)
+		book(t, c, "F")
+		if err := c.Update(s); err != nil {
 			t.Fatal(err)
 		}
-		if got := h.Settings().Failures; got != 2 {
-			t.Fatalf("Settings().Failures = %d, want 2", got)
-		}
-		h.expectState(t, StateClosed) // judged on the next failure
-		if c := h.Counts(); c.ConsecutiveFailures != 3 || c.Requests != 4 {
-			t.Fatalf("Counts() = %+v, want kept", c)
-		}
-		do(t, h.Breaker, Failure)
-		h.expectState(t, StateOpen)
-		h.rec.expect(t, closedToOpen)
+		book(t, c, "F")
+		expectState(t, c, StateOpen)
 	})
-
-	t.Run("closed with a new window starts over", func(t *testing.T) {
-		h := newHarness(t, settings())
-		doAll(t, h.Breaker, "FF")
-		if err := h.Update(settings(func(s *Settings) { s.Window = time.Minute })); err != nil {
-			t.Fatal(err)
+	t.Run("bad settings change nothing", func(t *testing.T) {
+		b, rec := newBreaker(t, s)
+		b.Trip()
+		if err := b.Update(Settings{}); err == nil {
+			t.Fatal("Update(empty settings) succeeded")
 		}
-		if c := h.Counts(); c != (Counts{}) {
-			t.Fatalf("Counts() = %+v, want zero", c)
+		expectState(t, b, StateOpen)
+		if b.Settings() != s {
+			t.Fatalf("Settings() = %+v after a refused Update", b.Settings())
 		}
-		doAll(t, h.Breaker, "FF")
-		h.expectState(t, StateClosed)
+		rec.expect(t, closedToOpen)
 	})
-
-	t.Run("open keeps its RetryAt under a longer timeout", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		opened, retry := h.OpenedAt(), h.RetryAt()
-		h.clock.advance(time.Second)
-		if err := h.Update(settings(func(s *Settings) { s.Timeout = time.Hour })); err != nil {
-			t.Fatal(err)
-		}
-		h.expectState(t, StateOpen)
-		expectRefused(t, h.Breaker, ErrOpen)
-		if h.Trips() != 1 || !h.OpenedAt().Equal(opened) || !h.RetryAt().Equal(retry) {
-			t.Errorf("Trips, OpenedAt, RetryAt = %d, %v, %v; want 1, %v, %v", h.Trips(), h.OpenedAt(), h.RetryAt(), opened, retry)
-		}
-		h.rec.expect(t, closedToOpen)
-
-		// the next open period is the new timeout
-		h.clock.advance(time.Minute)
-		h.Trip()
-		if d := h.RetryAt().Sub(h.clock.now()); d != time.Hour {
-			t.Errorf("next open period %v, want an hour", d)
-		}
-	})
-
-	t.Run("open takes a shorter timeout at once", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		opened := h.OpenedAt()
-		h.clock.advance(time.Second)
-		if err := h.Update(settings(func(s *Settings) { s.Timeout = 10 * time.Second })); err != nil {
-			t.Fatal(err)
-		}
-		if want := opened.Add(10 * time.Second); !h.RetryAt().Equal(want) {
-			t.Fatalf("RetryAt() = %v, want %v", h.RetryAt(), want)
-		}
-		h.clock.advance(9 * time.Second)
-		h.expectState(t, StateHalfOpen)
-	})
-
-	t.Run("open past its new timeout turns half-open", func(t *testing.T) {
-		h := newHarness(t, settings())
-		h.Trip()
-		h.clock.advance(30 * time.Second)
-		if err := h.Update(settings(func(s *Settings) { s.Timeout = time.Second })); err != nil {
-			t.Fatal(err)
-		}
-		if !h.Ready() {
-			t.Error("Ready() = false past the new timeout")
-		}
-		h.expectState(t, StateHalfOpen)
-		h.rec.expect(t, closedToOpen, openToHalfOpen)
-	})
-
-	t.Run("half-open keeps its probes", func(t *testing.T) {
-		h := halfOpen(t, settings(func(s *Settings) { s.Successes = 2 }))
-		old := admit(t, h.Breaker, 2)
-		expectRefused(t, h.Breaker, ErrTooManyRequests)
-		if err := h.Update(settings(func(s *Settings) { s.Successes = 3 })); err != nil {
-			t.Fatal(err)
-		}
-		h.expectState(t, StateHalfOpen)
-		dones := admit(t, h.Breaker, 1) // one more slot
-		expectRefused(t, h.Breaker, ErrTooManyRequests)
-		old[0](Success)
-		old[1](Success)
-		h.expectState(t, StateHalfOpen)
-		dones[0](Success)
-		h.expectState(t, StateClosed)
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-	})
-
-	t.Run("half-open closes if its probes already succeeded enough", func(t *testing.T) {
-		h := halfOpen(t, settings(func(s *Settings) { s.Successes = 3 }))
-		doAll(t, h.Breaker, "SS")
-		if err := h.Update(settings(func(s *Settings) { s.Successes = 2 })); err != nil {
-			t.Fatal(err)
-		}
-		h.expectState(t, StateClosed)
-		h.rec.expect(t, closedToOpen, openToHalfOpen, halfOpenToClosed)
-	})
-
-	t.Run("trips survive", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
-		h.Trip()
-		h.Reset()
-		do(t, h.Breaker, Failure)
-		for i, f := range []uint32{3, 4} {
-			if err := h.Update(settings(func(s *Settings) { s.Failures = f })); err != nil {
-				t.Fatal(err)
-			}
-			if i == 0 {
-				h.Reset()
-			}
-		}
-		if h.Trips() != 2 {
-			t.Errorf("Trips() = %d, want 2", h.Trips())
+	t.Run("new settings give a new breaker, closed", func(t *testing.T) {
+		for _, from := range []State{StateClosed, StateOpen, StateHalfOpen} {
+			t.Run(from.String(), func(t *testing.T) {
+				b, rec := newBreaker(t, settings(withTimeout(shortTimeout), func(s *Settings) { s.Failures = 2 }))
+				var want []transition
+				switch from {
+				case StateClosed:
+					book(t, b, "F")
+				case StateOpen:
+					b.Trip()
+					want = []transition{closedToOpen, openToClosed}
+				case StateHalfOpen:
+					b.Trip()
+					eventually(t, "the breaker is half-open", func() bool { return b.State() == StateHalfOpen })
+					want = []transition{closedToOpen, openToHalfOpen, {StateHalfOpen, StateClosed}}
+				}
+				inFlight := allowOrNil(b)
+				trips := b.Trips()
+				next := settings(func(s *Settings) { s.Failures = 3 })
+				if err := b.Update(next); err != nil {
+					t.Fatal(err)
+				}
+				expectState(t, b, StateClosed)
+				if b.Settings() != next || b.Trips() != trips || !b.Ready() {
+					t.Fatalf("after Update: settings %+v, Trips %d (was %d), Ready %v", b.Settings(), b.Trips(), trips, b.Ready())
+				}
+				if c := b.Counts(); c != (Counts{}) {
+					t.Fatalf("counts after Update = %+v", c)
+				}
+				// never an opening: the change reported is to closed
+				rec.expect(t, want...)
+				// a request from before counts for nothing
+				if inFlight != nil {
+					inFlight.Done(Failure)
+				}
+				book(t, b, "FF")
+				expectState(t, b, StateClosed)
+				book(t, b, "F")
+				expectState(t, b, StateOpen)
+			})
 		}
 	})
+}
+
+// allowOrNil takes one request through b if it admits one.
+func allowOrNil(b *Breaker) *Pass {
+	p, err := b.Allow()
+	if err != nil {
+		return nil
+	}
+	return &p
 }
 
 func TestRollingWindow(t *testing.T) {
-	const window = 10 * time.Second // ten buckets of a second
-
-	t.Run("failures age out a bucket at a time", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		do(t, h.Breaker, Failure) // bucket 0
-		h.clock.advance(5 * time.Second)
-		do(t, h.Breaker, Failure) // bucket 5
-		if c := h.Counts(); c.ConsecutiveFailures != 2 || c.TotalFailures != 2 {
-			t.Fatalf("Counts() = %+v", c)
-		}
-		h.clock.advance(5*time.Second - time.Nanosecond)
-		if c := h.Counts(); c.ConsecutiveFailures != 2 {
-			t.Fatalf("Counts() a nanosecond before the first failure leaves = %+v", c)
-		}
-		h.clock.advance(time.Nanosecond) // bucket 10: bucket 0 leaves
-		want := Counts{Requests: 1, TotalFailures: 1, ConsecutiveFailures: 1}
-		if c := h.Counts(); c != want {
-			t.Fatalf("Counts() = %+v, want %+v", c, want)
-		}
-		doAll(t, h.Breaker, "F")
-		h.expectState(t, StateClosed)
-		doAll(t, h.Breaker, "F")
-		h.expectState(t, StateOpen)
+	t.Run("failures within the window add up", func(t *testing.T) {
+		b, _ := newBreaker(t, settings(func(s *Settings) { s.Window = time.Hour }))
+		book(t, b, "FF")
+		book(t, b, "F")
+		expectState(t, b, StateOpen)
 	})
-
-	t.Run("a success ends the run of failures in every bucket", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		do(t, h.Breaker, Failure) // bucket 0
-		h.clock.advance(5 * time.Second)
-		doAll(t, h.Breaker, "SF")        // bucket 5
-		h.clock.advance(5 * time.Second) // bucket 0 leaves
-		want := Counts{Requests: 2, TotalSuccesses: 1, TotalFailures: 1, ConsecutiveFailures: 1}
-		if c := h.Counts(); c != want {
-			t.Fatalf("Counts() = %+v, want %+v", c, want)
+	t.Run("failures leave the window", func(t *testing.T) {
+		b, rec := newBreaker(t, settings(func(s *Settings) { s.Window = 50 * time.Millisecond }))
+		book(t, b, "FF")
+		eventually(t, "the failures left the window", func() bool { return b.Counts().TotalFailures == 0 })
+		if c := b.Counts(); c.ConsecutiveFailures != 0 || c.Requests != 0 {
+			t.Fatalf("counts after the window = %+v", c)
 		}
+		book(t, b, "F")
+		expectState(t, b, StateClosed)
+		rec.expect(t)
 	})
-
-	t.Run("a success's run ends with its bucket", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		doAll(t, h.Breaker, "SS")
-		h.clock.advance(time.Second)
-		doAll(t, h.Breaker, "S")
-		h.clock.advance(9 * time.Second) // the first bucket leaves
-		want := Counts{Requests: 1, TotalSuccesses: 1, ConsecutiveSuccesses: 1}
-		if c := h.Counts(); c != want {
-			t.Fatalf("Counts() = %+v, want %+v", c, want)
-		}
-		doAll(t, h.Breaker, "FS") // a failure ends the run in every bucket
-		h.clock.advance(9 * time.Second)
-		want = Counts{Requests: 2, TotalSuccesses: 1, TotalFailures: 1, ConsecutiveSuccesses: 1}
-		if c := h.Counts(); c != want {
-			t.Fatalf("Counts() = %+v, want %+v", c, want)
-		}
-	})
-
-	t.Run("everything leaves after a long pause", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		doAll(t, h.Breaker, "SFFX")
-		h.clock.advance(time.Hour)
-		if c := h.Counts(); c != (Counts{}) {
-			t.Fatalf("Counts() = %+v, want zero", c)
-		}
-		doAll(t, h.Breaker, "FF")
-		h.expectState(t, StateClosed)
-	})
-
 	t.Run("ratio over the window", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) {
-			s.Failures, s.FailureRatio, s.MinRequests, s.Window = 100, 0.5, 4, window
+		b, _ := newBreaker(t, settings(func(s *Settings) {
+			s.Failures, s.FailureRatio, s.MinRequests, s.Window = 100, 0.5, 4, 50*time.Millisecond
 		}))
-		doAll(t, h.Breaker, "FFF") // 3 of 3, below min requests
-		h.clock.advance(window)    // gone
-		doAll(t, h.Breaker, "SSSF")
-		h.expectState(t, StateClosed) // 1 of 4
-		doAll(t, h.Breaker, "F")
-		h.expectState(t, StateClosed) // 2 of 5
-		doAll(t, h.Breaker, "F")
-		h.expectState(t, StateOpen) // 3 of 6
-	})
-
-	t.Run("an outcome counts when it ends", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		dones := admit(t, h.Breaker, 1)
-		h.clock.advance(window) // the request's admission leaves the window
-		dones[0](Failure)
-		want := Counts{TotalFailures: 1, ConsecutiveFailures: 1}
-		if c := h.Counts(); c != want {
-			t.Fatalf("Counts() = %+v, want %+v", c, want)
-		}
-	})
-
-	t.Run("a clock going back moves nothing", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = window }))
-		h.clock.advance(5 * time.Second)
-		doAll(t, h.Breaker, "FF")
-		h.clock.advance(-time.Hour)
-		if c := h.Counts(); c.ConsecutiveFailures != 2 {
-			t.Fatalf("Counts() = %+v", c)
-		}
-	})
-
-	t.Run("shorter than its buckets", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Window = 5 }))
-		doAll(t, h.Breaker, "FF")
-		h.clock.advance(5)
-		doAll(t, h.Breaker, "FF")
-		h.expectState(t, StateClosed)
+		book(t, b, "FFS")
+		eventually(t, "the outcomes left the window", func() bool { return b.Counts() == Counts{} })
+		book(t, b, "SSF")
+		expectState(t, b, StateClosed) // 1 of 3: the earlier failures are gone
+		book(t, b, "F")
+		expectState(t, b, StateOpen) // 2 of 4
 	})
 }
 
-func TestDo(t *testing.T) {
-	t.Run("a panic is a failure and goes on", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
-		func() {
-			defer func() {
-				if v := recover(); v != "boom" {
-					t.Fatalf("recovered %v, want the request's panic", v)
-				}
-			}()
-			_ = h.Do(func() Outcome { panic("boom") })
-		}()
-		h.expectState(t, StateOpen)
-	})
-
-	t.Run("an unknown outcome is a failure", func(t *testing.T) {
-		h := newHarness(t, settings(func(s *Settings) { s.Failures = 1 }))
-		do(t, h.Breaker, Outcome(9))
-		h.expectState(t, StateOpen)
-	})
-
-	t.Run("allocates nothing", func(t *testing.T) {
-		for name, s := range map[string]Settings{
-			"closed": settings(),
-			"window": settings(func(s *Settings) { s.FailureRatio, s.Window = 0.5, time.Second }),
-		} {
-			b, err := New("w", s, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ok := func() Outcome { return Success }
-			if n := testing.AllocsPerRun(100, func() { _ = b.Do(ok); b.Ready() }); n != 0 {
-				t.Errorf("%s: Do and Ready allocate %v times", name, n)
-			}
-		}
-	})
-}
-
-// TestConcurrent races requests against operator calls, reloads and the
-// clock, under -race, and checks that onChange saw one consistent chain of
-// transitions that matches the mirror and Trips.
+// TestConcurrent runs requests, resets, updates and state reads at once,
+// with a short timeout: every change reaches onChange in order, each from
+// the previous to, and the mirror ends where gobreaker is.
 func TestConcurrent(t *testing.T) {
-	var (
-		mu    sync.Mutex
-		chain []transition
-		opens int
-		clk   = newClock()
-	)
-	b, err := newWithClock("w", settings(), func(from, to State) {
-		mu.Lock()
-		chain = append(chain, transition{from, to})
-		if to == StateOpen {
-			opens++
-		}
-		mu.Unlock()
-	}, clk.now)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	var (
-		stop     = make(chan struct{})
-		workers  sync.WaitGroup
-		admitted atomic.Int64
-		attempts atomic.Int64
-	)
-	for w := range 4 {
-		workers.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(w), 1))
-			for {
-				select {
-				case <-stop:
-					return
+	s := settings(withTimeout(time.Millisecond), func(s *Settings) { s.Failures, s.Window = 2, 20*time.Millisecond })
+	b, rec := newBreaker(t, s)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 2000 {
+				switch n := r.IntN(100); {
+				case n == 0:
+					b.Reset()
+				case n == 1:
+					_ = b.Update(settings(withTimeout(time.Millisecond), func(s *Settings) { s.Failures = uint32(2 + r.IntN(2)) }))
+				case n < 5:
+					b.State()
+					b.Ready()
 				default:
+					p, err := b.AllowPanic()
+					if n%2 == 0 {
+						p, err = b.Allow()
+					}
+					if err == nil {
+						p.Done(Outcome(r.IntN(3)))
+					}
 				}
-				runtime.Gosched()
-				attempts.Add(1)
-				err := b.Do(func() Outcome {
-					admitted.Add(1)
-					runtime.Gosched()
-					return Outcome(r.IntN(3))
-				})
-				if err != nil && !errors.Is(err, ErrOpen) && !errors.Is(err, ErrTooManyRequests) {
-					t.Errorf("Do() = %v", err)
-				}
-				b.Ready()
-				b.RetryAt()
 			}
-		})
+		}()
 	}
-
-	r := rand.New(rand.NewPCG(42, 42))
-	for range 2000 {
-		switch n := r.IntN(10); {
-		case n == 0:
-			b.Trip()
-		case n == 1:
-			b.Reset()
-		case n < 4:
-			s := settings(func(s *Settings) {
-				s.Failures, s.Successes = uint32(1+r.IntN(3)), uint32(1+r.IntN(3))
-				s.Timeout = time.Duration(1+r.IntN(3)) * time.Second
-				if r.IntN(2) == 0 {
-					s.Window = 10 * time.Second
-				}
-			})
-			if err := b.Update(s); err != nil {
-				t.Fatal(err)
-			}
-		case n < 6:
-			b.State()
-			b.Counts()
-		default:
-			clk.advance(time.Duration(r.IntN(1500)) * time.Millisecond)
-		}
-		for next := attempts.Load() + 5; attempts.Load() < next; {
-			runtime.Gosched()
-		}
-	}
-	close(stop)
-	workers.Wait()
-
-	final := b.State()
-	mu.Lock()
-	defer mu.Unlock()
+	wg.Wait()
+	got := rec.transitions()
 	prev := StateClosed
-	for i, tr := range chain {
+	for i, tr := range got {
 		if tr.from != prev || tr.from == tr.to {
-			t.Fatalf("transition #%d %v does not follow %v", i, tr, prev)
+			t.Fatalf("transition #%d is %v after a change to %v", i, tr, prev)
 		}
 		prev = tr.to
 	}
-	if final != prev || State(b.mstate.Load()) != prev {
-		t.Errorf("State() %v, mirror %v, last transition to %v", final, State(b.mstate.Load()), prev)
+	if st := b.State(); State(b.state.Load()) != st {
+		t.Fatalf("mirror says %v, gobreaker %v", State(b.state.Load()), st)
 	}
-	if uint64(opens) != b.Trips() {
-		t.Errorf("Trips() = %d, onChange saw %d opens", b.Trips(), opens)
+	if got := rec.transitions(); len(got) > 0 && got[len(got)-1].to != b.State() {
+		t.Fatalf("last change reported was to %v, the breaker is %v", got[len(got)-1].to, b.State())
 	}
-	if admitted.Load() == 0 || opens < 10 {
-		t.Errorf("admitted %d, opened %d times: the test exercised little", admitted.Load(), opens)
-	}
-	t.Logf("%d transitions, %d opens, %d requests admitted", len(chain), opens, admitted.Load())
+	t.Logf("%d transitions", len(got))
 }

@@ -3,27 +3,38 @@ package breaker
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
-// windowBuckets is the number of buckets the rolling window is cut into:
-// counts age out one tenth of the window at a time.
+// windowBuckets is the number of buckets the rolling window is cut into
+// (gobreaker's BucketPeriod is a tenth of the window): counts age out one
+// tenth of the window at a time.
 const windowBuckets = 10
+
+// maxWindow is the longest window handed to gobreaker, which rounds the
+// window up to a whole number of buckets and would overflow near the
+// largest duration. It is about 146 years.
+const maxWindow = time.Duration(math.MaxInt64 / 2)
 
 // Settings configures a Breaker. The package has no defaults: every field is
 // used as given, and Validate says which values a Breaker accepts. Settings
 // is a plain value, safe to copy and compare; a Breaker keeps its own copy.
+// Each field maps onto gobreaker's Settings as its comment says.
 type Settings struct {
-	// Failures is the number of consecutive failures that open the breaker.
-	// At least 1.
+	// Failures is the number of consecutive failures that open the breaker
+	// (gobreaker's ReadyToTrip). At least 1.
 	Failures uint32
 
 	// FailureRatio, if greater than 0, also opens the breaker when
 	// failures/(successes+failures) in the window reaches it, once the window
-	// holds at least MinRequests completed requests. Excluded requests and
-	// requests still in flight are not part of the ratio. It must be between
-	// 0 and 1; 0 turns it off. Without a Window, the ratio covers everything
-	// since the breaker last closed, so a Window is recommended with it.
+	// holds at least MinRequests completed requests (ReadyToTrip too).
+	// Excluded requests and requests still in flight are not part of the
+	// ratio. It must be between 0 and 1; 0 turns it off. Without a Window,
+	// the ratio covers everything since the breaker last closed, so a Window
+	// is recommended with it.
 	FailureRatio float64
 
 	// MinRequests is the minimum number of completed, non-excluded requests in
@@ -32,18 +43,19 @@ type Settings struct {
 	MinRequests uint32
 
 	// Window is the rolling window over which the closed state counts
-	// outcomes. It is cut into 10 buckets, so counts age out a tenth of the
-	// window at a time. 0 means counts are cleared only when the state
-	// changes.
+	// outcomes (gobreaker's Interval, with a BucketPeriod of a tenth of it:
+	// counts age out a tenth of the window at a time). 0 means counts are
+	// cleared only when the state changes.
 	Window time.Duration
 
 	// Successes is the number of consecutive successes in the half-open state
 	// that close the breaker. It is also the number of probe requests let
-	// through in the half-open state. At least 1.
+	// through in the half-open state (gobreaker's MaxRequests, which is
+	// both). At least 1.
 	Successes uint32
 
-	// Timeout is how long the breaker stays open before it turns half-open.
-	// Greater than 0.
+	// Timeout is how long the breaker stays open before it turns half-open
+	// (gobreaker's Timeout). Greater than 0.
 	Timeout time.Duration
 }
 
@@ -71,9 +83,27 @@ func (s Settings) Validate() error {
 	return errors.Join(errs...)
 }
 
+// gobreaker returns gobreaker's settings for s, without OnStateChange (the
+// Breaker adds its own). s must be valid.
+func (s Settings) gobreaker(name string) gobreaker.Settings {
+	window := min(s.Window, maxWindow)
+	return gobreaker.Settings{
+		Name:        name,
+		MaxRequests: s.Successes,
+		Interval:    window,
+		// a window shorter than windowBuckets nanoseconds has no
+		// buckets: gobreaker clears it whole when it has passed
+		BucketPeriod: window / windowBuckets,
+		Timeout:      s.Timeout,
+		ReadyToTrip:  s.readyToTrip,
+		IsExcluded:   isExcluded,
+		// IsSuccessful is gobreaker's default: a nil error (Success)
+	}
+}
+
 // readyToTrip reports whether counts taken in the closed state, right after a
-// failure, should open the breaker.
-func (s Settings) readyToTrip(c Counts) bool {
+// failure, should open the breaker: gobreaker's ReadyToTrip.
+func (s Settings) readyToTrip(c gobreaker.Counts) bool {
 	if c.ConsecutiveFailures >= s.Failures {
 		return true
 	}
@@ -87,3 +117,27 @@ func (s Settings) readyToTrip(c Counts) bool {
 	}
 	return float64(c.TotalFailures) >= s.FailureRatio*float64(completed)
 }
+
+// The errors an Outcome is booked with: gobreaker judges a request by the
+// error it returned.
+var (
+	errFailure  = errors.New("failure")
+	errExcluded = errors.New("excluded")
+)
+
+// err is the error that books o in gobreaker: nil for a Success (its
+// default IsSuccessful), errExcluded for an Excluded outcome (see
+// isExcluded), errFailure for anything else.
+func (o Outcome) err() error {
+	switch o {
+	case Success:
+		return nil
+	case Excluded:
+		return errExcluded
+	}
+	return errFailure
+}
+
+// isExcluded is gobreaker's IsExcluded: an Excluded outcome counts against
+// nobody.
+func isExcluded(err error) bool { return err == errExcluded }

@@ -39,9 +39,11 @@ func TestBreakerOpeningTwiceInARowIsolates(t *testing.T) {
 	attach(t, p, u, w, sentinel)
 
 	// the first opening, through a failed request
-	if err := w.Breaker.Do(func() breaker.Outcome { return breaker.Failure }); err != nil {
-		t.Fatalf("Do: %v", err)
+	pass, err := w.Breaker.Allow()
+	if err != nil {
+		t.Fatalf("Allow: %v", err)
 	}
+	pass.Done(breaker.Failure)
 	barrier(t, u, sentinel)
 	if got := w.Trips.Load(); got != 1 {
 		t.Fatalf("Trips = %d after one opening, want 1", got)
@@ -117,9 +119,11 @@ func TestBreakerCloseResetsTheCount(t *testing.T) {
 	w.Breaker.Trip()
 	halfOpen(t, w)
 	// a successful probe closes it
-	if err := w.Breaker.Do(func() breaker.Outcome { return breaker.Success }); err != nil {
-		t.Fatalf("Do: %v", err)
+	pass, err := w.Breaker.Allow()
+	if err != nil {
+		t.Fatalf("Allow: %v", err)
 	}
+	pass.Done(breaker.Success)
 	w.Breaker.Trip()
 	barrier(t, u, sentinel)
 	if isolated(w) {
@@ -377,5 +381,51 @@ func TestBookAndIncident(t *testing.T) {
 	errs := p.Manager.Errors(recovery.Filter{})
 	if len(errs) != 2 || errs[0].Kind != recovery.KindTimeout || errs[1].Kind != recovery.KindHealthCheckFailed {
 		t.Fatalf("history = %v", errs)
+	}
+}
+
+// TestNoBreakerChangeIsLost makes more breaker changes than the loop can
+// take at once while it is stopped (the channel it had dropped changes past
+// 256): a worker's changes are coalesced, never dropped, so the close after
+// an opening still resets its trips in a row, and its next opening does not
+// isolate it.
+func TestNoBreakerChangeIsLost(t *testing.T) {
+	p, w, sentinel := breakerPool(t, 2)
+	filler := newWorker(t, p, "10.0.0.2:80", slowBreaker)
+	// no loop yet: a burst of 255 changes of another worker, then w opens
+	// and closes
+	for range 127 {
+		filler.Breaker.Trip()
+		filler.Breaker.Reset()
+	}
+	filler.Breaker.Trip()
+	w.Breaker.Trip()
+	w.Breaker.Reset()
+
+	u := newUser("u")
+	attach(t, p, u, w, sentinel, filler)
+	eventually(t, 10*time.Second, "w's opening reached the loop", func() bool { return slices.Contains(u.statesOf(w.ID), breaker.StateOpen) })
+	barrier(t, u, sentinel)
+	if got := w.Trips.Load(); got != 0 {
+		t.Fatalf("Trips = %d after an opening and a close, want 0", got)
+	}
+	if got := filler.Trips.Load(); got != 1 {
+		t.Errorf("filler's Trips = %d after its last close and one opening, want 1", got)
+	}
+	if got := p.Manager.Stats().BreakerTrips; got != 128+1+1 {
+		t.Errorf("breaker trips counted = %d, want all %d (the barrier's included)", got, 128+1+1)
+	}
+	if states := u.statesOf(w.ID); states[len(states)-1] != breaker.StateClosed {
+		t.Errorf("w's last reported state is not closed: %v", states)
+	}
+
+	// one more opening is the first in a row
+	w.Breaker.Trip()
+	barrier(t, u, sentinel)
+	if got := w.Trips.Load(); got != 1 {
+		t.Fatalf("Trips = %d, want 1", got)
+	}
+	if isolated(w) {
+		t.Fatal("isolated after one opening in a row: a close was lost")
 	}
 }

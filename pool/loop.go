@@ -178,8 +178,10 @@ func (p *Pool) run(ctx context.Context, done chan struct{}) {
 		select {
 		case <-ctx.Done():
 			return
-		case ch := <-p.changes:
-			p.safely("breaker_changes", func() { p.onBreakerChange(ch) })
+		case <-p.wake:
+			for _, ch := range p.takeChanges() {
+				p.safely("breaker_changes", func() { p.onBreakerChange(ch) })
+			}
 		case <-t.C:
 			p.safely("ticker", p.tick)
 		}
@@ -214,8 +216,9 @@ func (p *Pool) tick() {
 	}
 }
 
-// onBreakerChange logs one breaker transition, emits its event, tells the
-// users, and isolates a worker whose breaker keeps opening.
+// onBreakerChange logs one breaker transition (or several coalesced, see
+// change), emits its event, tells the users, and isolates a worker whose
+// breaker keeps opening.
 func (p *Pool) onBreakerChange(ch change) {
 	_, rep := p.snapshot()
 	w := ch.w
@@ -225,25 +228,34 @@ func (p *Pool) onBreakerChange(ch change) {
 	fields := []zap.Field{zap.String("pool", w.Pool), zap.String("worker", w.ID),
 		zap.Stringer("from", ch.from), zap.Stringer("to", ch.to)}
 	data := map[string]any{"pool": w.Pool, "worker": w.ID, "upstream": w.Upstream, "from": ch.from.String()}
+	if ch.n > 1 {
+		// the breaker changed faster than the loop took its changes
+		fields = append(fields, zap.Int("transitions", ch.n))
+		data["transitions"] = ch.n
+	}
+	if ch.closed {
+		w.Trips.Store(0)
+	}
+	for range ch.opens {
+		p.Manager.CountBreakerTrip()
+	}
+	trips := w.Trips.Add(ch.opensAfterClose)
 	switch ch.to {
 	case breaker.StateOpen:
-		trips := w.Trips.Add(1)
-		p.Manager.CountBreakerTrip()
 		if at := w.Breaker.RetryAt(); !at.IsZero() {
 			data["until"] = at.UTC().Format(time.RFC3339Nano)
 		}
 		rep.Logger.Warn("breaker opened", append(fields, zap.Int32("trips_in_a_row", trips))...)
 		rep.emit(EventBreakerOpened, data)
-		if threshold := p.breakerTrips.Load(); threshold > 0 && trips >= threshold {
-			p.Isolate(w, health.ReasonBreaker, fmt.Sprintf("breaker opened %d times in a row", trips))
-		}
 	case breaker.StateHalfOpen:
 		rep.Logger.Info("breaker half-open", fields...)
 		rep.emit(EventBreakerHalfOpen, data)
 	case breaker.StateClosed:
-		w.Trips.Store(0)
 		rep.Logger.Info("breaker closed", fields...)
 		rep.emit(EventBreakerClosed, data)
+	}
+	if threshold := p.breakerTrips.Load(); ch.opensAfterClose > 0 && threshold > 0 && trips >= threshold {
+		p.Isolate(w, health.ReasonBreaker, fmt.Sprintf("breaker opened %d times in a row", trips))
 	}
 }
 
@@ -333,6 +345,7 @@ func (r Reporter) workerEvent(ev health.Event) {
 	r.emit(name, data)
 }
 
-// Dropped returns how many breaker changes were dropped because the
-// pool's loop fell behind.
-func (p *Pool) Dropped() uint64 { return p.dropped.Load() }
+// Coalesced returns how many breaker changes were merged into an earlier
+// change of the same worker because the pool's loop fell behind (none is
+// ever dropped).
+func (p *Pool) Coalesced() uint64 { return p.coalesced.Load() }

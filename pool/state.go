@@ -65,6 +65,10 @@ type Worker struct {
 	// that selection and hang detection read; it is replaced only when a
 	// config changes its settings.
 	tracker atomic.Pointer[workerTracker]
+
+	// pending are the breaker's changes not yet taken by the pool's loop,
+	// in order, at most maxPending (guarded by the pool's changesMu).
+	pending []change
 }
 
 // workerTracker is a tracker with the settings it was made with.
@@ -88,10 +92,91 @@ func (w *Worker) setTracker(s selection.Settings) {
 func (*Worker) Destruct() error { return nil }
 
 // change is one breaker transition, handed from the breaker's state-change
-// hook (which runs under the breaker's lock) to the pool's loop.
+// hook (which runs under the breaker's lock) to the pool's loop; or, when
+// a worker's breaker changes faster than the loop takes its changes,
+// several of them coalesced (n > 1): from is the first one's, to the last
+// one's, and the counts keep what the loop needs of the others.
 type change struct {
 	w        *Worker
 	from, to breaker.State
+	// n is the number of transitions it stands for, opens how many of
+	// them opened the breaker, closed whether one of them closed it, and
+	// opensAfterClose how many opened it after the last close (all of
+	// them if none closed it): the trips in a row they add.
+	n               int
+	opens           int32
+	closed          bool
+	opensAfterClose int32
+}
+
+// newChange returns the change of w's breaker from from to to.
+func newChange(w *Worker, from, to breaker.State) change {
+	c := change{w: w, from: from, to: to, n: 1}
+	switch to {
+	case breaker.StateOpen:
+		c.opens, c.opensAfterClose = 1, 1
+	case breaker.StateClosed:
+		c.closed = true
+	}
+	return c
+}
+
+// merge adds the later change x of the same worker to c.
+func (c *change) merge(x change) {
+	c.to = x.to
+	c.n += x.n
+	c.opens += x.opens
+	if x.closed {
+		c.closed = true
+		c.opensAfterClose = x.opensAfterClose
+	} else {
+		c.opensAfterClose += x.opensAfterClose
+	}
+}
+
+// maxPending is how many changes of one worker wait for the pool's loop
+// one by one; beyond that, the latest ones are coalesced into the last.
+const maxPending = 8
+
+// breakerChanged is the state-change hook of w's breaker: it queues the
+// change for the pool's loop and wakes it. It runs under the breaker's
+// lock, so it never blocks on the loop: a change is never dropped, and
+// what waits is bounded by the workers (each with at most maxPending
+// changes).
+func (p *Pool) breakerChanged(w *Worker, from, to breaker.State) {
+	c := newChange(w, from, to)
+	p.changesMu.Lock()
+	switch n := len(w.pending); {
+	case n == 0:
+		p.dirty = append(p.dirty, w)
+		w.pending = append(w.pending, c)
+	case n < maxPending:
+		w.pending = append(w.pending, c)
+	default:
+		w.pending[n-1].merge(c)
+		p.coalesced.Add(1)
+	}
+	p.changesMu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default: // the loop is woken already
+	}
+}
+
+// takeChanges returns the breaker changes waiting for the loop: each
+// worker's in order, the workers in the order their first change came.
+func (p *Pool) takeChanges() []change {
+	p.changesMu.Lock()
+	defer p.changesMu.Unlock()
+	var out []change
+	for _, w := range p.dirty {
+		out = append(out, w.pending...)
+		clear(w.pending)
+		w.pending = w.pending[:0]
+	}
+	clear(p.dirty)
+	p.dirty = p.dirty[:0]
+	return out
 }
 
 // Pool is the part of a pool that outlives a config: its isolation
@@ -109,10 +194,15 @@ type Pool struct {
 	// fail, nil otherwise (admin API, status page).
 	DynamicErr atomic.Pointer[string]
 
-	// changes carries breaker transitions out of the breakers' locks; a
-	// full channel drops the event (counted), never blocks a request.
-	changes chan change
-	dropped atomic.Uint64
+	// Breaker transitions leave the breakers' locks through the workers'
+	// pending changes (see breakerChanged): dirty lists the workers with
+	// some, in order, and wake tells the loop. Nothing is dropped and no
+	// request waits for the loop; coalesced counts the changes merged
+	// because one worker's breaker outran the loop.
+	changesMu sync.Mutex
+	dirty     []*Worker
+	wake      chan struct{}
+	coalesced atomic.Uint64
 
 	// budget caps the pool's retries; nil (every retry allowed) until
 	// the first config sets it (see SetBudget)
@@ -145,7 +235,7 @@ func Acquire(name string) (*Pool, error) {
 			Name:    name,
 			Monitor: health.NewMonitor(health.IsolationSettings{}, nil, nil),
 			Manager: recovery.NewManager(recovery.ManagerConfig{}),
-			changes: make(chan change, 256),
+			wake:    make(chan struct{}, 1),
 			members: map[User][]*Worker{},
 			now:     time.Now,
 		}, nil
@@ -195,7 +285,10 @@ func (p *Pool) SetBreakerTrips(n int) { p.breakerTrips.Store(int32(n)) }
 // AcquireWorker takes one reference to the shared state of the pool's
 // worker for dial, creating it if needed, and applies the breaker and
 // tracker settings of the config that acquires it: a surviving breaker
-// keeps its state, a surviving tracker is kept unless its settings
+// keeps its gobreaker instance, and so its exact state, unless its
+// settings changed, when it starts over closed (see breaker.Update; the
+// close is reported, never an opening, and isolation is the pool's
+// business, untouched); a surviving tracker is kept unless its settings
 // changed. ReleaseWorker gives the reference back.
 func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Settings) (*Worker, error) {
 	v, loaded, err := registry.LoadOrNew(workerKey(p.Name, dial), func() (caddy.Destructor, error) {
@@ -208,12 +301,7 @@ func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Sett
 		w.IDValue = w.ID
 		var err error
 		w.Breaker, err = breaker.New(w.ID, bs, func(from, to breaker.State) {
-			// runs under the breaker's lock: hand off, never block
-			select {
-			case p.changes <- change{w: w, from: from, to: to}:
-			default:
-				p.dropped.Add(1)
-			}
+			p.breakerChanged(w, from, to)
 		})
 		if err != nil {
 			return nil, err

@@ -36,9 +36,8 @@ func TestAcquireWorkerSharesState(t *testing.T) {
 	w.Breaker.Trip()
 	tracker := w.Tracker()
 
-	// a reload with other breaker settings keeps the breaker and its state
-	bs2 := breaker.Settings{Failures: 7, Successes: 1, Timeout: time.Hour}
-	again, err := p.AcquireWorker("10.0.0.1:80", bs2, selection.Settings{})
+	// a reload with the same breaker settings keeps the breaker's state
+	again, err := p.AcquireWorker("10.0.0.1:80", bs, selection.Settings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +47,21 @@ func TestAcquireWorkerSharesState(t *testing.T) {
 	}
 	if w.Breaker.State() != breaker.StateOpen || w.Breaker.Trips() != 1 {
 		t.Fatalf("breaker after a second acquire: %v, trips %d", w.Breaker.State(), w.Breaker.Trips())
+	}
+
+	// one with other breaker settings keeps the breaker, closed, with
+	// the new settings
+	bs2 := breaker.Settings{Failures: 7, Successes: 1, Timeout: time.Hour}
+	other, err := p.AcquireWorker("10.0.0.1:80", bs2, selection.Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = p.ReleaseWorker(other) })
+	if other != w {
+		t.Fatal("an acquire with other breaker settings made a new worker")
+	}
+	if w.Breaker.State() != breaker.StateClosed || w.Breaker.Trips() != 1 {
+		t.Fatalf("breaker after new settings: %v, trips %d; want closed, trips kept", w.Breaker.State(), w.Breaker.Trips())
 	}
 	if got := w.Breaker.Settings().Failures; got != 7 {
 		t.Fatalf("breaker failures = %d after a reload, want the new 7", got)
@@ -161,7 +175,7 @@ func TestAcquireReleasePool(t *testing.T) {
 	}
 }
 
-func TestDynamicAndDropped(t *testing.T) {
+func TestDynamicAndCoalesced(t *testing.T) {
 	p := newPool(t)
 	if got := p.Dynamic(); got != nil {
 		t.Fatalf("Dynamic() = %v before any SetDynamic", got)
@@ -171,15 +185,27 @@ func TestDynamicAndDropped(t *testing.T) {
 		t.Fatalf("Dynamic() = %v", got)
 	}
 
-	// with no loop to drain them, changes beyond the channel's room are
-	// dropped and counted, never blocking the breaker
+	// with no loop to take them, a worker's changes wait, the latest
+	// coalesced past maxPending, never blocking the breaker
 	w := newWorker(t, p, "10.0.0.1:80", fastBreaker)
-	room := cap(p.changes)
-	for range room {
+	for range maxPending {
 		w.Breaker.Trip()
 		w.Breaker.Reset()
 	}
-	if got, want := p.Dropped(), uint64(room); got != want {
-		t.Fatalf("Dropped() = %d after %d changes into a channel of %d, want %d", got, 2*room, room, want)
+	if got, want := p.Coalesced(), uint64(maxPending); got != want {
+		t.Fatalf("Coalesced() = %d after %d changes, want %d", got, 2*maxPending, want)
+	}
+	chs := p.takeChanges()
+	if len(chs) != maxPending {
+		t.Fatalf("%d changes waiting, want %d", len(chs), maxPending)
+	}
+	last := chs[maxPending-1]
+	// the 8th change (a close) and the 8 after it
+	if last.n != maxPending+1 || last.opens != int32(maxPending/2) || !last.closed || last.opensAfterClose != 0 ||
+		last.from != breaker.StateOpen || last.to != breaker.StateClosed {
+		t.Fatalf("coalesced change = %+v", last)
+	}
+	if len(p.takeChanges()) != 0 {
+		t.Fatal("changes taken twice")
 	}
 }

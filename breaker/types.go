@@ -4,8 +4,8 @@ import (
 	"fmt"
 )
 
-// State is the state of a Breaker. Its zero value is StateClosed. It is a
-// plain value, safe for concurrent use.
+// State is the state of a Breaker, as gobreaker numbers its states. Its zero
+// value is StateClosed. It is a plain value, safe for concurrent use.
 type State uint8
 
 // The states of a Breaker.
@@ -56,8 +56,8 @@ func (s *State) UnmarshalText(text []byte) error {
 	return nil
 }
 
-// Outcome is the result of a request admitted by Do, as the request's function
-// returns it. It is a plain value, safe for concurrent use.
+// Outcome is the result of a request let through by Allow, booked with
+// Pass.Done. It is a plain value, safe for concurrent use.
 type Outcome uint8
 
 // The outcomes of a request.
@@ -87,10 +87,11 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Counts are a breaker's request counts. In the closed state they cover the
-// rolling window (Settings.Window), or everything since the breaker last closed
-// if there is no window; they are cleared on every change of state. Counts is a
-// snapshot: a plain value, safe to copy and share.
+// Counts are a breaker's request counts, as gobreaker keeps them. In the
+// closed state they cover the rolling window (Settings.Window), or everything
+// since the breaker last closed if there is no window; they are cleared on
+// every change of state. Counts is a snapshot: a plain value, safe to copy
+// and share.
 type Counts struct {
 	// Requests is the number of admitted requests, including those still in
 	// flight and those excluded.
