@@ -47,6 +47,9 @@ type requestBody struct {
 	consumed atomic.Bool
 	// eof is set once src was read to its end.
 	eof atomic.Bool
+	// overTotal is set when the copy was dropped because the pool's
+	// body memory (max_body_total) was full: resource_limit_exceeded.
+	overTotal atomic.Bool
 
 	srcMu sync.Mutex // held while reading src
 
@@ -250,6 +253,7 @@ func (b *requestBody) save(p []byte) {
 		i := b.copied % copyChunkSize
 		if i == 0 && b.copied/copyChunkSize == int64(len(b.chunks)) {
 			if !b.memory.Take(copyChunkSize) {
+				b.overTotal.Store(true)
 				b.dropCopy()
 				return
 			}

@@ -46,8 +46,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// is written, and the access log the whole request.
 	repl.Map(rs.shown.placeholder)
 	err := h.serve(w, r, repl, rs, next)
+	if body.overTotal.Load() {
+		h.bodyOverTotal(rs)
+	}
 	h.releaseRequestState(rs)
 	return err
+}
+
+// bodyOverTotal books that a request's body copy was dropped because the
+// pool's body memory (retry.max_body_total) was full: the request went
+// without a retry copy (resource_limit_exceeded, which counts against no
+// worker).
+func (h *Handler) bodyOverTotal(rs *requestState) {
+	cls := recovery.NewClassification(recovery.KindResourceLimit, recovery.ActionNone, false)
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  fmt.Sprintf("%s request body not kept for a retry: the pool's max_body_total is in use", rs.r.Method),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "request_body",
+			Pool:      h.poolName,
+		},
+		Timestamp: time.Now(),
+	}
+	if rs.last != nil {
+		ce.Context.WorkerID = rs.last.ID
+	}
+	h.pool.Book(ce)
 }
 
 // serve runs the request loop of ServeHTTP.
@@ -105,19 +132,23 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if !res.canRetry || !rs.body.replayable() || !h.anotherWorker(rs, nil) {
 			break
 		}
-		if !h.pool.Budget().TryRetry(time.Now()) {
-			h.logDebug("retry budget exhausted", res.wk, rs, cls)
-			break
-		}
-		if sched == nil {
-			sched = h.policy.NewSchedule(r.Context())
-		}
-		delay, ok := sched.Next()
-		if !ok {
-			break
-		}
-		if err := recovery.Sleep(r.Context(), delay); err != nil {
-			return nil
+		if !skipsWorker(cls, res.status) {
+			// a skip goes to another worker at once, outside the
+			// budget and the backoff: it is no failure of an upstream
+			if !h.pool.Budget().TryRetry(time.Now()) {
+				h.logDebug("retry budget exhausted", res.wk, rs, cls)
+				break
+			}
+			if sched == nil {
+				sched = h.policy.NewSchedule(r.Context())
+			}
+			delay, ok := sched.Next()
+			if !ok {
+				break
+			}
+			if err := recovery.Sleep(r.Context(), delay); err != nil {
+				return nil
+			}
 		}
 		h.pool.Manager.CountRetry()
 		h.metrics.retry(res.wk)
@@ -190,6 +221,15 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
+		if !wk.TakeSlot() {
+			// its max_requests filled up since it was picked: the
+			// request goes elsewhere, counting against nobody
+			wk.leave()
+			tw.unwind()
+			rs.refused(wk)
+			h.exhausted(rs, wk)
+			continue
+		}
 		var res tryResult
 		var pass breaker.Pass
 		var refused error
@@ -206,6 +246,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			tw.pass = pass
 			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 		}
+		wk.ReleaseSlot()
 		wk.leave()
 		if refused != nil {
 			// half-open and at its limit, or it just opened: the
@@ -248,9 +289,12 @@ type requestState struct {
 	answered []*worker // workers whose upstream answered with a failure
 	triedBuf [4]*worker
 	skipped  []*worker // workers whose breaker refused this request
-	tries    int
-	hedges   int
-	last     *worker
+	// exhausted is set once a full worker (connection_pool_exhausted) was
+	// booked for this request
+	exhausted bool
+	tries     int
+	hedges    int
+	last      *worker
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
@@ -357,7 +401,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	if rs.tries > 0 || len(workers) == 0 {
 		return nil, false
 	}
-	var best *worker
+	var best, full *worker
 	off := rand.IntN(len(workers))
 	for i := range workers {
 		wk := workers[(off+i)%len(workers)]
@@ -367,11 +411,57 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 		if slices.Contains(rs.skipped, wk) {
 			continue // its breaker refused this request
 		}
+		if wk.Health.ShutDown() {
+			continue // force_shutdown: out until an operator restores it
+		}
+		if wk.Full() {
+			// never past max_requests; a full worker that is not out
+			// makes the pool saturated, not out (no panic mode)
+			if full == nil || !wk.out() {
+				full = wk
+			}
+			continue
+		}
 		if best == nil || wk.Health.ConsecutiveFailures() < best.Health.ConsecutiveFailures() {
 			best = wk
 		}
 	}
+	if full != nil && (best == nil || !full.out()) {
+		h.exhausted(rs, full)
+		return nil, false
+	}
 	return best, true
+}
+
+// exhausted books, once per request, that a worker it could have gone to
+// was full (connection_pool_exhausted): the request goes to another
+// worker or, when none has room, gets the pool's 503. It counts against
+// nobody: the error history and the errors metric show it, and the
+// request's error placeholders name it.
+func (h *Handler) exhausted(rs *requestState, wk *worker) {
+	cls := recovery.NewClassification(recovery.KindPoolExhausted, recovery.ActionNone, false)
+	if !rs.shown.cls.Failure {
+		rs.shown.cls = cls
+	}
+	if rs.exhausted {
+		return
+	}
+	rs.exhausted = true
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  fmt.Sprintf("%s request found the worker at its limit of %d requests in flight", rs.r.Method, wk.MaxRequests.Load()),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "attempt",
+			Pool:      h.poolName,
+			WorkerID:  wk.ID,
+		},
+		Timestamp: time.Now(),
+	}
+	h.pool.Book(ce)
+	h.logDebug("worker full", wk, rs, cls)
 }
 
 // chooseIn returns the selection policy's choice of worker of set for r at

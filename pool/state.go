@@ -61,6 +61,10 @@ type Worker struct {
 	// the newest config.
 	MaxRequests atomic.Int64
 
+	// Slots counts the tries in flight that hold one of the MaxRequests
+	// slots, in every config (see TakeSlot).
+	Slots atomic.Int64
+
 	// tracker holds the latency, failure share and requests in flight
 	// that selection and hang detection read; it is replaced only when a
 	// config changes its settings.
