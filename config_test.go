@@ -87,7 +87,7 @@ func TestDefaultsAreTheDocumentedOnes(t *testing.T) {
 		"| `isolation success_rate` | 20 1 |",
 		"| `isolation outlier_interval` | 5s |",
 		"| `isolation breaker_trips` | 2 |",
-		"| `isolation hang_threshold` / `hang_requests` | 2s / 3 |",
+		"| `isolation hang_threshold` / `hang_requests` | 2s / 1 |",
 		"| `isolation max_recovery_attempts` | 3 |",
 	} {
 		if !strings.Contains(string(readme), row) {

@@ -48,6 +48,11 @@ type WorkerHealth struct {
 	probePasses  int
 	probeFails   int
 
+	// Suspicion probes (see BeginSuspicion).
+	suspecting    atomic.Bool  // a suspicion probe is in flight
+	lastSuspicion atomic.Int64 // unix nanoseconds of the last one's start
+	lastCleared   atomic.Int64 // unix nanoseconds of the last answer to one
+
 	mu  sync.Mutex // guards iso
 	iso isolationRecord
 }
