@@ -77,7 +77,19 @@ func (h *Handler) startBackground(ctx context.Context) {
 			h.logger.Error("active health checks disabled", zap.Error(err))
 			return
 		}
-		h.goSafe(ctx, "probes", checker.Run)
+		// the workers' probe state is the pool's: the last checker of a
+		// worker to stop forgets it (see health.WorkerHealth.AddProber)
+		for _, wk := range h.workers {
+			wk.Health.AddProber()
+		}
+		h.goSafe(ctx, "probes", func(ctx context.Context) {
+			defer func() {
+				for _, wk := range h.workers {
+					wk.Health.RemoveProber()
+				}
+			}()
+			checker.Run(ctx)
+		})
 	}
 }
 

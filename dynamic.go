@@ -476,8 +476,10 @@ func (d *dynamicPool) startProbes(ctx context.Context, w *worker) {
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
+	w.Health.AddProber()
 	d.h.goSafe(pctx, "dynamic_probes", func(ctx context.Context) {
 		defer close(done)
+		defer w.Health.RemoveProber()
 		c.Run(ctx)
 	})
 	w.dyn.stopProbes = func() {

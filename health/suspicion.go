@@ -47,3 +47,23 @@ func (w *WorkerHealth) LastSuspicion() time.Time { return fromNanos(w.lastSuspic
 // an answer, or the zero time if none did: the worker answered then, even
 // if no request of its own ended.
 func (w *WorkerHealth) SuspicionCleared() time.Time { return fromNanos(w.lastCleared.Load()) }
+
+// AddProber records that one more checker probes the worker actively;
+// RemoveProber undoes it. The probe state (streaks and probe health)
+// belongs to the worker, shared by every config that uses it: once the
+// last checker stops, no probe can ever bring it back, so a failed probe
+// is forgotten then, and only then. A config without probes leaves the
+// state alone while another config (a second site on the pool, say)
+// still probes the worker.
+func (w *WorkerHealth) AddProber() { w.probers.Add(1) }
+
+// RemoveProber ends one AddProber; the last one resets the probe state
+// (see ResetProbe).
+func (w *WorkerHealth) RemoveProber() {
+	if w.probers.Add(-1) == 0 {
+		w.ResetProbe()
+	}
+}
+
+// Probers returns the number of checkers that probe the worker.
+func (w *WorkerHealth) Probers() int { return int(w.probers.Load()) }
