@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,7 @@ type SlowResult struct {
 // slowBurst sends the scenario's slow GETs and burst through url at at,
 // with ids starting with prefix, and returns when every one has ended.
 func slowBurst(ctx context.Context, url string, at time.Time, delay time.Duration, prefix string) *SlowResult {
+	url = strings.TrimSuffix(url, "/")
 	res := &SlowResult{DelayMS: ms(delay), GETs: slowGETs}
 	if !sleepCtx(ctx, time.Until(at)) {
 		return res
