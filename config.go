@@ -299,7 +299,8 @@ type IsolationConfig struct {
 	// has answered nothing since the request was sent while its peers
 	// answer. A suspected worker gets one suspicion probe at once (the
 	// health probe when configured, else HEAD /) with a short timeout (a
-	// fifth of HangThreshold, at most the health timeout): no answer is a
+	// fifth of HangThreshold, 50ms to 300ms, or the health timeout when
+	// set, at most HangThreshold): no answer is a
 	// hang, the worker is isolated (kind `timeout`) and its waiting
 	// requests that can be retried are moved to other workers; an answer
 	// leaves the slow request (a long poll) alone. At most one suspicion

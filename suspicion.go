@@ -27,24 +27,29 @@ import (
 // reasonHang is the isolation reason of a worker found hanging.
 const reasonHang health.Reason = "requests_hanging"
 
-// Bounds of the time between two looks at the workers' waiting requests:
-// the watch sleeps until the oldest request of a worker reaches the hang
-// threshold, and never longer than a quarter of the threshold, so that a
-// request that started while it slept is seen in time.
+// minHangWatch bounds the time between two looks at the workers' waiting
+// requests from below; the watch sleeps until the oldest request of a
+// worker reaches the hang threshold, and never longer than a quarter of
+// the threshold, so that a request that started while it slept is seen
+// in time.
+const minHangWatch = 5 * time.Millisecond
+
+// Bounds of a suspicion probe's timeout when the health block sets none.
 const (
-	minHangWatch = 5 * time.Millisecond
-	minSuspicion = 50 * time.Millisecond // the shortest suspicion probe timeout
+	minSuspicion = 50 * time.Millisecond
+	maxSuspicion = 300 * time.Millisecond
 )
 
-// suspicionTimeout is how long a suspicion probe waits for an answer:
-// a fifth of the hang threshold (400ms with the default 2s), at least
-// minSuspicion, and at most the health block's probe timeout.
+// suspicionTimeout is how long a suspicion probe waits for an answer: the
+// health block's timeout when the user set one, at most the hang
+// threshold; else a fifth of the hang threshold, between minSuspicion and
+// maxSuspicion (300ms with the default 2s), so that a request waits on a
+// hung worker at most about the threshold plus 0.3s.
 func (h *Handler) suspicionTimeout() time.Duration {
-	d := max(h.hangAfter/5, minSuspicion)
-	if pc := h.cfg.probe; pc != nil {
-		d = min(d, pc.settings.Timeout)
+	if hc := h.Health; hc != nil && hc.Timeout > 0 && h.cfg.probe != nil {
+		return min(time.Duration(hc.Timeout), h.hangAfter)
 	}
-	return d
+	return min(max(h.hangAfter/5, minSuspicion), maxSuspicion)
 }
 
 // watchHangs looks at the workers' waiting requests until ctx is done,
@@ -157,7 +162,7 @@ func (h *Handler) hangVerdict(wk *worker, now time.Time, msg string) {
 	// its requests that can go elsewhere need not wait any longer,
 	// whether or not max_percent lets it be isolated
 	moved := wk.waiting.takeBack(now, 0)
-	h.logger.Warn("worker found hanging", zap.String("pool", h.poolName), zap.String("worker", wk.ID),
+	h.logger.Info("worker found hanging", zap.String("pool", h.poolName), zap.String("worker", wk.ID),
 		zap.String("reason", msg), zap.Int("requests_moved", moved))
 	ev, ok := h.pool.Monitor.Isolate(wk.Health, reasonHang, msg)
 	if !ok {
@@ -172,14 +177,17 @@ func (h *Handler) hangVerdict(wk *worker, now time.Time, msg string) {
 // suspicionProbe sends wk one request and returns nil if any answer came
 // (its status does not matter: a worker that answers is not hung); sent
 // is false when the request could not even be built.
-// It is the health block's probe request when there is one, else HEAD /:
+// It is the health block's probe request when there is one (unless it
+// goes to a health upstream instead of the worker), else HEAD /:
 // a request the upstream's application answers itself (OPTIONS * is often
 // answered by the HTTP server alone, even when every handler is stuck),
 // and not the stuck request's own path, which a long poll would hold as
 // it holds the stuck request.
 func (h *Handler) suspicionProbe(ctx context.Context, wk *worker) (sent bool, err error) {
 	hc := h.Health
-	if h.cfg.probe == nil {
+	if h.cfg.probe == nil || hc.Upstream != "" {
+		// no probe of the worker's own (a health upstream is another
+		// service, which says nothing about this worker's silence)
 		hc = &HealthConfig{URI: "/", Method: http.MethodHead}
 	}
 	pt, err := newProbeTarget(hc, wk.Upstream)

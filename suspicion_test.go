@@ -88,9 +88,21 @@ func TestSuspicionProbeFindsAHungBackend(t *testing.T) {
 		isolation {
 			hang_threshold 1s
 		}`},
+		// a health upstream is another service: the suspicion probe
+		// asks the worker itself (HEAD /)
+		{name: "health_upstream", threshold: time.Second, block: `
+		health {
+			uri /health
+			upstream UPSTREAM
+			interval 1m
+		}
+		isolation {
+			hang_threshold 1s
+		}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hung, b, c := newBackend(t), newBackend(t), newBackend(t)
+			tc.block = strings.ReplaceAll(tc.block, "UPSTREAM", newBackend(t).addr)
 			probe := &counting{next: hang}
 			hung.set(probe.serve)
 			// /health hangs too; a periodic probe every minute cannot
