@@ -295,18 +295,20 @@ type IsolationConfig struct {
 	BreakerTrips int `json:"breaker_trips,omitempty"`
 
 	// HangThreshold is how long a request may wait for its response
-	// headers before it counts as stuck. A worker with HangRequests stuck
-	// requests that has answered nothing else for HangThreshold, since the
-	// oldest of them was sent, while its peers answer, is hanging: it is
-	// isolated (kind `timeout`) before any timeout fires. A worker that
-	// keeps answering other requests is not hanging, whatever its slow
-	// requests (long polls). Its stuck requests are answered
-	// through hedging or retry.per_try_timeout when configured. Default:
-	// 2s.
+	// headers before its worker is suspected of hanging, when the worker
+	// has answered nothing since the request was sent while its peers
+	// answer. A suspected worker gets one suspicion probe at once (the
+	// health probe when configured, else HEAD /) with a short timeout (a
+	// fifth of HangThreshold, 50ms to 300ms, or the health timeout when
+	// set, at most HangThreshold): no answer is a
+	// hang, the worker is isolated (kind `timeout`) and its waiting
+	// requests that can be retried are moved to other workers; an answer
+	// leaves the slow request (a long poll) alone. At most one suspicion
+	// probe per worker per HangThreshold. Default: 2s.
 	HangThreshold caddy.Duration `json:"hang_threshold,omitempty"`
 
-	// HangRequests is the number of stuck requests that make a worker
-	// hanging. Default: 3.
+	// HangRequests is the number of requests of a worker that must have
+	// waited HangThreshold before it is suspected of hanging. Default: 1.
 	HangRequests int `json:"hang_requests,omitempty"`
 
 	// MaxRecoveryAttempts is the number of failed reinstatements after
@@ -398,7 +400,7 @@ const (
 	defaultOutlierInterval     = 5 * time.Second
 	defaultBreakerTrips        = 2
 	defaultHangThreshold       = 2 * time.Second
-	defaultHangRequests        = 3
+	defaultHangRequests        = 1
 	defaultMaxRecoveryAttempts = 3
 	isolationJitter            = 0.1
 	outlierMinHosts            = 3

@@ -315,11 +315,8 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Wo
 		return nil, err
 	}
 	ws.MaxRequests.Store(int64(h.MaxRequests))
-	if !h.Health.active() {
-		// no probes in this config: a failed probe of an earlier one
-		// must not leave the worker "unhealthy" for good
-		ws.Health.ResetProbe()
-	}
+	// probe state is left alone: the last checker of the worker forgets
+	// it when it stops (see health.WorkerHealth.AddProber)
 	return ws, nil
 }
 

@@ -217,16 +217,10 @@ func (h *Handler) restart(wk *worker) {
 		if ctx.Err() != nil {
 			return ctx.Err() // the config is going away
 		}
-		// a dynamic worker's proxies live in its own context, which
-		// goes when it retires
-		pctx := h.ctx
-		if wk.dyn != nil {
-			pctx = wk.dyn.ctx
-		}
 		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
 		if err == nil {
 			provisionMu.Lock()
-			err = rp.Provision(pctx)
+			err = h.provisionProxy(wk, rp)
 			provisionMu.Unlock()
 		}
 		if err != nil {

@@ -221,6 +221,11 @@ type tryHook struct {
 // is held back, because it is a retryable failure or lost a race.
 func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	now := time.Now()
+	retryable := k.canRetry && k.rs.body.replayable()
+	if retryable || status >= 500 {
+		k.cls = k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
+		k.status, k.classified = status, true
+	}
 	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
 		k.answered = true
 		// the worker's latency runs from when it had the whole request:
@@ -229,11 +234,14 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		if sent := k.body.sentAt(); sent.After(k.start) {
 			latency = max(now.Sub(sent), 1)
 		}
-		k.wk.tracker.Done(k.token, now, latency, status >= 500 && !k.panicMode)
+		// a 5xx counts against the worker's selection cost unless a
+		// classify rule ignores it (it counts against nobody), as in
+		// its breaker and health
+		failed := status >= 500 && !k.panicMode && k.cls.Failure && k.cls.Action != recovery.ActionIgnore
+		k.wk.tracker.Done(k.token, now, latency, failed)
 	}
-	if k.canRetry && k.rs.body.replayable() {
-		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
-		k.cls, k.status, k.classified = cls, status, true
+	if retryable {
+		cls := k.cls
 		retry := cls.Failure && k.h.retryable(k.r, cls, status)
 		// a response the user's retry match asks to retry
 		matched := !retry && !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r)
