@@ -103,7 +103,11 @@ type RetryConfig struct {
 	// Methods are the HTTP methods that may be retried after the request
 	// reached an upstream. A request whose dial failed is retried whatever
 	// its method, because it never left. Default: GET HEAD OPTIONS TRACE
-	// PUT DELETE (the idempotent methods of RFC 9110).
+	// (the safe methods of RFC 9110), as reverse_proxy, which retries only
+	// GET once a request was sent: a PUT or DELETE sent again after a
+	// per_try_timeout can overtake a later write, so it is retried only
+	// when listed here or matched by Match. Hedging is for safe methods
+	// only, whatever this lists.
 	Methods []string `json:"methods,omitempty"`
 
 	// On lists the failure conditions that cause a retry. Values:
@@ -152,7 +156,7 @@ type RetryConfig struct {
 	// matcher sets (or its method is listed in an explicit Methods),
 	// whatever its method: a POST that matches may be executed again, so
 	// match only requests that are safe to repeat. Without Methods, the
-	// default idempotent methods no longer apply. A request whose dial
+	// default safe methods no longer apply. A request whose dial
 	// failed is retried whatever it is, because it never left. Expression
 	// matchers may read the failed try's response through
 	// `{http.reverse_proxy.status_code}`, `{http.reverse_proxy.status_text}`
@@ -414,8 +418,11 @@ const (
 	defaultDynamicMaxWorkers = 256
 )
 
-// defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
-var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+// defaultRetryMethods are the safe methods of RFC 9110 §9.2.1: those that
+// may be sent again after a request reached an upstream, unless
+// retry.methods or retry.match say otherwise. They are also the only
+// methods ever hedged.
+var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE"}
 
 // retryConditions are the values accepted by RetryConfig.On.
 var retryConditions = []string{"connect_failure", "timeout", "reset", "5xx", "429"}

@@ -1,0 +1,104 @@
+package bifrost
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// rawRequest sends raw bytes to the test site on a connection of its own
+// and returns the status of the answer, 0 if none came.
+func rawRequest(t *testing.T, raw string) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", "127.0.0.1:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+const malformedChunked = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+
+// A PUT or DELETE that reached an upstream is not sent again by default,
+// as reverse_proxy sends none but GETs again: a write retried after its
+// first try timed out could overtake a later one. `retry methods` opts
+// in. A refused dial is retried whatever the method.
+func TestWritesAreNotRetriedOnceSentByDefault(t *testing.T) {
+	first, second := newBackend(t), newBackend(t)
+	first.set(reset)
+	loadCaddyfile(t, siteConfig([]string{first.addr, second.addr}, `
+		name writes
+		lb_policy first
+		breaker {
+			failures 1000
+		}`))
+	for _, m := range []string{http.MethodPut, http.MethodDelete} {
+		id := "once-" + m
+		code, _, _ := do(t, m, testSite+"/", []byte("payload"), "X-Request-Id", id)
+		if code != http.StatusBadGateway {
+			t.Errorf("%s after a reset: got %d, want reverse_proxy's 502", m, code)
+		}
+		if n := first.executions(id) + second.executions(id); n != 1 {
+			t.Errorf("%s reached the upstreams %d times, want 1", m, n)
+		}
+	}
+	if code, _ := get(t, "/"); code != http.StatusOK {
+		t.Errorf("GET after a reset: got %d, want the second worker's 200", code)
+	}
+
+	client.CloseIdleConnections()
+	loadCaddyfile(t, siteConfig([]string{first.addr, second.addr}, `
+		name writes2
+		lb_policy first
+		breaker {
+			failures 1000
+		}
+		retry {
+			methods GET PUT
+		}`))
+	code, _, _ := do(t, http.MethodPut, testSite+"/", []byte("payload"), "X-Request-Id", "listed")
+	if code != http.StatusOK || second.executions("listed") != 1 {
+		t.Errorf("PUT with retry methods PUT: got %d, %d at the second worker; want it retried there", code, second.executions("listed"))
+	}
+}
+
+// A hedge sends a request to a second upstream while the first still has
+// it: never for a write, even one listed in retry methods.
+func TestWritesAreNeverHedged(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = w.Write([]byte("done"))
+	}
+	a.set(slow)
+	b.set(slow)
+	loadCaddyfile(t, siteConfig([]string{a.addr, b.addr}, `
+		name nohedge
+		retry {
+			methods GET DELETE
+			hedge 20ms
+		}`))
+	code, _, _ := do(t, http.MethodDelete, testSite+"/", nil, "X-Request-Id", "del")
+	if code != http.StatusOK {
+		t.Fatalf("DELETE: got %d, want 200", code)
+	}
+	if n := a.executions("del") + b.executions("del"); n != 1 {
+		t.Fatalf("a DELETE reached %d upstreams, want 1 (no hedge)", n)
+	}
+	code, _, _ = do(t, http.MethodGet, testSite+"/", nil, "X-Request-Id", "get")
+	if n := a.executions("get") + b.executions("get"); code != http.StatusOK || n != 2 {
+		t.Fatalf("GET: got %d, %d tries; want 200 with a hedge (2 tries)", code, n)
+	}
+}
