@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -100,5 +101,28 @@ func TestWritesAreNeverHedged(t *testing.T) {
 	code, _, _ = do(t, http.MethodGet, testSite+"/", nil, "X-Request-Id", "get")
 	if n := a.executions("get") + b.executions("get"); code != http.StatusOK || n != 2 {
 		t.Fatalf("GET: got %d, %d tries; want 200 with a hedge (2 tries)", code, n)
+	}
+}
+
+// Bifrost never changes the caller's request: a handle_errors route that
+// proxies the request again, after every try was refused, sends its body,
+// as it does after reverse_proxy.
+func TestCallersRequestIsNotChanged(t *testing.T) {
+	good := newBackend(t)
+	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	bifrost %s {
+		name untouched
+		retry {
+			attempts 1
+		}
+	}
+	handle_errors {
+		reverse_proxy %s
+	}
+}
+`, deadAddr(t), good.addr))
+	code, _, _ := do(t, http.MethodPost, testSite+"/", []byte("payload"))
+	if code != http.StatusOK || string(good.lastBody()) != "payload" {
+		t.Fatalf("handle_errors' reverse_proxy: got %d, body %q at its upstream; want 200 with the request's body", code, good.lastBody())
 	}
 }

@@ -83,8 +83,11 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 
+	// the try's request is a copy whenever the try changes it (its
+	// context, or its body below): the caller's request stays as it came,
+	// for handle_errors and the handlers after this one
 	rr := r
-	if ctx != r.Context() {
+	if ctx != r.Context() || rs.body.changes(r) {
 		rr = r.WithContext(ctx)
 	}
 	tw.hook.body = rs.body.forTry(rr)
