@@ -130,7 +130,11 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 		}
 		go func() {
 			var res tryResult
+			entered := false
 			defer func() {
+				if entered {
+					wk.leave() // the try panicked
+				}
 				// a panic in a worker's handler is the request's, not the
 				// process's: it is raised again on the request's
 				// goroutine once the race is over
@@ -142,11 +146,13 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 			}()
 			err := errWorkerRetired
 			if wk.enter() {
+				entered = true
 				err = wk.Breaker.Do(func() breaker.Outcome {
 					res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
 					return breakerOutcome(res.cls)
 				})
 				wk.leave()
+				entered = false
 			}
 			if err != nil {
 				res = tryResult{wk: wk, tw: tw, refused: true}

@@ -3,8 +3,10 @@ package bifrost
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -124,5 +126,47 @@ func TestCallersRequestIsNotChanged(t *testing.T) {
 	code, _, _ := do(t, http.MethodPost, testSite+"/", []byte("payload"))
 	if code != http.StatusOK || string(good.lastBody()) != "payload" {
 		t.Fatalf("handle_errors' reverse_proxy: got %d, body %q at its upstream; want 200 with the request's body", code, good.lastBody())
+	}
+}
+
+// A panic in a worker's handler (here a handle_response route) fails only
+// its request: the worker's in-flight count goes back down, so a worker
+// with max_requests 3 still serves after three panics.
+func TestPanicInATryReleasesItsWorker(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	boom := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			w.WriteHeader(http.StatusTeapot)
+		}
+		_, _ = io.WriteString(w, "fine")
+	}
+	a.set(boom)
+	js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n" +
+		siteConfig([]string{a.addr, b.addr}, `
+		name trypanic
+		lb_policy first
+		max_requests 3
+		@teapot status 418
+		handle_response @teapot {
+			respond "PANIC"
+		}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
+	loadJSON(t, []byte(s))
+	h := runningHandler(t)
+	for i := range 3 {
+		if resp, err := client.Get(testSite + "/boom"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("panic %d: got %d", i, resp.StatusCode)
+		}
+	}
+	wk := workerAt(t, h, a.addr)
+	if n := wk.Health.InFlight(); n != 0 {
+		t.Fatalf("after three panics the worker counts %d requests in flight, want 0", n)
+	}
+	if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
+		t.Fatalf("after three panics: got %d %q, want the first worker's answer", code, body)
 	}
 }

@@ -155,6 +155,14 @@ func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
 func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
+	// entered is the worker whose try is under way: a panic in it must
+	// not keep a dynamic worker from retiring
+	var entered *worker
+	defer func() {
+		if entered != nil {
+			entered.leave()
+		}
+	}()
 	for {
 		// Every try starts from the client writer's headers as the
 		// previous handlers left them: a try that is retried never
@@ -195,6 +203,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
+		entered = wk
 		var refused error
 		if panicMode {
 			// the whole pool is out: the breakers are bypassed
@@ -203,6 +212,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			refused = wk.Breaker.Do(run)
 		}
 		wk.leave()
+		entered = nil
 		if refused != nil {
 			// half-open and at its limit, or it just opened: the
 			// worker never saw the request

@@ -97,7 +97,18 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	}
 
 	wk.Health.BeginRequest()
+	ended := false
+	defer func() {
+		if !ended {
+			// a panic that is not reverse_proxy's abort goes on up: the
+			// try must not keep its place in the worker's in-flight count
+			// or its latency tracker
+			wk.Health.EndRequest()
+			wk.tracker.Cancel(tw.hook.token, time.Now(), 0)
+		}
+	}()
 	abort, err := h.serveWorker(wk, tw, rr, next)
+	ended = true
 	wk.Health.EndRequest()
 	tw.unwind()
 	now := time.Now()
