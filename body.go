@@ -151,6 +151,23 @@ func (b *requestBody) forTry(r *http.Request) *tryBody {
 	return tb
 }
 
+// clientError returns the error the client's body failed with, other than
+// a body over its limit (which reverse_proxy answers with 413), or nil:
+// a malformed chunked encoding, a read timeout, a connection that broke.
+func (b *requestBody) clientError() error {
+	if b.src == nil {
+		return nil
+	}
+	b.mu.Lock()
+	err := b.err
+	b.mu.Unlock()
+	var mbe *http.MaxBytesError
+	if err == nil || errors.As(err, &mbe) {
+		return nil
+	}
+	return err
+}
+
 // release ends the request's use of the body: the copy's chunks go back
 // to the pool, and its memory to the pool's budget. A try still reading
 // in the background reads errTryOver from now on.

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bifrost-proxy/bifrost/breaker"
+	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
 // rawRequest sends raw bytes to the test site on a connection of its own
@@ -31,8 +34,6 @@ func rawRequest(t *testing.T, raw string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
-
-const malformedChunked = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
 
 // A PUT or DELETE that reached an upstream is not sent again by default,
 // as reverse_proxy sends none but GETs again: a write retried after its
@@ -168,5 +169,40 @@ func TestPanicInATryReleasesItsWorker(t *testing.T) {
 	}
 	if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
 		t.Fatalf("after three panics: got %d %q, want the first worker's answer", code, body)
+	}
+}
+
+// A client whose chunked body is malformed gets a 400, and its request is
+// neither retried nor held against a worker: ten such requests open no
+// breaker and book no failure.
+func TestMalformedClientBodyBlamesNoWorker(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name badbody
+		breaker {
+			failures 3
+		}`))
+	bodies := []string{
+		"5\r\nhello\r\nzz\r\n",                                // bad chunk size
+		"5\r\nhello\r\n" + strings.Repeat("a", 5000) + "\r\n", // over-long chunk line
+	}
+	for i := range 10 {
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			raw := m + " / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n" + bodies[i%len(bodies)]
+			if code := rawRequest(t, raw); code != http.StatusBadRequest && code != 0 {
+				t.Errorf("%s with malformed body %d: got %d, want 400", m, i%len(bodies), code)
+			}
+		}
+	}
+	if n := a.hits.Load() + b.hits.Load() + c.hits.Load(); n > 20 {
+		t.Errorf("20 requests reached the upstreams %d times: retried", n)
+	}
+	for _, wk := range h.workers {
+		if st := wk.Breaker.State(); st != breaker.StateClosed || wk.Health.ConsecutiveFailures() != 0 {
+			t.Errorf("%s: breaker %s, %d failures in a row after the clients' bad bodies", wk.ID, st, wk.Health.ConsecutiveFailures())
+		}
+	}
+	if errs := h.pool.Manager.Errors(recovery.Filter{}); len(errs) != 0 {
+		t.Errorf("the clients' bad bodies were booked as failures: %+v", errs[0])
 	}
 }

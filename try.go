@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -125,12 +126,23 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// of reflection and nine allocations per request; this is enough for
 	// safe-retry decisions.
 	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
+	var bodyErr error // the client's body failed, which failed the try
 	if err != nil {
 		markDialError(&att)
+		bodyErr = rs.body.clientError()
 	}
 	switch {
 	case r.Context().Err() != nil:
 		att.Err, att.Status = context.Canceled, 0
+	case bodyErr != nil:
+		// the client's fault (a malformed chunked body): it counts
+		// against no worker and is not retried; the client gets a 400,
+		// or reverse_proxy's answer to a body that timed out
+		att.Err, att.Status = context.Canceled, 0
+		var ne net.Error
+		if !errors.As(bodyErr, &ne) || !ne.Timeout() {
+			res.err = caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", bodyErr))
+		}
 	case tw.timedOut.Load():
 		why := errPerTryTimeout
 		if tw.hung.Load() {
@@ -163,8 +175,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	}
 	if token := tw.hook.token; !tw.hook.answered {
 		switch {
-		case r.Context().Err() != nil:
-			// the client left: no news about the worker
+		case r.Context().Err() != nil, bodyErr != nil:
+			// the client left, or its body failed: no news about the
+			// worker
 			wk.tracker.Cancel(token, now, now.Sub(start))
 		case res.cls.Kind == recovery.KindCanceled:
 			// a race loser that had not answered while another worker
