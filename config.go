@@ -120,10 +120,11 @@ type RetryConfig struct {
 	// limit as the server's state, and a retry would spend other workers
 	// on that client. The client gets the upstream's 429 with its
 	// Retry-After, and the worker is throttled (taken out of rotation
-	// until its Retry-After) only when its last three answers were 429s,
-	// and never when no other worker could serve. Listing `429` declares
-	// 429s to be the worker's state: they are retried on another worker,
-	// and each one throttles its worker, as a 503 with Retry-After does.
+	// until its Retry-After) only when its last three answers were
+	// throttled (429s, or 503s with Retry-After) and went to more than one
+	// client, and never when no other worker could serve. Listing `429`
+	// (or `503`) declares those answers to be the worker's state: they
+	// are retried on another worker, and each one throttles its worker.
 	On []string `json:"on,omitempty"`
 
 	// MaxBody is the largest request body, in bytes, copied for a retry.

@@ -206,3 +206,151 @@ func TestMalformedClientBodyBlamesNoWorker(t *testing.T) {
 		t.Errorf("the clients' bad bodies were booked as failures: %+v", errs[0])
 	}
 }
+
+// clientFrom returns an HTTP client whose connections come from the
+// loopback address ip, a client of its own as far as Caddy can tell.
+func clientFrom(t *testing.T, ip string) *http.Client {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr := &http.Transport{DialContext: d.DialContext, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Timeout: 15 * time.Second, Transport: tr}
+}
+
+// getFrom sends a GET of the test site's path with c and returns its
+// status.
+func getFrom(t *testing.T, c *http.Client, path string, hdr ...string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, testSite+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// perUserUnavailable answers 503 with Retry-After: 60 to the user
+// "abuser" and 200 to everyone else, as some rate limiters do.
+func perUserUnavailable(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("X-User") == "abuser" {
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok"))
+}
+
+// One request answered 503 + Retry-After by every worker it is retried on
+// throttles none of them: that is one client's answer, not the workers'
+// state. Were it held against them, the pool would be in panic mode.
+func TestOneRequestsUnavailableThrottlesNoWorker(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	for _, be := range []*backend{a, b, c} {
+		be.set(perUserUnavailable)
+	}
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name oneclient
+		lb_policy round_robin`))
+	code, _, hdr := do(t, http.MethodGet, testSite+"/", nil, "X-User", "abuser", "X-Request-Id", "one")
+	if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") != "60" {
+		t.Errorf("abuser: got %d, Retry-After %q; want the upstream's 503 with its Retry-After", code, hdr.Get("Retry-After"))
+	}
+	if n := a.executions("one") + b.executions("one") + c.executions("one"); n != 3 {
+		t.Errorf("the 503 was tried on %d workers, want 3 (a 5xx is retried)", n)
+	}
+	checkNoneThrottled(t, h, "one request's 503s")
+}
+
+// Nine 429s in a row to one client throttle no worker: a run must go to
+// more than one client to show a worker's state.
+func TestOneClientsRunOf429sThrottlesNoWorker(t *testing.T) {
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	for _, be := range []*backend{a, b, c} {
+		be.set(perUserLimit)
+	}
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name oneclient429
+		lb_policy round_robin`))
+	for i := range 9 {
+		if code, _, _ := do(t, http.MethodGet, testSite+"/", nil, "X-User", "abuser"); code != http.StatusTooManyRequests {
+			t.Fatalf("429 %d: got %d", i, code)
+		}
+	}
+	checkNoneThrottled(t, h, "one client's nine 429s")
+	if code, _ := get(t, "/"); code != http.StatusOK {
+		t.Fatalf("another client: got %d, want 200", code)
+	}
+}
+
+// checkNoneThrottled fails the test if a worker of h is throttled or
+// isolated.
+func checkNoneThrottled(t *testing.T, h *Handler, after string) {
+	t.Helper()
+	for _, wk := range h.workers {
+		if snap := wk.Health.Snapshot(time.Now()); snap.Throttled || snap.Isolated {
+			t.Errorf("%s taken out by %s: %+v", wk.ID, after, snap)
+		}
+	}
+}
+
+// A worker answering 503 + Retry-After to everyone is throttled after a
+// run of them to more than one client; the last worker that could serve
+// is not.
+func TestWorkerUnavailableToEveryoneIsThrottled(t *testing.T) {
+	down, other := newBackend(t), newBackend(t)
+	down.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h := loadHandler(t, siteConfig([]string{down.addr, other.addr}, `
+		name unavailable
+		lb_policy first
+		retry {
+			attempts 1
+		}`))
+	clients := []*http.Client{clientFrom(t, "127.0.0.2"), clientFrom(t, "127.0.0.3")}
+	for i := range throttleStreak {
+		if code := getFrom(t, clients[i%2], "/"); code != http.StatusServiceUnavailable {
+			t.Fatalf("request %d: got %d, want the worker's 503", i, code)
+		}
+	}
+	if !workerAt(t, h, down.addr).Health.Snapshot(time.Now()).Throttled {
+		t.Fatal("a worker answering 503 + Retry-After to two clients in a row is not throttled")
+	}
+	if code := getFrom(t, clients[0], "/"); code != http.StatusOK {
+		t.Fatalf("after the throttle: got %d, want the other worker's 200", code)
+	}
+}
+
+// A throttle takes its worker out for at least a second, whatever the
+// answer's Retry-After says: 0, or a date in the past.
+func TestThrottleLastsAtLeastASecond(t *testing.T) {
+	for _, ra := range []string{"0", "Wed, 21 Oct 2015 07:28:00 GMT"} {
+		limited, other := newBackend(t), newBackend(t)
+		limited.set(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", ra)
+			w.WriteHeader(http.StatusTooManyRequests)
+		})
+		h := loadHandler(t, siteConfig([]string{limited.addr, other.addr}, `
+		name atleast
+		lb_policy first
+		retry {
+			on connect_failure 5xx 429
+		}`))
+		if code, _ := get(t, "/"); code != http.StatusOK {
+			t.Fatalf("Retry-After %q: got %d, want the other worker's 200", ra, code)
+		}
+		snap := workerAt(t, h, limited.addr).Health.Snapshot(time.Now())
+		if d := snap.ThrottledUntil.Sub(snap.LastFailure); d < time.Second {
+			t.Errorf("Retry-After %q: throttled for %s, want at least 1s", ra, d)
+		}
+	}
+}
