@@ -75,6 +75,10 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 // client.
 const throttleStreak = 3
 
+// minThrottle is the least time a throttle takes a worker out for, what
+// its answer's Retry-After says (0, a date past) notwithstanding.
+const minThrottle = recovery.DelayThrottled
+
 // throttleRun is a worker's current run of throttled answers and whether
 // they went to more than one client. It keeps the first answer's client
 // only: no map of clients to bound.
@@ -373,7 +377,7 @@ func (h *Handler) act(res tryResult, panicMode bool) {
 	h.onResult(wk, true)
 	switch cls.Action {
 	case recovery.ActionThrottle:
-		wk.Health.Throttle(res.end.Add(cls.Delay))
+		wk.Health.Throttle(res.end.Add(max(cls.Delay, minThrottle)))
 	case recovery.ActionReconnect:
 		h.reconnect(wk)
 	case recovery.ActionRestartWorker:
