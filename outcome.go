@@ -324,7 +324,7 @@ func (h *Handler) recordCritical(ws *pool.Worker, kind recovery.Kind, err error)
 	h.pool.Book(ce)
 	h.logger.Error("worker failure",
 		zap.String("pool", ws.Pool), zap.String("worker", ws.ID),
-		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
+		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.String("error", recovery.Redact(err.Error())))
 }
 
 // reasonClassified is the isolation reason of a worker taken out by the

@@ -189,7 +189,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 	if att.Err != nil {
-		res.errText = recovery.Truncate(att.Err.Error(), 200)
+		// an upstream's error may quote the request (its query string,
+		// its credentials): the text that history and logs show may not
+		res.errText = recovery.Truncate(recovery.Redact(att.Err.Error()), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
 		// a held response whose body failed can only be replayed as
