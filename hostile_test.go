@@ -434,3 +434,49 @@ func TestEchoedSecretsAreRedacted(t *testing.T) {
 		}
 	}
 }
+
+// A client that goes away while its request waits out a backoff gets a
+// 499 in the access log, as when it goes away during a try.
+func TestClientGoneDuringBackoffIs499(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	log {
+		output file %s
+		format json
+	}
+	bifrost %s {
+		name backoff499
+		retry {
+			backoff 10s
+			jitter 0
+		}
+	}
+}`, logFile, deadAddr(t)))
+	ctx, cancel := withTimeout(300 * time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, testSite+"/gone", nil)
+	if resp, err := client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("got %d, want the client's own timeout", resp.StatusCode)
+	}
+	var status float64
+	eventually(t, 15*time.Second, "the access log entry", func() bool {
+		data, _ := os.ReadFile(logFile)
+		for line := range strings.SplitSeq(string(data), "\n") {
+			var entry struct {
+				Status  float64 `json:"status"`
+				Request struct {
+					URI string `json:"uri"`
+				} `json:"request"`
+			}
+			if json.Unmarshal([]byte(line), &entry) == nil && entry.Request.URI == "/gone" {
+				status = entry.Status
+				return true
+			}
+		}
+		return false
+	})
+	if status != 499 {
+		t.Fatalf("access log status %v, want 499", status)
+	}
+}

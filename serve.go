@@ -117,7 +117,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			break
 		}
 		if err := recovery.Sleep(r.Context(), delay); err != nil {
-			return nil
+			// the client went away during the backoff: a 499 for the
+			// logs, as when it goes away during a try
+			return caddyhttp.Error(499, err)
 		}
 		h.pool.Manager.CountRetry()
 		h.metrics.retry(res.wk)
