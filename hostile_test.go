@@ -480,3 +480,40 @@ func TestClientGoneDuringBackoffIs499(t *testing.T) {
 		t.Fatalf("access log status %v, want 499", status)
 	}
 }
+
+// A hedge's loser, cancelled by the race while its response was still
+// arriving, is charged with what its worker answered (here a 500), not
+// with the broken copy (an io failure, whose action drops the worker's
+// connections): the race broke it. A worker answering 200 just after
+// the race was decided is charged nothing.
+func TestCancelledHedgeLoserKeepsItsAnswer(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	a.set(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, "partial")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	})
+	b.set(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "fine")
+	})
+	h := loadHandler(t, siteConfig([]string{a.addr, b.addr}, `
+		name loser
+		lb_policy first
+		retry {
+			hedge 20ms
+		}`))
+	for i := range 3 {
+		if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
+			t.Fatalf("request %d: got %d %q, want the hedge's answer", i, code, body)
+		}
+	}
+	for _, e := range h.pool.Manager.Errors(recovery.Filter{}) {
+		if e.Kind != recovery.KindHTTP || e.Status != http.StatusInternalServerError {
+			t.Errorf("booked against %s: %s %q; want only its answer, an http failure with status 500", e.Context.WorkerID, e.Kind, e.Message)
+		}
+	}
+}

@@ -150,6 +150,15 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 		att.Err, att.Status = timeoutError{why}, 0
 		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
+	case rc != nil && err != nil && ctx.Err() != nil && rc.winner.Load() != tw:
+		// a loser the race cancelled, its response on the way: the
+		// broken copy is the race's doing, not the worker's; what the
+		// worker answered, if it did, stands
+		att.Err = context.Canceled
+		if tw.status != 0 && tw.status != 499 {
+			att.Err = nil
+			tw.broken = tw.held // its body was cut: never replayed whole
+		}
 	case tw.status == 499 && err == nil:
 		// reverse_proxy reports a cancelled round trip as 499: here, a
 		// racing try that lost
