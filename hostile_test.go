@@ -3,6 +3,7 @@ package bifrost
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,8 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/pool"
@@ -515,5 +519,83 @@ func TestCancelledHedgeLoserKeepsItsAnswer(t *testing.T) {
 		if e.Kind != recovery.KindHTTP || e.Status != http.StatusInternalServerError {
 			t.Errorf("booked against %s: %s %q; want only its answer, an http failure with status 500", e.Context.WorkerID, e.Kind, e.Message)
 		}
+	}
+}
+
+func init() {
+	caddy.RegisterModule(reloadOnEvent{})
+}
+
+// reloadOnEvent is an event subscriber that loads the config in
+// reloadConfig synchronously, once, then closes reloadDone.
+type reloadOnEvent struct{}
+
+var (
+	reloadConfig []byte
+	reloadOnce   sync.Once
+	reloadDone   = make(chan error, 1)
+)
+
+// CaddyModule returns the Caddy module information.
+func (reloadOnEvent) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "events.handlers.bifrost_test_reload", New: func() caddy.Module { return new(reloadOnEvent) }}
+}
+
+// Handle reloads the config the first time it is called.
+func (reloadOnEvent) Handle(context.Context, caddy.Event) error {
+	reloadOnce.Do(func() { reloadDone <- caddy.Load(reloadConfig, true) })
+	return nil
+}
+
+// An event subscriber that reloads the config synchronously when a
+// breaker opens (the pool's loop emits that event) completes its reload:
+// the loop emits with no lock held, so the old config's Cleanup does not
+// wait for the loop that waits for it.
+func TestSubscriberReloadingOnAnEventDoesNotDeadlock(t *testing.T) {
+	for _, next := range []string{"reloader", "another"} {
+		t.Run("to pool "+next, func(t *testing.T) { subscriberReloads(t, next) })
+	}
+}
+
+// subscriberReloads runs TestSubscriberReloadingOnAnEventDoesNotDeadlock
+// with a reload to a config whose pool is named next: the same pool (the
+// loop goes on) or another (the loop stops).
+func subscriberReloads(t *testing.T, next string) {
+	reloadOnce = sync.Once{}
+	good := newBackend(t)
+	dead := deadAddr(t)
+	config := func(name string, failures int) []byte {
+		js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n" +
+			siteConfig([]string{good.addr, dead}, fmt.Sprintf(`
+		name %s
+		lb_policy first
+		breaker {
+			failures %d
+		}`, name, failures)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg map[string]any
+		if err := json.Unmarshal(js, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+			"events":   []string{"breaker_opened"},
+			"handlers": []any{map[string]any{"handler": "bifrost_test_reload"}},
+		}}}
+		out, _ := json.Marshal(cfg)
+		return out
+	}
+	reloadConfig = config(next, 2)
+	loadJSON(t, config("reloader", 1))
+	good.close() // the first worker refuses, and the second is dead too
+	get(t, "/")
+	select {
+	case err := <-reloadDone:
+		if err != nil {
+			t.Fatalf("the subscriber's reload failed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscriber's reload did not finish: deadlocked")
 	}
 }
