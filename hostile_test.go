@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/pool"
@@ -597,5 +599,68 @@ func subscriberReloads(t *testing.T, next string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the subscriber's reload did not finish: deadlocked")
+	}
+}
+
+func init() {
+	caddy.RegisterModule(invalidHandler{})
+}
+
+// invalidHandler is a handler whose Validate always fails: a config with
+// it fails to load after the modules before it were provisioned.
+type invalidHandler struct{}
+
+// CaddyModule returns the Caddy module information.
+func (invalidHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.bifrost_test_invalid", New: func() caddy.Module { return new(invalidHandler) }}
+}
+
+// Validate fails.
+func (invalidHandler) Validate() error { return errors.New("invalid on purpose") }
+
+// ServeHTTP is never called.
+func (invalidHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return next.ServeHTTP(w, r)
+}
+
+// A reload that fails after Bifrost was provisioned (another handler's
+// Validate fails) leaves the running config's pool and workers as they
+// were: their settings change only once a config runs.
+func TestFailedReloadLeavesTheRunningConfig(t *testing.T) {
+	a := newBackend(t)
+	config := func(limit, maxRequests int, tail string) []byte {
+		js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n" +
+			fmt.Sprintf(":9080 {\n\troute {\n\t\tbifrost %s {\n\t\t\tname keep\n\t\t\terror_history_limit %d\n\t\t\tmax_requests %d\n\t\t}\n%s\t}\n}\n", a.addr, limit, maxRequests, tail))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	loadJSON(t, config(10, 5, ""))
+	h := runningHandler(t)
+	bad := strings.Replace(string(config(2, 1, "\t\trespond MARK\n")), `{"body":"MARK","handler":"static_response"}`, `{"handler":"bifrost_test_invalid"}`, 1)
+	if !strings.Contains(bad, "bifrost_test_invalid") {
+		t.Fatalf("could not put the invalid handler in %s", bad)
+	}
+	if err := caddy.Load([]byte(bad), true); err == nil {
+		t.Fatal("the invalid config loaded")
+	}
+	if n := workerOf(t, "keep", a.addr).MaxRequests.Load(); n != 5 {
+		t.Errorf("after a failed reload the worker's max_requests is %d, want the running config's 5", n)
+	}
+	for i := range 5 {
+		h.pool.Manager.Record(recovery.ContextualError{Kind: recovery.KindHTTP, Message: fmt.Sprint("error ", i)})
+	}
+	if n := len(h.pool.Manager.Errors(recovery.Filter{Pool: ""})); n != 5 {
+		t.Errorf("after a failed reload the history keeps %d of 5 errors, want all 5 (the running config's limit is 10)", n)
+	}
+	if code, _ := get(t, "/"); code != http.StatusOK {
+		t.Fatalf("the running config answers %d", code)
+	}
+
+	// a reload that runs applies its settings
+	loadJSON(t, config(2, 1, ""))
+	if n := workerOf(t, "keep", a.addr).MaxRequests.Load(); n != 1 {
+		t.Errorf("after a reload the worker's max_requests is %d, want 1", n)
 	}
 }

@@ -81,6 +81,14 @@ func (p *Pool) Attach(u User, workers []*Worker) {
 	p.syncMonitor()
 }
 
+// Attached reports whether the pool has a user: a config (running, or
+// provisioned before it) serves it.
+func (p *Pool) Attached() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.users) > 0
+}
+
 // SetWorkers replaces the workers of user u (dynamic upstreams change
 // them at run time).
 func (p *Pool) SetWorkers(u User, workers []*Worker) {
