@@ -1,6 +1,9 @@
 package recovery
 
-import "regexp"
+import (
+	"regexp"
+	"strings"
+)
 
 // Patterns of secrets that an error text may quote: a URL's credentials,
 // a query string, and the values of headers that carry credentials. An
@@ -18,8 +21,27 @@ var (
 // Proxy-Authorization, Cookie, Set-Cookie and API key headers. Every
 // error text that Bifrost records (history, status page, logs) goes
 // through it.
+// A text with nothing to redact costs no allocation.
 func Redact(s string) string {
-	s = userinfoPattern.ReplaceAllString(s, "${1}redacted@")
-	s = queryPattern.ReplaceAllString(s, "?redacted")
-	return headerPattern.ReplaceAllString(s, "${1}${2}redacted")
+	if strings.Contains(s, "://") && strings.IndexByte(s, '@') >= 0 {
+		s = userinfoPattern.ReplaceAllString(s, "${1}redacted@")
+	}
+	if strings.IndexByte(s, '?') >= 0 {
+		s = queryPattern.ReplaceAllString(s, "?redacted")
+	}
+	if containsFold(s, "auth") || containsFold(s, "cookie") || containsFold(s, "api-key") {
+		s = headerPattern.ReplaceAllString(s, "${1}${2}redacted")
+	}
+	return s
+}
+
+// containsFold reports whether s contains the lower-case ASCII word,
+// whatever the case of s, without allocating.
+func containsFold(s, word string) bool {
+	for i := 0; i+len(word) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(word)], word) {
+			return true
+		}
+	}
+	return false
 }
