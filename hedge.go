@@ -232,8 +232,10 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 // failure, and a held-back failure response (which can be replayed) beats
 // an error.
 func better(a, b tryResult) bool {
+	// a response that was discarded (it lost the race, or came after
+	// its try timed out) never decides, whatever it was
 	decisive := func(r tryResult) bool {
-		return (!r.cls.Failure && r.cls.Kind != recovery.KindCanceled) || r.tw.passed
+		return (!r.cls.Failure && r.cls.Kind != recovery.KindCanceled && !r.tw.discard.Load()) || r.tw.passed
 	}
 	switch {
 	case decisive(a) != decisive(b):

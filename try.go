@@ -152,10 +152,10 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
 	case rc != nil && err != nil && ctx.Err() != nil && rc.winner.Load() != tw:
 		// a loser the race cancelled, its response on the way: the
-		// broken copy is the race's doing, not the worker's; what the
-		// worker answered, if it did, stands
+		// broken copy is the race's doing, not the worker's; a failure
+		// status it answered stands, anything else says nothing
 		att.Err = context.Canceled
-		if tw.status != 0 && tw.status != 499 {
+		if k := &tw.hook; k.classified && k.cls.Failure && k.status == tw.status {
 			att.Err = nil
 			tw.broken = tw.held // its body was cut: never replayed whole
 		}
