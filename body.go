@@ -121,18 +121,18 @@ func (b *requestBody) complete() bool {
 	return b.eof.Load() && b.keep.Load()
 }
 
-// changes reports whether forTry would change r: its body, length or
-// GetBody. A request without a body, as Go's server makes it, needs no
-// change and so no copy.
-func (b *requestBody) changes(r *http.Request) bool {
-	return b.src != nil || r.Body != http.NoBody || r.ContentLength != 0 || r.GetBody != nil
+// changes reports whether forTry changes the request: only a request
+// with a body does, so one without needs no copy.
+func (b *requestBody) changes(*http.Request) bool {
+	return b.src != nil
 }
 
 // forTry gives the request of one try its body, read from the start. r
 // must be the try's own copy of the request.
 func (b *requestBody) forTry(r *http.Request) *tryBody {
 	if b.src == nil {
-		r.Body, r.ContentLength, r.GetBody = http.NoBody, 0, nil
+		// nothing to read: reverse_proxy sends no body when the length
+		// is 0, whatever Body holds (an HTTP/2 request's empty stream)
 		return nil
 	}
 	tb := &tryBody{b: b}
