@@ -664,3 +664,56 @@ func TestFailedReloadLeavesTheRunningConfig(t *testing.T) {
 		t.Errorf("after a reload the worker's max_requests is %d, want 1", n)
 	}
 }
+
+// A dynamic worker whose tries panicked still retires once its address
+// is gone: a panic does not leave its try counted.
+func TestPanickedDynamicWorkerRetires(t *testing.T) {
+	fastDynamic(t)
+	srv := newTestDNS(t)
+	port, bs := loopbackBackends(t, 2)
+	boom := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			w.WriteHeader(http.StatusTeapot)
+		}
+		_, _ = io.WriteString(w, "fine")
+	}
+	bs[0].set(boom)
+	bs[1].set(boom)
+	name := "app-panic.workers.test"
+	srv.setA(name, "127.0.0.2")
+	js, err := adapt(fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n"+`
+:9080 {
+	bifrost {
+		name dynpanic
+		dynamic a %s %s {
+			refresh 50ms
+			resolvers %s
+		}
+		dynamic_retire_after 100ms
+		@teapot status 418
+		handle_response @teapot {
+			respond "PANIC"
+		}
+	}
+}`, testAdmin, name, port, srv.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
+	loadJSON(t, []byte(s))
+	h := runningHandler(t)
+	first := bs[0].addr
+	eventually(t, 10*time.Second, "the A record's worker", func() bool { return hasDial(h, first) })
+	for i := range 3 {
+		if resp, err := client.Get(testSite + "/boom"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("panic %d: got %d", i, resp.StatusCode)
+		}
+	}
+	srv.setA(name, "127.0.0.3")
+	id := pool.WorkerID("dynpanic", first)
+	eventually(t, 10*time.Second, "the panicked worker retired", func() bool {
+		_, err := lookupWorker(id)
+		return err != nil
+	})
+}
