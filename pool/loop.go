@@ -361,6 +361,7 @@ func (r Reporter) emit(name string, data map[string]any) {
 // workerEvent logs an isolation transition through r, counts it and emits
 // its Caddy event.
 func (p *Pool) workerEvent(r Reporter, ev health.Event) {
+	ev.Reason = recovery.Redact(ev.Reason) // it may quote an error
 	data := map[string]any{
 		"pool":     ev.Worker.Pool(),
 		"worker":   ev.Worker.ID(),
