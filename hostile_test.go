@@ -717,3 +717,25 @@ func TestPanickedDynamicWorkerRetires(t *testing.T) {
 		return err != nil
 	})
 }
+
+// A classify rule for a status is the operator's word: with `status 503
+// throttled`, one 503 with Retry-After throttles its worker at once.
+func TestClassifyRuleThrottlesAtOnce(t *testing.T) {
+	down, other := newBackend(t), newBackend(t)
+	down.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h := loadHandler(t, siteConfig([]string{down.addr, other.addr}, `
+		name classified
+		lb_policy first
+		classify {
+			status 503 throttled
+		}`))
+	if code, _ := get(t, "/"); code != http.StatusOK {
+		t.Fatalf("got %d, want the other worker's 200", code)
+	}
+	if !workerAt(t, h, down.addr).Health.Snapshot(time.Now()).Throttled {
+		t.Fatal("a 503 that a classify rule calls throttled did not throttle its worker")
+	}
+}

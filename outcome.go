@@ -134,9 +134,12 @@ func clientOf(r *http.Request) string {
 // could serve: neither one client's burst nor one request retried on
 // every worker may put the pool into panic mode. With `retry { on 429 }`
 // (or `on 503`) the operator declares those answers to be the worker's
-// state, and a classify rule's throttle is the operator's word: each
-// such answer throttles its worker.
+// state, and so does a classify rule for the status (a throttle it names
+// is the operator's word): each such answer throttles its worker.
 func (h *Handler) throttlesWorker(wk *worker, r *http.Request, status int, panicMode bool) bool {
+	if h.classifier.HasRule(status) {
+		return true
+	}
 	switch status {
 	case http.StatusTooManyRequests:
 		if h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
