@@ -117,7 +117,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			break
 		}
 		if err := recovery.Sleep(r.Context(), delay); err != nil {
-			return nil
+			// the client went away during the backoff: a 499 for the
+			// logs, as when it goes away during a try
+			return caddyhttp.Error(499, err)
 		}
 		h.pool.Manager.CountRetry()
 		h.metrics.retry(res.wk)
@@ -155,6 +157,14 @@ func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
 func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
+	// entered is the worker whose try is under way: a panic in it must
+	// not keep a dynamic worker from retiring
+	var entered *worker
+	defer func() {
+		if entered != nil {
+			entered.leave()
+		}
+	}()
 	for {
 		// Every try starts from the client writer's headers as the
 		// previous handlers left them: a try that is retried never
@@ -190,6 +200,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
+		entered = wk
 		var res tryResult
 		var pass breaker.Pass
 		var refused error
@@ -207,6 +218,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 		}
 		wk.leave()
+		entered = nil
 		if refused != nil {
 			// half-open and at its limit, or it just opened: the
 			// worker never saw the request

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -88,8 +89,11 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 
+	// the try's request is a copy whenever the try changes it (its
+	// context, or its body below): the caller's request stays as it came,
+	// for handle_errors and the handlers after this one
 	rr := r
-	if ctx != r.Context() {
+	if ctx != r.Context() || rs.body.changes(r) {
 		rr = r.WithContext(ctx)
 	}
 	tw.hook.body = rs.body.forTry(rr)
@@ -99,7 +103,18 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	}
 
 	wk.Health.BeginRequest()
+	ended := false
+	defer func() {
+		if !ended {
+			// a panic that is not reverse_proxy's abort goes on up: the
+			// try must not keep its place in the worker's in-flight count
+			// or its latency tracker
+			wk.Health.EndRequest()
+			wk.tracker.Cancel(tw.hook.token, time.Now(), 0)
+		}
+	}()
 	abort, err := h.serveWorker(wk, tw, rr, next)
+	ended = true
 	wk.Health.EndRequest()
 	tw.unwind()
 	now := time.Now()
@@ -116,12 +131,23 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// of reflection and nine allocations per request; this is enough for
 	// safe-retry decisions.
 	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
+	var bodyErr error // the client's body failed, which failed the try
 	if err != nil {
 		markDialError(&att)
+		bodyErr = rs.body.clientError()
 	}
 	switch {
 	case r.Context().Err() != nil:
 		att.Err, att.Status = context.Canceled, 0
+	case bodyErr != nil:
+		// the client's fault (a malformed chunked body): it counts
+		// against no worker and is not retried; the client gets a 400,
+		// or reverse_proxy's answer to a body that timed out
+		att.Err, att.Status = context.Canceled, 0
+		var ne net.Error
+		if !errors.As(bodyErr, &ne) || !ne.Timeout() {
+			res.err = caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", bodyErr))
+		}
 	case tw.timedOut.Load():
 		why := errPerTryTimeout
 		if tw.hung.Load() {
@@ -129,6 +155,15 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 		att.Err, att.Status = timeoutError{why}, 0
 		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
+	case rc != nil && err != nil && ctx.Err() != nil && rc.winner.Load() != tw:
+		// a loser the race cancelled, its response on the way: the
+		// broken copy is the race's doing, not the worker's; a failure
+		// status it answered stands, anything else says nothing
+		att.Err = context.Canceled
+		if k := &tw.hook; k.classified && k.cls.Failure && k.status == tw.status {
+			att.Err = nil
+			tw.broken = tw.held // its body was cut: never replayed whole
+		}
 	case tw.status == 499 && err == nil:
 		// reverse_proxy reports a cancelled round trip as 499: here, a
 		// racing try that lost
@@ -155,8 +190,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	tw.pass.Done(breakerOutcome(res.cls)) // unless booked with the headers
 	if token := tw.hook.token; !tw.hook.answered {
 		switch {
-		case r.Context().Err() != nil:
-			// the client left: no news about the worker
+		case r.Context().Err() != nil, bodyErr != nil:
+			// the client left, or its body failed: no news about the
+			// worker
 			wk.tracker.Cancel(token, now, now.Sub(start))
 		case res.cls.Kind == recovery.KindCanceled:
 			// a race loser that had not answered while another worker
@@ -168,7 +204,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 	if att.Err != nil {
-		res.errText = recovery.Truncate(att.Err.Error(), 200)
+		// an upstream's error may quote the request (its query string,
+		// its credentials): the text that history and logs show may not
+		res.errText = recovery.Truncate(recovery.Redact(att.Err.Error()), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
 		// a held response whose body failed can only be replayed as
