@@ -124,10 +124,18 @@ func (b *requestBody) complete() bool {
 	return b.eof.Load() && b.keep.Load()
 }
 
-// forTry gives the request of one try its body, read from the start.
+// changes reports whether forTry changes the request: only a request
+// with a body does, so one without needs no copy.
+func (b *requestBody) changes(*http.Request) bool {
+	return b.src != nil
+}
+
+// forTry gives the request of one try its body, read from the start. r
+// must be the try's own copy of the request.
 func (b *requestBody) forTry(r *http.Request) *tryBody {
 	if b.src == nil {
-		r.Body, r.ContentLength, r.GetBody = http.NoBody, 0, nil
+		// nothing to read: reverse_proxy sends no body when the length
+		// is 0, whatever Body holds (an HTTP/2 request's empty stream)
 		return nil
 	}
 	tb := &tryBody{b: b}
@@ -144,6 +152,23 @@ func (b *requestBody) forTry(r *http.Request) *tryBody {
 		return tb, nil
 	}
 	return tb
+}
+
+// clientError returns the error the client's body failed with, other than
+// a body over its limit (which reverse_proxy answers with 413), or nil:
+// a malformed chunked encoding, a read timeout, a connection that broke.
+func (b *requestBody) clientError() error {
+	if b.src == nil {
+		return nil
+	}
+	b.mu.Lock()
+	err := b.err
+	b.mu.Unlock()
+	var mbe *http.MaxBytesError
+	if err == nil || errors.As(err, &mbe) {
+		return nil
+	}
+	return err
 }
 
 // release ends the request's use of the body: the copy's chunks go back

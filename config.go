@@ -103,7 +103,11 @@ type RetryConfig struct {
 	// Methods are the HTTP methods that may be retried after the request
 	// reached an upstream. A request whose dial failed is retried whatever
 	// its method, because it never left. Default: GET HEAD OPTIONS TRACE
-	// PUT DELETE (the idempotent methods of RFC 9110).
+	// (the safe methods of RFC 9110), as reverse_proxy, which retries only
+	// GET once a request was sent: a PUT or DELETE sent again after a
+	// per_try_timeout can overtake a later write, so it is retried only
+	// when listed here or matched by Match. Hedging is for safe methods
+	// only, whatever this lists.
 	Methods []string `json:"methods,omitempty"`
 
 	// On lists the failure conditions that cause a retry. Values:
@@ -116,10 +120,11 @@ type RetryConfig struct {
 	// limit as the server's state, and a retry would spend other workers
 	// on that client. The client gets the upstream's 429 with its
 	// Retry-After, and the worker is throttled (taken out of rotation
-	// until its Retry-After) only when its last three answers were 429s,
-	// and never when no other worker could serve. Listing `429` declares
-	// 429s to be the worker's state: they are retried on another worker,
-	// and each one throttles its worker, as a 503 with Retry-After does.
+	// until its Retry-After) only when its last three answers were
+	// throttled (429s, or 503s with Retry-After) and went to more than one
+	// client, and never when no other worker could serve. Listing `429`
+	// (or `503`) declares those answers to be the worker's state: they
+	// are retried on another worker, and each one throttles its worker.
 	On []string `json:"on,omitempty"`
 
 	// MaxBody is the largest request body, in bytes, copied for a retry.
@@ -152,7 +157,7 @@ type RetryConfig struct {
 	// matcher sets (or its method is listed in an explicit Methods),
 	// whatever its method: a POST that matches may be executed again, so
 	// match only requests that are safe to repeat. Without Methods, the
-	// default idempotent methods no longer apply. A request whose dial
+	// default safe methods no longer apply. A request whose dial
 	// failed is retried whatever it is, because it never left. Expression
 	// matchers may read the failed try's response through
 	// `{http.reverse_proxy.status_code}`, `{http.reverse_proxy.status_text}`
@@ -295,18 +300,20 @@ type IsolationConfig struct {
 	BreakerTrips int `json:"breaker_trips,omitempty"`
 
 	// HangThreshold is how long a request may wait for its response
-	// headers before it counts as stuck. A worker with HangRequests stuck
-	// requests that has answered nothing else for HangThreshold, since the
-	// oldest of them was sent, while its peers answer, is hanging: it is
-	// isolated (kind `timeout`) before any timeout fires. A worker that
-	// keeps answering other requests is not hanging, whatever its slow
-	// requests (long polls). Its stuck requests are answered
-	// through hedging or retry.per_try_timeout when configured. Default:
-	// 2s.
+	// headers before its worker is suspected of hanging, when the worker
+	// has answered nothing since the request was sent while its peers
+	// answer. A suspected worker gets one suspicion probe at once (the
+	// health probe when configured, else HEAD /) with a short timeout (a
+	// fifth of HangThreshold, 50ms to 300ms, or the health timeout when
+	// set, at most HangThreshold): no answer is a
+	// hang, the worker is isolated (kind `timeout`) and its waiting
+	// requests that can be retried are moved to other workers; an answer
+	// leaves the slow request (a long poll) alone. At most one suspicion
+	// probe per worker per HangThreshold. Default: 2s.
 	HangThreshold caddy.Duration `json:"hang_threshold,omitempty"`
 
-	// HangRequests is the number of stuck requests that make a worker
-	// hanging. Default: 3.
+	// HangRequests is the number of requests of a worker that must have
+	// waited HangThreshold before it is suspected of hanging. Default: 1.
 	HangRequests int `json:"hang_requests,omitempty"`
 
 	// MaxRecoveryAttempts is the number of failed reinstatements after
@@ -401,7 +408,7 @@ const (
 	defaultOutlierInterval     = 5 * time.Second
 	defaultBreakerTrips        = 2
 	defaultHangThreshold       = 2 * time.Second
-	defaultHangRequests        = 3
+	defaultHangRequests        = 1
 	defaultMaxRecoveryAttempts = 3
 	isolationJitter            = 0.1
 	outlierMinHosts            = 3
@@ -417,8 +424,11 @@ const (
 	defaultDynamicMaxWorkers = 256
 )
 
-// defaultRetryMethods are the idempotent methods of RFC 9110 §9.2.2.
-var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+// defaultRetryMethods are the safe methods of RFC 9110 §9.2.1: those that
+// may be sent again after a request reached an upstream, unless
+// retry.methods or retry.match say otherwise. They are also the only
+// methods ever hedged.
+var defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE"}
 
 // retryConditions are the values accepted by RetryConfig.On.
 var retryConditions = []string{"connect_failure", "timeout", "reset", "5xx", "429"}

@@ -52,8 +52,8 @@ func TestDefaultsAreTheDocumentedOnes(t *testing.T) {
 	if r.isolation.monitor != wantIso {
 		t.Errorf("isolation = %+v, want %+v", r.isolation.monitor, wantIso)
 	}
-	if r.isolation.breakerTrips != 2 || r.isolation.hangAfter != 2*time.Second || r.isolation.hangCount != 3 {
-		t.Errorf("breaker trips, hang threshold and requests = %d, %v, %d; want 2, 2s, 3",
+	if r.isolation.breakerTrips != 2 || r.isolation.hangAfter != 2*time.Second || r.isolation.hangCount != 1 {
+		t.Errorf("breaker trips, hang threshold and requests = %d, %v, %d; want 2, 2s, 1",
 			r.isolation.breakerTrips, r.isolation.hangAfter, r.isolation.hangCount)
 	}
 	wantProbe := health.ProbeSettings{Interval: 5 * time.Second, Timeout: 2 * time.Second, Passes: 2, Fails: 3, Jitter: 0.2, FastInterval: 1250 * time.Millisecond}
@@ -87,7 +87,7 @@ func TestDefaultsAreTheDocumentedOnes(t *testing.T) {
 		"| `isolation success_rate` | 20 1 |",
 		"| `isolation outlier_interval` | 5s |",
 		"| `isolation breaker_trips` | 2 |",
-		"| `isolation hang_threshold` / `hang_requests` | 2s / 3 |",
+		"| `isolation hang_threshold` / `hang_requests` | 2s / 1 |",
 		"| `isolation max_recovery_attempts` | 3 |",
 	} {
 		if !strings.Contains(string(readme), row) {

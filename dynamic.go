@@ -442,7 +442,7 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	if err == nil {
 		w.proxy.Store(rp)
 		provisionMu.Lock()
-		err = rp.Provision(pctx)
+		err = provisionDynamicProxy(h.ctx, pctx, rp)
 		provisionMu.Unlock()
 		if err != nil {
 			_ = rp.Cleanup()
@@ -466,6 +466,51 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	return w
 }
 
+// provisionProxy provisions a new proxy of wk (a restart): in the
+// handler's context, or for a dynamic worker as provisionDynamicProxy
+// does, so that its modules go when the worker retires.
+func (h *Handler) provisionProxy(wk *worker, rp *reverseproxy.Handler) error {
+	if wk.dyn != nil {
+		return provisionDynamicProxy(h.ctx, wk.dyn.ctx, rp)
+	}
+	return rp.Provision(h.ctx)
+}
+
+// provisionDynamicProxy provisions the proxy of a dynamic worker as a
+// static worker's is provisioned, in the handler's context cfg (its
+// logger, named after the handler, and Caddy's metrics registry, where
+// reverse_proxy counts its upstreams), except for two things that follow
+// the worker's own context life: the transport is loaded into life,
+// whose cancellation cleans it up when the worker retires, and the proxy's
+// background work (reverse_proxy's upstream gauge updater) ends with
+// life. (Provisioned in life alone, the proxy logged without the
+// handler's name and counted into life's own registry, which no one
+// scrapes.) The handlers of handle_response routes, if any, are loaded
+// into cfg like a static worker's and go with the config.
+func provisionDynamicProxy(cfg, life caddy.Context, rp *reverseproxy.Handler) error {
+	if rp.TransportRaw != nil {
+		mod, err := life.LoadModule(rp, "TransportRaw")
+		if err != nil {
+			return fmt.Errorf("loading transport: %v", err)
+		}
+		rp.Transport = mod.(http.RoundTripper)
+		// the transport's default buffer sizes, as reverse_proxy applies
+		// them when it loads the transport itself
+		if bt, ok := rp.Transport.(reverseproxy.BufferedTransport); ok {
+			req, resp := bt.DefaultBufferSizes()
+			if rp.RequestBuffers == 0 {
+				rp.RequestBuffers = req
+			}
+			if rp.ResponseBuffers == 0 {
+				rp.ResponseBuffers = resp
+			}
+		}
+	}
+	ctx := cfg
+	ctx.Context = life.Context
+	return rp.Provision(ctx)
+}
+
 // startProbes runs the active probes of one dynamic worker until it
 // retires (or ctx is done).
 func (d *dynamicPool) startProbes(ctx context.Context, w *worker) {
@@ -476,8 +521,10 @@ func (d *dynamicPool) startProbes(ctx context.Context, w *worker) {
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
+	w.Health.AddProber()
 	d.h.goSafe(pctx, "dynamic_probes", func(ctx context.Context) {
 		defer close(done)
+		defer w.Health.RemoveProber()
 		c.Run(ctx)
 	})
 	w.dyn.stopProbes = func() {

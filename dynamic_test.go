@@ -1,9 +1,12 @@
 package bifrost
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -493,5 +497,80 @@ func TestDynamicChurnBounded(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(dynamicDials(h)); n != maxWorkers {
 		t.Fatalf("%d dynamic workers for 70 addresses, want dynamic_max_workers (%d)", n, maxWorkers)
+	}
+}
+
+// A dynamic worker logs and counts as a static one does: its proxy's logs
+// carry the handler's name (so a `log` filter on http.handlers.bifrost
+// includes them) and reverse_proxy's upstream gauge reaches Caddy's
+// /metrics. (Provisioned in a context of its own, it logged through
+// Caddy's default logger, and counted into that context's registry, which
+// nothing scrapes.)
+func TestDynamicWorkerLogsAndCountsAsStatic(t *testing.T) {
+	fastDynamic(t)
+	srv := newTestDNS(t)
+	port, bs := loopbackBackends(t, 1)
+	name := "logs.workers.test"
+	srv.setA(name, "127.0.0.2")
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	cfg := fmt.Sprintf(`{
+	admin %s
+	http_port 9080
+	https_port 9443
+	auto_https off
+	skip_install_trust
+	grace_period 1ns
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+:9080 {
+	bifrost {
+		name dynlog
+		dynamic a %s %s {
+			refresh 50ms
+			resolvers %s
+		}
+	}
+}`, testAdmin, logFile, name, port, srv.addr)
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadJSON(t, js)
+	h := runningHandler(t)
+	dial := bs[0].addr
+	eventually(t, 10*time.Second, "the dynamic worker", func() bool { return hasDial(h, dial) })
+	if code, body := get(t, "/"); code != http.StatusOK {
+		t.Fatalf("status %d: %s", code, body)
+	}
+
+	// the proxy's own debug log of the round trip, under the handler's name
+	var logger string
+	eventually(t, 5*time.Second, "the dynamic worker's round-trip log", func() bool {
+		b, _ := os.ReadFile(logFile)
+		for line := range strings.SplitSeq(string(b), "\n") {
+			var entry struct {
+				Logger, Msg, Upstream string
+			}
+			if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "upstream roundtrip" && entry.Upstream == dial {
+				logger = entry.Logger
+				return true
+			}
+		}
+		return false
+	})
+	if logger != "http.handlers.bifrost" {
+		t.Errorf("the dynamic worker's proxy logs as %q; want http.handlers.bifrost, as a static worker's", logger)
+	}
+
+	code, body, _ := do(t, http.MethodGet, "http://"+testAdmin+"/metrics", nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	if want := fmt.Sprintf(`caddy_reverse_proxy_upstreams_healthy{upstream=%q} 1`, dial); !strings.Contains(body, want) {
+		t.Fatalf("/metrics has no %s", want)
 	}
 }

@@ -18,8 +18,8 @@ import (
 	"github.com/bifrost-proxy/bifrost/recovery"
 )
 
-// HedgeConfig enables hedged requests: when a try of an idempotent,
-// replayable request has not answered after a delay, one more try is sent
+// HedgeConfig enables hedged requests: when a try of a safe (GET, HEAD,
+// OPTIONS, TRACE), retryable, replayable request has not answered after a delay, one more try is sent
 // to another worker; the first good response wins and the others are
 // cancelled. Hedges are retries as far as the retry budget and attempts
 // are concerned, so they cannot multiply load in an outage.
@@ -89,7 +89,7 @@ func (rc *race) claim(tw *tryWriter) bool {
 
 // hedgeDelay returns the delay after which the next try of this request
 // is hedged, or 0 when hedging does not apply: it is off, the request is
-// not idempotent or not replayable, it is an upgrade, or its hedges and
+// not safe (GET, HEAD, OPTIONS, TRACE) and retryable, or not replayable, it is an upgrade, or its hedges and
 // attempts are used up.
 func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 	hc := h.hedge
@@ -97,7 +97,9 @@ func (h *Handler) hedgeDelay(rs *requestState, panicMode bool) time.Duration {
 		return 0
 	}
 	r := rs.r
-	if !slices.Contains(h.methods, r.Method) || r.Header.Get("Upgrade") != "" {
+	// only a safe method: a hedge runs two tries at once, which no retry
+	// setting can make safe for a write
+	if !slices.Contains(h.methods, r.Method) || !slices.Contains(defaultRetryMethods, r.Method) || r.Header.Get("Upgrade") != "" {
 		return 0
 	}
 	if hc.Delay > 0 {
@@ -128,7 +130,11 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 		}
 		go func() {
 			var res tryResult
+			entered := false
 			defer func() {
+				if entered {
+					wk.leave() // the try panicked
+				}
 				// a panic in a worker's handler is the request's, not the
 				// process's: it is raised again on the request's
 				// goroutine once the race is over
@@ -140,6 +146,7 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 			}()
 			err := errWorkerRetired
 			if wk.enter() {
+				entered = true
 				var pass breaker.Pass
 				if !wk.TakeSlot() {
 					err = recovery.ErrPoolExhausted // it filled up: refused
@@ -151,6 +158,7 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 					wk.ReleaseSlot()
 				}
 				wk.leave()
+				entered = false
 			}
 			if err != nil {
 				res = tryResult{wk: wk, tw: tw, refused: true}
@@ -230,8 +238,10 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 // failure, and a held-back failure response (which can be replayed) beats
 // an error.
 func better(a, b tryResult) bool {
+	// a response that was discarded (it lost the race, or came after
+	// its try timed out) never decides, whatever it was
 	decisive := func(r tryResult) bool {
-		return (!r.cls.Failure && r.cls.Kind != recovery.KindCanceled) || r.tw.passed
+		return (!r.cls.Failure && r.cls.Kind != recovery.KindCanceled && !r.tw.discard.Load()) || r.tw.passed
 	}
 	switch {
 	case decisive(a) != decisive(b):

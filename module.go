@@ -167,6 +167,9 @@ type Handler struct {
 	hangAfter time.Duration
 	hangCount int
 	cfg       *resolved // the configuration, resolved once by Provision
+	// committed is set once this config's settings apply to the shared
+	// state of its pool and workers (see commit)
+	committed *atomic.Bool
 	// states are the workers' shared states this handler acquired,
 	// each released once in Cleanup
 	states   []*pool.Worker
@@ -239,8 +242,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.pool = ps
-	if err := h.applyPoolSettings(); err != nil {
-		return err
+	// A pool that a running config uses keeps its settings until this
+	// config runs: a reload that fails later (another module's Provision
+	// or Validate, an app that does not start) must leave the running
+	// config as it was, and `caddy validate` must change nothing. A pool
+	// that no running config uses takes them now.
+	h.committed = new(atomic.Bool)
+	if ps.Attached() {
+		if err := h.events.On("started", commitOnStart{h}); err != nil {
+			return fmt.Errorf("subscribing to the config's start: %w", err)
+		}
+	} else {
+		if err := h.applyPoolSettings(); err != nil {
+			return err
+		}
+		h.committed.Store(true)
 	}
 
 	h.metrics = newPoolMetrics(ctx, h.poolName, h.logger)
@@ -314,13 +330,43 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Wo
 	if err != nil {
 		return nil, err
 	}
-	ws.MaxRequests.Store(int64(h.MaxRequests))
-	if !h.Health.active() {
-		// no probes in this config: a failed probe of an earlier one
-		// must not leave the worker "unhealthy" for good
-		ws.Health.ResetProbe()
+	if h.committed.Load() {
+		h.applyWorkerSettings(ws)
 	}
 	return ws, nil
+}
+
+// applyWorkerSettings applies this config's settings to a worker's
+// shared state (see commit).
+func (h *Handler) applyWorkerSettings(ws *pool.Worker) {
+	ws.MaxRequests.Store(int64(h.MaxRequests))
+	// probe state is left alone: the last checker of the worker forgets
+	// it when it stops (see health.WorkerHealth.AddProber)
+}
+
+// commit applies this config's settings to the shared state of its pool
+// and workers, once the config runs (see Provision).
+func (h *Handler) commit() {
+	if h.committed.Swap(true) {
+		return
+	}
+	if err := h.applyPoolSettings(); err != nil {
+		// resolve checked them: not expected
+		h.logger.Error("applying the pool's settings", zap.String("pool", h.poolName), zap.Error(err))
+	}
+	for _, wk := range h.set.Load().workers {
+		h.applyWorkerSettings(wk.Worker)
+	}
+}
+
+// commitOnStart commits a handler's settings when Caddy reports its
+// config started.
+type commitOnStart struct{ h *Handler }
+
+// Handle implements caddyevents.Handler.
+func (c commitOnStart) Handle(context.Context, caddy.Event) error {
+	c.h.commit()
+	return nil
 }
 
 // trackerSettings are the settings of the workers' selection trackers:

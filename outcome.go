@@ -3,12 +3,15 @@ package bifrost
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -30,8 +33,8 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 		return
 	}
 
-	if cls.Kind != recovery.KindThrottled && wk.throttles.Load() != 0 {
-		wk.throttles.Store(0) // an answer that is not a 429 ends a streak
+	if cls.Kind != recovery.KindThrottled && wk.throttles.n.Load() != 0 {
+		wk.throttles.end() // an answer that is not throttled ends a run
 	}
 	if !cls.Failure {
 		wk.Health.RecordSuccess(now)
@@ -69,23 +72,89 @@ func (h *Handler) record(res tryResult, panicMode bool) {
 	h.act(res, panicMode)
 }
 
-// throttleStreak is how many 429s in a row, to as many requests, show
-// that a worker throttles everyone rather than one client.
+// throttleStreak is how many throttled answers in a row, to more than
+// one client, show that a worker throttles everyone rather than one
+// client.
 const throttleStreak = 3
 
-// throttlesWorker reports whether a throttled answer takes its worker out
-// of rotation until its Retry-After. A 503 with Retry-After does. A 429 is
-// as often about one client (a per-user rate limit) as about the server,
-// so by default it does only when the worker's last throttleStreak
-// answers were all 429s (any other answer ends a streak), and never when
-// no other worker could serve: one client's burst must not put the pool
-// into panic mode. With `retry { on 429 }` the operator declares 429s to
-// be the worker's state: each one throttles its worker, as 503s do.
-func (h *Handler) throttlesWorker(wk *worker, status int, panicMode bool) bool {
-	if status != http.StatusTooManyRequests || h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
+// minThrottle is the least time a throttle takes a worker out for, what
+// its answer's Retry-After says (0, a date past) notwithstanding.
+const minThrottle = recovery.DelayThrottled
+
+// throttleRun is a worker's current run of throttled answers and whether
+// they went to more than one client. It keeps the first answer's client
+// only: no map of clients to bound.
+type throttleRun struct {
+	n       atomic.Int32 // answers in the run; 0 when there is none
+	mu      sync.Mutex
+	first   string // the client of the run's first answer; guarded by mu
+	several bool   // the run's answers went to more than one client; guarded by mu
+}
+
+// add counts a throttled answer to client and reports whether the run
+// shows the worker throttling everyone: throttleStreak answers in a row,
+// to more than one client.
+func (t *throttleRun) add(client string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n.Load() == 0 {
+		t.first, t.several = client, false
+	} else if client != t.first {
+		t.several = true
+	}
+	return t.n.Add(1) >= throttleStreak && t.several
+}
+
+// end ends the run.
+func (t *throttleRun) end() {
+	t.mu.Lock()
+	t.n.Store(0)
+	t.mu.Unlock()
+}
+
+// clientOf identifies the client of r for throttling: its IP as Caddy
+// sees it (trusted_proxies applied), else the peer's address.
+func clientOf(r *http.Request) string {
+	if r == nil {
+		return ""
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// throttlesWorker reports whether a throttled answer to r takes its
+// worker out of rotation until its Retry-After. A 429, or a 503 with
+// Retry-After, is as often about one client (a per-user rate limit) as
+// about the server, so by default it does only when the worker's last
+// throttleStreak answers were all throttled and went to more than one
+// client (any other answer ends a run), and never when no other worker
+// could serve: neither one client's burst nor one request retried on
+// every worker may put the pool into panic mode. With `retry { on 429 }`
+// (or `on 503`) the operator declares those answers to be the worker's
+// state, and so does a classify rule for the status (a throttle it names
+// is the operator's word): each such answer throttles its worker.
+func (h *Handler) throttlesWorker(wk *worker, r *http.Request, status int, panicMode bool) bool {
+	if h.classifier.HasRule(status) {
 		return true
 	}
-	if wk.throttles.Add(1) < throttleStreak || panicMode {
+	switch status {
+	case http.StatusTooManyRequests:
+		if h.retryOn.s429 || slices.Contains(h.retryOn.codes, status) {
+			return true
+		}
+	case http.StatusServiceUnavailable:
+		if slices.Contains(h.retryOn.codes, status) {
+			return true
+		}
+	default:
+		return true
+	}
+	if !wk.throttles.add(clientOf(r)) || panicMode {
 		return false
 	}
 	for _, other := range h.set.Load().workers {
@@ -261,16 +330,10 @@ func (h *Handler) restart(wk *worker) {
 		if ctx.Err() != nil {
 			return ctx.Err() // the config is going away
 		}
-		// a dynamic worker's proxies live in its own context, which
-		// goes when it retires
-		pctx := h.ctx
-		if wk.dyn != nil {
-			pctx = wk.dyn.ctx
-		}
 		rp, err := newWorkerProxy(h.proxyCfg, wk.up, wk)
 		if err == nil {
 			provisionMu.Lock()
-			err = rp.Provision(pctx)
+			err = h.provisionProxy(wk, rp)
 			provisionMu.Unlock()
 		}
 		if err != nil {
@@ -303,7 +366,7 @@ func (h *Handler) recordCritical(ws *pool.Worker, kind recovery.Kind, err error)
 	h.pool.Book(ce)
 	h.logger.Error("worker failure",
 		zap.String("pool", ws.Pool), zap.String("worker", ws.ID),
-		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.Error(err))
+		zap.Stringer("kind", kind), zap.Stringer("severity", kind.Severity()), zap.String("error", recovery.Redact(err.Error())))
 }
 
 // reasonClassified is the isolation reason of a worker taken out by the
@@ -320,7 +383,7 @@ const reasonClassified health.Reason = "classified_failure"
 //
 // Every failure counts against its worker (its health, outlier detection
 // and, for a worker on probation, a failed reinstatement), except one
-// whose action is ignore, and a 429 that may be about one client (see
+// whose action is ignore, and a 429 or 503 that may be about one client (see
 // throttlesWorker). The breaker's count is decided before, by
 // breakerOutcome. Then, by action:
 //
@@ -333,7 +396,7 @@ const reasonClassified health.Reason = "classified_failure"
 //     and config; past that, or while the config is not yet running, its
 //     idle connections are dropped instead.
 //   - throttle: the worker gets no new request until the try's delay has
-//     passed (its Retry-After, else at least a second).
+//     passed (its Retry-After, else a second; at least a second).
 //   - isolate_worker: the worker is taken out of rotation for its next
 //     ejection time, whatever the failure's severity, unless `isolation
 //     max_percent` leaves no room or it is out already (a worker on
@@ -348,15 +411,15 @@ func (h *Handler) act(res tryResult, panicMode bool) {
 	switch {
 	case !countsAgainst(cls):
 		return
-	case cls.Action == recovery.ActionThrottle && !h.throttlesWorker(wk, res.status, panicMode):
-		// the client gets the 429 as the upstream answered it
+	case cls.Action == recovery.ActionThrottle && !h.throttlesWorker(wk, res.tw.hook.r, res.status, panicMode):
+		// the client gets the answer as the upstream gave it
 		return
 	}
 	wk.Health.RecordFailure(res.end)
 	h.onResult(wk, true)
 	switch cls.Action {
 	case recovery.ActionThrottle:
-		wk.Health.Throttle(res.end.Add(cls.Delay))
+		wk.Health.Throttle(res.end.Add(max(cls.Delay, minThrottle)))
 	case recovery.ActionReconnect:
 		h.reconnect(wk)
 	case recovery.ActionRestartWorker:

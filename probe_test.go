@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bifrost-proxy/bifrost/pool"
 )
 
 // probeSeen is one request a probeServer received.
@@ -232,5 +234,45 @@ func TestProbeTimeoutAboveInterval(t *testing.T) {
 	})
 	if workerOf(t, "slowprobe", a.addr).Health.Isolated() {
 		t.Fatal("the healthy worker was isolated")
+	}
+}
+
+// Two sites share a pool, one with probes and one without. The pool's
+// probe state belongs to the pool: provisioning the site without probes,
+// as on every reload, must not erase what the other site's probes found.
+// (It did: each provision of a config without probes reset the shared
+// workers' probe state, so a sick worker read healthy after each reload
+// until its probes failed again.)
+func TestSiteWithoutProbesKeepsSharedProbeState(t *testing.T) {
+	a, b := newBackend(t), newBackend(t)
+	a.setHealth(status(http.StatusInternalServerError, "sick"))
+	site := func(port int, block string) string {
+		return fmt.Sprintf(":%d {\n\tbifrost %s %s {\n\t\tname twosites\n%s\n\t}\n}\n", port, a.addr, b.addr, block)
+	}
+	cfg := site(9080, `
+		health {
+			uri /health
+			interval 50ms
+			fails 3
+		}`) + site(9081, "")
+	loadCaddyfile(t, cfg)
+	eventually(t, 5*time.Second, "the probes found the worker unhealthy", func() bool {
+		return !pool.ViewOf(workerOf(t, "twosites", a.addr), time.Now()).ProbeHealthy
+	})
+	for round := range 2 {
+		// a reload: both sites are provisioned again, the site without
+		// probes too
+		loadCaddyfile(t, cfg+fmt.Sprintf("# reload %d\n", round))
+		// read at once: after a reset, three failed probes (150 ms)
+		// would be needed to find the worker unhealthy again
+		if v := pool.ViewOf(workerOf(t, "twosites", a.addr), time.Now()); v.ProbeHealthy {
+			t.Fatalf("reload %d: the probed worker reads probe-healthy (%q, %d fails): the site without probes reset it", round, v.State(), v.ProbeFails)
+		}
+	}
+	// with the probed site gone, nothing probes the worker any more: what
+	// the probes found is forgotten
+	loadCaddyfile(t, site(9081, ""))
+	if v := pool.ViewOf(workerOf(t, "twosites", a.addr), time.Now()); !v.ProbeHealthy {
+		t.Fatalf("without any probes the worker still reads %q", v.State())
 	}
 }

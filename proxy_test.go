@@ -183,6 +183,7 @@ func TestBodyReplay(t *testing.T) {
 			failures 1000
 		}
 		retry {
+			methods PUT
 			max_body 16KiB
 		}`))
 

@@ -19,7 +19,7 @@ const (
 )
 
 // provisionRetryMatch loads retry.match. With it and without explicit
-// retry.methods, the default idempotent methods no longer apply: the
+// retry.methods, the default safe methods no longer apply: the
 // match alone says which requests may be sent again, as with
 // reverse_proxy's retry_match. It runs after provisionPolicies.
 func (h *Handler) provisionRetryMatch(ctx caddy.Context) error {

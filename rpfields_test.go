@@ -212,7 +212,10 @@ func TestRequestBuffersApplyToEachTry(t *testing.T) {
 		name buffers
 		lb_policy first
 		max_fails 1000
-		request_buffers 16`))
+		request_buffers 16
+		retry {
+			methods PUT
+		}`))
 
 	for _, c := range []struct{ body string }{{"0123456789"}, {strings.Repeat("x", 32)}} {
 		// a reader without a length: the client streams it chunked

@@ -147,7 +147,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 				break
 			}
 			if err := recovery.Sleep(r.Context(), delay); err != nil {
-				return nil
+				// the client went away during the backoff: a 499 for the
+				// logs, as when it goes away during a try
+				return caddyhttp.Error(499, err)
 			}
 		}
 		h.pool.Manager.CountRetry()
@@ -186,6 +188,15 @@ func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
 // of tries, and returns the outcome that decides what happens next. It
 // reports false when no worker can take the request.
 func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
+	// entered is the worker whose try is under way: a panic in it must
+	// not keep a dynamic worker from retiring, nor hold its slot
+	var entered *worker
+	defer func() {
+		if entered != nil {
+			entered.ReleaseSlot()
+			entered.leave()
+		}
+	}()
 	for {
 		// Every try starts from the client writer's headers as the
 		// previous handlers left them: a try that is retried never
@@ -230,6 +241,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			h.exhausted(rs, wk)
 			continue
 		}
+		entered = wk
 		var res tryResult
 		var pass breaker.Pass
 		var refused error
@@ -248,6 +260,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 		}
 		wk.ReleaseSlot()
 		wk.leave()
+		entered = nil
 		if refused != nil {
 			// half-open and at its limit, or it just opened: the
 			// worker never saw the request

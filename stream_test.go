@@ -93,7 +93,7 @@ func TestStreamedBodyIsReplayedWhole(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "got %d bytes", len(b))
 	})
-	loadCaddyfile(t, siteConfig([]string{failing.addr, good.addr}, "\t\tname replay\n\t\tlb_policy first"))
+	loadCaddyfile(t, siteConfig([]string{failing.addr, good.addr}, "\t\tname replay\n\t\tlb_policy first\n\t\tretry {\n\t\t\tmethods PUT\n\t\t}"))
 	body := []byte(strings.Repeat("0123456789", 50_000)) // 500 kB, chunked below
 	req, _ := http.NewRequest(http.MethodPut, testSite+"/", io.NopCloser(strings.NewReader(string(body))))
 	resp, err := client.Do(req)
@@ -163,6 +163,7 @@ func TestStalledUploadsBoundedByMaxBodyTotal(t *testing.T) {
 	h := loadHandler(t, siteConfig([]string{addr}, `
 		name stalled
 		retry {
+			methods PUT
 			max_body 1MiB
 			max_body_total 2MiB
 		}`))

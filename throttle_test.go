@@ -55,7 +55,8 @@ func TestOneClientsRateLimitThrottlesNoWorker(t *testing.T) {
 }
 
 // A worker that answers 429 to everyone is throttled after a short streak
-// of them, and the following requests go to the other worker.
+// of them to more than one client, and the following requests go to the
+// other worker.
 func TestWorkerThrottlingEveryoneIsThrottled(t *testing.T) {
 	limited, other := newBackend(t), newBackend(t)
 	limited.set(func(w http.ResponseWriter, r *http.Request) {
@@ -67,8 +68,11 @@ func TestWorkerThrottlingEveryoneIsThrottled(t *testing.T) {
 		lb_policy round_robin`))
 	wk := workerAt(t, h, limited.addr)
 	seen := 0
-	for range 20 {
-		code, _ := get(t, "/")
+	clients := []*http.Client{clientFrom(t, "127.0.0.2"), clientFrom(t, "127.0.0.3")}
+	for i := range 20 {
+		// round robin gives the limited worker every other request:
+		// each client sends two in a row
+		code := getFrom(t, clients[i/2%2], "/")
 		if code == http.StatusTooManyRequests {
 			seen++
 		}

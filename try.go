@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -89,8 +90,11 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 
+	// the try's request is a copy whenever the try changes it (its
+	// context, or its body below): the caller's request stays as it came,
+	// for handle_errors and the handlers after this one
 	rr := r
-	if ctx != r.Context() {
+	if ctx != r.Context() || rs.body.changes(r) {
 		rr = r.WithContext(ctx)
 	}
 	tw.hook.body = rs.body.forTry(rr)
@@ -100,7 +104,18 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	}
 
 	wk.Health.BeginRequest()
+	ended := false
+	defer func() {
+		if !ended {
+			// a panic that is not reverse_proxy's abort goes on up: the
+			// try must not keep its place in the worker's in-flight count
+			// or its latency tracker
+			wk.Health.EndRequest()
+			wk.tracker.Cancel(tw.hook.token, time.Now(), 0)
+		}
+	}()
 	abort, err := h.serveWorker(wk, tw, rr, next)
+	ended = true
 	wk.Health.EndRequest()
 	tw.unwind()
 	now := time.Now()
@@ -117,12 +132,23 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// of reflection and nine allocations per request; this is enough for
 	// safe-retry decisions.
 	att := recovery.Attempt{Err: err, Status: tw.status, Header: tw.header, Dialed: true, Wrote: true}
+	var bodyErr error // the client's body failed, which failed the try
 	if err != nil {
 		markDialError(&att)
+		bodyErr = rs.body.clientError()
 	}
 	switch {
 	case r.Context().Err() != nil:
 		att.Err, att.Status = context.Canceled, 0
+	case bodyErr != nil:
+		// the client's fault (a malformed chunked body): it counts
+		// against no worker and is not retried; the client gets a 400,
+		// or reverse_proxy's answer to a body that timed out
+		att.Err, att.Status = context.Canceled, 0
+		var ne net.Error
+		if !errors.As(bodyErr, &ne) || !ne.Timeout() {
+			res.err = caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", bodyErr))
+		}
 	case tw.timedOut.Load():
 		why := errPerTryTimeout
 		if tw.hung.Load() {
@@ -130,6 +156,15 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 		att.Err, att.Status = timeoutError{why}, 0
 		res.err = caddyhttp.Error(http.StatusGatewayTimeout, why)
+	case rc != nil && err != nil && ctx.Err() != nil && rc.winner.Load() != tw:
+		// a loser the race cancelled, its response on the way: the
+		// broken copy is the race's doing, not the worker's; a failure
+		// status it answered stands, anything else says nothing
+		att.Err = context.Canceled
+		if k := &tw.hook; k.classified && k.cls.Failure && k.status == tw.status {
+			att.Err = nil
+			tw.broken = tw.held // its body was cut: never replayed whole
+		}
 	case tw.status == 499 && err == nil:
 		// reverse_proxy reports a cancelled round trip as 499: here, a
 		// racing try that lost
@@ -156,8 +191,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	tw.pass.Done(breakerOutcome(res.cls)) // unless booked with the headers
 	if token := tw.hook.token; !tw.hook.answered {
 		switch {
-		case r.Context().Err() != nil:
-			// the client left: no news about the worker
+		case r.Context().Err() != nil, bodyErr != nil:
+			// the client left, or its body failed: no news about the
+			// worker
 			wk.tracker.Cancel(token, now, now.Sub(start))
 		case res.cls.Kind == recovery.KindCanceled:
 			// a race loser that had not answered while another worker
@@ -169,7 +205,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 		}
 	}
 	if att.Err != nil {
-		res.errText = recovery.Truncate(att.Err.Error(), 200)
+		// an upstream's error may quote the request (its query string,
+		// its credentials): the text that history and logs show may not
+		res.errText = recovery.Truncate(recovery.Redact(att.Err.Error()), 200)
 	}
 	if tw.held && (att.Err != nil || errors.Is(err, errHeldTooLarge)) {
 		// a held response whose body failed can only be replayed as
@@ -222,6 +260,11 @@ type tryHook struct {
 // is held back, because it is a retryable failure or lost a race.
 func (k *tryHook) decide(tw *tryWriter, status int) bool {
 	now := time.Now()
+	retryable := k.canRetry && k.rs.body.replayable()
+	if retryable || status >= 500 {
+		k.cls = k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
+		k.status, k.classified = status, true
+	}
 	if status != 499 { // reverse_proxy's mark of a cancelled round trip: no answer
 		k.answered = true
 		// the worker's latency runs from when it had the whole request:
@@ -230,11 +273,14 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		if sent := k.body.sentAt(); sent.After(k.start) {
 			latency = max(now.Sub(sent), 1)
 		}
-		k.wk.tracker.Done(k.token, now, latency, status >= 500 && !k.panicMode)
+		// a 5xx counts against the worker's selection cost unless a
+		// classify rule ignores or skips it (it counts against
+		// nobody), as in its breaker and health
+		failed := status >= 500 && !k.panicMode && k.cls.Failure && countsAgainst(k.cls)
+		k.wk.tracker.Done(k.token, now, latency, failed)
 	}
-	if k.canRetry && k.rs.body.replayable() {
-		cls := k.h.classifier.Classify(recovery.Attempt{Status: status, Header: tw.header, Dialed: true, Wrote: true}, now)
-		k.cls, k.status, k.classified = cls, status, true
+	if retryable {
+		cls := k.cls
 		retry := cls.Failure && k.h.retryable(k.r, cls, status)
 		// a response the user's retry match asks to retry
 		matched := !retry && !cls.Failure && k.rc == nil && k.h.retryMatchesResponse(k.r)

@@ -29,9 +29,9 @@ type worker struct {
 	waiting     waitingTries                         // tries a hang can take back
 	provisioned bool
 
-	// throttles counts the worker's 429 answers in a row (see
+	// throttles is the worker's current run of throttled answers (see
 	// throttlesWorker).
-	throttles atomic.Int32
+	throttles throttleRun
 
 	// configLogged is set once a config failure (KindConfig) of the
 	// worker was logged with its fix; later ones are logged at debug.

@@ -47,6 +47,13 @@ type WorkerHealth struct {
 	pmu          sync.Mutex   // guards probePasses and probeFails
 	probePasses  int
 	probeFails   int
+	// probers counts the checkers that probe the worker (see AddProber).
+	probers atomic.Int32
+
+	// Suspicion probes (see BeginSuspicion).
+	suspecting    atomic.Bool  // a suspicion probe is in flight
+	lastSuspicion atomic.Int64 // unix nanoseconds of the last one's start
+	lastCleared   atomic.Int64 // unix nanoseconds of the last answer to one
 
 	mu  sync.Mutex // guards iso
 	iso isolationRecord

@@ -81,6 +81,14 @@ func (p *Pool) Attach(u User, workers []*Worker) {
 	p.syncMonitor()
 }
 
+// Attached reports whether the pool has a user: a config (running, or
+// provisioned before it) serves it.
+func (p *Pool) Attached() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.users) > 0
+}
+
 // SetWorkers replaces the workers of user u (dynamic upstreams change
 // them at run time).
 func (p *Pool) SetWorkers(u User, workers []*Worker) {
@@ -109,7 +117,12 @@ func (p *Pool) Detach(u User) {
 	p.mu.Unlock()
 	if stop != nil {
 		stop()
-		<-done
+		if !p.loopEmitting.Load() {
+			<-done
+		}
+		// else the loop may be the caller: a subscriber to an event it
+		// emits, reloading the config; it returns once its emit does
+		// (see flush), and does no more work meanwhile
 	} else {
 		// the loop may be handing u a tick it took before u left:
 		// wait for it
@@ -185,12 +198,22 @@ func (p *Pool) run(ctx context.Context, done chan struct{}) {
 		case <-t.C:
 			p.safely("ticker", p.tick)
 		}
+		p.flush()
+		if ctx.Err() != nil {
+			return // stopped, maybe by a subscriber to what flush emitted
+		}
 	}
 }
 
 // safely runs f, logging a panic instead of crashing the server or
-// ending the loop. Detach waits for the f that is running.
+// ending the loop. Detach waits for the f that is running. The events
+// emitted meanwhile, by f or by anyone, wait in a queue that flush emits
+// once f is done: Caddy runs event subscribers synchronously, and one
+// that reloads the config calls Detach, which would wait for f forever.
 func (p *Pool) safely(name string, f func()) {
+	p.emitMu.Lock()
+	p.looping = true
+	p.emitMu.Unlock()
 	p.running.Lock()
 	defer p.running.Unlock()
 	defer func() {
@@ -201,6 +224,46 @@ func (p *Pool) safely(name string, f func()) {
 		}
 	}()
 	f()
+}
+
+// flush emits the events queued while the loop worked (see safely), on
+// the loop's goroutine, with no lock held.
+func (p *Pool) flush() {
+	p.emitMu.Lock()
+	queue := p.pending
+	p.pending, p.looping = nil, false
+	p.emitMu.Unlock()
+	if len(queue) == 0 {
+		return
+	}
+	p.loopEmitting.Store(true)
+	defer p.loopEmitting.Store(false)
+	for _, e := range queue {
+		e.rep.emit(e.name, e.data)
+	}
+}
+
+// queuedEvent is an event waiting for the loop to finish its work.
+type queuedEvent struct {
+	rep  Reporter
+	name string
+	data map[string]any
+}
+
+// emit sends a Caddy event through rep, or queues it while the loop is at
+// work (see safely).
+func (p *Pool) emit(rep Reporter, name string, data map[string]any) {
+	if rep.Events == nil {
+		return
+	}
+	p.emitMu.Lock()
+	if p.looping {
+		p.pending = append(p.pending, queuedEvent{rep, name, data})
+		p.emitMu.Unlock()
+		return
+	}
+	p.emitMu.Unlock()
+	rep.emit(name, data)
 }
 
 // tick runs isolation expiries and outlier detection, then each user's
@@ -246,13 +309,13 @@ func (p *Pool) onBreakerChange(ch change) {
 			data["until"] = at.UTC().Format(time.RFC3339Nano)
 		}
 		rep.Logger.Warn("breaker opened", append(fields, zap.Int32("trips_in_a_row", trips))...)
-		rep.emit(EventBreakerOpened, data)
+		p.emit(rep, EventBreakerOpened, data)
 	case breaker.StateHalfOpen:
 		rep.Logger.Info("breaker half-open", fields...)
-		rep.emit(EventBreakerHalfOpen, data)
+		p.emit(rep, EventBreakerHalfOpen, data)
 	case breaker.StateClosed:
 		rep.Logger.Info("breaker closed", fields...)
-		rep.emit(EventBreakerClosed, data)
+		p.emit(rep, EventBreakerClosed, data)
 	}
 	if threshold := p.breakerTrips.Load(); ch.opensAfterClose > 0 && threshold > 0 && trips >= threshold {
 		p.Isolate(w, health.ReasonBreaker, fmt.Sprintf("breaker opened %d times in a row", trips))
@@ -274,7 +337,7 @@ func (p *Pool) Isolate(w *Worker, reason health.Reason, detail string) bool {
 // called with a lock held.
 func (p *Pool) Report(ev health.Event) {
 	_, rep := p.snapshot()
-	rep.workerEvent(ev)
+	p.workerEvent(rep, ev)
 	if ev.Type == health.EventRecoveryFailed {
 		// isolated with no end: booked as an error too, its action
 		// (isolate_worker) already done
@@ -300,16 +363,17 @@ func (p *Pool) Report(ev health.Event) {
 }
 
 // emit sends a Caddy event; Emit runs subscribers synchronously, so it is
-// never called with a lock held.
+// never called with a lock held (see Pool.emit).
 func (r Reporter) emit(name string, data map[string]any) {
 	if r.Events != nil {
 		r.Events.Emit(r.Ctx, name, data)
 	}
 }
 
-// workerEvent logs an isolation transition, counts it and emits its Caddy
-// event.
-func (r Reporter) workerEvent(ev health.Event) {
+// workerEvent logs an isolation transition through r, counts it and emits
+// its Caddy event.
+func (p *Pool) workerEvent(r Reporter, ev health.Event) {
+	ev.Reason = recovery.Redact(ev.Reason) // it may quote an error
 	data := map[string]any{
 		"pool":     ev.Worker.Pool(),
 		"worker":   ev.Worker.ID(),
@@ -342,7 +406,7 @@ func (r Reporter) workerEvent(ev health.Event) {
 	if r.Transition != nil {
 		r.Transition(ev.Worker.Pool(), ev.Worker.ID(), name)
 	}
-	r.emit(name, data)
+	p.emit(r, name, data)
 }
 
 // Coalesced returns how many breaker changes were merged into an earlier

@@ -217,6 +217,14 @@ type Pool struct {
 	breakerTrips atomic.Int32
 
 	running sync.Mutex // held by the loop while it works
+
+	// emitMu guards looping and pending: while the loop works, events
+	// wait in pending, and the loop emits them once it is done (see
+	// safely); loopEmitting is set while it does.
+	emitMu       sync.Mutex
+	looping      bool
+	pending      []queuedEvent
+	loopEmitting atomic.Bool
 	// handing is read-held by Report while it hands a restored worker
 	// to the users, on whatever goroutine: Detach waits for it, so a
 	// user it let go gets no more Restored calls

@@ -164,6 +164,15 @@ func (c *Classifier) Classify(a Attempt, now time.Time) Classification {
 	return cl
 }
 
+// HasRule reports whether a user rule classifies status.
+func (c *Classifier) HasRule(status int) bool {
+	if c == nil {
+		return false
+	}
+	_, ok := c.match(status)
+	return ok
+}
+
 // match returns the user rule for status: the first exact rule, else the
 // first class rule.
 func (c *Classifier) match(status int) (Rule, bool) {

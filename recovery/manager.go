@@ -190,7 +190,8 @@ func (m *Manager) Record(e ContextualError) {
 	if e.Message == "" && e.Err != nil {
 		e.Message = e.Err.Error()
 	}
-	e.Message = Truncate(e.Message, limit)
+	// redacted before it is cut, so that no part of a secret is left
+	e.Message = Truncate(Redact(e.Message), limit)
 	e.Context.Metadata = copyMetadata(e.Context.Metadata, limit)
 
 	m.mu.Lock()

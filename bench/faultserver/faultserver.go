@@ -41,6 +41,12 @@ type Options struct {
 	// HealthPath is the health endpoint; default "/health". Requests to
 	// it are counted as probes, not as traffic.
 	HealthPath string
+	// SlowPath is an endpoint that is slow by nature, whatever the
+	// mode: a request to it waits the milliseconds of its "ms" query
+	// parameter (at most MaxSlow), then is handled as the mode says, so
+	// that a healthy server has a slow endpoint (a report, a long poll).
+	// Default "/slow".
+	SlowPath string
 	// BodySize is the size of a successful answer's body; default 256.
 	BodySize int
 	// MaxEvents bounds the event log and the per-id counts; default
@@ -139,6 +145,9 @@ func Start(opts Options) (*Server, error) {
 	}
 	if opts.HealthPath == "" {
 		opts.HealthPath = "/health"
+	}
+	if opts.SlowPath == "" {
+		opts.SlowPath = "/slow"
 	}
 	if opts.BodySize <= 0 {
 		opts.BodySize = 256
@@ -415,12 +424,37 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Health:  r.URL.Path == s.opts.HealthPath,
 	}
 	_, _ = io.Copy(io.Discard, r.Body)
+	if !ev.Health && r.URL.Path == s.opts.SlowPath && !s.slowWait(r) {
+		s.finish(&ev, Abandoned, 0)
+		return
+	}
 	b, release, draw := s.snapshot()
 	if ev.Health && b.LyingHealth {
 		s.answer(w, &ev, http.StatusOK, b)
 		return
 	}
 	s.behave(w, r, &ev, b, release, draw)
+}
+
+// MaxSlow bounds the wait of a request to the slow path.
+const MaxSlow = time.Minute
+
+// slowWait waits as long as a request to the slow path asks (its "ms"
+// query parameter, bounded by MaxSlow; none or a bad one: no wait) and
+// reports whether the client was still there at the end.
+func (s *Server) slowWait(r *http.Request) bool {
+	n, err := strconv.Atoi(r.URL.Query().Get("ms"))
+	if err != nil || n <= 0 {
+		return true
+	}
+	t := time.NewTimer(min(time.Duration(n)*time.Millisecond, MaxSlow))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // behave carries out behaviour b for one request. Every path records the

@@ -197,6 +197,32 @@ func TestSlowAnswersAfterTheDelay(t *testing.T) {
 	}
 }
 
+// The slow path waits its ms parameter whatever the mode, then answers
+// as the mode says; the rest of the server answers at once meanwhile.
+func TestSlowPathWaitsThenAnswers(t *testing.T) {
+	s := start(t, Options{})
+	begin := time.Now()
+	done := make(chan result, 1)
+	go func() { done <- do(t, context.Background(), s, http.MethodGet, "/slow?ms=150", "s1") }()
+	if r := get(t, s, "/"); r.err != nil || r.status != 200 {
+		t.Fatalf("the rest of the server: %d %v", r.status, r.err)
+	}
+	r := <-done
+	if r.err != nil || r.status != 200 {
+		t.Fatalf("slow path: %d %v", r.status, r.err)
+	}
+	if took := time.Since(begin); took < 150*time.Millisecond {
+		t.Fatalf("the slow path answered after %v, before its 150ms", took)
+	}
+	if n := s.Received(http.MethodGet, "s1"); n != 1 {
+		t.Fatalf("the slow request was counted %d times", n)
+	}
+	set(t, s, Answering(503, 0))
+	if r := get(t, s, "/slow?ms=1"); r.status != 503 {
+		t.Fatalf("after the wait the mode answers: got %d %v", r.status, r.err)
+	}
+}
+
 func TestHangUntilReleased(t *testing.T) {
 	s := start(t, Options{})
 	set(t, s, Behavior{Mode: Hang})

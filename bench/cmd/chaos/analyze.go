@@ -72,6 +72,9 @@ type RunResult struct {
 	AddedRequests    *int64   `json:"added_requests,omitempty"`
 	AddedTriesBefore int      `json:"added_tries_before,omitempty"`
 
+	// Slow is the slow-endpoint scenario's measure.
+	Slow *SlowResult `json:"slow,omitempty"`
+
 	// TimeToIsolateMS is when Bifrost's admin API first showed the
 	// faulty worker(s) out of rotation, after the fault started (the
 	// latest of them when several are faulty); nil if never or not
@@ -125,6 +128,8 @@ type analysisInput struct {
 	polled     bool
 	pollErrors int
 	panics     []string
+	// slow is the slow-endpoint scenario's client side, nil elsewhere.
+	slow *SlowResult
 }
 
 // analyze fills in rr from what was measured.
@@ -143,6 +148,9 @@ func analyze(rr *RunResult, in analysisInput) {
 	}
 	if in.polled {
 		adminSide(rr, in)
+	}
+	if in.slow != nil {
+		slowSide(rr, in)
 	}
 	rr.Notes, rr.Panics = in.notes, in.panics
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -91,29 +92,41 @@ func contenderNames(cs []contender) map[string]string {
 }
 
 func TestSelectHedge(t *testing.T) {
+	// variants is each contender with default scenarios: it runs in the
+	// default run only there
+	variants := map[string][]string{
+		"hedge":     {"slow300", "hang"},
+		"defaults":  {"hang", "slow-endpoint"},
+		"leastconn": {"hang", "slow-endpoint"},
+	}
+	order := []string{"bifrost", "hedge", "defaults", "leastconn", "plain", "tuned"}
 	for _, tc := range []struct {
 		list string
-		// want is the contenders of every scenario, except those in
-		// slowOnes, which get wantSlow
-		want, wantSlow string
+		// named is the contenders the list selects; in the default run
+		// ("") variants run only in their scenarios
+		named []string
 	}{
-		{"", "bifrost,plain,tuned", "bifrost,hedge,plain,tuned"},
-		{"all", "bifrost,hedge,plain,tuned", "bifrost,hedge,plain,tuned"},
-		{"bifrost,plain", "bifrost,plain", "bifrost,plain"},
-		{"hedge", "hedge", "hedge"},
-		{"tuned,hedge", "hedge,tuned", "hedge,tuned"},
+		{"", order},
+		{"all", order},
+		{"bifrost,plain", []string{"bifrost", "plain"}},
+		{"hedge", []string{"hedge"}},
+		{"tuned,hedge", []string{"hedge", "tuned"}},
+		{"leastconn,defaults", []string{"defaults", "leastconn"}},
 	} {
 		cs, err := selectContenders(tc.list, "least_conn")
 		if err != nil {
 			t.Fatalf("%q: %v", tc.list, err)
 		}
 		for sc, got := range contenderNames(cs) {
-			want := tc.want
-			if sc == "hang" || sc == "slow300" {
-				want = tc.wantSlow
+			var want []string
+			for _, name := range tc.named {
+				if only, ok := variants[name]; ok && tc.list == "" && !slices.Contains(only, sc) {
+					continue
+				}
+				want = append(want, name)
 			}
-			if got != want {
-				t.Errorf("-contenders %q, scenario %s: %s, want %s", tc.list, sc, got, want)
+			if got != strings.Join(want, ",") {
+				t.Errorf("-contenders %q, scenario %s: %s, want %s", tc.list, sc, got, strings.Join(want, ","))
 			}
 		}
 	}
@@ -122,9 +135,11 @@ func TestSelectHedge(t *testing.T) {
 	}
 	// the default run's rule names real scenarios, and is not changed
 	// for the other runs by a selection
-	for _, name := range hedgeContender.DefaultScenarios {
-		if _, err := selectScenarios(name); err != nil {
-			t.Errorf("hedge's default scenario %q: %v", name, err)
+	for _, c := range []contender{hedgeContender, defaultsContender, leastConnContender} {
+		for _, name := range c.DefaultScenarios {
+			if _, err := selectScenarios(name); err != nil {
+				t.Errorf("%s's default scenario %q: %v", c.Name, name, err)
+			}
 		}
 	}
 	if _, err := selectContenders("hedge", "least_conn"); err != nil || len(hedgeContender.DefaultScenarios) == 0 {
@@ -483,21 +498,46 @@ func TestHungTargets(t *testing.T) {
 	if off := row(r, "Hung backend without hedging"); off.Measured != "not run" {
 		t.Errorf("hedging-off row without a hang run: %+v", off)
 	}
+	if slow := row(r, "Slow endpoint"); slow.Measured != "not run" || slow.Met != nil {
+		t.Errorf("slow-endpoint row without its run: %+v", slow)
+	}
 
 	b := RunResult{Contender: "bifrost", Label: "Bifrost", Bifrost: true, IsolatedAs: "isolated (probe_failed)", TimeToIsolateMS: ptr(1200.0)}
-	b.Window.Requests, b.Window.Failures, b.Window.GETFailures, b.Window.POSTFailures, b.Window.P99 = 2000, 30, 25, 5, 5*time.Second
+	b.Window.Requests, b.Window.Failures, b.Window.GETFailures, b.Window.POSTFailures, b.Window.P99, b.Window.Max = 2000, 30, 25, 5, 5*time.Second, 5*time.Second
+	d := RunResult{Contender: "defaults", Label: "Bifrost (defaults)", Bifrost: true}
+	d.Window.Requests, d.Window.P99, d.Window.Max = 2000, 5*time.Millisecond, 2400*time.Millisecond
 	h := RunResult{Contender: "hedge", Label: "Bifrost (hedging)", Bifrost: true, IsolatedAs: "breaker open", TimeToIsolateMS: ptr(800.0)}
 	h.Window.Requests, h.Window.P99, h.Window.P50 = 2000, 250*time.Millisecond, 50*time.Second
 	tu := RunResult{Contender: "tuned", Label: "reverse_proxy (tuned)"}
 	tu.Window.P99, tu.Window.P50 = 5*time.Second, time.Millisecond
-	r = &Report{Scenarios: []ScenarioResult{{Name: "hang", Runs: []RunResult{b, h, tu}}}}
+	slowOK := &SlowResult{DelayMS: 8000, GETs: 9, MaxMS: 8100, Executions: 9}
+	slowBad := &SlowResult{DelayMS: 8000, GETs: 9, MaxMS: 18400, Executions: 22, NotOnce: 9, Isolations: 1}
+	r = &Report{Scenarios: []ScenarioResult{
+		{Name: "hang", Runs: []RunResult{b, h, d, tu}},
+		{Name: "slow-endpoint", Runs: []RunResult{
+			{Contender: "bifrost", Label: "Bifrost", Bifrost: true, Slow: slowBad},
+			{Contender: "defaults", Label: "Bifrost (defaults)", Bifrost: true, Slow: slowOK},
+		}},
+	}}
 	r.evaluate()
-	on, off := row(r, "Hung backend with hedging: 0 client failures and p99 ≤ 300 ms"), row(r, "Hung backend without hedging")
+	on, off := row(r, "Hung backend with hedging: 0 client failures and p99 ≤ 300 ms"), row(r, "Hung backend without hedging, Bifrost:")
 	if on.Met == nil || !*on.Met || on.Measured != "0 failures of 2000 requests (GET 0, POST 0), p99 250ms" {
 		t.Errorf("hedging row %+v", on)
 	}
-	if off.Met != nil || off.Measured != "30 failures of 2000 requests (GET 25, POST 5), p99 5.00s" {
+	if off.Met == nil || *off.Met || off.Measured != "30 failures of 2000 requests (GET 25, POST 5), p99 5.00s, longest 5.00s" {
 		t.Errorf("hedging-off row %+v", off)
+	}
+	if def := row(r, "Hung backend without hedging, Bifrost (defaults):"); def.Met == nil || !*def.Met {
+		t.Errorf("defaults row %+v", def)
+	}
+	if lc := row(r, "Hung backend without hedging, Bifrost (least_conn):"); lc.Measured != "not run" {
+		t.Errorf("least_conn row without its run %+v", lc)
+	}
+	if slow := row(r, "Slow endpoint, Bifrost:"); slow.Met == nil || *slow.Met || !strings.Contains(slow.Measured, "run 22 times in all (9 not exactly once)") {
+		t.Errorf("slow-endpoint row of a run that moved the slow GETs: %+v", slow)
+	}
+	if slow := row(r, "Slow endpoint, Bifrost (defaults):"); slow.Met == nil || !*slow.Met {
+		t.Errorf("slow-endpoint row of a good run: %+v", slow)
 	}
 	// the list of where Bifrost is worse is about the bifrost contender
 	// alone (hedge's p50 is far worse than tuned's here)
@@ -509,7 +549,7 @@ func TestHungTargets(t *testing.T) {
 	md := r.markdown()
 	for _, want := range []string{
 		"| Bifrost (hedging) | 0 / 0 / 0 | 0 / 0 | 50.00s / 250ms / 0.0ms | n/a | n/a | 800ms |",
-		"| Bifrost | 25 / 0 / 0 | 5 / 0 | 0.0ms / 5.00s / 0.0ms | n/a | n/a | 1.20s |",
+		"| Bifrost | 25 / 0 / 0 | 5 / 0 | 0.0ms / 5.00s / 5.00s | n/a | n/a | 1.20s |",
 		"| reverse_proxy (tuned) | 0 / 0 / 0 | 0 / 0 | 1.0ms / 5.00s / 0.0ms | n/a | n/a | n/a |",
 		"Bifrost's admin API showed the faulty worker out of rotation as: isolated (probe_failed).",
 		"Bifrost (hedging)'s admin API showed the faulty worker out of rotation as: breaker open.",

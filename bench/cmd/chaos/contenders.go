@@ -105,6 +105,26 @@ var (
 		DefaultScenarios: []string{"slow300", "hang"},
 		site:             func(u upstreams) string { return bifrostSite(u, "retry {", "\thedge auto", "}") },
 	}
+	// defaultsContender is Bifrost as a new user writes it: no setting
+	// at all, so no health block, and a hang is found by its suspicion
+	// probe alone (HEAD /). It matters where a backend hangs or is slow.
+	defaultsContender = contender{
+		Name:             "defaults",
+		Label:            "Bifrost (defaults)",
+		Bifrost:          true,
+		DefaultScenarios: []string{"hang", "slow-endpoint"},
+		site:             func(u upstreams) string { return block("bifrost", u) },
+	}
+	// leastConnContender is defaultsContender with lb_policy least_conn,
+	// which sends a hung worker one request and then avoids it: a single
+	// request waits there, and the pool keeps answering around it.
+	leastConnContender = contender{
+		Name:             "leastconn",
+		Label:            "Bifrost (least_conn)",
+		Bifrost:          true,
+		DefaultScenarios: []string{"hang", "slow-endpoint"},
+		site:             func(u upstreams) string { return block("bifrost", u, "lb_policy least_conn") },
+	}
 	plainContender = contender{
 		Name:  "plain",
 		Label: "reverse_proxy",
@@ -163,8 +183,8 @@ func overheadBifrost(policy string) contender {
 // DefaultScenarios runs only in those; named in list, or with "all", it
 // runs in every scenario.
 func selectContenders(list, tunedPolicy string) ([]contender, error) {
-	all := []contender{bifrostContender, hedgeContender, plainContender, tunedContender(tunedPolicy)}
-	cs, err := selectNamed(all, func(c contender) string { return c.Name }, list, "contender", "bifrost, hedge, plain, tuned")
+	all := []contender{bifrostContender, hedgeContender, defaultsContender, leastConnContender, plainContender, tunedContender(tunedPolicy)}
+	cs, err := selectNamed(all, func(c contender) string { return c.Name }, list, "contender", "bifrost, hedge, defaults, leastconn, plain, tuned")
 	if err != nil || list == "" {
 		return cs, err
 	}

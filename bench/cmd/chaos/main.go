@@ -131,7 +131,7 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.BoolVar(&o.quick, "quick", false, "short runs and windows, for a quick look")
 	fs.BoolVar(&o.smoke, "smoke", false, "CI smoke: scenario 502 on Bifrost only for a few seconds; exit 1 on any GET failure or duplicate POST")
 	fs.StringVar(&o.scenarios, "scenarios", "", "comma-separated `names` of the scenarios to run (default all: "+scenarioNames()+")")
-	fs.StringVar(&o.contenders, "contenders", "", "comma-separated contenders: bifrost, hedge, plain, tuned, or all (default all, but hedge only in "+strings.Join(hedgeContender.DefaultScenarios, " and ")+")")
+	fs.StringVar(&o.contenders, "contenders", "", "comma-separated contenders: bifrost, hedge, defaults, leastconn, plain, tuned, or all (default all, but hedge only in "+strings.Join(hedgeContender.DefaultScenarios, " and ")+", defaults and leastconn only in "+strings.Join(defaultsContender.DefaultScenarios, " and ")+")")
 	fs.StringVar(&o.tunedPolicy, "tuned-policy", "least_conn", "lb_policy of the tuned reverse_proxy (round_robin or least_conn)")
 	fs.DurationVar(&o.timing.Run, "run", 0, "length of each scenario run (default 22s; -quick 10s; -smoke 6s)")
 	fs.DurationVar(&o.timing.FaultAt, "fault-at", 0, "when the fault starts in each run (default 6s; -quick 2s)")

@@ -121,9 +121,41 @@ func (r *Report) targets() []target {
 	}
 	on := hungTarget(r.contenderRun("hang", "hedge"))
 	on.Target = "Hung backend with hedging: 0 client failures and p99 ≤ 300 ms in the window"
-	off := hungTarget(r.bifrostRun("hang"))
-	off.Target, off.Met = "Hung backend without hedging (Bifrost, for comparison): the same measures", nil
-	return append(out, on, off)
+	out = append(out, on)
+	for _, c := range []contender{bifrostContender, defaultsContender, leastConnContender} {
+		t := hangWaitTarget(r.contenderRun("hang", c.Name))
+		t.Target = fmt.Sprintf("Hung backend without hedging, %s: 0 client failures and no request of the window waiting longer than %s (hang_threshold + 0.5 s)", c.Label, fmtDur(hangMaxWait))
+		out = append(out, t)
+	}
+	for _, c := range []contender{bifrostContender, defaultsContender, leastConnContender} {
+		t := target{Target: fmt.Sprintf("Slow endpoint, %s: no worker taken out, every slow GET run exactly once and none longer than its duration + 0.5 s", c.Label), Measured: "not run"}
+		if b := r.contenderRun("slow-endpoint", c.Name); b != nil && b.Error == "" && b.Slow != nil {
+			t.Measured, t.Met = slowLine(b.Slow), ptr(slowMet(b.Slow))
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// hangMaxWait is the hang targets' bound on a request's wait: the default
+// hang_threshold (2 s) plus 0.5 s.
+const hangMaxWait = 2500 * time.Millisecond
+
+// hangWaitTarget measures a hang target without hedging on run b: no
+// client failure and no request of the window waiting longer than
+// hangMaxWait.
+func hangWaitTarget(b *RunResult) target {
+	switch {
+	case b == nil:
+		return target{Measured: "not run"}
+	case b.Error != "":
+		return target{Measured: "run failed"}
+	}
+	w := b.Window
+	return target{
+		Measured: fmt.Sprintf("%d failures of %d requests (GET %d, POST %d), p99 %s, longest %s", w.Failures, w.Requests, w.GETFailures, w.POSTFailures, fmtDur(w.P99), fmtDur(w.Max)),
+		Met:      ptr(w.Failures == 0 && w.Max <= hangMaxWait),
+	}
 }
 
 // hungP99 is the hung-backend target's bound on the window's p99 (the
@@ -352,6 +384,11 @@ func markdownScenario(b *strings.Builder, s ScenarioResult) {
 	}
 	if len(kinds) > 0 {
 		fmt.Fprintf(b, "\nFailures by cause (whole run): %s.\n", strings.Join(kinds, "; "))
+	}
+	for _, run := range s.Runs {
+		if run.Error == "" && run.Slow != nil {
+			fmt.Fprintf(b, "\n%s: %s.\n", run.Label, slowLine(run.Slow))
+		}
 	}
 	for _, run := range s.Runs {
 		if run.Error == "" && run.AddedAtMS != nil {

@@ -29,6 +29,9 @@ type scenario struct {
 	// backends (127.0.0.2 to 127.0.0.4, one port), and a fourth
 	// (127.0.0.5) joins the answer a quarter into the window.
 	Dynamic bool
+	// Slow adds the slow-endpoint load (see slowBurst) when the window
+	// starts, over a trickle of load instead of the suite's rate.
+	Slow bool
 }
 
 // lyingHealth502 answers 502 to traffic while /health says 200.
@@ -47,6 +50,7 @@ var allScenarios = []scenario{
 	{Name: "flaky30", Description: "one backend fails 30% of requests (health included) with 502", Fault: faultserver.FlakyBy(0.3)},
 	{Name: "slow300", Description: "one backend answers 300 ms late", Fault: faultserver.SlowBy(300 * time.Millisecond)},
 	{Name: "hang", Description: "one backend reads requests and never answers (until the window ends)", Fault: faultserver.Behavior{Mode: faultserver.Hang}},
+	{Name: "slow-endpoint", Description: fmt.Sprintf("every backend healthy, with a slow endpoint: %d concurrent GETs of /slow (%s each, four fifths of the window if shorter) and a burst of %d ordinary GETs when the window starts, over %d requests a second", slowGETs, slowDelay, burstGETs, slowLoadRate), Fault: faultserver.Behavior{}, Slow: true},
 	{Name: "dynamic", Description: "upstreams from `dynamic a`: one of three answers 502 (health included) while a fourth joins the DNS answer", Fault: faultserver.Answering(502, 0), Dynamic: true},
 	{Name: "all-down", Description: "every backend's port closed for the outage", Fault: faultserver.Refusing(), AllBackends: true},
 	{Name: "reset-mid-body", Description: "one backend sends headers and half the body, then resets", Fault: faultserver.Behavior{Mode: faultserver.ResetMidBody}, Extra: true},
@@ -275,6 +279,15 @@ func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyPr
 	fs := newFaultSchedule(faulty, sc.Fault, e.timing.FaultAt, e.timing.window(sc))
 	start := time.Now()
 	go fs.run(ctx, start)
+	rate := e.load.Rate
+	var slow chan *SlowResult
+	if sc.Slow {
+		rate = slowLoadRate
+		slow = make(chan *SlowResult, 1)
+		go func() {
+			slow <- slowBurst(ctx, proc.proxyURL(), start.Add(e.timing.FaultAt), slowDelayFor(e.timing.window(sc)), sc.Name+"-"+c.Name)
+		}()
+	}
 	joined := make(chan struct{})
 	go func() {
 		defer close(joined)
@@ -284,7 +297,7 @@ func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyPr
 	}()
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		URL:       proc.proxyURL(),
-		Rate:      e.load.Rate,
+		Rate:      rate,
 		Duration:  e.timing.Run,
 		POSTShare: e.load.POSTShare,
 		Timeout:   e.load.Timeout,
@@ -292,6 +305,9 @@ func (e *env) drive(ctx context.Context, sc scenario, c contender, proc *caddyPr
 	})
 	fs.wait()
 	<-joined
+	if slow != nil {
+		in.slow = <-slow
+	}
 	if stopPolling != nil {
 		in.changes, in.pollErrors = stopPolling()
 		in.polled = true
