@@ -504,6 +504,9 @@ func (h *Handler) resolve() (*resolved, error) {
 			return nil, fmt.Errorf("upstreams[%d]: dial address is empty", i)
 		}
 	}
+	if err := h.Backup.validate(h.Upstreams); err != nil {
+		return nil, err
+	}
 	if lb := h.LoadBalancing; lb != nil {
 		switch {
 		case lb.Retries != 0:

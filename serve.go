@@ -41,6 +41,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	rs := h.newRequestState(r, body, ready)
 	rs.set = h.currentSet(r.Context())
+	h.chooseSet(rs)
 	// Bifrost's placeholders are read from the request's state whenever
 	// they are used: deferred header operations see the try whose response
 	// is written, and the access log the whole request.
@@ -109,6 +110,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 
 		// a failure the client has not seen: try again if it is safe
 		rs.shown.cls = cls
+		if cls.Action == recovery.ActionExpandPool {
+			rs.expand() // the backups, if any, may take it
+		}
 		if res.status != 0 {
 			rs.answered = append(rs.answered, res.wk)
 		}
@@ -176,7 +180,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 // already (asking a worker again that answered with a failure only loads
 // it more; its answer is given instead). except is left out, if set.
 func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
-	for _, wk := range rs.set.workers {
+	set := rs.set
+	if rs.full != nil {
+		set = rs.full // a backup could take it
+	}
+	for _, wk := range set.workers {
 		if wk != except && !slices.Contains(rs.skipped, wk) && !slices.Contains(rs.answered, wk) && wk.available() {
 			return true
 		}
@@ -305,9 +313,12 @@ type requestState struct {
 	// exhausted is set once a full worker (connection_pool_exhausted) was
 	// booked for this request
 	exhausted bool
-	tries     int
-	hedges    int
-	last      *worker
+	// full is the whole set, backups included, while set is its primary
+	// view (see chooseSet and expand)
+	full   *workerSet
+	tries  int
+	hedges int
+	last   *worker
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
@@ -406,6 +417,10 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	}
 	if wk := h.cheapestUntried(rs, now); wk != nil {
 		return wk, false
+	}
+	if rs.expand() {
+		// no primary left to go to: the backups come in
+		return h.pick(r, w, rs, now)
 	}
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.answered, chosen) {
 		return chosen, false

@@ -33,6 +33,10 @@ type worker struct {
 	// throttlesWorker).
 	throttles throttleRun
 
+	// backup is set on a backup worker, which requests choose only
+	// when the primaries cannot serve (see chooseSet)
+	backup bool
+
 	// configLogged is set once a config failure (KindConfig) of the
 	// worker was logged with its fix; later ones are logged at debug.
 	configLogged atomic.Bool

@@ -65,6 +65,10 @@ type Worker struct {
 	// slots, in every config (see TakeSlot).
 	Slots atomic.Int64
 
+	// Backup is set on a backup worker (the backup subdirective) by the
+	// newest config.
+	Backup atomic.Bool
+
 	// tracker holds the latency, failure share and requests in flight
 	// that selection and hang detection read; it is replaced only when a
 	// config changes its settings.

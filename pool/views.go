@@ -15,6 +15,9 @@ import (
 type WorkerView struct {
 	health.Snapshot
 	Breaker BreakerView `json:"breaker"`
+	// Backup is set on a backup worker, which takes traffic only when
+	// the pool's primaries cannot serve it.
+	Backup bool `json:"backup,omitempty"`
 }
 
 // BreakerView is a breaker's state.
@@ -37,6 +40,7 @@ func ViewOf(w *Worker, now time.Time) WorkerView {
 			OpenedAt: w.Breaker.OpenedAt(),
 			RetryAt:  w.Breaker.RetryAt(),
 		},
+		Backup: w.Backup.Load(),
 	}
 }
 

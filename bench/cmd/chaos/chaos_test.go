@@ -123,6 +123,9 @@ func TestSelectHedge(t *testing.T) {
 				if only, ok := variants[name]; ok && tc.list == "" && !slices.Contains(only, sc) {
 					continue
 				}
+				if sc == backupScenario && (name == "plain" || name == "tuned") {
+					continue // reverse_proxy has no backups
+				}
 				want = append(want, name)
 			}
 			if got != strings.Join(want, ",") {
@@ -586,5 +589,53 @@ func TestMedianAndFormat(t *testing.T) {
 	}
 	if got := fmtKinds(map[string]int{"502": 3, "timeout": 5}); got != "timeout ×5, 502 ×3" {
 		t.Errorf("fmtKinds: %q", got)
+	}
+}
+
+// TestBackupScenario checks the backup scenario's plumbing: Bifrost
+// contenders only, the backup line in the site, and its measure from the
+// client's records.
+func TestBackupScenario(t *testing.T) {
+	ss, err := selectScenarios(backupScenario)
+	if err != nil || len(ss) != 1 || !ss[0].Backup || !ss[0].AllBackends {
+		t.Fatalf("backup scenario %+v %v", ss, err)
+	}
+	cs, _ := selectContenders("", "least_conn")
+	if got := contenderNames(cs)[backupScenario]; got != "bifrost" {
+		t.Errorf("default run's backup contenders %s", got)
+	}
+	ups := staticUpstreams("a:1", "b:2")
+	ups.Backup = []string{"c:3"}
+	if site := bifrostContender.site(ups); !strings.HasPrefix(site, "bifrost a:1 b:2 {") || !strings.Contains(site, "\tbackup c:3\n") {
+		t.Errorf("site:\n%s", site)
+	}
+	b, err := faultserver.Start(faultserver.Options{Name: "b4", MaxEvents: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	in := analysisInput{start: t0, faultStart: at(1000), faultEnd: at(2000), backup: b}
+	for _, r := range []struct {
+		ms      int
+		backend string
+		status  int
+	}{{500, "b1", 200}, {1100, "b4", 200}, {1500, "b4", 200}, {1900, "b1", 502}, {2100, "b4", 200}, {2400, "b2", 200}, {2600, "b1", 200}, {3000, "b3", 200}} {
+		in.records = append(in.records, loadgen.Record{Intended: at(r.ms), Backend: r.backend, Status: r.status})
+	}
+	var rr RunResult
+	backupSide(&rr, in)
+	switch br := rr.Backup; {
+	case br == nil || br.Share == nil || *br.Share != 1:
+		t.Errorf("share %+v", br)
+	case br.ShareAfter == nil || *br.ShareAfter != 0.25:
+		t.Errorf("share after %v", *br.ShareAfter)
+	case br.LastAfterMS == nil || *br.LastAfterMS != 100:
+		t.Errorf("last after %v", br.LastAfterMS)
+	}
+	rr.Overall.Requests = 8
+	if ts := backupTargets(&rr); len(ts) != 3 || ts[2].Met == nil || !*ts[2].Met {
+		t.Errorf("targets %+v", ts)
 	}
 }

@@ -114,6 +114,7 @@ func (r *Report) targets() []target {
 	if runs > 0 {
 		out = append(out, target{"Zero duplicate POSTs in every scenario", fmt.Sprintf("%d in %d scenarios", dup, runs), ptr(dup == 0)})
 	}
+	out = append(out, backupTargets(r.bifrostRun(backupScenario))...)
 	if b := r.bifrostRun("all-down"); b != nil && b.Error == "" {
 		out = append(out,
 			target{"All backends down: no failure once they are back", fmt.Sprintf("%d after the outage", b.After.Failures), ptr(b.After.Failures == 0)},
