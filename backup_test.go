@@ -104,7 +104,7 @@ func TestBackupTakesWhatFullPrimariesCannot(t *testing.T) {
 		backup %s`, b.addr)))
 	done := make(chan int, 1)
 	go func() {
-		code, _ := get(t, "/slow")
+		code, _ := getAsync("/slow")
 		done <- code
 	}()
 	eventually(t, 5*time.Second, "the primary full", func() bool { return p.hits.Load() == 1 })

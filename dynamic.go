@@ -442,7 +442,7 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	// cleaned up, and forgotten, when it retires, instead of piling up
 	// in the config's context as addresses come and go.
 	pctx, cancel := caddy.NewContext(h.ctx)
-	w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), dyn: &dynamicLife{ctx: pctx, cancel: cancel}}
+	w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), dyn: &dynamicLife{ctx: pctx, cancel: cancel}, connsMax: connsLimit(h.TransportRaw)}
 	rp, err := newWorkerProxy(h.proxyCfg, &reverseproxy.Upstream{Dial: dial}, w)
 	if err == nil {
 		w.proxy.Store(rp)

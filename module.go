@@ -312,7 +312,7 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
 		h.states = append(h.states, ws)
-		w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), backup: i >= len(h.Upstreams)}
+		w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), backup: i >= len(h.Upstreams), connsMax: connsLimit(h.TransportRaw)}
 		if h.committed.Load() {
 			ws.Backup.Store(w.backup)
 		}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -468,7 +469,7 @@ func TestMaxRequestsIsALimitWhenEveryWorkerIsFull(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, body := get(t, "/")
+			code, body := getAsync("/")
 			codes <- fmt.Sprintf("%d %s", code, body)
 		}()
 	}
@@ -502,6 +503,72 @@ func TestMaxRequestsIsALimitWhenEveryWorkerIsFull(t *testing.T) {
 	if e := firstError(t, "saturated", backends[0].addr); e.Kind != recovery.KindPoolExhausted {
 		if e2 := firstError(t, "saturated", backends[1].addr); e2.Kind != recovery.KindPoolExhausted {
 			t.Errorf("booked %s and %s, want connection_pool_exhausted", e.Kind, e2.Kind)
+		}
+	}
+}
+
+// A worker whose transport has max_conns_per_host connections busy is
+// full too: the next request goes to a worker with room instead of
+// waiting in the transport for a connection.
+func TestMaxConnsPerHostFullWorkerIsSkipped(t *testing.T) {
+	slow, other := newBackend(t), newBackend(t)
+	release := make(chan struct{})
+	slow.set(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		fmt.Fprint(w, "slow")
+	})
+	loadCaddyfile(t, siteConfig([]string{slow.addr, other.addr}, `
+		name connsfull
+		lb_policy first
+		transport http {
+			max_conns_per_host 1
+		}`))
+	done := make(chan int, 1)
+	go func() {
+		code, _ := getAsync("/slow")
+		done <- code
+	}()
+	eventually(t, 5*time.Second, "the first worker busy", func() bool { return slow.hits.Load() == 1 })
+	code, body := get(t, "/")
+	close(release)
+	if code != http.StatusOK || !strings.Contains(body, other.addr) {
+		t.Fatalf("with the first worker's connection busy: got %d %q, want the other worker", code, body)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("the slow request got %d", code)
+	}
+}
+
+// getAsync sends a GET of path from a goroutine of its own: it reports
+// the status and body, or status 0 and the error, and never fails the
+// test from that goroutine.
+func getAsync(path string) (int, string) {
+	resp, err := client.Get(testSite + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// max_conns_per_host makes a worker full only where a connection carries
+// one request at a time.
+func TestConnsLimit(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		want int64
+	}{
+		{`{"protocol":"http","max_conns_per_host":4}`, 4},
+		{`{"protocol":"http","max_conns_per_host":4,"tls":{}}`, 0},
+		{`{"protocol":"http","max_conns_per_host":4,"tls":{},"versions":["1.1"]}`, 4},
+		{`{"protocol":"http","max_conns_per_host":4,"versions":["h2c","2"]}`, 0},
+		{`{"protocol":"http"}`, 0},
+		{`{"protocol":"fastcgi","max_conns_per_host":4}`, 0},
+		{``, 0},
+	} {
+		if got := connsLimit([]byte(tc.raw)); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.raw, got, tc.want)
 		}
 	}
 }

@@ -36,6 +36,9 @@ type worker struct {
 	// backup is set on a backup worker, which requests choose only
 	// when the primaries cannot serve (see chooseSet)
 	backup bool
+	// connsMax is its transport's max_conns_per_host when each
+	// connection carries one request (see connsLimit), else 0
+	connsMax int64
 
 	// configLogged is set once a config failure (KindConfig) of the
 	// worker was logged with its fix; later ones are logged at debug.
@@ -81,7 +84,7 @@ func (w *worker) available() bool {
 	if w.dyn != nil && w.dyn.closing.Load() {
 		return false
 	}
-	if w.Full() {
+	if w.Full() || w.connsFull() {
 		return false
 	}
 	return w.Breaker.Ready() && w.Health.AvailableNow()
