@@ -155,9 +155,6 @@ func TestMisdirectedRequestGoesElsewhere(t *testing.T) {
 		retry {
 			on connect_failure
 			methods GET PUT
-		}
-		isolation {
-			max_percent 0
 		}`))
 	code, body, _ := do(t, http.MethodPost, testSite+"/", nil, "X-Request-Id", "post-421")
 	if code != http.StatusOK || !strings.Contains(body, other.addr) {
@@ -172,13 +169,17 @@ func TestMisdirectedRequestGoesElsewhere(t *testing.T) {
 		t.Fatalf("PUT got %d %q (body %q at the other worker)", code, body, other.lastBody())
 	}
 	e := firstError(t, "misdirected", misdirected.addr)
-	if e.Kind != recovery.KindConfig || e.Status != http.StatusMisdirectedRequest {
-		t.Fatalf("booked %+v, want a config failure with status 421", e)
+	if e.Kind != recovery.KindConfig || e.Status != http.StatusMisdirectedRequest || e.Action != recovery.ActionSkipWorker {
+		t.Fatalf("booked %+v, want a config failure with status 421 and skip_worker", e)
 	}
+	// a 421 may be about one client's Host: it holds nothing against
+	// the worker, which stays in rotation
 	if n := misdirected.hits.Load(); n != 2 {
 		t.Errorf("the misdirected worker saw %d requests, want 2", n)
 	}
-	_ = h
+	if wk := workerAt(t, h, misdirected.addr); wk.Health.Isolated() || wk.Health.ConsecutiveFailures() != 0 {
+		t.Error("a 421 counted against its worker")
+	}
 }
 
 // A panic inside a worker's own proxy (here a handle_response route) is

@@ -118,8 +118,9 @@ type Classifier struct {
 //  9. No error: the user rules, then the defaults: 429 is KindThrottled,
 //     503 with a valid Retry-After is KindThrottled, 421 (Misdirected
 //     Request: the upstream is not configured for this request's host) is
-//     KindConfig and not sent (RFC 9110 §15.5.20 lets any request be
-//     retried on another connection), other 5xx except 501 and 505 are
+//     KindConfig with ActionSkipWorker and not sent (RFC 9110 §15.5.20
+//     lets any request be retried on another connection; one client's
+//     Host must not take a worker out), other 5xx except 501 and 505 are
 //     KindHTTP, and everything else is a success (KindNone).
 //
 // Classify does not allocate when the attempt has no error and a
@@ -142,6 +143,13 @@ func (c *Classifier) Classify(a Attempt, now time.Time) Classification {
 	)
 	if !matched {
 		kind = defaultStatusKind(a.Status)
+		if a.Status == http.StatusMisdirectedRequest {
+			// a 421 may be about one request's host (one client's),
+			// so it holds nothing against its worker: the request
+			// goes elsewhere (the kind's isolate_worker is for the
+			// mismatches no client can cause)
+			action = ActionSkipWorker
+		}
 		if a.Status == http.StatusServiceUnavailable {
 			retryAfter, hasRetryAfter = c.retryAfter(a.Header, now)
 			checked = true

@@ -456,6 +456,8 @@ func TestClassifyStatus(t *testing.T) {
 		{"302", nil, 302, nil, want{KindNone, ActionNone, 0, false}},
 		{"404", nil, 404, nil, want{KindNone, ActionNone, 0, false}},
 		{"no status, no error", nil, 0, nil, want{KindNone, ActionNone, 0, false}},
+		{"421 misdirected", nil, 421, nil, want{KindConfig, ActionSkipWorker, DelayCritical, true}},
+		{"421 by a rule", &Classifier{Rules: []Rule{{Status: 421, Kind: KindConfig}}}, 421, nil, want{KindConfig, ActionIsolateWorker, DelayCritical, true}},
 		{"500", nil, 500, nil, want{KindHTTP, ActionRetry, 0, true}},
 		{"501 is deterministic", nil, 501, nil, want{KindNone, ActionNone, 0, false}},
 		{"502", nil, 502, nil, want{KindHTTP, ActionRetry, 0, true}},
@@ -497,7 +499,8 @@ func TestClassifyStatus(t *testing.T) {
 			if got.Severity != got.Kind.Severity() {
 				t.Errorf("severity %v, want %v", got.Severity, got.Kind.Severity())
 			}
-			if got.Sent != (tt.status != 0) {
+			// a 421 was not processed (RFC 9110 §15.5.20): never sent
+			if wantSent := tt.status != 0 && tt.status != 421; got.Sent != wantSent {
 				t.Errorf("sent = %v for status %d", got.Sent, tt.status)
 			}
 		})
