@@ -340,6 +340,10 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Wo
 // shared state (see commit).
 func (h *Handler) applyWorkerSettings(ws *pool.Worker) {
 	ws.MaxRequests.Store(int64(h.MaxRequests))
+	if err := ws.Breaker.Update(h.cfg.breaker); err != nil {
+		// resolve checked them: not expected
+		h.logger.Error("applying the breaker's settings", zap.String("worker", ws.ID), zap.Error(err))
+	}
 	// probe state is left alone: the last checker of the worker forgets
 	// it when it stops (see health.WorkerHealth.AddProber)
 }
