@@ -253,7 +253,10 @@ func nameSafe(s string) string {
 // `health_request_body` and `health_follow_redirects` are the `health`
 // block's `port`, `upstream`, `header`, `method`, `body` and
 // `follow_redirects`; `lb_retry_match` is `retry { match }`.
-// `unhealthy_latency` is refused with the equivalent to use.
+// `unhealthy_latency` is refused with the equivalent to use when
+// `fail_duration` is given; without it, and `health_*` subdirectives
+// without `health_uri`, `health_path` or `health_port`, are ignored
+// with a warning at provision, as reverse_proxy ignores them.
 // `request_buffers` applies to each try unchanged: every try reads the
 // body from its start (see requestBody).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -310,6 +313,10 @@ type parser struct {
 	// mapped records reverse_proxy subdirectives that set a Bifrost
 	// field, so that setting it both ways is refused.
 	mapped map[string]string
+	// latency is unhealthy_latency's value, and latencyErr the error
+	// at its position, returned if fail_duration is given too.
+	latency    string
+	latencyErr error
 }
 
 // once refuses a subdirective given twice.
@@ -870,7 +877,17 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 		h.Retry = ensure(h.Retry)
 		return true, parseRetryMatch(d, h.Retry)
 	case "unhealthy_latency":
-		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
+		// refused with fail_duration, which turns reverse_proxy's
+		// passive checks on; ignored without it, as reverse_proxy does
+		// (see finish)
+		if err := p.once(d, name); err != nil {
+			return true, err
+		}
+		p.latencyErr = d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
+		return true, singleArg(d, func(v string) error {
+			p.latency = v
+			return nil
+		})
 	}
 	return false, nil
 }
@@ -953,6 +970,29 @@ func (p *parser) finish(d *caddyfile.Dispenser) error {
 		}
 	}
 	h := p.h
+	if h.Health != nil && !p.seen["health"] && !h.Health.active() {
+		// health_* subdirectives without health_uri, health_path or
+		// health_port: reverse_proxy accepts them and runs no active
+		// checks. They stay reverse_proxy's own JSON, which Provision
+		// ignores with a warning (adoptHealthChecks).
+		h.HealthChecks = ensure(h.HealthChecks)
+		h.HealthChecks.Active = h.Health.asActive()
+		h.Health = nil
+	}
+	if p.latency != "" {
+		if _, ok := p.mapped["fail_duration"]; ok {
+			return p.latencyErr
+		}
+		// without fail_duration reverse_proxy's passive checks are off and
+		// it ignores unhealthy_latency: so does Provision, with a warning
+		var lat caddy.Duration
+		if err := parseDuration(d, "unhealthy_latency", p.latency, &lat); err != nil {
+			return err
+		}
+		h.HealthChecks = ensure(h.HealthChecks)
+		h.HealthChecks.Passive = ensure(h.HealthChecks.Passive)
+		h.HealthChecks.Passive.UnhealthyLatency = lat
+	}
 	if h.Retry != nil && !p.seen["retry"] {
 		if err := wrapValidate(d, h.Retry.validate()); err != nil {
 			return err

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
@@ -1089,4 +1090,78 @@ func (h *Handler) claimWorkerIDs(ctx caddy.Context) error {
 		ids[id] = mine
 	}
 	return nil
+}
+
+// asActive returns the health block as reverse_proxy's active health
+// checks, field for field.
+func (hc *HealthConfig) asActive() *reverseproxy.ActiveHealthChecks {
+	return &reverseproxy.ActiveHealthChecks{
+		URI:             hc.URI,
+		Port:            hc.Port,
+		Upstream:        hc.Upstream,
+		Headers:         hc.Headers,
+		Method:          hc.Method,
+		Body:            hc.Body,
+		FollowRedirects: hc.FollowRedirects,
+		Interval:        hc.Interval,
+		Timeout:         hc.Timeout,
+		MaxSize:         hc.MaxSize,
+		ExpectStatus:    hc.ExpectStatus,
+		ExpectBody:      hc.ExpectBody,
+		Passes:          hc.Passes,
+		Fails:           hc.Fails,
+	}
+}
+
+// activeFieldsSet names the fields of reverse_proxy's active health
+// checks that are set, by their JSON names.
+func activeFieldsSet(a *reverseproxy.ActiveHealthChecks) []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"interval", a.Interval != 0}, {"timeout", a.Timeout != 0},
+		{"expect_status", a.ExpectStatus != 0}, {"expect_body", a.ExpectBody != ""},
+		{"passes", a.Passes != 0}, {"fails", a.Fails != 0},
+		{"upstream", a.Upstream != ""}, {"headers", len(a.Headers) > 0},
+		{"method", a.Method != ""}, {"body", a.Body != ""},
+		{"follow_redirects", a.FollowRedirects}, {"max_size", a.MaxSize != 0},
+	} {
+		if f.set {
+			out = append(out, "health_checks.active."+f.name)
+		}
+	}
+	return out
+}
+
+// logDefaults logs, once per handler at provision, the defaults this
+// handler runs with where they differ from reverse_proxy's, so that a
+// swap from reverse_proxy changes nothing silently. Settings the config
+// gives are not listed.
+func (h *Handler) logDefaults() {
+	if h.logger == nil || h.cfg == nil {
+		return
+	}
+	var fields []zap.Field
+	if h.LoadBalancing == nil || (h.LoadBalancing.SelectionPolicyRaw == nil && h.LoadBalancing.SelectionPolicy == nil) {
+		fields = append(fields, zap.String("lb_policy", "bifrost_p2c (latency and load; reverse_proxy: random)"))
+	}
+	if h.Retry == nil || h.Retry.Attempts == 0 {
+		fields = append(fields, zap.String("retry.attempts",
+			fmt.Sprintf("%d tries on different workers (reverse_proxy: 1, no retries without lb_retries or lb_try_duration)", h.cfg.retry.policy.Attempts)))
+	}
+	if pc := h.cfg.probe; pc != nil {
+		if h.Health.Passes == 0 {
+			fields = append(fields, zap.String("health.passes", fmt.Sprintf("%d (reverse_proxy health_passes: 1)", pc.settings.Passes)))
+		}
+		if h.Health.Fails == 0 {
+			fields = append(fields, zap.String("health.fails", fmt.Sprintf("%d (reverse_proxy health_fails: 1)", pc.settings.Fails)))
+		}
+	}
+	if len(fields) == 0 {
+		return
+	}
+	fields = append([]zap.Field{zap.String("pool", h.poolName)}, fields...)
+	h.logger.Info("defaults that differ from reverse_proxy's (set them to silence this)", fields...)
 }

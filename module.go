@@ -210,6 +210,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.claimWorkerIDs(ctx); err != nil {
 		return err
 	}
+	h.logDefaults()
 
 	// the selection policy picks among workers; the workers' own proxies
 	// always use their single upstream. The default weighs each worker's
