@@ -109,6 +109,14 @@ type Pool struct {
 	// fail, nil otherwise (admin API, status page).
 	DynamicErr atomic.Pointer[string]
 
+	// ClientRequests and ClientFailures count the requests the pool's
+	// handlers answered, and those whose answer to the client was a
+	// failure (an upstream's failure passed on, a proxy error, a degraded
+	// answer), whatever the tries before it: the status page shows what
+	// clients saw apart from failed tries. Requests the client cancelled
+	// are in neither.
+	ClientRequests, ClientFailures atomic.Uint64
+
 	// changes carries breaker transitions out of the breakers' locks; a
 	// full channel drops the event (counted), never blocks a request.
 	changes chan change

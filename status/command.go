@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -68,6 +70,21 @@ func printStatus(out io.Writer, addr string, timeout time.Duration) error {
 	var workers []pool.WorkerView
 	if err := json.Unmarshal(body, &workers); err != nil {
 		return fmt.Errorf("decoding the admin API's answer: %w", err)
+	}
+	// a dynamic pool whose lookups fail says so, as GET /bifrost/stats
+	// does; its last workers keep serving meanwhile
+	body, err = adminGet(addr, "/bifrost/stats", timeout)
+	if err != nil {
+		return err
+	}
+	var stats pool.StatsView
+	if err := json.Unmarshal(body, &stats); err != nil {
+		return fmt.Errorf("decoding the admin API's answer: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(stats.Pools)) {
+		if msg := stats.Pools[name].DynamicError; msg != "" {
+			fmt.Fprintf(out, "pool %s: upstream lookups failing (the last workers keep serving): %s\n", termSafe(name), termSafe(msg))
+		}
 	}
 	if len(workers) == 0 {
 		_, err := fmt.Fprintln(out, "no bifrost workers in the running config")
@@ -163,19 +180,27 @@ func stateWord(w pool.WorkerView) string {
 	return strings.ReplaceAll(w.State(), "_", "-")
 }
 
+// isolationLeft says how long an isolated worker stays out: the time
+// left, "until restored", or, once its time is up, what it waits for.
+// The CLI and the status page say the same.
+func isolationLeft(w pool.WorkerView, now time.Time) string {
+	if w.IsolatedUntil.IsZero() {
+		return "until restored"
+	}
+	// the isolation ends at the pool's next tick, and only once a probe
+	// passes when probes run and fail
+	ended := "expired, returning"
+	if !w.ProbeHealthy {
+		ended = "expired, waiting for a passing probe"
+	}
+	return timeLeft(w.IsolatedUntil.Sub(now), time.Second, ended)
+}
+
 // detail explains a worker that is out: why and until when.
 func detail(w pool.WorkerView, now time.Time) string {
 	switch {
-	case w.Isolated && !w.IsolatedUntil.IsZero():
-		// the isolation ends at the pool's next tick, and only once a
-		// probe passes when probes run and fail
-		ended := "expired, returning"
-		if !w.ProbeHealthy {
-			ended = "expired, waiting for a passing probe"
-		}
-		return fmt.Sprintf("%s (%s)", w.IsolationReason, timeLeft(w.IsolatedUntil.Sub(now), time.Second, ended))
 	case w.Isolated:
-		return w.IsolationReason + " (until restored)"
+		return fmt.Sprintf("%s (%s)", w.IsolationReason, isolationLeft(w, now))
 	case w.Throttled:
 		return fmt.Sprintf("throttled (%s)", timeLeft(w.ThrottledUntil.Sub(now), 100*time.Millisecond, "ending now"))
 	case !w.Breaker.RetryAt.IsZero():
