@@ -102,7 +102,6 @@ type outcomes struct {
 	FailedTries uint64 `json:"failed_tries"`
 }
 
-
 // newSeries returns an empty series.
 func newSeries() *series {
 	return &series{
