@@ -6,12 +6,15 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
@@ -42,7 +45,14 @@ unix//run/caddy/admin.sock.
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
 					fl := caddycmd.Flags{FlagSet: c.Flags()}
-					addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+					var cfg []byte
+					if fl.String("address") == "" {
+						var err error
+						if cfg, err = quietConfig(fl.String("config"), fl.String("adapter")); err != nil {
+							return err
+						}
+					}
+					addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), cfg, fl.String("config"), fl.String("adapter"))
 					if err != nil {
 						return fmt.Errorf("couldn't determine admin API address: %w", err)
 					}
@@ -55,6 +65,44 @@ unix//run/caddy/admin.sock.
 			cmd.AddCommand(status)
 		},
 	})
+}
+
+// quietConfig reads and adapts the config file given with --config as
+// caddycmd.LoadConfig does, but without its log lines ("using config
+// from file", "adapted config to JSON"), which would come before the
+// table; DetermineAdminAPIAddress then reads the admin address from it.
+// Without a file it returns nil, and DetermineAdminAPIAddress falls back
+// as Caddy's own commands do.
+func quietConfig(file, adapter string) ([]byte, error) {
+	if file == "" {
+		return nil, nil
+	}
+	var raw []byte
+	var err error
+	if file == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading config from %s: %w", file, err)
+	}
+	base := filepath.Base(file)
+	if adapter == "" && (strings.HasPrefix(base, "Caddyfile") || filepath.Ext(base) == ".caddyfile") {
+		adapter = "caddyfile"
+	}
+	if adapter == "" {
+		return raw, nil
+	}
+	a := caddyconfig.GetAdapter(adapter)
+	if a == nil {
+		return nil, fmt.Errorf("unrecognized config adapter: %s", adapter)
+	}
+	js, _, err := a.Adapt(raw, map[string]any{"filename": file})
+	if err != nil {
+		return nil, fmt.Errorf("adapting config using %s: %w", adapter, err)
+	}
+	return js, nil
 }
 
 // commandTimeout bounds the admin request of `caddy bifrost status`.
