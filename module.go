@@ -210,6 +210,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.poolName == "" {
 		h.poolName = defaultPoolName(h.Upstreams, h.DynamicUpstreamsRaw)
 	}
+	if err := h.claimWorkerIDs(ctx); err != nil {
+		return err
+	}
+	h.logDefaults()
 
 	// the selection policy picks among workers; the workers' own proxies
 	// always use their single upstream. The default weighs each worker's

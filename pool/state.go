@@ -194,6 +194,14 @@ type Pool struct {
 	// fail, nil otherwise (admin API, status page).
 	DynamicErr atomic.Pointer[string]
 
+	// ClientRequests and ClientFailures count the requests the pool's
+	// handlers answered, and those whose answer to the client was a
+	// failure (an upstream's failure passed on, a proxy error, a degraded
+	// answer), whatever the tries before it: the status page shows what
+	// clients saw apart from failed tries. Requests the client cancelled
+	// are in neither.
+	ClientRequests, ClientFailures atomic.Uint64
+
 	// Breaker transitions leave the breakers' locks through the workers'
 	// pending changes (see breakerChanged): dirty lists the workers with
 	// some, in order, and wake tells the loop. Nothing is dropped and no
