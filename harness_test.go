@@ -20,6 +20,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/bifrost-proxy/bifrost/pool"
 )
@@ -34,8 +35,17 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	// Caddy's storage (where the bifrost app keeps the workers' state)
+	// in a directory of this run, not the user's
+	dir, err := os.MkdirTemp("", "bifrost-storage-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	caddy.DefaultStorage = &certmagic.FileStorage{Path: dir}
 	code := m.Run()
 	_ = caddy.Stop()
+	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 
