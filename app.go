@@ -132,10 +132,16 @@ func (a *App) run(ctx context.Context) {
 	defer close(a.done)
 	t := time.NewTicker(appLoopInterval)
 	defer t.Stop()
-	for turn := 1; ; turn++ {
+	var updated <-chan struct{} // the fleet's news, which need not wait for the ticker
+	if a.link != nil {
+		updated = a.link.updated()
+	}
+	for turn := 1; ; {
 		select {
 		case <-ctx.Done():
 			return
+		case <-updated:
+			a.safely(func() { a.link.exchange(time.Now()) })
 		case now := <-t.C:
 			a.safely(func() {
 				if a.link != nil {
@@ -145,6 +151,7 @@ func (a *App) run(ctx context.Context) {
 					a.keeper.save(ctx, now)
 				}
 			})
+			turn++
 		}
 	}
 }

@@ -45,8 +45,8 @@ func connected(f *Fleet) func() bool { return func() bool { return f.Status().Co
 func TestFleetExchange(t *testing.T) {
 	srv := startRedis(t)
 	var delays atomic.Int64
-	a := newFleet(t, srv.url(""), "a")
-	b := newFleet(t, srv.url(""), "b", func(c *Config) {
+	a := newFleet(t, srv.URL(""), "a")
+	b := newFleet(t, srv.URL(""), "b", func(c *Config) {
 		c.Resync = time.Hour // by the channel alone
 		c.OnEntry = func(Entry, time.Duration) { delays.Add(1) }
 	})
@@ -60,7 +60,7 @@ func TestFleetExchange(t *testing.T) {
 	a.Publish(Entry{Pool: "api", Upstream: "10.0.0.1:80", Kind: KindClear})
 	eventually(t, 2*time.Second, "b sees it withdrawn", func() bool { return !has(b, "a", "10.0.0.1:80", KindIsolated) })
 	eventually(t, 2*time.Second, "b knows a as a peer", func() bool { _, ok := b.Status().Peers["a"]; return ok })
-	if n := srv.client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val(); n != 0 {
+	if n := srv.Client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val(); n != 0 {
 		t.Errorf("%d fields left in the store after the clear", n)
 	}
 }
@@ -69,9 +69,9 @@ func TestFleetExchange(t *testing.T) {
 // nothing and are counted by reason.
 func TestFleetRejectsForgeries(t *testing.T) {
 	srv := startRedis(t)
-	b := newFleet(t, srv.url(""), "b")
+	b := newFleet(t, srv.URL(""), "b")
 	eventually(t, 5*time.Second, "connected", connected(b))
-	c := srv.client("")
+	c := srv.Client("")
 	now := time.Now()
 	forged := Sign(isolation("x", now, now.Add(time.Minute)), []byte("not the secret"))
 	future := Sign(isolation("y", now.Add(time.Hour), now.Add(2*time.Hour)), secret)
@@ -93,16 +93,16 @@ func TestFleetRejectsForgeries(t *testing.T) {
 // once it answers again, and the other instance sees them again.
 func TestFleetRefillsEmptyStore(t *testing.T) {
 	srv := startRedis(t)
-	a := newFleet(t, srv.url(""), "a")
-	b := newFleet(t, srv.url(""), "b")
+	a := newFleet(t, srv.URL(""), "a")
+	b := newFleet(t, srv.URL(""), "b")
 	eventually(t, 5*time.Second, "both connected", func() bool { return connected(a)() && connected(b)() })
 	a.Publish(Entry{Pool: "api", Upstream: "u1", Kind: KindThrottled, Until: time.Now().Add(time.Minute)})
 	eventually(t, 2*time.Second, "b sees it", func() bool { return has(b, "a", "u1", KindThrottled) })
-	srv.stop()
+	srv.Stop()
 	eventually(t, 5*time.Second, "a disconnected", func() bool { return !connected(a)() })
-	srv.start()
+	srv.Start()
 	eventually(t, 10*time.Second, "the store refilled", func() bool {
-		return srv.client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 1
+		return srv.Client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 1
 	})
 	eventually(t, 5*time.Second, "b still sees it", func() bool { return has(b, "a", "u1", KindThrottled) })
 }
@@ -111,10 +111,10 @@ func TestFleetRefillsEmptyStore(t *testing.T) {
 // brings entries that were published meanwhile.
 func TestFleetResyncAfterPubSubKilled(t *testing.T) {
 	srv := startRedis(t)
-	a := newFleet(t, srv.url(""), "a")
-	b := newFleet(t, srv.url(""), "b")
+	a := newFleet(t, srv.URL(""), "a")
+	b := newFleet(t, srv.URL(""), "b")
 	eventually(t, 5*time.Second, "both connected", func() bool { return connected(a)() && connected(b)() })
-	c := srv.client("")
+	c := srv.Client("")
 	for i := range 20 {
 		if err := c.Do(ctx(t), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
 			t.Fatal(err)
@@ -137,13 +137,13 @@ func TestFleetResyncAfterPubSubKilled(t *testing.T) {
 // written.
 func TestFleetPublishDoesNotWaitForHungStore(t *testing.T) {
 	srv := startRedis(t)
-	a := newFleet(t, srv.url(""), "a", func(c *Config) { c.OutboxSize = 8 })
+	a := newFleet(t, srv.URL(""), "a", func(c *Config) { c.OutboxSize = 8 })
 	eventually(t, 5*time.Second, "connected", connected(a))
-	srv.signal(syscall.SIGSTOP)
+	srv.Signal(syscall.SIGSTOP)
 	resumed := false
 	defer func() {
 		if !resumed {
-			srv.signal(syscall.SIGCONT)
+			srv.Signal(syscall.SIGCONT)
 		}
 	}()
 	start := time.Now()
@@ -154,12 +154,12 @@ func TestFleetPublishDoesNotWaitForHungStore(t *testing.T) {
 		t.Errorf("1000 publishes took %v with the store hung", d)
 	}
 	eventually(t, 5*time.Second, "disconnected", func() bool { return !connected(a)() })
-	srv.signal(syscall.SIGCONT)
+	srv.Signal(syscall.SIGCONT)
 	resumed = true
 	eventually(t, 10*time.Second, "reconnected", connected(a))
 	// every own entry is written again on reconnect
 	eventually(t, 5*time.Second, "all own entries in the store", func() bool {
-		return srv.client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 1000
+		return srv.Client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 1000
 	})
 	if d := a.Status().Dropped; d == 0 {
 		t.Error("nothing dropped from an outbox of 8")
@@ -171,8 +171,8 @@ func TestFleetPublishDoesNotWaitForHungStore(t *testing.T) {
 func TestFleetNeverShowsPassword(t *testing.T) {
 	srv := startRedis(t, "--requirepass", "hunter2-pw")
 	core, logs := observer.New(zapcore.DebugLevel)
-	wrong := newFleet(t, strings.Replace(srv.url("hunter2-pw"), "hunter2-pw", "wrong-pw-42", 1), "w", func(c *Config) { c.Logger = zap.New(core) })
-	right := newFleet(t, srv.url("hunter2-pw"), "r", func(c *Config) { c.Logger = zap.New(core) })
+	wrong := newFleet(t, strings.Replace(srv.URL("hunter2-pw"), "hunter2-pw", "wrong-pw-42", 1), "w", func(c *Config) { c.Logger = zap.New(core) })
+	right := newFleet(t, srv.URL("hunter2-pw"), "r", func(c *Config) { c.Logger = zap.New(core) })
 	eventually(t, 5*time.Second, "right one connected", connected(right))
 	time.Sleep(300 * time.Millisecond) // a few failed attempts of the wrong one
 	if connected(wrong)() {
@@ -202,7 +202,7 @@ func TestFleetNeverShowsPassword(t *testing.T) {
 	if _, err := New(Config{URL: "redis://:pw-in-url@[::1", Secret: secret, Instance: "x"}); err == nil || strings.Contains(err.Error(), "pw-in-url") {
 		t.Errorf("bad URL: %v", err)
 	}
-	if _, err := New(Config{URL: srv.url(""), Instance: "x"}); err == nil || !strings.Contains(err.Error(), "secret") {
+	if _, err := New(Config{URL: srv.URL(""), Instance: "x"}); err == nil || !strings.Contains(err.Error(), "secret") {
 		t.Errorf("no secret: %v, want an error naming the secret", err)
 	}
 }

@@ -1,0 +1,164 @@
+package bifrost
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/bifrost-proxy/bifrost/fleet"
+	"github.com/bifrost-proxy/bifrost/fleet/fleettest"
+	"github.com/bifrost-proxy/bifrost/pool"
+)
+
+const fleetSecret = "s3cret-for-tests"
+
+// fleetGlobals is the bifrost global option of an instance of the
+// fleet on srv.
+func fleetGlobals(srv *fleettest.Server, instance string, quorum int) string {
+	return "bifrost {\n\tfleet " + srv.URL("") + " {\n\t\tsecret " + fleetSecret + "\n\t\tinstance " + instance +
+		"\n\t\tquorum " + string(rune('0'+quorum)) + "\n\t}\n}"
+}
+
+// peer starts another fleet member, as another Caddy instance would be.
+func peer(t *testing.T, srv *fleettest.Server, instance string) *fleet.Fleet {
+	t.Helper()
+	f, err := fleet.New(fleet.Config{URL: srv.URL(""), Secret: []byte(fleetSecret), Instance: instance,
+		Resync: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Start()
+	t.Cleanup(func() { _ = f.Close() })
+	eventually(t, 5*time.Second, instance+" connected", func() bool { return f.Status().Connected })
+	return f
+}
+
+func fleetStatus(t *testing.T) FleetView {
+	t.Helper()
+	var v FleetView
+	if code := adminJSON(t, http.MethodGet, "/bifrost/fleet", &v); code != http.StatusOK {
+		t.Fatalf("GET /bifrost/fleet: %d", code)
+	}
+	return v
+}
+
+// Another instance's isolation applies here, shown as the fleet's; an
+// operator's isolation here reaches the others, and their restore
+// applies here; forged entries change nothing and are counted.
+func TestFleetSharesVerdicts(t *testing.T) {
+	srv := fleettest.Start(t)
+	other := peer(t, srv, "other")
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name fleetpool
+		lb_policy first
+		isolation {
+			max_percent 100
+		}`))
+	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
+
+	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: a.addr, Kind: fleet.KindIsolated,
+		Reason: "probe_failed: seen by other", Ejections: 2, Until: time.Now().Add(time.Minute)})
+	wa := workerOf(t, "fleetpool", a.addr)
+	eventually(t, 2*time.Second, "a isolated by the fleet", wa.Health.Isolated)
+	sa := wa.Health.Snapshot(time.Now())
+	if !strings.Contains(sa.IsolationReason, "[fleet: other]") || sa.Ejections != 2 {
+		t.Errorf("a: reason %q, %d ejections; want the fleet's, from other, with 2", sa.IsolationReason, sa.Ejections)
+	}
+	if code, body := get(t, "/"); code != http.StatusOK || !strings.Contains(body, b.addr) {
+		t.Errorf("request: %d %q, want b (a is out)", code, body)
+	}
+	v := fleetStatus(t)
+	if v.Instance != "edge-1" || !v.Connected || v.Store != srv.URL("") || len(v.Verdicts) != 1 ||
+		v.Verdicts[0].Author != "other" || v.Verdicts[0].Upstream != a.addr {
+		t.Errorf("fleet view %+v", v)
+	}
+	eventually(t, 2*time.Second, "other among the peers", func() bool {
+		for _, p := range fleetStatus(t).Peers {
+			if p.Instance == "other" {
+				return true
+			}
+		}
+		return false
+	})
+
+	// an operator's isolation here is published for the others
+	wb := workerOf(t, "fleetpool", b.addr)
+	var out map[string]any
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/isolate?duration=10m", &out); code != http.StatusOK {
+		t.Fatalf("isolate b: %d", code)
+	}
+	eventually(t, 2*time.Second, "other sees edge-1's operator isolation", func() bool {
+		for _, e := range other.Entries() {
+			if e.Author == "edge-1" && e.Upstream == b.addr && e.Kind == fleet.KindIsolated && e.Operator {
+				return true
+			}
+		}
+		return false
+	})
+	// and another instance's operator restore applies here
+	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: b.addr, Kind: fleet.KindRestore})
+	eventually(t, 2*time.Second, "b restored by the fleet", func() bool { return !wb.Health.Isolated() })
+
+	// forged: a bad signature, and garbage
+	forged := fleet.Sign(fleet.Entry{Pool: "fleetpool", Upstream: c.addr, Kind: fleet.KindIsolated, Reason: "forged",
+		Issued: time.Now(), Until: time.Now().Add(time.Minute), Author: "mallory"}, []byte("guessed"))
+	cl := srv.Client("")
+	cl.HSet(t.Context(), fleet.DefaultPrefix+":verdicts", "fleetpool|"+c.addr+"|mallory", fleet.Encode(forged))
+	cl.Publish(t.Context(), fleet.DefaultPrefix+":events", "garbage")
+	eventually(t, 3*time.Second, "forgeries counted", func() bool {
+		r := fleetStatus(t).Rejected
+		return r[fleet.RejectBadSignature] > 0 && r[fleet.RejectMalformed] > 0
+	})
+	if workerOf(t, "fleetpool", c.addr).Health.Isolated() {
+		t.Error("c isolated by a forged entry")
+	}
+}
+
+// With quorum 2, one other instance's automatic isolation does not apply
+// here; a second instance's agreement makes it apply.
+func TestFleetQuorum(t *testing.T) {
+	srv := fleettest.Start(t)
+	other, third := peer(t, srv, "other"), peer(t, srv, "third")
+	a, b, c := newBackend(t), newBackend(t), newBackend(t)
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 2), siteConfig([]string{a.addr, b.addr, c.addr}, `
+		name quorumpool
+		isolation {
+			max_percent 100
+		}`))
+	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
+	until := time.Now().Add(time.Minute)
+	other.Publish(fleet.Entry{Pool: "quorumpool", Upstream: a.addr, Kind: fleet.KindIsolated, Reason: "probe_failed", Until: until})
+	// an operator's isolation needs no quorum: once it applies, the
+	// entry on a (published before it) has been weighed
+	other.Publish(fleet.Entry{Pool: "quorumpool", Upstream: c.addr, Kind: fleet.KindIsolated, Operator: true, Reason: "operator: maintenance", Until: until})
+	wa, wc := workerOf(t, "quorumpool", a.addr), workerOf(t, "quorumpool", c.addr)
+	eventually(t, 2*time.Second, "c isolated by other's operator", wc.Health.Isolated)
+	if wa.Health.Isolated() {
+		t.Fatal("a isolated on one instance's word with quorum 2")
+	}
+	third.Publish(fleet.Entry{Pool: "quorumpool", Upstream: a.addr, Kind: fleet.KindIsolated, Reason: "probe_failed", Until: until})
+	eventually(t, 2*time.Second, "a isolated once two agree", wa.Health.Isolated)
+}
+
+// A fleet without a secret refuses to start, saying so.
+func TestFleetNeedsSecret(t *testing.T) {
+	js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tbifrost {\n\t\tfleet redis://127.0.0.1:1/0\n\t}\n}\n" +
+		siteConfig([]string{"127.0.0.1:1"}, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = caddyLoad(js)
+	if err == nil || !strings.Contains(err.Error(), "secret") {
+		t.Fatalf("load: %v, want an error about the missing secret", err)
+	}
+	if len(pool.AllWorkers()) != 0 {
+		t.Error("workers left from the failed load")
+	}
+}
+
+// caddyLoad loads a config, returning its error.
+func caddyLoad(js []byte) error { return caddy.Load(js, true) }
