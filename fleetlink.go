@@ -327,16 +327,16 @@ func (l *fleetLink) announce(pools []*pool.Pool) {
 // FleetView is the answer of GET /bifrost/fleet.
 type FleetView struct {
 	// Enabled is false when no fleet is configured.
-	Enabled   bool                 `json:"enabled"`
-	Instance  string               `json:"instance,omitempty"`
-	Connected bool                 `json:"connected"`
-	Store     string               `json:"store,omitempty"`
-	LastError string               `json:"last_error,omitempty"`
-	Quorum    int                  `json:"quorum,omitempty"`
-	Peers     []FleetPeer          `json:"peers"`
-	Verdicts  []FleetVerdict       `json:"verdicts"`
-	Rejected  map[string]uint64    `json:"rejected"`
-	Dropped   uint64               `json:"dropped"`
+	Enabled   bool              `json:"enabled"`
+	Instance  string            `json:"instance,omitempty"`
+	Connected bool              `json:"connected"`
+	Store     string            `json:"store,omitempty"`
+	LastError string            `json:"last_error,omitempty"`
+	Quorum    int               `json:"quorum,omitempty"`
+	Peers     []FleetPeer       `json:"peers"`
+	Verdicts  []FleetVerdict    `json:"verdicts"`
+	Rejected  map[string]uint64 `json:"rejected"`
+	Dropped   uint64            `json:"dropped"`
 }
 
 // FleetPeer is an instance seen in the fleet.
