@@ -291,7 +291,10 @@ func (f *Fleet) run(ctx context.Context) {
 	for {
 		up, err := f.session(ctx)
 		if ctx.Err() != nil {
-			f.setConnected(false, nil)
+			// closed on purpose: not a disconnection to report
+			f.mu.Lock()
+			f.connected = false
+			f.mu.Unlock()
 			return
 		}
 		f.setConnected(false, err)

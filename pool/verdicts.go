@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,8 @@ func (p *Pool) Verdicts(now time.Time) []Verdict {
 	return out
 }
 
-// Apply applies verdicts to the pool's workers, oldest first, and
+// Apply applies verdicts to the pool's workers, oldest first (an
+// operator's last of those issued together), and
 // returns how many changed a worker: a throttle extends the worker's, an
 // isolation is adopted within the pool's isolation limits (see
 // health.Monitor.Adopt) and reported as the pool reports its own, and a
@@ -62,7 +64,15 @@ func (p *Pool) Apply(vs []Verdict) int {
 		byDial[w.Upstream] = w
 	}
 	vs = slices.Clone(vs)
-	slices.SortStableFunc(vs, func(a, b Verdict) int { return a.Issued.Compare(b.Issued) })
+	// oldest first; of verdicts issued together, the automatic ones
+	// before operators', which max_percent does not limit but which
+	// take places from the automatic ones
+	slices.SortStableFunc(vs, func(a, b Verdict) int {
+		if c := a.Issued.Compare(b.Issued); c != 0 {
+			return c
+		}
+		return cmp.Compare(operatorRank(a), operatorRank(b))
+	})
 	now := p.now()
 	n := 0
 	for _, v := range vs {
@@ -89,6 +99,14 @@ func (p *Pool) Apply(vs []Verdict) int {
 		}
 	}
 	return n
+}
+
+// operatorRank is 1 for an operator's isolation, 0 for other verdicts.
+func operatorRank(v Verdict) int {
+	if v.Isolation != nil && v.Isolation.Operator {
+		return 1
+	}
+	return 0
 }
 
 // offers holds the verdicts offered to each pool (*Pool to *offerBox)
