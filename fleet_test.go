@@ -68,8 +68,15 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	if !strings.Contains(sa.IsolationReason, "[fleet: other]") || sa.Ejections != 2 {
 		t.Errorf("a: reason %q, %d ejections; want the fleet's, from other, with 2", sa.IsolationReason, sa.Ejections)
 	}
+	var view pool.WorkerView
+	if adminJSON(t, http.MethodGet, "/bifrost/workers/"+wa.ID, &view); view.IsolatedByFleet != "other" {
+		t.Errorf("worker view: isolated_by_fleet %q, want other", view.IsolatedByFleet)
+	}
 	if code, body := get(t, "/"); code != http.StatusOK || !strings.Contains(body, b.addr) {
 		t.Errorf("request: %d %q, want b (a is out)", code, body)
+	}
+	if m := scrape(t); m["caddy_bifrost_fleet_connected"] != 1 || m["caddy_bifrost_fleet_propagation_seconds"] == 0 {
+		t.Errorf("fleet metrics: connected %v, propagation samples %v", m["caddy_bifrost_fleet_connected"], m["caddy_bifrost_fleet_propagation_seconds"])
 	}
 	v := fleetStatus(t)
 	if v.Instance != "edge-1" || !v.Connected || v.Store != srv.URL("") || len(v.Verdicts) != 1 ||
@@ -103,6 +110,12 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: b.addr, Kind: fleet.KindRestore})
 	eventually(t, 2*time.Second, "b restored by the fleet", func() bool { return !wb.Health.Isolated() })
 
+	// another instance's throttle (a Retry-After) is honoured here
+	throttle := time.Now().Add(time.Minute).Truncate(time.Millisecond)
+	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: c.addr, Kind: fleet.KindThrottled, Until: throttle})
+	wc := workerOf(t, "fleetpool", c.addr)
+	eventually(t, 2*time.Second, "c throttled by the fleet", func() bool { return wc.Health.ThrottledUntil().Equal(throttle) })
+
 	// forged: a bad signature, and garbage
 	forged := fleet.Sign(fleet.Entry{Pool: "fleetpool", Upstream: c.addr, Kind: fleet.KindIsolated, Reason: "forged",
 		Issued: time.Now(), Until: time.Now().Add(time.Minute), Author: "mallory"}, []byte("guessed"))
@@ -113,7 +126,10 @@ func TestFleetSharesVerdicts(t *testing.T) {
 		r := fleetStatus(t).Rejected
 		return r[fleet.RejectBadSignature] > 0 && r[fleet.RejectMalformed] > 0
 	})
-	if workerOf(t, "fleetpool", c.addr).Health.Isolated() {
+	if m := scrape(t); m["caddy_bifrost_fleet_rejected_total,reason=bad_signature"] == 0 {
+		t.Error("caddy_bifrost_fleet_rejected_total{reason=bad_signature} not counted")
+	}
+	if wc.Health.Isolated() {
 		t.Error("c isolated by a forged entry")
 	}
 }

@@ -53,11 +53,6 @@ const (
 	EventFleetAdopted      = "fleet_verdict_adopted"
 )
 
-// fleetMark is put after the reason of an isolation taken from the
-// fleet, with the instance that issued it: the worker views show it, and
-// this instance does not publish it as its own.
-const fleetMark = " [fleet: "
-
 // sharedFleets holds one fleet connection per process and configuration,
 // shared by every config (a reload keeps it).
 var sharedFleets = caddy.NewUsagePool()
@@ -207,7 +202,7 @@ func (l *fleetLink) publishOwn(pools []*pool.Pool, now time.Time) {
 			k := workerKey(p.Name, v.Upstream)
 			e := fleet.Entry{Pool: p.Name, Upstream: v.Upstream}
 			switch {
-			case v.Isolation != nil && !strings.Contains(v.Isolation.Reason, fleetMark) && !v.Isolation.RecoveryFailed:
+			case v.Isolation != nil && pool.FleetAuthor(v.Isolation.Reason) == "" && !v.Isolation.RecoveryFailed:
 				iso := v.Isolation
 				e.Kind, e.Reason, e.Until, e.Ejections, e.Operator = fleet.KindIsolated, iso.Reason, iso.Until, iso.Ejections, iso.Operator
 			case !v.ThrottledUntil.IsZero() && !v.ThrottledUntil.Equal(adoptedThrottles[k]):
@@ -272,7 +267,7 @@ func (l *fleetLink) offer(pools []*pool.Pool, ds []fleet.Decision, now time.Time
 			v.Issued = iso.Issued
 			v.Isolation = &health.Verdict{
 				Until:     iso.Until,
-				Reason:    iso.Reason + fleetMark + iso.Author + "]",
+				Reason:    pool.FleetReason(iso.Reason, iso.Author),
 				Ejections: iso.Ejections,
 				Operator:  iso.Operator,
 			}
@@ -301,7 +296,7 @@ func (l *fleetLink) announce(pools []*pool.Pool) {
 		for _, w := range p.Workers() {
 			k := workerKey(p.Name, w.Upstream)
 			iso, ok := w.Health.Verdict()
-			fromFleet := ok && strings.Contains(iso.Reason, fleetMark)
+			fromFleet := ok && pool.FleetAuthor(iso.Reason) != ""
 			l.mu.Lock()
 			prev := l.announced[k]
 			if !fromFleet {

@@ -3,6 +3,7 @@ package pool
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,24 @@ func (p *Pool) Apply(vs []Verdict) int {
 		}
 	}
 	return n
+}
+
+// fleetMark follows the reason of an isolation taken from the fleet,
+// with the instance that issued it (see FleetReason).
+const fleetMark = " [fleet: "
+
+// FleetReason returns the reason of an isolation taken from the fleet:
+// the author's reason, marked with the author.
+func FleetReason(reason, author string) string { return reason + fleetMark + author + "]" }
+
+// FleetAuthor returns the instance an isolation's reason says it was
+// taken from, and "" for an isolation of this instance.
+func FleetAuthor(reason string) string {
+	i := strings.LastIndex(reason, fleetMark)
+	if i < 0 || !strings.HasSuffix(reason, "]") {
+		return ""
+	}
+	return reason[i+len(fleetMark) : len(reason)-1]
 }
 
 // operatorRank is 1 for an operator's isolation, 0 for other verdicts.
