@@ -1,6 +1,7 @@
 package bifrost
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -52,12 +53,27 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	srv := fleettest.Start(t)
 	other := peer(t, srv, "other")
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
-	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), siteConfig([]string{a.addr, b.addr, c.addr}, `
+	js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n" +
+		fleetGlobals(srv, "edge-1", 1) + "\n}\n" + siteConfig([]string{a.addr, b.addr, c.addr}, `
 		name fleetpool
 		lb_policy first
 		isolation {
 			max_percent 100
 		}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	_ = json.Unmarshal(js, &cfg)
+	cfg["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+		"events":   []string{EventFleetConnected, EventFleetAdopted},
+		"handlers": []any{map[string]any{"handler": "bifrost_test_log"}},
+	}}}
+	js, _ = json.Marshal(cfg)
+	eventsMu.Lock()
+	before := len(events)
+	eventsMu.Unlock()
+	loadJSON(t, js)
 	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
 
 	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: a.addr, Kind: fleet.KindIsolated,
@@ -68,6 +84,18 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	if !strings.Contains(sa.IsolationReason, "[fleet: other]") || sa.Ejections != 2 {
 		t.Errorf("a: reason %q, %d ejections; want the fleet's, from other, with 2", sa.IsolationReason, sa.Ejections)
 	}
+	eventsMu.Lock()
+	connects := 0
+	for _, e := range events[before:] {
+		if e.Name() == EventFleetConnected && e.Data["instance"] == "edge-1" {
+			connects++
+		}
+	}
+	eventsMu.Unlock()
+	if connects != 1 {
+		t.Errorf("%d fleet_connected events, want 1", connects)
+	}
+	eventually(t, 2*time.Second, "fleet_verdict_adopted emitted", func() bool { return len(eventsNamed(EventFleetAdopted, wa.ID)) == 1 })
 	var view pool.WorkerView
 	if adminJSON(t, http.MethodGet, "/bifrost/workers/"+wa.ID, &view); view.IsolatedByFleet != "other" {
 		t.Errorf("worker view: isolated_by_fleet %q, want other", view.IsolatedByFleet)

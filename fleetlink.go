@@ -133,8 +133,7 @@ func newFleetLink(ctx caddy.Context, fc *FleetConfig, logger *zap.Logger) (*flee
 		if err != nil {
 			return nil, err
 		}
-		f.Start()
-		return &sharedFleet{f: f}, nil
+		return &sharedFleet{f: f}, nil // started by the app (not by caddy validate)
 	})
 	if err != nil {
 		return nil, err
@@ -148,6 +147,7 @@ func newFleetLink(ctx caddy.Context, fc *FleetConfig, logger *zap.Logger) (*flee
 func (l *fleetLink) start() {
 	currentLink.Store(l)
 	l.removeObserver = pool.ObserveActions(l.operatorAction)
+	l.f.Start()
 }
 
 // close lets go of the connection (closed with its last config).

@@ -94,8 +94,9 @@ type Fleet struct {
 	connected bool
 	lastErr   string
 
-	stop context.CancelFunc
-	done chan struct{}
+	started sync.Once
+	stop    context.CancelFunc // guarded by mu
+	done    chan struct{}      // guarded by mu
 }
 
 // New checks cfg and returns a Fleet that connects once started. Its
@@ -174,20 +175,29 @@ func (f *Fleet) Instance() string { return f.cfg.Instance }
 // Store returns the store's address without its password.
 func (f *Fleet) Store() string { return f.store }
 
-// Start starts the fleet's goroutine; Close stops it.
+// Start starts the fleet's goroutine, once however often it is called;
+// Close stops it.
 func (f *Fleet) Start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	f.stop, f.done = cancel, make(chan struct{})
-	go f.run(ctx)
+	f.started.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		f.mu.Lock()
+		f.stop, f.done = cancel, make(chan struct{})
+		f.mu.Unlock()
+		go f.run(ctx)
+	})
 }
 
 // Close stops the fleet's goroutine and closes the connection. This
 // instance's entries stay in the store until they end (a restarted
 // instance publishes its own again).
 func (f *Fleet) Close() error {
-	if f.stop != nil {
-		f.stop()
-		<-f.done
+	f.started.Do(func() {}) // never to start after this
+	f.mu.Lock()
+	stop, done := f.stop, f.done
+	f.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
 	}
 	return f.client.Close()
 }
