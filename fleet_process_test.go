@@ -39,7 +39,6 @@ func buildCaddy(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "caddy")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building caddy: %v\n%s", err, out)
 	}
