@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -206,3 +207,44 @@ func TestFleetNeedsSecret(t *testing.T) {
 
 // caddyLoad loads a config, returning its error.
 func caddyLoad(js []byte) error { return caddy.Load(js, true) }
+
+// An isolation taken from the fleet and kept in storage across a restart
+// applies from the first request, and ends once the fleet, read again,
+// no longer holds it (its author withdrew it, or an operator restored the
+// worker elsewhere, while this instance was down).
+func TestFleetEndsStaleKeptIsolation(t *testing.T) {
+	srv := fleettest.Start(t)
+	a, b := newBackend(t), newBackend(t)
+	doc, err := json.Marshal(stateDoc{Version: stateVersion, Pool: "stalepool", Workers: []stateWorker{{
+		Upstream:  a.addr,
+		Isolation: &stateIsolation{Until: time.Now().Add(time.Hour), Reason: pool.FleetReason("operator: maintenance", "gone"), Operator: true},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.DefaultStorage.Store(t.Context(), stateKey("stalepool"), doc); err != nil {
+		t.Fatal(err)
+	}
+	// Redis hangs while the config loads: the kept isolation applies at
+	// once, before the fleet can be asked
+	srv.Signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			srv.Signal(syscall.SIGCONT)
+		}
+	}()
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), siteConfig([]string{a.addr, b.addr}, `
+		name stalepool
+		lb_policy first`))
+	wa := workerOf(t, "stalepool", a.addr)
+	if !wa.Health.Isolated() {
+		t.Fatal("the kept isolation did not apply before the fleet answered")
+	}
+	if code, body := get(t, "/"); code != http.StatusOK || !strings.Contains(body, b.addr) {
+		t.Errorf("first request: %d %q, want b", code, body)
+	}
+	srv.Signal(syscall.SIGCONT)
+	stopped = false
+	eventually(t, 10*time.Second, "the stale isolation ended", func() bool { return !wa.Health.Isolated() })
+}

@@ -58,7 +58,12 @@ const (
 var sharedFleets = caddy.NewUsagePool()
 
 // sharedFleet is a fleet connection in sharedFleets.
-type sharedFleet struct{ f *fleet.Fleet }
+type sharedFleet struct {
+	f *fleet.Fleet
+	// reconciled is set once the isolations taken from the fleet before
+	// a restart (read from storage) were checked against the fleet
+	reconciled atomic.Bool
+}
 
 // Destruct closes the connection.
 func (s *sharedFleet) Destruct() error { return s.f.Close() }
@@ -70,6 +75,7 @@ var currentLink atomic.Pointer[fleetLink]
 // fleetLink is the app's side of the fleet.
 type fleetLink struct {
 	f        *fleet.Fleet
+	shared   *sharedFleet
 	key      string
 	instance string
 	quorum   int
@@ -138,7 +144,8 @@ func newFleetLink(ctx caddy.Context, fc *FleetConfig, logger *zap.Logger) (*flee
 	if err != nil {
 		return nil, err
 	}
-	l.f = v.(*sharedFleet).f
+	l.shared = v.(*sharedFleet)
+	l.f = l.shared.f
 	initFleetMetrics(ctx, logger)
 	return l, nil
 }
@@ -181,6 +188,9 @@ func (l *fleetLink) exchange(now time.Time) {
 	l.decisions = ds
 	l.mu.Unlock()
 	l.offer(pools, ds, now)
+	if l.f.Synced() && l.shared.reconciled.CompareAndSwap(false, true) {
+		l.reconcile(pools, ds)
+	}
 	if fleetMetrics.verdicts != nil {
 		fleetMetrics.verdicts.Set(float64(len(ds)))
 	}
@@ -287,6 +297,33 @@ func (l *fleetLink) offer(pools []*pool.Pool, ds []fleet.Decision, now time.Time
 		p.Offer(vs)
 	}
 	l.announce(pools)
+}
+
+// reconcile ends, once per process, the isolations taken from the fleet
+// that the fleet no longer decides: those kept in storage across a
+// restart while their authors withdrew them or an operator restored the
+// worker elsewhere. It runs at the first exchange after the fleet read
+// the whole store; from then on an adopted isolation lasts until its end.
+func (l *fleetLink) reconcile(pools []*pool.Pool, ds []fleet.Decision) {
+	decided := map[string]bool{}
+	for _, d := range ds {
+		if d.Isolation != nil {
+			decided[workerKey(d.Pool, d.Upstream)] = true
+		}
+	}
+	for _, p := range pools {
+		var vs []pool.Verdict
+		for _, w := range p.Workers() {
+			iso, ok := w.Health.Verdict()
+			if !ok || pool.FleetAuthor(iso.Reason) == "" || decided[workerKey(p.Name, w.Upstream)] {
+				continue
+			}
+			l.logger.Info("ending an isolation kept from the fleet, which no longer holds it",
+				zap.String("pool", p.Name), zap.String("worker", w.ID), zap.String("reason", iso.Reason))
+			vs = append(vs, pool.Verdict{Upstream: w.Upstream, Restore: true})
+		}
+		p.Offer(vs)
+	}
 }
 
 // announce logs, counts and emits each isolation taken from the fleet

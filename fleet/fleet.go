@@ -92,6 +92,7 @@ type Fleet struct {
 	rejected  map[string]uint64
 	dropped   uint64
 	connected bool
+	synced    bool // a full read of the store succeeded once
 	lastErr   string
 
 	started sync.Once
@@ -260,6 +261,14 @@ func (f *Fleet) Entries() []Entry {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].field() < out[j].field() })
 	return out
+}
+
+// Synced reports whether the fleet has read the whole store once: from
+// then on, Entries holds what the other instances say.
+func (f *Fleet) Synced() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.synced
 }
 
 // Status is a fleet's state, for the admin API.
@@ -537,6 +546,7 @@ func (f *Fleet) resync(ctx context.Context) error {
 		}
 	}
 	f.remote = remote
+	f.synced = true
 	for inst, v := range beats {
 		if e, why := Decode([]byte(v), f.cfg.Secret, now); why == "" && e.Kind == KindHeartbeat && e.Author == inst {
 			f.beats[inst] = e.Issued
