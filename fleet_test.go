@@ -76,6 +76,7 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	eventsMu.Unlock()
 	loadJSON(t, js)
 	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
+	cl := srv.Client("")
 
 	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: a.addr, Kind: fleet.KindIsolated,
 		Reason: "probe_failed: seen by other", Ejections: 2, Until: time.Now().Add(time.Minute)})
@@ -135,9 +136,43 @@ func TestFleetSharesVerdicts(t *testing.T) {
 		}
 		return false
 	})
-	// and another instance's operator restore applies here
+	// and another instance's operator restore applies here (other
+	// restores b first, as an operator there would)
 	other.Publish(fleet.Entry{Pool: "fleetpool", Upstream: b.addr, Kind: fleet.KindRestore})
 	eventually(t, 2*time.Second, "b restored by the fleet", func() bool { return !wb.Health.Isolated() })
+
+	// an operator's restore here reaches the others and stays in the
+	// store for those that were away
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/isolate?duration=10m", &out); code != http.StatusOK {
+		t.Fatalf("isolate b again: %d", code)
+	}
+	ownEntry := func(upstream string, ok func(fleet.Entry) bool) func() bool {
+		return func() bool {
+			for _, e := range other.Entries() {
+				if e.Author == "edge-1" && e.Upstream == upstream && ok(e) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	eventually(t, 2*time.Second, "other sees b isolated again", ownEntry(b.addr, func(e fleet.Entry) bool { return e.Kind == fleet.KindIsolated }))
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/restore", &out); code != http.StatusOK {
+		t.Fatalf("restore b: %d", code)
+	}
+	eventually(t, 2*time.Second, "other sees edge-1's restore", ownEntry(b.addr, func(e fleet.Entry) bool { return e.Kind == fleet.KindRestore }))
+	// an exchange after the restore: the isolation of c, published by it
+	wc0 := workerOf(t, "fleetpool", c.addr)
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wc0.ID+"/isolate?duration=1m", &out); code != http.StatusOK {
+		t.Fatalf("isolate c: %d", code)
+	}
+	eventually(t, 2*time.Second, "other sees c isolated", ownEntry(c.addr, func(e fleet.Entry) bool { return e.Kind == fleet.KindIsolated }))
+	if raw := cl.HGet(t.Context(), fleet.DefaultPrefix+":verdicts", "fleetpool|"+b.addr+"|edge-1").Val(); !strings.Contains(raw, `"kind":"restore"`) {
+		t.Errorf("edge-1's entry on b in the store: %q, want its restore", raw)
+	}
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wc0.ID+"/restore", &out); code != http.StatusOK {
+		t.Fatalf("restore c: %d", code)
+	}
 
 	// another instance's throttle (a Retry-After) is honoured here
 	throttle := time.Now().Add(time.Minute).Truncate(time.Millisecond)
@@ -148,7 +183,6 @@ func TestFleetSharesVerdicts(t *testing.T) {
 	// forged: a bad signature, and garbage
 	forged := fleet.Sign(fleet.Entry{Pool: "fleetpool", Upstream: c.addr, Kind: fleet.KindIsolated, Reason: "forged",
 		Issued: time.Now(), Until: time.Now().Add(time.Minute), Author: "mallory"}, []byte("guessed"))
-	cl := srv.Client("")
 	cl.HSet(t.Context(), fleet.DefaultPrefix+":verdicts", "fleetpool|"+c.addr+"|mallory", fleet.Encode(forged))
 	cl.Publish(t.Context(), fleet.DefaultPrefix+":events", "garbage")
 	eventually(t, 3*time.Second, "forgeries counted", func() bool {

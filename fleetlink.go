@@ -234,6 +234,9 @@ func (l *fleetLink) publishOwn(pools []*pool.Pool, now time.Time) {
 			continue
 		}
 		delete(l.published, k)
+		if e, ok := l.f.Own(old.Pool, old.Upstream); ok && e.Kind == fleet.KindRestore {
+			continue // an operator's restore replaced it: keep that for the others
+		}
 		l.f.Publish(fleet.Entry{Pool: old.Pool, Upstream: old.Upstream, Kind: fleet.KindClear})
 	}
 }

@@ -263,6 +263,14 @@ func (f *Fleet) Entries() []Entry {
 	return out
 }
 
+// Own returns this instance's current entry on a worker, if any.
+func (f *Fleet) Own(poolName, upstream string) (Entry, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.own[Entry{Pool: poolName, Upstream: upstream, Author: f.cfg.Instance}.field()]
+	return e, ok
+}
+
 // Synced reports whether the fleet has read the whole store once: from
 // then on, Entries holds what the other instances say.
 func (f *Fleet) Synced() bool {
