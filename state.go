@@ -86,8 +86,9 @@ type stateKeeper struct {
 	storage certmagic.Storage
 	logger  *zap.Logger
 
-	mu   sync.Mutex
-	last map[string][]byte // pool name -> the workers last written
+	mu      sync.Mutex
+	last    map[string][]byte // pool name -> the workers last written
+	failing bool              // the last write failed (logged once until one succeeds)
 }
 
 // restoredPools remembers, by pool name, the pool whose state was last
@@ -224,12 +225,19 @@ func (k *stateKeeper) save(ctx context.Context, now time.Time) {
 		sctx, cancel := context.WithTimeout(ctx, storageTimeout)
 		err = k.storage.Store(sctx, stateKey(p.Name), doc)
 		cancel()
-		if err != nil {
-			k.logger.Warn("writing the pool's state", zap.String("pool", p.Name), zap.Error(err))
-			continue
-		}
 		k.mu.Lock()
-		k.last[p.Name] = body
+		logIt := err != nil && !k.failing || err == nil && k.failing
+		k.failing = err != nil
+		if err == nil {
+			k.last[p.Name] = body
+		}
 		k.mu.Unlock()
+		switch {
+		case err != nil && logIt:
+			k.logger.Warn("writing the workers' state to storage failed; retrying every second, logged again once it works",
+				zap.String("pool", p.Name), zap.Error(err))
+		case logIt:
+			k.logger.Info("writing the workers' state to storage works again", zap.String("pool", p.Name))
+		}
 	}
 }
