@@ -12,6 +12,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/fleet"
 	"github.com/bifrost-proxy/bifrost/fleet/fleettest"
+	"github.com/bifrost-proxy/bifrost/health"
 	"github.com/bifrost-proxy/bifrost/pool"
 )
 
@@ -281,4 +282,67 @@ func TestFleetEndsStaleKeptIsolation(t *testing.T) {
 	srv.Signal(syscall.SIGCONT)
 	stopped = false
 	eventually(t, 10*time.Second, "the stale isolation ended", func() bool { return !wa.Health.Isolated() })
+}
+
+// A reload keeps the fleet's connection and what this instance
+// published: a verdict published under the old config is withdrawn under
+// the new one when it ends, and another instance's restore is not
+// carried out twice.
+func TestFleetAcrossReload(t *testing.T) {
+	srv := fleettest.Start(t)
+	other := peer(t, srv, "other")
+	a, b := newBackend(t), newBackend(t)
+	site := siteConfig([]string{a.addr, b.addr}, `
+		name reloadpool
+		lb_policy first`)
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), site)
+	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
+	wb := workerOf(t, "reloadpool", b.addr)
+	has := func(upstream, kind string) func() bool {
+		return func() bool {
+			for _, e := range other.Entries() {
+				if e.Author == "edge-1" && e.Upstream == upstream && e.Kind == kind {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	var out map[string]any
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/isolate?duration=1s", &out); code != http.StatusOK {
+		t.Fatalf("isolate b: %d", code)
+	}
+	eventually(t, 2*time.Second, "other sees b isolated", has(b.addr, fleet.KindIsolated))
+	// a remote restore of a, carried out once
+	other.Publish(fleet.Entry{Pool: "reloadpool", Upstream: a.addr, Kind: fleet.KindRestore})
+	eventually(t, 2*time.Second, "the restore seen", func() bool {
+		for _, e := range currentLink.Load().f.Entries() {
+			if e.Author == "other" && e.Kind == fleet.KindRestore {
+				return true
+			}
+		}
+		return false
+	})
+
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), site+"\n") // a reload: the pool stays
+	if workerOf(t, "reloadpool", b.addr) != wb {
+		t.Fatal("the reload made a new worker")
+	}
+	eventually(t, 5*time.Second, "b's isolation withdrawn after it ended", func() bool { return !has(b.addr, fleet.KindIsolated)() })
+
+	// a is isolated here after the restore: the restore, still in the
+	// store, is not carried out again by the new config
+	wa := workerOf(t, "reloadpool", a.addr)
+	if !pool.Named("reloadpool").Isolate(wa, health.ReasonProbe, "after the restore") {
+		t.Fatal("a not isolated")
+	}
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), site)
+	// an exchange of the new config has run once other's throttle of b,
+	// published after the reload, applies here
+	until := time.Now().Add(time.Minute).Truncate(time.Millisecond)
+	other.Publish(fleet.Entry{Pool: "reloadpool", Upstream: b.addr, Kind: fleet.KindThrottled, Until: until})
+	eventually(t, 2*time.Second, "b throttled by other", func() bool { return wb.Health.ThrottledUntil().Equal(until) })
+	if !wa.Health.Isolated() {
+		t.Error("the old restore was carried out again after the reload")
+	}
 }

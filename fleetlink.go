@@ -63,6 +63,21 @@ type sharedFleet struct {
 	// reconciled is set once the isolations taken from the fleet before
 	// a restart (read from storage) were checked against the fleet
 	reconciled atomic.Bool
+
+	mu       sync.Mutex
+	restores map[string]time.Time // worker -> the remote restore carried out, once per process
+}
+
+// firstRestore reports whether the remote restore of worker k issued at
+// issued is new to this process, and records it.
+func (s *sharedFleet) firstRestore(k string, issued time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restores[k].Equal(issued) {
+		return false
+	}
+	s.restores[k] = issued
+	return true
 }
 
 // Destruct closes the connection.
@@ -84,10 +99,6 @@ type fleetLink struct {
 	events   *caddyevents.App
 
 	removeObserver func()
-
-	// touched by the app's loop only
-	published map[string]fleet.Entry // worker -> this instance's entry
-	restores  map[string]time.Time   // worker -> the remote restore carried out
 
 	mu        sync.Mutex
 	decisions []fleet.Decision
@@ -122,7 +133,6 @@ func newFleetLink(ctx caddy.Context, fc *FleetConfig, logger *zap.Logger) (*flee
 	key := "fleet|" + hex.EncodeToString(sum[:])
 	l := &fleetLink{
 		key: key, instance: instance, quorum: max(fc.Quorum, 1), logger: logger, ctx: ctx,
-		published: map[string]fleet.Entry{}, restores: map[string]time.Time{},
 		throttles: map[string]time.Time{}, announced: map[string]string{},
 	}
 	if ev, err := ctx.App("events"); err == nil {
@@ -139,7 +149,7 @@ func newFleetLink(ctx caddy.Context, fc *FleetConfig, logger *zap.Logger) (*flee
 		if err != nil {
 			return nil, err
 		}
-		return &sharedFleet{f: f}, nil // started by the app (not by caddy validate)
+		return &sharedFleet{f: f, restores: map[string]time.Time{}}, nil // started by the app (not by caddy validate)
 	})
 	if err != nil {
 		return nil, err
@@ -222,20 +232,17 @@ func (l *fleetLink) publishOwn(pools []*pool.Pool, now time.Time) {
 			}
 			e.Reason = truncateText(e.Reason)
 			seen[k] = true
-			if old, ok := l.published[k]; ok && sameVerdict(old, e) {
+			if old, ok := l.f.Own(p.Name, v.Upstream); ok && sameVerdict(old, e) {
 				continue
 			}
-			l.published[k] = e
 			l.f.Publish(e)
 		}
 	}
-	for k, old := range l.published {
-		if seen[k] {
+	// the process's entries (an earlier config's too) that ended; an
+	// operator's restore stays for the others
+	for _, old := range l.f.OwnEntries() {
+		if seen[workerKey(old.Pool, old.Upstream)] || old.Kind == fleet.KindRestore {
 			continue
-		}
-		delete(l.published, k)
-		if e, ok := l.f.Own(old.Pool, old.Upstream); ok && e.Kind == fleet.KindRestore {
-			continue // an operator's restore replaced it: keep that for the others
 		}
 		l.f.Publish(fleet.Entry{Pool: old.Pool, Upstream: old.Upstream, Kind: fleet.KindClear})
 	}
@@ -272,8 +279,7 @@ func (l *fleetLink) offer(pools []*pool.Pool, ds []fleet.Decision, now time.Time
 		}
 		k := workerKey(d.Pool, d.Upstream)
 		v := pool.Verdict{Upstream: d.Upstream, Issued: now}
-		if r := d.Restore; r != nil && !l.restores[k].Equal(r.Issued) {
-			l.restores[k] = r.Issued
+		if r := d.Restore; r != nil && l.shared.firstRestore(k, r.Issued) {
 			offers[p] = append(offers[p], pool.Verdict{Upstream: d.Upstream, Restore: true, Issued: r.Issued})
 		}
 		if iso := d.Isolation; iso != nil {

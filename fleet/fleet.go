@@ -271,6 +271,17 @@ func (f *Fleet) Own(poolName, upstream string) (Entry, bool) {
 	return e, ok
 }
 
+// OwnEntries returns this instance's current entries.
+func (f *Fleet) OwnEntries() []Entry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Entry, 0, len(f.own))
+	for _, e := range f.own {
+		out = append(out, e)
+	}
+	return out
+}
+
 // Synced reports whether the fleet has read the whole store once: from
 // then on, Entries holds what the other instances say.
 func (f *Fleet) Synced() bool {
