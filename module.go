@@ -277,6 +277,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.publishSet()
 	h.pool.Attach(h, h.set.Load().shared())
+	app, err := appOf(ctx)
+	if err != nil {
+		return err
+	}
+	app.restoreState(h.pool) // the verdicts kept from before a restart
 	h.startBackground(bgCtx)
 	return nil
 }
