@@ -32,6 +32,7 @@ func init() {
 //	POST /bifrost/workers/{id}/restore    bring it back now
 //	POST /bifrost/workers/{id}/reset      close its breaker and clear its counts
 //	GET  /bifrost/stats                   error statistics and worker counts
+//	GET  /bifrost/fleet                   the fleet: instance, connection, peers, verdicts, rejected entries
 //	GET  /bifrost/errors                  recent errors, newest first (?limit=&worker=&pool=&severity=&kind=)
 type adminAPI struct{}
 
@@ -84,6 +85,11 @@ func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return pool.WriteJSON(w, http.StatusOK, pool.Stats(nil))
+	case len(parts) == 1 && parts[0] == "fleet":
+		if err := allow(r, http.MethodGet); err != nil {
+			return err
+		}
+		return pool.WriteJSON(w, http.StatusOK, fleetView())
 	case len(parts) == 1 && parts[0] == "errors":
 		if err := allow(r, http.MethodGet); err != nil {
 			return err

@@ -140,6 +140,19 @@ func eventsNamed(name, worker string) []caddy.Event {
 	return out
 }
 
+// waitEvent waits for the first event of one name for one worker. Its
+// deadline is long: it is there to end a test that would otherwise hang,
+// not to time what it waits for.
+func waitEvent(t *testing.T, name, worker string) caddy.Event {
+	t.Helper()
+	var got []caddy.Event
+	eventually(t, time.Minute, name+" of "+worker, func() bool {
+		got = eventsNamed(name, worker)
+		return len(got) > 0
+	})
+	return got[0]
+}
+
 // loadWithEventLog runs a Caddyfile with the test event log subscribed
 // to Bifrost's events.
 func loadWithEventLog(t *testing.T, body string) {

@@ -3,6 +3,7 @@ package bifrost
 import (
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -16,17 +17,153 @@ import (
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("bifrost", parseCaddyfile)
+	httpcaddyfile.RegisterDirective("bifrost", parseDirective)
 	httpcaddyfile.RegisterDirectiveOrder("bifrost", httpcaddyfile.Before, "reverse_proxy")
 }
 
+// parseDirective is what httpcaddyfile.RegisterHandlerDirective would
+// register, plus a readable default pool name: it reads the directive's
+// own matcher token before the route takes it away.
+func parseDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	var matcher string
+	if h.NextArg() {
+		matcher = h.Val()
+	}
+	h.Reset()
+	h.Next()
+	matcherSet, err := h.ExtractMatcherSet()
+	if err != nil {
+		return nil, err
+	}
+	b, err := parseCaddyfile(h)
+	if err != nil {
+		return nil, err
+	}
+	if b.Name == "" {
+		b.Name = defaultCaddyfileName(h, matcher, b)
+	}
+	return h.NewRoute(matcherSet, b), nil
+}
+
 // parseCaddyfile sets up the handler from Caddyfile tokens.
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+func parseCaddyfile(h httpcaddyfile.Helper) (*Handler, error) {
 	b := new(Handler)
 	if err := b.unmarshal(h.Dispenser, &h); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// defaultNamesKey keys, in the adapter's state, the default pool names
+// given so far in this Caddyfile and the upstreams of each.
+const defaultNamesKey = "bifrost.default_pool_names"
+
+// defaultCaddyfileName names the pool of a bifrost directive without
+// `name` after where it serves: the site's first address and the
+// directive's own path or named matcher, e.g. `example.com-api` for
+// `bifrost /api/* ...` in `example.com { }`, `port-8080` for the site
+// `:8080`. A second directive that would get the same name with other
+// upstreams gets the hash of its upstreams appended (`example.com-
+// 1a2b3c4d`), so two pools never share a name by accident; directives
+// with the same name and upstreams share the pool, as they did with the
+// hash alone. The name depends only on the Caddyfile, so every instance
+// with the same Caddyfile gets the same names. Without a site address to
+// read, the handler keeps its JSON default (see defaultPoolName).
+func defaultCaddyfileName(h httpcaddyfile.Helper, matcher string, b *Handler) string {
+	site := siteName(firstSiteKey(h))
+	if site == "" || h.State == nil {
+		return ""
+	}
+	name := site
+	if route := routeName(matcher); route != "" {
+		name += "-" + route
+	}
+	upstreams := defaultPoolName(b.Upstreams, b.DynamicUpstreamsRaw)
+	names, _ := h.State[defaultNamesKey].(map[string]string)
+	if names == nil {
+		names = make(map[string]string)
+		h.State[defaultNamesKey] = names
+	}
+	if ups, taken := names[name]; taken && ups != upstreams {
+		name += "-" + strings.TrimPrefix(upstreams, "pool-")
+	}
+	names[name] = upstreams
+	return name
+}
+
+// firstSiteKey returns the first address of the site block the helper
+// parses. httpcaddyfile keeps the block unexported; it is read (never
+// written) by reflection, and a Caddy whose Helper no longer has it gives
+// "", which leaves the name to the JSON default. TestDefaultPoolNames
+// fails if that happens.
+func firstSiteKey(h httpcaddyfile.Helper) string {
+	block := reflect.ValueOf(h).FieldByName("parentBlock")
+	if !block.IsValid() || block.Kind() != reflect.Struct {
+		return ""
+	}
+	keys := block.FieldByName("Keys")
+	if !keys.IsValid() || keys.Kind() != reflect.Slice || keys.Len() == 0 {
+		return ""
+	}
+	key := keys.Index(0)
+	if key.Kind() != reflect.Struct {
+		return ""
+	}
+	text := key.FieldByName("Text")
+	if !text.IsValid() || text.Kind() != reflect.String {
+		return ""
+	}
+	return text.String()
+}
+
+// siteName makes a site address into the first part of a pool name:
+// scheme dropped, a port kept after a dash, a site without a host
+// named after its port.
+func siteName(addr string) string {
+	addr = strings.TrimPrefix(strings.TrimPrefix(addr, "https://"), "http://")
+	if strings.HasPrefix(addr, ":") {
+		addr = "port" + addr
+	}
+	return nameSafe(addr)
+}
+
+// routeName makes a directive's matcher token into the route part of a
+// pool name: `/api/*` is `api`, `@static` is `static`; `*`, `/` and a
+// token that is no matcher (an upstream) give "".
+func routeName(matcher string) string {
+	switch {
+	case strings.HasPrefix(matcher, "@"):
+		return nameSafe(matcher[1:])
+	case strings.HasPrefix(matcher, "/"):
+		return nameSafe(matcher)
+	}
+	return ""
+}
+
+// nameSafe keeps letters, digits, '.', '_' and '-' (what worker ids
+// keep, see pool.WorkerID), makes each run of anything else one '-', trims
+// separators from both ends and caps the length.
+func nameSafe(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+			b.WriteRune(r)
+			dash = false
+		case !dash:
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	out := strings.Trim(b.String(), "-._")
+	if len(out) > 64 {
+		out = strings.TrimRight(out[:64], "-._")
+	}
+	return out
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Every
@@ -118,7 +255,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // `health_request_body` and `health_follow_redirects` are the `health`
 // block's `port`, `upstream`, `header`, `method`, `body` and
 // `follow_redirects`; `lb_retry_match` is `retry { match }`.
-// `unhealthy_latency` is refused with the equivalent to use.
+// `unhealthy_latency` is refused with the equivalent to use when
+// `fail_duration` is given; without it, and `health_*` subdirectives
+// without `health_uri`, `health_path` or `health_port`, are ignored
+// with a warning at provision, as reverse_proxy ignores them.
 // `request_buffers` applies to each try unchanged: every try reads the
 // body from its start (see requestBody).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -175,6 +315,10 @@ type parser struct {
 	// mapped records reverse_proxy subdirectives that set a Bifrost
 	// field, so that setting it both ways is refused.
 	mapped map[string]string
+	// latency is unhealthy_latency's value, and latencyErr the error
+	// at its position, returned if fail_duration is given too.
+	latency    string
+	latencyErr error
 }
 
 // once refuses a subdirective given twice.
@@ -205,8 +349,8 @@ func (p *parser) segment(d *caddyfile.Dispenser) (bool, error) {
 	switch name {
 	case "name":
 		return true, singleArg(d, func(v string) error {
-			if strings.ContainsAny(v, "|/ ") {
-				return d.Errf("name %q must not contain '|', '/' or spaces", v)
+			if err := checkPoolName(v); err != nil {
+				return d.Errf("name: %v", err)
 			}
 			h.Name = v
 			return nil
@@ -737,7 +881,17 @@ func (p *parser) resilience(d *caddyfile.Dispenser, name string) (bool, error) {
 		h.Retry = ensure(h.Retry)
 		return true, parseRetryMatch(d, h.Retry)
 	case "unhealthy_latency":
-		return true, d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
+		// refused with fail_duration, which turns reverse_proxy's
+		// passive checks on; ignored without it, as reverse_proxy does
+		// (see finish)
+		if err := p.once(d, name); err != nil {
+			return true, err
+		}
+		p.latencyErr = d.Errf("unhealthy_latency is not supported by bifrost: use 'retry { per_try_timeout <duration> }'")
+		return true, singleArg(d, func(v string) error {
+			p.latency = v
+			return nil
+		})
 	}
 	return false, nil
 }
@@ -820,6 +974,29 @@ func (p *parser) finish(d *caddyfile.Dispenser) error {
 		}
 	}
 	h := p.h
+	if h.Health != nil && !p.seen["health"] && !h.Health.active() {
+		// health_* subdirectives without health_uri, health_path or
+		// health_port: reverse_proxy accepts them and runs no active
+		// checks. They stay reverse_proxy's own JSON, which Provision
+		// ignores with a warning (adoptHealthChecks).
+		h.HealthChecks = ensure(h.HealthChecks)
+		h.HealthChecks.Active = h.Health.asActive()
+		h.Health = nil
+	}
+	if p.latency != "" {
+		if _, ok := p.mapped["fail_duration"]; ok {
+			return p.latencyErr
+		}
+		// without fail_duration reverse_proxy's passive checks are off and
+		// it ignores unhealthy_latency: so does Provision, with a warning
+		var lat caddy.Duration
+		if err := parseDuration(d, "unhealthy_latency", p.latency, &lat); err != nil {
+			return err
+		}
+		h.HealthChecks = ensure(h.HealthChecks)
+		h.HealthChecks.Passive = ensure(h.HealthChecks.Passive)
+		h.HealthChecks.Passive.UnhealthyLatency = lat
+	}
 	if h.Retry != nil && !p.seen["retry"] {
 		if err := wrapValidate(d, h.Retry.validate()); err != nil {
 			return err

@@ -2,6 +2,7 @@ package bifrost
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,14 +10,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/health"
+	"github.com/bifrost-proxy/bifrost/pool"
 	"github.com/bifrost-proxy/bifrost/recovery"
 	"github.com/bifrost-proxy/bifrost/selection"
 )
@@ -525,6 +531,11 @@ func (h *Handler) resolve() (*resolved, error) {
 	if h.CBRaw != nil {
 		return nil, errors.New("circuit_breaker: each worker has its own breaker; configure it with the breaker block")
 	}
+	if h.Name != "" {
+		if err := checkPoolName(h.Name); err != nil {
+			return nil, fmt.Errorf("name: %w", err)
+		}
+	}
 	if h.MaxRequests < 0 {
 		return nil, fmt.Errorf("max_requests must not be negative, got %d", h.MaxRequests)
 	}
@@ -1027,4 +1038,155 @@ func (o retryOn) matchesStatus(status int) bool {
 		return true
 	}
 	return (o.s5xx && status >= 500 && status <= 599) || (o.s429 && status == http.StatusTooManyRequests)
+}
+
+// maxPoolName caps the length of a pool name, which appears in every
+// worker id, metric label and log line of the pool.
+const maxPoolName = 128
+
+// checkPoolName refuses a pool name that could not be shown or addressed
+// safely: '|' and '/' (they separate keys and URL path segments),
+// whitespace, control and other unprintable characters (they would reach
+// metric labels, logs and terminals raw), and names longer than
+// maxPoolName bytes. The Caddyfile and JSON apply the same rule.
+func checkPoolName(name string) error {
+	if len(name) > maxPoolName {
+		return fmt.Errorf("%q is longer than %d bytes", name, maxPoolName)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%q is not valid UTF-8", name)
+	}
+	for _, r := range name {
+		switch {
+		case r == '|' || r == '/':
+			return fmt.Errorf("%q must not contain '|' or '/'", name)
+		case unicode.IsSpace(r):
+			return fmt.Errorf("%q must not contain spaces", name)
+		case !unicode.IsPrint(r):
+			return fmt.Errorf("%q must not contain control or unprintable characters (%U)", name, r)
+		}
+	}
+	return nil
+}
+
+// workerOwner is the pool and upstream a worker id stands for.
+type workerOwner struct{ pool, dial string }
+
+// claimedIDs records, per config being provisioned (keyed by its
+// context, which every module of one config shares), the worker ids its
+// handlers use and what each stands for. A config's entry goes when its
+// context is cancelled, as it is when the config stops or fails to load.
+var claimedIDs = struct {
+	sync.Mutex
+	m map[context.Context]map[string]workerOwner
+}{m: make(map[context.Context]map[string]workerOwner)}
+
+// claimWorkerIDs refuses a config in which two workers get the same id
+// (pool.WorkerID keeps only letters, digits, '.', '-' and '_', so pools
+// `team:a` and `team-a` with the same upstream would), naming both: the
+// admin API, the status page and metrics could address only one of
+// them. Workers of one pool and upstream shared by several handlers are
+// one worker and have one id. Dynamic workers are not known at provision
+// and are not checked.
+func (h *Handler) claimWorkerIDs(ctx caddy.Context) error {
+	key := ctx.Context
+	claimedIDs.Lock()
+	defer claimedIDs.Unlock()
+	ids, ok := claimedIDs.m[key]
+	if !ok {
+		ids = make(map[string]workerOwner)
+		claimedIDs.m[key] = ids
+		context.AfterFunc(key, func() {
+			claimedIDs.Lock()
+			delete(claimedIDs.m, key)
+			claimedIDs.Unlock()
+		})
+	}
+	for _, up := range h.Upstreams {
+		if up == nil {
+			continue
+		}
+		id := pool.WorkerID(h.poolName, up.Dial)
+		mine := workerOwner{pool: h.poolName, dial: up.Dial}
+		if other, taken := ids[id]; taken && other != mine {
+			return fmt.Errorf("name: worker id %q stands for both upstream %s of pool %q and upstream %s of pool %q: rename one of the pools (ids keep only letters, digits, '.', '-' and '_')",
+				id, other.dial, other.pool, mine.dial, mine.pool)
+		}
+		ids[id] = mine
+	}
+	return nil
+}
+
+// asActive returns the health block as reverse_proxy's active health
+// checks, field for field.
+func (hc *HealthConfig) asActive() *reverseproxy.ActiveHealthChecks {
+	return &reverseproxy.ActiveHealthChecks{
+		URI:             hc.URI,
+		Port:            hc.Port,
+		Upstream:        hc.Upstream,
+		Headers:         hc.Headers,
+		Method:          hc.Method,
+		Body:            hc.Body,
+		FollowRedirects: hc.FollowRedirects,
+		Interval:        hc.Interval,
+		Timeout:         hc.Timeout,
+		MaxSize:         hc.MaxSize,
+		ExpectStatus:    hc.ExpectStatus,
+		ExpectBody:      hc.ExpectBody,
+		Passes:          hc.Passes,
+		Fails:           hc.Fails,
+	}
+}
+
+// activeFieldsSet names the fields of reverse_proxy's active health
+// checks that are set, by their JSON names.
+func activeFieldsSet(a *reverseproxy.ActiveHealthChecks) []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"interval", a.Interval != 0}, {"timeout", a.Timeout != 0},
+		{"expect_status", a.ExpectStatus != 0}, {"expect_body", a.ExpectBody != ""},
+		{"passes", a.Passes != 0}, {"fails", a.Fails != 0},
+		{"upstream", a.Upstream != ""}, {"headers", len(a.Headers) > 0},
+		{"method", a.Method != ""}, {"body", a.Body != ""},
+		{"follow_redirects", a.FollowRedirects}, {"max_size", a.MaxSize != 0},
+	} {
+		if f.set {
+			out = append(out, "health_checks.active."+f.name)
+		}
+	}
+	return out
+}
+
+// logDefaults logs, once per handler at provision, the defaults this
+// handler runs with where they differ from reverse_proxy's, so that a
+// swap from reverse_proxy changes nothing silently. Settings the config
+// gives are not listed.
+func (h *Handler) logDefaults() {
+	if h.logger == nil || h.cfg == nil {
+		return
+	}
+	var fields []zap.Field
+	if h.LoadBalancing == nil || (h.LoadBalancing.SelectionPolicyRaw == nil && h.LoadBalancing.SelectionPolicy == nil) {
+		fields = append(fields, zap.String("lb_policy", "bifrost_p2c (latency and load; reverse_proxy: random)"))
+	}
+	if h.Retry == nil || h.Retry.Attempts == 0 {
+		fields = append(fields, zap.String("retry.attempts",
+			fmt.Sprintf("%d tries on different workers (reverse_proxy: 1, no retries without lb_retries or lb_try_duration)", h.cfg.retry.policy.Attempts)))
+	}
+	if pc := h.cfg.probe; pc != nil {
+		if h.Health.Passes == 0 {
+			fields = append(fields, zap.String("health.passes", fmt.Sprintf("%d (reverse_proxy health_passes: 1)", pc.settings.Passes)))
+		}
+		if h.Health.Fails == 0 {
+			fields = append(fields, zap.String("health.fails", fmt.Sprintf("%d (reverse_proxy health_fails: 1)", pc.settings.Fails)))
+		}
+	}
+	if len(fields) == 0 {
+		return
+	}
+	fields = append([]zap.Field{zap.String("pool", h.poolName)}, fields...)
+	h.logger.Info("defaults that differ from reverse_proxy's (set them to silence this)", fields...)
 }

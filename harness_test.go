@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,11 +34,47 @@ const (
 	testSite  = "http://127.0.0.1:9080"
 )
 
+// TestMain runs the package's tests with Caddy's config and data
+// directories (and HOME, for anything else a test starts, such as
+// chromium) in a temporary directory, so that the Caddy the tests run
+// never writes the user's autosave.json or certificate storage.
 func TestMain(m *testing.M) {
+	os.Exit(runInTempHome(m))
+}
+
+// runInTempHome points HOME and the XDG directories at a new temporary
+// directory, runs the tests and removes the directory. Caddy computes its
+// autosave path and default storage when its package initializes, before
+// TestMain, so those two are set again from the new directories.
+func runInTempHome(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "bifrost-test-home-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "temporary home:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	for k, sub := range map[string]string{
+		"HOME":            "",
+		"XDG_CONFIG_HOME": ".config",
+		"XDG_DATA_HOME":   ".local/share",
+		"XDG_CACHE_HOME":  ".cache",
+	} {
+		if err := os.Setenv(k, filepath.Join(dir, sub)); err != nil {
+			fmt.Fprintln(os.Stderr, "temporary home:", err)
+			return 1
+		}
+	}
+	caddy.ConfigAutosavePath = filepath.Join(caddy.AppConfigDir(), "autosave.json")
+	caddy.DefaultStorage.Path = caddy.AppDataDir()
+	testHome = dir
+
 	code := m.Run()
 	_ = caddy.Stop()
-	os.Exit(code)
+	return code
 }
+
+// testHome is the temporary directory the tests use as HOME.
+var testHome string
 
 // loadCaddyfile adapts a Caddyfile and runs it, with the global options
 // the tests need prepended.
@@ -408,4 +445,26 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 // withTimeout returns a context for a request the test may cancel.
 func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// A config loaded by the tests is autosaved into the run's temporary
+// home, not the user's ~/.config/caddy, and Caddy's storage is there too.
+func TestCaddyWritesOnlyToTempHome(t *testing.T) {
+	loadCaddyfile(t, `:9080 {
+	respond "ok"
+}
+`)
+	inside := func(p string) bool {
+		rel, err := filepath.Rel(testHome, p)
+		return err == nil && !strings.HasPrefix(rel, "..")
+	}
+	if !inside(caddy.ConfigAutosavePath) {
+		t.Errorf("autosave path %s is outside the test home %s", caddy.ConfigAutosavePath, testHome)
+	}
+	if _, err := os.Stat(caddy.ConfigAutosavePath); err != nil {
+		t.Errorf("no autosave in the test home: %v", err)
+	}
+	if !inside(caddy.DefaultStorage.Path) {
+		t.Errorf("default storage %s is outside the test home %s", caddy.DefaultStorage.Path, testHome)
+	}
 }

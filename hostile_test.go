@@ -629,8 +629,10 @@ func (invalidHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 func TestFailedReloadLeavesTheRunningConfig(t *testing.T) {
 	a := newBackend(t)
 	config := func(limit, maxRequests int, tail string) []byte {
+		// the breaker's settings follow max_requests, so that the failed
+		// reload below changes them too
 		js, err := adapt("{\n\tadmin " + testAdmin + "\n\thttp_port 9080\n\tauto_https off\n\tgrace_period 1ns\n}\n" +
-			fmt.Sprintf(":9080 {\n\troute {\n\t\tbifrost %s {\n\t\t\tname keep\n\t\t\terror_history_limit %d\n\t\t\tmax_requests %d\n\t\t}\n%s\t}\n}\n", a.addr, limit, maxRequests, tail))
+			fmt.Sprintf(":9080 {\n\troute {\n\t\tbifrost %s {\n\t\t\tname keep\n\t\t\terror_history_limit %d\n\t\t\tmax_requests %d\n\t\t\tbreaker {\n\t\t\t\tfailures %d\n\t\t\t\ttimeout 1m\n\t\t\t}\n\t\t}\n%s\t}\n}\n", a.addr, limit, maxRequests, maxRequests+1, tail))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -638,6 +640,11 @@ func TestFailedReloadLeavesTheRunningConfig(t *testing.T) {
 	}
 	loadJSON(t, config(10, 5, ""))
 	h := runningHandler(t)
+	// an open breaker stays open across a failed reload with other
+	// breaker settings: a new breaker would start closed
+	if !workerOf(t, "keep", a.addr).Breaker.Trip() {
+		t.Fatal("could not open the worker's breaker")
+	}
 	bad := strings.Replace(string(config(2, 1, "\t\trespond MARK\n")), `{"body":"MARK","handler":"static_response"}`, `{"handler":"bifrost_test_invalid"}`, 1)
 	if !strings.Contains(bad, "bifrost_test_invalid") {
 		t.Fatalf("could not put the invalid handler in %s", bad)
@@ -648,6 +655,10 @@ func TestFailedReloadLeavesTheRunningConfig(t *testing.T) {
 	if n := workerOf(t, "keep", a.addr).MaxRequests.Load(); n != 5 {
 		t.Errorf("after a failed reload the worker's max_requests is %d, want the running config's 5", n)
 	}
+	if st := workerOf(t, "keep", a.addr).Breaker.State(); st != breaker.StateOpen {
+		t.Errorf("after a failed reload with other breaker settings the breaker is %s, want it still open", st)
+	}
+	workerOf(t, "keep", a.addr).Breaker.Reset()
 	for i := range 5 {
 		h.pool.Manager.Record(recovery.ContextualError{Kind: recovery.KindHTTP, Message: fmt.Sprint("error ", i)})
 	}

@@ -348,7 +348,7 @@ func TestRestartOnReinstatement(t *testing.T) {
 // the share up; the trackers are fed whatever the policy.)
 func TestReinstatedWorkerStartsClean(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
-	h := loadHandler(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
+	loadWithEventLog(t, siteConfig([]string{a.addr, b.addr, c.addr}, `
 		name clean
 		lb_policy round_robin
 		health {
@@ -357,6 +357,7 @@ func TestReinstatedWorkerStartsClean(t *testing.T) {
 			passes 1
 			fails 1
 		}`))
+	h := runningHandler(t)
 	wk := workerAt(t, h, a.addr)
 	a.set(status(http.StatusBadGateway, "bad"))
 	for range 12 {
@@ -366,10 +367,21 @@ func TestReinstatedWorkerStartsClean(t *testing.T) {
 		t.Fatalf("failure share after 4 failures = %g, want more than 0.1", got)
 	}
 	a.setHealth(status(http.StatusServiceUnavailable, ""))
-	eventually(t, 3*time.Second, "isolation", func() bool { return wk.Health.Isolated() })
+	// On a busy machine the probes can run late: wait for the events, with
+	// a deadline that only guards against a hang.
+	waitEvent(t, pool.EventWorkerIsolated, wk.ID)
+	restarts := func() int {
+		wk.mu.Lock()
+		defer wk.mu.Unlock()
+		return wk.restarts
+	}
+	restartsBefore := restarts()
 	a.set(status(http.StatusOK, "a"))
 	a.setHealth(status(http.StatusOK, ""))
-	eventually(t, 3*time.Second, "reinstatement", func() bool { return !wk.Health.Isolated() })
+	waitEvent(t, pool.EventWorkerRestored, wk.ID)
+	// the event is emitted just before the handler forgives and restarts
+	// the worker: wait for the restart, which follows the forgiving
+	eventually(t, time.Minute, "the restart after reinstatement", func() bool { return restarts() > restartsBefore })
 	if got := wk.tracker.FailureShare(time.Now()); got != 0 {
 		t.Fatalf("failure share after reinstatement = %g, want 0", got)
 	}

@@ -217,6 +217,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.poolName == "" {
 		h.poolName = defaultPoolName(h.Upstreams, h.DynamicUpstreamsRaw)
 	}
+	if err := h.claimWorkerIDs(ctx); err != nil {
+		return err
+	}
+	h.logDefaults()
 
 	// the selection policy picks among workers; the workers' own proxies
 	// always use their single upstream. The default weighs each worker's
@@ -280,6 +284,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.publishSet()
 	h.pool.Attach(h, h.set.Load().shared())
+	app, err := appOf(ctx)
+	if err != nil {
+		return err
+	}
+	app.restoreState(h.pool) // the verdicts kept from before a restart
 	h.startBackground(bgCtx)
 	return nil
 }
@@ -355,6 +364,10 @@ func (h *Handler) acquireWorkerState(dial string, bs breaker.Settings) (*pool.Wo
 // shared state (see commit).
 func (h *Handler) applyWorkerSettings(ws *pool.Worker) {
 	ws.MaxRequests.Store(int64(h.MaxRequests))
+	if err := ws.Breaker.Update(h.cfg.breaker); err != nil {
+		// resolve checked them: not expected
+		h.logger.Error("applying the breaker's settings", zap.String("worker", ws.ID), zap.Error(err))
+	}
 	// probe state is left alone: the last checker of the worker forgets
 	// it when it stops (see health.WorkerHealth.AddProber)
 }

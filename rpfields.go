@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"go.uber.org/zap"
 )
 
 // adoptReverseProxyFields maps the reverse_proxy JSON fields that Bifrost
@@ -76,6 +78,14 @@ func (h *Handler) adoptHealthChecks() error {
 	if hcs == nil {
 		return nil
 	}
+	if a := hcs.Active; a != nil && !a.IsEnabled() {
+		// no uri, path or port: reverse_proxy runs no active checks and
+		// ignores the rest; so does bifrost, with a warning
+		if set := activeFieldsSet(a); len(set) > 0 {
+			h.warnIgnored(set, "active health checks need a uri (Caddyfile health_uri) or port; without one reverse_proxy runs none, and neither does bifrost")
+		}
+		hcs.Active = nil
+	}
 	if a := hcs.Active; a != nil {
 		if h.Health != nil {
 			return errors.New("health_checks.active and health are both set: keep health")
@@ -107,6 +117,12 @@ func (h *Handler) adoptHealthChecks() error {
 		}
 	}
 	if p := hcs.Passive; p != nil {
+		if p.UnhealthyLatency != 0 && p.FailDuration == 0 {
+			// reverse_proxy's passive checks are off without
+			// fail_duration, and it ignores the latency
+			h.warnIgnored([]string{"health_checks.passive.unhealthy_latency"}, "reverse_proxy ignores it without fail_duration; for a per-try time limit use retry.per_try_timeout")
+			p.UnhealthyLatency = 0
+		}
 		if p.UnhealthyLatency != 0 {
 			return errors.New("health_checks.passive.unhealthy_latency: not supported by bifrost; use retry.per_try_timeout")
 		}
@@ -166,4 +182,13 @@ func (h *Handler) checkDuplicateUpstreams() error {
 		}
 	}
 	return nil
+}
+
+// warnIgnored logs reverse_proxy fields that Bifrost accepts and ignores,
+// as reverse_proxy does, and why.
+func (h *Handler) warnIgnored(fields []string, why string) {
+	if h.logger == nil {
+		return
+	}
+	h.logger.Warn("ignoring reverse_proxy settings that have no effect", zap.Strings("fields", fields), zap.String("why", why))
 }

@@ -85,7 +85,7 @@ func TestAdoptReverseProxyFieldsRefusals(t *testing.T) {
 		{"max_fails twice", `"health_checks":{"passive":{"max_fails":2}},"breaker":{"failures":3}`, "keep breaker.failures"},
 		{"fail_duration twice", `"health_checks":{"passive":{"fail_duration":"1s"}},"breaker":{"window":"2s"}`, "keep breaker.window"},
 		{"request count twice", `"health_checks":{"passive":{"unhealthy_request_count":2}},"max_requests":3`, "keep max_requests"},
-		{"unhealthy_latency", `"health_checks":{"passive":{"unhealthy_latency":"1s"}}`, "health_checks.passive.unhealthy_latency: not supported by bifrost; use retry.per_try_timeout"},
+		{"unhealthy_latency", `"health_checks":{"passive":{"fail_duration":"10s","unhealthy_latency":"1s"}}`, "health_checks.passive.unhealthy_latency: not supported by bifrost; use retry.per_try_timeout"},
 		{"duplicate disagrees", `"upstreams":[{"dial":"127.0.0.1:1"},{"dial":"127.0.0.1:1","max_requests":3}]`, "upstreams[1]: 127.0.0.1:1 is listed again with another max_requests than upstreams[0]"},
 		{"bad retry_match", `"load_balancing":{"retry_match":[{"nosuchmatcher":{}}]}`, "retry: loading match"},
 	}

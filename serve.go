@@ -50,6 +50,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if body.overTotal.Load() {
 		h.bodyOverTotal(rs)
 	}
+	if !rs.clientCanceled {
+		h.pool.ClientRequests.Add(1)
+		if rs.clientFailed {
+			h.pool.ClientFailures.Add(1)
+		}
+	}
 	h.releaseRequestState(rs)
 	return err
 }
@@ -94,6 +100,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			// the client went away (or its body stalled past its
 			// timeout): nobody to blame, and as with reverse_proxy a
 			// 499 for the logs, which reaches a client still there
+			rs.clientCanceled = true
 			if res.tw.passed || res.err != nil {
 				return res.err
 			}
@@ -105,6 +112,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			return res.err
 		case res.tw.passed:
 			// bytes already reached the client: the answer stands
+			rs.clientFailed = true
 			return res.err
 		}
 
@@ -153,6 +161,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 			if err := recovery.Sleep(r.Context(), delay); err != nil {
 				// the client went away during the backoff: a 499 for the
 				// logs, as when it goes away during a try
+				rs.clientCanceled = true
 				return caddyhttp.Error(499, err)
 			}
 		}
@@ -164,6 +173,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 	// (the latest, failure or not), then the error of a try that was
 	// unsafe to retry, then the last try's error, unless a fallback is
 	// configured; a request that no worker could take degrades.
+	rs.clientFailed = true
 	switch {
 	case held != nil:
 		return held.replay()
@@ -331,6 +341,10 @@ type requestState struct {
 
 	// shown is what the placeholders show of the request.
 	shown *shownState
+
+	// clientFailed and clientCanceled say how the request ended for its
+	// client (see pool.Pool.ClientFailures).
+	clientFailed, clientCanceled bool
 }
 
 // shownState is what Bifrost's placeholders show of a request: its tries

@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +32,9 @@ type statusBackend struct {
 
 	mu  sync.Mutex
 	srv *http.Server
+
+	// failing makes every request but the health probe's answer 502
+	failing atomic.Bool
 }
 
 func newStatusBackend(t *testing.T) *statusBackend {
@@ -48,6 +53,10 @@ func (b *statusBackend) serve(ln net.Listener) {
 	srv := &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if b.failing.Load() && r.URL.Path != "/health" {
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
 			_, _ = io.WriteString(w, "hello from "+b.addr)
 		}),
 	}
@@ -102,8 +111,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	bs := []*statusBackend{newStatusBackend(t), newStatusBackend(t), newStatusBackend(t)}
 	// A long base_time keeps the stopped worker isolated after its
 	// backend is back, so only the page's Restore button can bring it
-	// back within the test; a high breaker threshold keeps the breaker
-	// out of the picture.
+	// back within the test; a high breaker threshold and no outlier
+	// detection keep a worker that fails its tries in rotation.
 	config := func(statusBlock string) string {
 		return fmt.Sprintf(`:9080 {
 	handle /bifrost* {
@@ -121,6 +130,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 			}
 			isolation {
 				base_time 1m
+				success_rate off
 			}
 			breaker {
 				failures 1000
@@ -196,6 +206,16 @@ func TestStatusPageInBrowser(t *testing.T) {
 	within(10*time.Second, "three workers healthy",
 		`document.querySelectorAll('tr[data-worker][data-status="healthy"]').length === 3 &&
 		 Array.from(document.querySelectorAll('tr[data-worker] td.state .badge')).every(b => b.textContent.includes('healthy'))`)
+	within(5*time.Second, "the problem line saying all is well, with what clients got",
+		`document.getElementById('problem').classList.contains('problem-ok') &&
+		 document.getElementById('problem-line').textContent === 'All 3 workers are healthy.' &&
+		 /^Clients: \d+ errors? in the last .* \(of [\d,]+ requests?\); tries: /.test(document.getElementById('outcome-line').textContent)`)
+	// every figure and column says what it counts
+	untitled, err := chromedp.Run(ctx, chromedp.Evaluate[int](`
+		Array.from(document.querySelectorAll('#kpis dt, #kpis dd, table.workers thead th')).filter(e => !e.title).length`))
+	if err != nil || untitled != 0 {
+		t.Errorf("%d key figures or column headings without a tooltip (%v)", untitled, err)
+	}
 	mode, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById('mode').textContent`))
 	if err != nil || !strings.Contains(mode, "actions are enabled") {
 		t.Fatalf("the page does not say actions are enabled: %q (%v)", mode, err)
@@ -206,6 +226,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 		row+`.dataset.status === 'isolated' &&
 		 `+row+`.querySelector('td.state').textContent.includes('isolated') &&
 		 `+row+`.cells[3].textContent.includes('left')`)
+	// the top line names the worker, why, and since when; clients are
+	// told apart from tries
+	within(5*time.Second, "the problem line naming the isolated worker",
+		`document.getElementById('problem').classList.contains('problem-bad') &&
+		 document.getElementById('problem-line').textContent === 'Problem now: `+downID+` isolated' &&
+		 /^`+regexp.QuoteMeta(downID)+` \(.*\) isolated: probe_failed.*\(\d+s left\) since .*\(.*\)$/.test(document.querySelector('#problem-list li').textContent) &&
+		 /^Clients: \d+ errors? in /.test(document.getElementById('outcome-line').textContent)`)
 	within(10*time.Second, "the charts to fill in",
 		`(document.querySelector('#chart-total path.line-req').getAttribute('d').match(/L/g) || []).length >= 4`)
 	healthy, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('tr[data-worker][data-status="healthy"]').length`))
@@ -236,6 +263,19 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	within(5*time.Second, "the restored worker shown healthy",
 		row+`.dataset.status === 'healthy' && document.getElementById('action-result').textContent.includes('restored')`)
+
+	// A worker whose breaker and probes call it healthy but that fails
+	// its tries shows as failing, on its badge and in the top line.
+	flaky := bs[2]
+	flakyID := pool.WorkerID("web", flaky.addr)
+	flaky.failing.Store(true)
+	within(10*time.Second, "the failing worker shown failing",
+		fmt.Sprintf(`document.querySelector('tr[data-worker=%q]').dataset.shown === 'failing' &&
+		 document.querySelector('tr[data-worker=%q] td.state .badge').textContent.includes('failing') &&
+		 document.getElementById('problem-line').textContent.includes(%q)`, flakyID, flakyID, flakyID+" failing"))
+	flaky.failing.Store(false)
+	within(15*time.Second, "the recovered worker shown healthy again",
+		fmt.Sprintf(`document.querySelector('tr[data-worker=%q]').dataset.shown === 'healthy'`, flakyID))
 
 	// A config reload that turns the actions off: the open page follows
 	// it, and the time series survives it.

@@ -50,6 +50,7 @@ func Act(w *Worker, action string, d time.Duration, reason string) error {
 	default:
 		return ErrUnknownAction
 	}
+	observed(w, action, d, reason)
 	_, rep := p.snapshot()
 	rep.Logger.Info("operator action", zap.String("action", action), zap.String("worker", w.ID))
 	return nil

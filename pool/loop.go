@@ -269,6 +269,7 @@ func (p *Pool) emit(rep Reporter, name string, data map[string]any) {
 // tick runs isolation expiries and outlier detection, then each user's
 // own periodic work.
 func (p *Pool) tick() {
+	p.applyOffered() // verdicts from storage or other instances
 	for _, ev := range p.Monitor.Tick() {
 		p.Report(ev)
 	}

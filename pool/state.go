@@ -202,6 +202,14 @@ type Pool struct {
 	// fail, nil otherwise (admin API, status page).
 	DynamicErr atomic.Pointer[string]
 
+	// ClientRequests and ClientFailures count the requests the pool's
+	// handlers answered, and those whose answer to the client was a
+	// failure (an upstream's failure passed on, a proxy error, a degraded
+	// answer), whatever the tries before it: the status page shows what
+	// clients saw apart from failed tries. Requests the client cancelled
+	// are in neither.
+	ClientRequests, ClientFailures atomic.Uint64
+
 	// Breaker transitions leave the breakers' locks through the workers'
 	// pending changes (see breakerChanged): dirty lists the workers with
 	// some, in order, and wake tells the loop. Nothing is dropped and no
@@ -299,13 +307,14 @@ func (p *Pool) SetBudget(ratio float64, minPerSecond int, window time.Duration) 
 func (p *Pool) SetBreakerTrips(n int) { p.breakerTrips.Store(int32(n)) }
 
 // AcquireWorker takes one reference to the shared state of the pool's
-// worker for dial, creating it if needed, and applies the breaker and
-// tracker settings of the config that acquires it: a surviving breaker
-// keeps its gobreaker instance, and so its exact state, unless its
-// settings changed, when it starts over closed (see breaker.Update; the
-// close is reported, never an opening, and isolation is the pool's
-// business, untouched); a surviving tracker is kept unless its settings
-// changed. ReleaseWorker gives the reference back.
+// worker for dial, creating it if needed (its breaker with settings bs),
+// and applies the tracker settings of the config that acquires it: a
+// surviving tracker is kept unless its settings changed. A surviving
+// breaker is left as it is: the caller applies its config's breaker
+// settings with Breaker.Update once that config runs (a breaker whose
+// settings changed starts over closed, which a config that then fails to
+// load must not do to the running one's). ReleaseWorker gives the
+// reference back.
 func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Settings) (*Worker, error) {
 	v, loaded, err := registry.LoadOrNew(workerKey(p.Name, dial), func() (caddy.Destructor, error) {
 		w := &Worker{
@@ -330,10 +339,9 @@ func (p *Pool) AcquireWorker(dial string, bs breaker.Settings, ts selection.Sett
 	}
 	w := v.(*Worker)
 	if loaded {
-		if err := w.Breaker.Update(bs); err != nil {
-			_, _ = registry.Delete(workerKey(p.Name, dial))
-			return nil, err
-		}
+		// the breaker's settings are the caller's to apply (UpdateBreaker)
+		// once its config runs: a new breaker starts closed, which a
+		// config that fails to load must not do to the running one's
 		w.setTracker(ts)
 	}
 	return w, nil

@@ -14,7 +14,10 @@ import (
 // show it.
 type WorkerView struct {
 	health.Snapshot
-	Breaker BreakerView `json:"breaker"`
+	// IsolatedByFleet is the instance of the fleet whose verdict
+	// isolates the worker; empty when it is this instance's own.
+	IsolatedByFleet string      `json:"isolated_by_fleet,omitempty"`
+	Breaker         BreakerView `json:"breaker"`
 	// Backup is set on a backup worker, which takes traffic only when
 	// the pool's primaries cannot serve it.
 	Backup bool `json:"backup,omitempty"`
@@ -31,8 +34,10 @@ type BreakerView struct {
 
 // ViewOf returns the view of w at now.
 func ViewOf(w *Worker, now time.Time) WorkerView {
+	snap := w.Health.Snapshot(now)
 	return WorkerView{
-		Snapshot: w.Health.Snapshot(now),
+		Snapshot:        snap,
+		IsolatedByFleet: FleetAuthor(snap.IsolationReason),
 		Breaker: BreakerView{
 			State:    w.Breaker.State(),
 			Counts:   w.Breaker.Counts(),

@@ -309,9 +309,9 @@ var protocolMismatches = []string{
 	"tls: server selected unsupported protocol version",
 	"tls: server selected unadvertised ALPN protocol",
 	"tls: first record does not look like a TLS handshake",
-	// net/http: an HTTP/1 request answered by an HTTP/2-only server
-	"malformed HTTP response",
-	"malformed HTTP status code",
+	// net/http: an HTTP/1 request answered by an HTTP/2-only server (its
+	// first frame; other bytes that are not HTTP are no mismatch)
+	`malformed HTTP response "\x00\x00`,
 	// net/http's HTTP/2 client: its preface answered by an HTTP/1 server
 	"frame too large",
 	"http2: failed reading the frame payload",

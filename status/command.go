@@ -4,12 +4,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
@@ -40,7 +45,14 @@ unix//run/caddy/admin.sock.
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
 					fl := caddycmd.Flags{FlagSet: c.Flags()}
-					addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+					var cfg []byte
+					if fl.String("address") == "" {
+						var err error
+						if cfg, err = quietConfig(fl.String("config"), fl.String("adapter")); err != nil {
+							return err
+						}
+					}
+					addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), cfg, fl.String("config"), fl.String("adapter"))
 					if err != nil {
 						return fmt.Errorf("couldn't determine admin API address: %w", err)
 					}
@@ -53,6 +65,44 @@ unix//run/caddy/admin.sock.
 			cmd.AddCommand(status)
 		},
 	})
+}
+
+// quietConfig reads and adapts the config file given with --config as
+// caddycmd.LoadConfig does, but without its log lines ("using config
+// from file", "adapted config to JSON"), which would come before the
+// table; DetermineAdminAPIAddress then reads the admin address from it.
+// Without a file it returns nil, and DetermineAdminAPIAddress falls back
+// as Caddy's own commands do.
+func quietConfig(file, adapter string) ([]byte, error) {
+	if file == "" {
+		return nil, nil
+	}
+	var raw []byte
+	var err error
+	if file == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading config from %s: %w", file, err)
+	}
+	base := filepath.Base(file)
+	if adapter == "" && (strings.HasPrefix(base, "Caddyfile") || filepath.Ext(base) == ".caddyfile") {
+		adapter = "caddyfile"
+	}
+	if adapter == "" {
+		return raw, nil
+	}
+	a := caddyconfig.GetAdapter(adapter)
+	if a == nil {
+		return nil, fmt.Errorf("unrecognized config adapter: %s", adapter)
+	}
+	js, _, err := a.Adapt(raw, map[string]any{"filename": file})
+	if err != nil {
+		return nil, fmt.Errorf("adapting config using %s: %w", adapter, err)
+	}
+	return js, nil
 }
 
 // commandTimeout bounds the admin request of `caddy bifrost status`.
@@ -68,6 +118,21 @@ func printStatus(out io.Writer, addr string, timeout time.Duration) error {
 	var workers []pool.WorkerView
 	if err := json.Unmarshal(body, &workers); err != nil {
 		return fmt.Errorf("decoding the admin API's answer: %w", err)
+	}
+	// a dynamic pool whose lookups fail says so, as GET /bifrost/stats
+	// does; its last workers keep serving meanwhile
+	body, err = adminGet(addr, "/bifrost/stats", timeout)
+	if err != nil {
+		return err
+	}
+	var stats pool.StatsView
+	if err := json.Unmarshal(body, &stats); err != nil {
+		return fmt.Errorf("decoding the admin API's answer: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(stats.Pools)) {
+		if msg := stats.Pools[name].DynamicError; msg != "" {
+			fmt.Fprintf(out, "pool %s: upstream lookups failing (the last workers keep serving): %s\n", termSafe(name), termSafe(msg))
+		}
 	}
 	if len(workers) == 0 {
 		_, err := fmt.Fprintln(out, "no bifrost workers in the running config")
@@ -171,19 +236,27 @@ func stateWord(w pool.WorkerView) string {
 	return strings.ReplaceAll(w.State(), "_", "-")
 }
 
+// isolationLeft says how long an isolated worker stays out: the time
+// left, "until restored", or, once its time is up, what it waits for.
+// The CLI and the status page say the same.
+func isolationLeft(w pool.WorkerView, now time.Time) string {
+	if w.IsolatedUntil.IsZero() {
+		return "until restored"
+	}
+	// the isolation ends at the pool's next tick, and only once a probe
+	// passes when probes run and fail
+	ended := "expired, returning"
+	if !w.ProbeHealthy {
+		ended = "expired, waiting for a passing probe"
+	}
+	return timeLeft(w.IsolatedUntil.Sub(now), time.Second, ended)
+}
+
 // detail explains a worker that is out: why and until when.
 func detail(w pool.WorkerView, now time.Time) string {
 	switch {
-	case w.Isolated && !w.IsolatedUntil.IsZero():
-		// the isolation ends at the pool's next tick, and only once a
-		// probe passes when probes run and fail
-		ended := "expired, returning"
-		if !w.ProbeHealthy {
-			ended = "expired, waiting for a passing probe"
-		}
-		return fmt.Sprintf("%s (%s)", w.IsolationReason, timeLeft(w.IsolatedUntil.Sub(now), time.Second, ended))
 	case w.Isolated:
-		return w.IsolationReason + " (until restored)"
+		return fmt.Sprintf("%s (%s)", w.IsolationReason, isolationLeft(w, now))
 	case w.Throttled:
 		return fmt.Sprintf("throttled (%s)", timeLeft(w.ThrottledUntil.Sub(now), 100*time.Millisecond, "ending now"))
 	case !w.Breaker.RetryAt.IsZero():

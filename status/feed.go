@@ -34,6 +34,9 @@ type feedPool struct {
 	Stats   pool.PoolStats `json:"stats"`
 	Workers []feedWorker   `json:"workers"`
 	Series  seriesView     `json:"series"`
+	// Outcomes are what the pool's clients got apart from its failed
+	// tries, over the last five minutes.
+	Outcomes outcomes `json:"outcomes"`
 }
 
 // feedWorker is a worker in the feed: the admin API's view plus its
@@ -50,6 +53,15 @@ type feedWorker struct {
 	IsolationLeftMS  int64 `json:"isolation_left_ms,omitempty"`
 	ThrottleLeftMS   int64 `json:"throttle_left_ms,omitempty"`
 	BreakerRetryInMS int64 `json:"breaker_retry_in_ms,omitempty"`
+
+	// IsolationText says how long an isolated worker stays out, as the
+	// CLI says it: "1m30s left", "expired, waiting for a passing probe",
+	// "until restored".
+	IsolationText string `json:"isolation_text,omitempty"`
+
+	// Since is when the worker entered its status, as the page's
+	// sampler saw it (at the latest when the page started).
+	Since *time.Time `json:"since,omitempty"`
 
 	// RequestRate and ErrorRate are tries and failed tries per second
 	// over the last few seconds.
@@ -83,7 +95,7 @@ func (s *Page) state(now time.Time, scope poolSet) feed {
 		if ws == nil {
 			ws = []feedWorker{}
 		}
-		pools = append(pools, feedPool{Name: name, Stats: stats.Pools[name], Workers: ws, Series: s.series.view(name)})
+		pools = append(pools, feedPool{Name: name, Stats: stats.Pools[name], Workers: ws, Series: s.series.view(name), Outcomes: s.series.outcomes(name)})
 	}
 	return feed{
 		Now:       now,
@@ -102,6 +114,12 @@ func (s *Page) worker(v pool.WorkerView, now time.Time, rates map[string]workerR
 	sw.Status, sw.StatusText = workerStatus(v)
 	if v.Isolated && !v.IsolatedUntil.IsZero() {
 		sw.IsolationLeftMS = max(v.IsolatedUntil.Sub(now).Milliseconds(), 0)
+	}
+	if v.Isolated {
+		sw.IsolationText = isolationLeft(v, now)
+	}
+	if at, ok := s.series.problemSince(v.ID); ok {
+		sw.Since = &at
 	}
 	if v.Throttled {
 		sw.ThrottleLeftMS = max(v.ThrottledUntil.Sub(now).Milliseconds(), 0)

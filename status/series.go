@@ -43,14 +43,74 @@ type series struct {
 	pools  map[string]*ring
 	tracks map[*pool.Worker]*workerTrack
 	rates  map[string]workerRate // by worker id, from the last sample
+
+	// windows hold each pool's counts over the last five minutes (see
+	// outcomes); failedTries adds up the failed tries of its workers
+	// since the first sample.
+	windows     map[string]*outcomeRing
+	failedTries map[string]uint64
+	// since is when each worker last changed its state, by worker id
+	// (see problemSince).
+	since map[string]stateSince
+}
+
+// stateSince is a worker's state and the time it was first sampled in
+// it.
+type stateSince struct {
+	state string
+	at    time.Time
+}
+
+// outcomeCount is a pool's cumulative counts at one sample: failed tries
+// of its workers, and requests answered and failed as their clients saw
+// them.
+type outcomeCount struct {
+	t                                  time.Time
+	failedTries, clientReqs, clientErr uint64
+}
+
+// outcomeRing is a bounded ring of a pool's cumulative counts.
+type outcomeRing struct {
+	pts  [seriesLen + 1]outcomeCount
+	n    int
+	next int
+}
+
+// push adds a sample, dropping the oldest when the ring is full.
+func (r *outcomeRing) push(c outcomeCount) {
+	r.pts[r.next] = c
+	r.next = (r.next + 1) % len(r.pts)
+	if r.n < len(r.pts) {
+		r.n++
+	}
+}
+
+// outcomes is what a pool's clients and tries got over a window: the
+// span it covers (up to five minutes; shorter while the page is young)
+// and the counts in it.
+type outcomes struct {
+	// WindowMS is the span the counts cover, in milliseconds; 0 before
+	// the second sample, when there are no counts yet.
+	WindowMS int64 `json:"window_ms"`
+	// ClientRequests and ClientErrors are the requests answered in the
+	// window, and those whose answer was a failure (pool.Pool's
+	// ClientFailures).
+	ClientRequests uint64 `json:"client_requests"`
+	ClientErrors   uint64 `json:"client_errors"`
+	// FailedTries are the failed tries of the pool's workers in the
+	// window, retried or not.
+	FailedTries uint64 `json:"failed_tries"`
 }
 
 // newSeries returns an empty series.
 func newSeries() *series {
 	return &series{
-		pools:  map[string]*ring{},
-		tracks: map[*pool.Worker]*workerTrack{},
-		rates:  map[string]workerRate{},
+		pools:       map[string]*ring{},
+		tracks:      map[*pool.Worker]*workerTrack{},
+		rates:       map[string]workerRate{},
+		windows:     map[string]*outcomeRing{},
+		failedTries: map[string]uint64{},
+		since:       map[string]stateSince{},
 	}
 }
 
@@ -139,16 +199,18 @@ func delta(cur, prev uint64) uint64 {
 // round2 rounds to two decimals, enough for rates and smaller JSON.
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
 
-// sample reads the workers' counters at time now. Every status page of
-// the running configs calls it once per step; a call less than 90% of a
-// step after the previous sample is ignored, so that overlapping samplers
-// (during a reload, or with several pages) do not thicken the series.
-func (ss *series) sample(now time.Time, workers []*pool.Worker) {
+// sample reads the workers' and pools' counters at time now. Every
+// status page of the running configs calls it once per step; a call less
+// than 90% of a step after the previous sample is ignored, so that
+// overlapping samplers (during a reload, or with several pages) do not
+// thicken the series.
+func (ss *series) sample(now time.Time, workers []*pool.Worker, live ...*pool.Pool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if !ss.last.IsZero() && now.Sub(ss.last) < step*9/10 {
 		return
 	}
+	defer ss.sampleOutcomes(now, live)
 	first := ss.last.IsZero()
 	secs := now.Sub(ss.last).Seconds()
 	ss.last = now
@@ -157,8 +219,10 @@ func (ss *series) sample(now time.Time, workers []*pool.Worker) {
 	type sums struct{ requests, fails uint64 }
 	pools := map[string]*sums{}
 	rates := make(map[string]workerRate, len(workers))
+	seen := make(map[string]bool, len(workers))
 	for _, ws := range workers {
 		snap := ws.Health.Snapshot(now)
+		ss.noteState(ws, now, seen)
 		c := workerCount{t: now, requests: snap.Requests, fails: snap.Failures}
 		ps := pools[ws.Pool]
 		if ps == nil {
@@ -177,6 +241,19 @@ func (ss *series) sample(now time.Time, workers []*pool.Worker) {
 		tr.push(c)
 		tr.gen = ss.gen
 		rates[ws.ID] = tr.rate()
+	}
+	for id := range ss.since {
+		if !seen[id] {
+			delete(ss.since, id)
+		}
+	}
+	for name, ps := range pools {
+		ss.failedTries[name] += ps.fails
+	}
+	for name := range ss.failedTries {
+		if pools[name] == nil {
+			delete(ss.failedTries, name)
+		}
 	}
 	for ws, tr := range ss.tracks {
 		if tr.gen != ss.gen {
@@ -204,6 +281,81 @@ func (ss *series) sample(now time.Time, workers []*pool.Worker) {
 		total.fails += ps.fails
 	}
 	ss.total.push(point{t: now, requests: round2(float64(total.requests) / secs), errors: round2(float64(total.fails) / secs)})
+}
+
+// noteState records when a worker entered the state it is in now. Called
+// with ss.mu held.
+func (ss *series) noteState(ws *pool.Worker, now time.Time, seen map[string]bool) {
+	if ws.Breaker == nil {
+		return // a bare worker (tests): no state to track
+	}
+	seen[ws.ID] = true
+	state := pool.ViewOf(ws, now).State()
+	if prev, ok := ss.since[ws.ID]; ok && prev.state == state {
+		return
+	}
+	ss.since[ws.ID] = stateSince{state: state, at: now}
+}
+
+// sampleOutcomes records the pools' cumulative counts at now. Called with
+// ss.mu held, after the workers' sample.
+func (ss *series) sampleOutcomes(now time.Time, pools []*pool.Pool) {
+	keep := make(map[string]bool, len(pools))
+	for _, p := range pools {
+		keep[p.Name] = true
+		r := ss.windows[p.Name]
+		if r == nil {
+			r = new(outcomeRing)
+			ss.windows[p.Name] = r
+		}
+		r.push(outcomeCount{
+			t:           now,
+			failedTries: ss.failedTries[p.Name],
+			clientReqs:  p.ClientRequests.Load(),
+			clientErr:   p.ClientFailures.Load(),
+		})
+	}
+	for name := range ss.windows {
+		if !keep[name] {
+			delete(ss.windows, name)
+		}
+	}
+}
+
+// outcomes returns what the pool's clients and tries got over the last
+// five minutes, or over what the samples cover while they are younger.
+func (ss *series) outcomes(name string) outcomes {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	r := ss.windows[name]
+	if r == nil || r.n < 2 {
+		return outcomes{}
+	}
+	newest := r.pts[(r.next+len(r.pts)-1)%len(r.pts)]
+	oldest := newest
+	for i := r.n - 1; i >= 1; i-- {
+		c := r.pts[(r.next+len(r.pts)-1-i)%len(r.pts)]
+		if newest.t.Sub(c.t) <= seriesLen*step {
+			oldest = c
+			break
+		}
+	}
+	return outcomes{
+		WindowMS:       newest.t.Sub(oldest.t).Milliseconds(),
+		ClientRequests: delta(newest.clientReqs, oldest.clientReqs),
+		ClientErrors:   delta(newest.clientErr, oldest.clientErr),
+		FailedTries:    delta(newest.failedTries, oldest.failedTries),
+	}
+}
+
+// problemSince returns when the worker entered its current state, as
+// the samples saw it (the first sample, for a state older than the
+// page), and whether it is known.
+func (ss *series) problemSince(id string) (time.Time, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	st, ok := ss.since[id]
+	return st.at, ok
 }
 
 // workerRates returns the rates of the last sample, by worker id. The map
@@ -287,7 +439,7 @@ func (s *Page) sampleLoop(ctx context.Context) {
 			s.logger.Error("status sampler panicked", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
 		}
 	}()
-	s.series.sample(time.Now(), pool.AllWorkers())
+	s.series.sample(time.Now(), pool.AllWorkers(), pool.All()...)
 	t := time.NewTicker(step)
 	defer t.Stop()
 	for {
@@ -295,7 +447,7 @@ func (s *Page) sampleLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.series.sample(time.Now(), pool.AllWorkers())
+			s.series.sample(time.Now(), pool.AllWorkers(), pool.All()...)
 		}
 	}
 }

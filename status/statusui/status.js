@@ -17,6 +17,7 @@
     unhealthy: '\u25B2', // triangle
     isolated: '\u2716', // cross
     recovery_failed: '\u203C', // double exclamation
+    failing: '!', // healthy by its breaker and probes, but failing tries
   };
   const BREAKER_WORDS = { closed: 'closed', half_open: 'half-open', open: 'open' };
   const DURATIONS = [
@@ -193,6 +194,7 @@
     if (data.refresh_ms > 0) ui.refreshMs = Math.max(500, data.refresh_ms);
     const nowMs = Date.parse(data.now) || Date.now();
     renderMode(!!data.actions);
+    renderProblem(data.pools || [], nowMs);
     renderKpis(data.stats || {}, data.series || {});
     renderChart($('chart-total'), $('chart-total-caption'), data.series || {}, nowMs, 'all pools');
     renderSeverities(data.stats || {});
@@ -229,19 +231,19 @@
     if (!ui.kpis) {
       ui.kpis = {};
       const defs = [
-        ['healthy', 'Healthy workers'],
-        ['isolated', 'Isolated workers'],
-        ['rps', 'Requests/s'],
-        ['eps', 'Errors/s'],
-        ['errors', 'Errors recorded'],
-        ['retries', 'Retries'],
-        ['trips', 'Breaker trips'],
-        ['recoveries', 'Recoveries (succeeded / tried)'],
+        ['healthy', 'Healthy workers', 'Workers that can take requests now (breaker not open, not isolated, not throttled), of all workers'],
+        ['isolated', 'Isolated workers', 'Workers taken out of rotation by their probes, by outlier detection, by repeated breaker trips or by an operator'],
+        ['rps', 'Tries/s', 'Tries sent to workers per second over the last second, retries and hedges included'],
+        ['eps', 'Failed tries/s', 'Tries per second that failed (a connection error, a timeout, a 5xx); most are retried on another worker and never reach a client'],
+        ['errors', 'Errors recorded', 'Classified failures of tries since the pools started, as the error history counts them'],
+        ['retries', 'Retries', 'Tries sent again to another worker after a failed try, since the pools started'],
+        ['trips', 'Breaker trips', 'Times a worker\'s circuit breaker opened, since the pools started'],
+        ['recoveries', 'Recoveries (succeeded / tried)', 'Recovery actions on failing workers (restarting a worker\'s proxy, dropping its connections) that succeeded, of those tried, since the pools started; 0 / 0 means none was needed'],
       ];
       const list = $('kpis');
-      for (const [key, label] of defs) {
-        const dd = el('dd', { text: '–' });
-        const wrap = el('div', {}, el('dt', { text: label }), dd);
+      for (const [key, label, tip] of defs) {
+        const dd = el('dd', { text: '–', title: tip });
+        const wrap = el('div', {}, el('dt', { text: label, title: tip }), dd);
         list.append(wrap);
         ui.kpis[key] = { dd, wrap };
       }
@@ -337,6 +339,7 @@
   }
 
   function renderSeverities(stats) {
+    $('by-severity').hidden = false;
     const tbody = $('by-severity').tBodies[0];
     const by = stats.by_severity || {};
     if (tbody.rows.length !== SEVERITIES.length) {
@@ -373,6 +376,17 @@
   // ---- pools and workers -------------------------------------------------
 
   const COLUMNS = ['Worker', 'State', 'Breaker', 'Isolation', 'In flight', 'Requests/s', 'Errors/s', 'Totals'];
+  const COLUMN_TIPS = {
+    Worker: 'The worker\'s id (pool and upstream) and its upstream address',
+    State: 'Whether the worker takes requests now: its breaker, probes, isolation and throttling, and "failing" when its recent tries fail though nothing took it out yet',
+    Breaker: 'The worker\'s circuit breaker: closed (serving), open (refusing), half-open (letting a few requests test it); its successes and failures count tries',
+    Isolation: 'Whether the worker is out of rotation, why, and until when',
+    'In flight': 'Tries waiting for this worker\'s answer now',
+    'Requests/s': 'Tries sent to this worker per second over the last 5 seconds, retries included',
+    'Errors/s': 'Tries of this worker that failed, per second over the last 5 seconds',
+    Totals: 'Tries sent to this worker, and how many failed, since it started',
+    Actions: 'Operator actions on this worker',
+  };
 
   function poolView(name) {
     let v = ui.pools.get(name);
@@ -380,13 +394,14 @@
     const id = 'pool-' + ++ui.seq;
     const h = el('h3', { id: id + '-h' }, 'Pool ', el('code', { text: name }));
     const summary = el('p', { class: 'pool-summary' });
+    const alert = el('p', { class: 'pool-alert', role: 'status' });
     const chartBox = el('div', { class: 'chart-box' });
     const chartCap = el('figcaption', {});
     const headRow = el('tr', {});
     const cols = ui.actions ? COLUMNS.concat(['Actions']) : COLUMNS;
     for (const c of cols) {
       const numeric = c === 'In flight' || c === 'Requests/s' || c === 'Errors/s' || c === 'Totals';
-      headRow.append(el('th', { scope: 'col', class: numeric ? 'num' : null, text: c }));
+      headRow.append(el('th', { scope: 'col', class: numeric ? 'num' : null, text: c, title: COLUMN_TIPS[c] || null }));
     }
     const tbody = el('tbody', {});
     const table = el('table', { class: 'workers stack' },
@@ -395,10 +410,10 @@
       tbody);
     tableRoles(table);
     const section = el('section', { class: 'pool', 'aria-labelledby': id + '-h', 'data-pool': name },
-      el('div', { class: 'pool-head' }, h, summary),
+      el('div', { class: 'pool-head' }, h, summary, alert),
       el('figure', { class: 'chart' }, chartBox, chartCap),
       el('div', { class: 'table-wrap' }, table));
-    v = { section, summary, chartBox, chartCap, tbody, rows: new Map() };
+    v = { section, summary, alert, chartBox, chartCap, tbody, rows: new Map() };
     ui.pools.set(name, v);
     return v;
   }
@@ -416,7 +431,9 @@
       const healthy = ws.filter((w) => w.status === 'healthy').length;
       const isolated = ws.filter((w) => w.isolated).length;
       setText(v.summary, healthy + ' of ' + ws.length + ' workers healthy \u00b7 ' + isolated + ' isolated \u00b7 ' +
-        plural(st.total_errors || 0, 'error', 'errors') + ' \u00b7 ' + plural(st.retries || 0, 'retry', 'retries'));
+        outcomeText(p.outcomes) + ' \u00b7 since start: ' + plural(st.total_errors || 0, 'error', 'errors') + ' recorded, ' +
+        plural(st.retries || 0, 'retry', 'retries'));
+      setText(v.alert, st.dynamic_error ? 'Upstream lookups failing (the last workers keep serving): ' + st.dynamic_error : '');
       renderChart(v.chartBox, v.chartCap, p.series || {}, nowMs, 'pool ' + p.name);
       renderWorkers(v, ws);
     });
@@ -501,10 +518,15 @@
       notes.push('ramping up: ' + Math.round(w.slow_start_weight * 100) + '% of its traffic');
     }
     if (w.consecutive_failures > 0) notes.push(plural(w.consecutive_failures, 'failure', 'failures') + ' in a row');
+    // a worker its breaker and probes call healthy can still be failing
+    // tries (fewer than its breaker's threshold in a row): say so
+    const shown = failingShare(w) > 0 ? 'failing' : w.status;
+    const shownText = shown === 'failing' ? 'failing ' + pct(failingShare(w)) + ' of tries' : w.status_text || words(w.status);
+    setAttr(row.tr, 'data-shown', shown);
     replaceKids(c.state,
-      el('span', { class: 'badge st-' + w.status },
-        el('span', { 'aria-hidden': 'true', text: ICONS[w.status] || '?' }),
-        el('span', { text: w.status_text || words(w.status) })),
+      el('span', { class: 'badge st-' + shown },
+        el('span', { 'aria-hidden': 'true', text: ICONS[shown] || '?' }),
+        el('span', { text: shownText })),
       notes.length ? el('span', { class: 'note', text: notes.join(' \u00b7 ') }) : null);
 
     // breaker
@@ -525,8 +547,7 @@
     if (w.isolated || w.recovery_failed) {
       let left;
       if (w.recovery_failed) left = 'until a probe passes or an operator restores it';
-      else if (w.isolated_until) left = fmtDur(w.isolation_left_ms || 0) + ' left';
-      else left = 'until restored';
+      else left = w.isolation_text || 'until restored';
       replaceKids(c.isolation,
         el('span', { class: 'reason', text: w.isolation_reason || 'isolated' }),
         el('span', { class: 'note', text: left + (w.ejections ? ' \u00b7 ' + plural(w.ejections, 'ejection', 'ejections') : '') +
@@ -549,6 +570,114 @@
       row.buttons.isolate.disabled = !!out;
       row.buttons.restore.disabled = !out;
     }
+  }
+
+  // ---- the problem line ---------------------------------------------------
+
+  // failingShare is the share of a healthy worker's recent tries that
+  // failed (its last 5 seconds), 0 for a worker in any other state.
+  function failingShare(w) {
+    if (w.status !== 'healthy' || !(w.error_rate > 0) || !(w.request_rate > 0)) return 0;
+    return Math.min(1, w.error_rate / w.request_rate);
+  }
+
+  function pct(x) {
+    const p = x * 100;
+    return (p < 1 ? '<1' : String(Math.round(p))) + '%';
+  }
+
+  // outcomeText says what a pool's (or all pools') clients got apart from
+  // the failed tries, over the window the page has samples for.
+  function outcomeText(o) {
+    if (!o || !o.window_ms) return 'clients: no figures yet';
+    const over = o.window_ms >= WINDOW_MS - 5000 ? 'the last 5 min' : 'the last ' + fmtDur(o.window_ms);
+    let text = 'clients: ' + plural(o.client_errors || 0, 'error', 'errors') + ' in ' + over +
+      ' (of ' + plural(o.client_requests || 0, 'request', 'requests') + ')';
+    const tries = o.failed_tries || 0;
+    if (tries > 0) {
+      text += '; tries: ' + fmtInt(tries) + ' failed';
+      const absorbed = Math.max(0, tries - (o.client_errors || 0));
+      if (absorbed > 0) text += ', ' + fmtInt(absorbed) + ' of them retried or hedged away';
+    } else {
+      text += '; tries: none failed';
+    }
+    return text;
+  }
+
+  function sumOutcomes(pools) {
+    const o = { window_ms: 0, client_requests: 0, client_errors: 0, failed_tries: 0 };
+    for (const p of pools) {
+      const x = p.outcomes || {};
+      o.window_ms = Math.max(o.window_ms, x.window_ms || 0);
+      o.client_requests += x.client_requests || 0;
+      o.client_errors += x.client_errors || 0;
+      o.failed_tries += x.failed_tries || 0;
+    }
+    return o;
+  }
+
+  function sinceText(w, nowMs) {
+    const t = Date.parse(w.since || '');
+    if (isNaN(t)) return '';
+    return ' since ' + fmtTime(w.since) + ' (' + fmtDur(Math.max(0, nowMs - t)) + ')';
+  }
+
+  // renderProblem writes the line at the top: what is wrong now (which
+  // workers, why, since when), or that nothing is; and what clients got
+  // apart from failed tries.
+  function renderProblem(pools, nowMs) {
+    const items = [];
+    const who = [];
+    let bad = false;
+    let total = 0;
+    for (const p of pools) {
+      const st = p.stats || {};
+      if (st.dynamic_error) {
+        bad = true;
+        items.push('Pool ' + p.name + ': upstream lookups failing (the last workers keep serving): ' + st.dynamic_error);
+        who.push('pool ' + p.name + ' (lookups)');
+      }
+      for (const w of p.workers || []) {
+        total++;
+        if (w.status === 'healthy') {
+          const share = failingShare(w);
+          if (share > 0) {
+            items.push(w.id + ' (' + w.upstream + ') is failing ' + pct(share) + ' of its tries in the last seconds; failed tries are retried on other workers when safe');
+            who.push(w.id + ' failing');
+          }
+          continue;
+        }
+        bad = bad || w.isolated || w.recovery_failed || w.status === 'open';
+        let why = w.status_text || words(w.status);
+        if (w.isolated || w.recovery_failed) {
+          why += ': ' + (w.isolation_reason || 'isolated');
+          if (w.isolation_text) why += ' (' + w.isolation_text + ')';
+        } else if (w.status === 'open' && w.breaker_retry_in_ms !== undefined) {
+          why += ' (half-opens in ' + fmtDur(w.breaker_retry_in_ms) + ')';
+        } else if (w.throttled) {
+          why += ' (' + fmtDur(w.throttle_left_ms || 0) + ' left)';
+        }
+        items.push(w.id + ' (' + w.upstream + ') ' + why + sinceText(w, nowMs));
+        who.push(w.id + ' ' + (w.status_text || words(w.status)));
+      }
+    }
+    const box = $('problem');
+    let line;
+    if (items.length === 0) {
+      line = total ? 'All ' + plural(total, 'worker is', 'workers are') + ' healthy.' : 'No workers to show.';
+      if (total === 1) line = 'The one worker is healthy.';
+    } else {
+      line = (items.length === 1 ? 'Problem now: ' : items.length + ' problems now: ') + who.join(', ');
+    }
+    setAttr(box, 'class', 'problem ' + (items.length === 0 ? 'problem-ok' : bad ? 'problem-bad' : 'problem-warn'));
+    setText($('problem-line'), line);
+    const list = $('problem-list');
+    const key = items.join('\n');
+    if (list.dataset.key !== key) {
+      list.dataset.key = key;
+      list.replaceChildren(...items.map((t) => el('li', { text: t })));
+    }
+    setText($('outcome-line'), pools.length ? outcomeText(sumOutcomes(pools)).replace(/^c/, 'C') : '');
   }
 
   // ---- errors ------------------------------------------------------------
