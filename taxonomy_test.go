@@ -355,10 +355,11 @@ func TestForceShutdownStaysOutUntilRestored(t *testing.T) {
 func TestIsolationViolationShutsDown(t *testing.T) {
 	trusted := newTLSBackend(t, nil) // httptest's certificate, trusted below
 	cert := selfSigned(t)
+	var handshakes atomic.Int64 // TLS handshakes the impostor was asked for
 	impostor := newTLSBackend(t, func(c *tls.Config) {
 		c.Certificates = []tls.Certificate{cert}
 		c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			impostorHandshakes.Add(1)
+			handshakes.Add(1)
 			return nil, nil
 		}
 	})
@@ -395,14 +396,10 @@ func TestIsolationViolationShutsDown(t *testing.T) {
 	for range 3 {
 		get(t, "/")
 	}
-	if n := impostorHandshakes.Load(); n != 1 {
+	if n := handshakes.Load(); n != 1 {
 		t.Errorf("the impostor saw %d handshakes, want 1", n)
 	}
 }
-
-// impostorHandshakes counts the TLS handshakes the certificate of
-// selfSigned was asked for.
-var impostorHandshakes atomic.Int64
 
 // selfSigned returns a certificate for 127.0.0.1 that nobody trusts.
 func selfSigned(t *testing.T) tls.Certificate {
