@@ -95,7 +95,10 @@ func TestBackupTakesWhatFullPrimariesCannot(t *testing.T) {
 	p, b := newBackend(t), newBackend(t)
 	release := make(chan struct{})
 	p.set(func(w http.ResponseWriter, r *http.Request) {
-		<-release
+		select {
+		case <-release:
+		case <-time.After(12 * time.Second): // the test failed before releasing it
+		}
 		fmt.Fprint(w, "primary")
 	})
 	loadCaddyfile(t, siteConfig([]string{p.addr}, fmt.Sprintf(`

@@ -445,7 +445,7 @@ func TestMaxRequestsIsALimitWhenEveryWorkerIsFull(t *testing.T) {
 			}
 			select {
 			case <-release:
-			case <-time.After(5 * time.Second):
+			case <-time.After(12 * time.Second):
 			}
 			fmt.Fprint(w, "done")
 		})
@@ -512,7 +512,10 @@ func TestMaxConnsPerHostFullWorkerIsSkipped(t *testing.T) {
 	slow, other := newBackend(t), newBackend(t)
 	release := make(chan struct{})
 	slow.set(func(w http.ResponseWriter, r *http.Request) {
-		<-release
+		select {
+		case <-release:
+		case <-time.After(12 * time.Second): // the test failed before releasing it
+		}
 		fmt.Fprint(w, "slow")
 	})
 	loadCaddyfile(t, siteConfig([]string{slow.addr, other.addr}, `
