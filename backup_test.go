@@ -215,3 +215,27 @@ func TestBackupConfig(t *testing.T) {
 		}
 	}
 }
+
+// A backup keeps its state across a reload, as every worker does, and a
+// reload that makes it a primary shows it as one.
+func TestBackupStateSurvivesReload(t *testing.T) {
+	p, b := newBackend(t), newBackend(t)
+	cfg := func(block string) string {
+		return siteConfig([]string{p.addr}, "\t\tname backupreload\n"+block)
+	}
+	loadCaddyfile(t, cfg("\t\tbackup "+b.addr))
+	bw := workerOf(t, "backupreload", b.addr)
+	if err := pool.Act(bw, "isolate", 0, "test"); err != nil {
+		t.Fatal(err)
+	}
+	loadCaddyfile(t, cfg("\t\tbackup "+b.addr+"\n\t\tmax_requests 5"))
+	again := workerOf(t, "backupreload", b.addr)
+	if again != bw || !again.Health.Isolated() || !again.Backup.Load() {
+		t.Fatalf("after a reload: same state %v, isolated %v, backup %v", again == bw, again.Health.Isolated(), again.Backup.Load())
+	}
+	// the same upstream as a primary: no longer shown as a backup
+	loadCaddyfile(t, siteConfig([]string{p.addr, b.addr}, "\t\tname backupreload"))
+	if workerOf(t, "backupreload", b.addr).Backup.Load() {
+		t.Error("a primary is still shown as a backup")
+	}
+}
