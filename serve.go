@@ -138,6 +138,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 	// unsafe to retry, then the last try's error, unless a fallback is
 	// configured; a request that no worker could take degrades.
 	rs.clientFailed = true
+	if rs.tries == 0 {
+		rs.publish() // its placeholders show 0 attempts
+	}
 	switch {
 	case held != nil:
 		return held.replay()
