@@ -82,7 +82,7 @@ var noBody = &requestBody{}
 // the request may need it again: a request that can never be retried
 // after its body was sent keeps no copy.
 func newRequestBody(r *http.Request, limit int64, memory *pool.BodyMemory, copy bool) *requestBody {
-	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
+	if !hasBody(r) {
 		return noBody
 	}
 	b := &requestBody{src: r.Body, length: r.ContentLength, limit: limit, memory: memory}
@@ -90,6 +90,11 @@ func newRequestBody(r *http.Request, limit int64, memory *pool.BodyMemory, copy 
 		b.keep.Store(true)
 	}
 	return b
+}
+
+// hasBody reports whether r comes with a body to send.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) != 0)
 }
 
 // keepsCopy reports whether a request's body is worth a copy: a request

@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,16 +34,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.pool.Budget().OnRequest(ready)
 	// The body streams to the first try as the upstream reads it; a copy
 	// is kept for a retry only when the request may need one.
-	body := newRequestBody(r, h.maxBody, &h.pool.Replay, h.keepsCopy(r))
+	// (keepsCopy's header lookups only for a request with a body)
+	body := newRequestBody(r, h.maxBody, &h.pool.Replay, hasBody(r) && h.keepsCopy(r))
 	defer body.release()
 
 	rs := h.newRequestState(r, body, ready)
 	rs.set = h.currentSet(r.Context())
 	h.chooseSet(rs)
-	// Bifrost's placeholders are read from the request's state whenever
-	// they are used: deferred header operations see the try whose response
-	// is written, and the access log the whole request.
-	repl.Map(rs.shown.placeholder)
+	// Bifrost's placeholders are values of the request's replacer, set
+	// whenever they change: deferred header operations see the try whose
+	// response is written, and the access log the whole request.
+	rs.shown.repl = repl
 	err := h.serve(w, r, repl, rs, next)
 	if body.overTotal.Load() {
 		h.bodyOverTotal(rs)
@@ -117,7 +116,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		}
 
 		// a failure the client has not seen: try again if it is safe
-		rs.shown.cls = cls
+		rs.shown.setFailure(cls)
 		if cls.Action == recovery.ActionExpandPool {
 			rs.expand() // the backups, if any, may take it
 		}
@@ -174,6 +173,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 	// unsafe to retry, then the last try's error, unless a fallback is
 	// configured; a request that no worker could take degrades.
 	rs.clientFailed = true
+	if rs.tries == 0 {
+		rs.publish() // its placeholders show 0 attempts
+	}
 	switch {
 	case held != nil:
 		return held.replay()
@@ -338,9 +340,12 @@ type requestState struct {
 	// here to save an allocation per request.
 	firstTry     tryWriter
 	firstTryUsed bool
+	// tryReq is the copy of the request that a try runs alone with (see
+	// try), kept here to save an allocation per try.
+	tryReq http.Request
 
 	// shown is what the placeholders show of the request.
-	shown *shownState
+	shown shownState
 
 	// clientFailed and clientCanceled say how the request ended for its
 	// client (see pool.Pool.ClientFailures).
@@ -350,13 +355,40 @@ type requestState struct {
 // shownState is what Bifrost's placeholders show of a request: its tries
 // so far and the worker of the latest (see publish; a racing try's
 // response may read them while the race goes on), and its last failure.
-// It lives apart from the requestState, which is reused once the handler
-// returns, because Caddy reads placeholders after that too: error routes
-// and access logs.
+// They are static values of the request's replacer, which is safe for
+// concurrent use and outlives the request's state: the state is reused
+// once the handler returns, and Caddy reads placeholders after that too
+// (error routes, access logs). Keeping them there costs a request no
+// allocation, where a replacer function of its own would cost two.
 type shownState struct {
-	attempts atomic.Int64
-	last     atomic.Pointer[worker]
-	cls      recovery.Classification // changes only between tries
+	repl *caddy.Replacer
+	cls  recovery.Classification // changes only between tries
+}
+
+// Bifrost's placeholders.
+const (
+	placeholderWorker   = "http.bifrost.worker"
+	placeholderAttempts = "http.bifrost.attempts"
+	placeholderKind     = "http.bifrost.error_kind"
+	placeholderSeverity = "http.bifrost.error_severity"
+	placeholderAction   = "http.bifrost.recovery_action"
+)
+
+// setWorker shows wk as the request's worker, or none if wk is nil.
+func (s *shownState) setWorker(wk *worker) {
+	if wk == nil {
+		s.repl.Delete(placeholderWorker)
+		return
+	}
+	s.repl.Set(placeholderWorker, wk.IDValue)
+}
+
+// setFailure shows cls, a failure, as the request's last failure.
+func (s *shownState) setFailure(cls recovery.Classification) {
+	s.cls = cls
+	s.repl.Set(placeholderKind, cls.Kind.String())
+	s.repl.Set(placeholderSeverity, cls.Severity.String())
+	s.repl.Set(placeholderAction, cls.Action.String())
 }
 
 // requestStates keeps the states of finished requests for reuse: a
@@ -376,7 +408,6 @@ func (h *Handler) newRequestState(r *http.Request, body *requestBody, ready time
 	}
 	rs.r, rs.body, rs.ready = r, body, ready
 	rs.tried = rs.triedBuf[:0]
-	rs.shown = new(shownState)
 	return rs
 }
 
@@ -409,8 +440,8 @@ func (rs *requestState) refused(wk *worker) {
 // publish makes the request's attempts and last worker visible to its
 // placeholders, which racing tries may read while the request goes on.
 func (rs *requestState) publish() {
-	rs.shown.attempts.Store(int64(rs.tries))
-	rs.shown.last.Store(rs.last)
+	rs.shown.repl.Set(placeholderAttempts, int64(rs.tries))
+	rs.shown.setWorker(rs.last)
 }
 
 // pick chooses the next worker: the selection policy's choice among
@@ -483,7 +514,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 func (h *Handler) exhausted(rs *requestState, wk *worker) {
 	cls := recovery.NewClassification(recovery.KindPoolExhausted, recovery.ActionNone, false)
 	if !rs.shown.cls.Failure {
-		rs.shown.cls = cls
+		rs.shown.setFailure(cls)
 	}
 	if rs.exhausted {
 		return
@@ -600,37 +631,6 @@ func (h *Handler) soonestRecovery(workers []*worker, now time.Time) time.Duratio
 		return time.Second
 	}
 	return soonest
-}
-
-// placeholder answers Bifrost's placeholders from what is shown of the
-// request, at the time they are used. The error fields change only between tries,
-// never while a try (or a race of them) is running.
-func (s *shownState) placeholder(key string) (any, bool) {
-	name, ok := strings.CutPrefix(key, "http.bifrost.")
-	if !ok {
-		return nil, false
-	}
-	switch name {
-	case "worker":
-		if wk := s.last.Load(); wk != nil {
-			return wk.IDValue, true
-		}
-	case "attempts":
-		return s.attempts.Load(), true
-	case "error_kind":
-		if s.cls.Failure {
-			return s.cls.Kind.String(), true
-		}
-	case "error_severity":
-		if s.cls.Failure {
-			return s.cls.Severity.String(), true
-		}
-	case "recovery_action":
-		if s.cls.Failure {
-			return s.cls.Action.String(), true
-		}
-	}
-	return nil, false
 }
 
 // logDebug writes a debug entry about one request's retry loop.

@@ -94,7 +94,14 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// context, or its body below): the caller's request stays as it came,
 	// for handle_errors and the handlers after this one
 	rr := r
-	if ctx != r.Context() || rs.body.changes(r) {
+	switch {
+	case ctx == r.Context() && !rs.body.changes(r):
+	case rc == nil:
+		// a try at a time: its copy is kept in the request's state,
+		// and nothing holds on to it once the try returns
+		rs.tryReq = *r.WithContext(ctx)
+		rr = &rs.tryReq
+	default:
 		rr = r.WithContext(ctx)
 	}
 	tw.hook.body = rs.body.forTry(rr)
@@ -299,7 +306,7 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		}
 		// the winner's response is about to be written: its deferred
 		// header operations name its worker
-		k.rc.rs.shown.last.Store(k.wk)
+		k.rc.rs.shown.setWorker(k.wk)
 	}
 	return false
 }

@@ -207,8 +207,8 @@ type Pool struct {
 	// failure (an upstream's failure passed on, a proxy error, a degraded
 	// answer), whatever the tries before it: the status page shows what
 	// clients saw apart from failed tries. Requests the client cancelled
-	// are in neither.
-	ClientRequests, ClientFailures atomic.Uint64
+	// are in neither. They are sharded: every request adds to them.
+	ClientRequests, ClientFailures Counter
 
 	// Breaker transitions leave the breakers' locks through the workers'
 	// pending changes (see breakerChanged): dirty lists the workers with

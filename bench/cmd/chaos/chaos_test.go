@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"expvar"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -589,6 +594,39 @@ func TestMedianAndFormat(t *testing.T) {
 	}
 	if got := fmtKinds(map[string]int{"502": 3, "timeout": 5}); got != "timeout ×5, 502 ×3" {
 		t.Errorf("fmtKinds: %q", got)
+	}
+}
+
+// readAllocs reads the allocator's totals from expvar's memstats, as
+// Caddy's admin API serves them at /debug/vars, and they only grow.
+func TestReadAllocsFromDebugVars(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &caddyProc{admin: port}
+	a, err := readAllocs(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := make([][]byte, 0, 100)
+	for range 100 {
+		keep = append(keep, make([]byte, 1024))
+	}
+	b, err := readAllocs(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Mallocs == 0 || a.TotalAlloc == 0 || b.Mallocs < a.Mallocs+100 || b.TotalAlloc < a.TotalAlloc+100*1024 {
+		t.Fatalf("allocation totals %+v then %+v (after %d allocations of 1 KiB)", a, b, len(keep))
 	}
 }
 
