@@ -39,13 +39,23 @@ type testDNS struct {
 
 func newTestDNS(t *testing.T) *testDNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// the server answers on one port over UDP and TCP: a free UDP port
+	// whose TCP twin another process holds (the packages' tests run side
+	// by side) is given back and another one tried
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		if attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	d := &testDNS{addr: pc.LocalAddr().String(), a: map[string][]string{}, srv: map[string][]dns.SRV{}}
 	started := make(chan struct{}, 2)
