@@ -30,8 +30,10 @@ import (
 // Caddy instances through Redis or Valkey.
 type FleetConfig struct {
 	// URL is the store's address: redis:// or rediss://, with an ACL
-	// user and password and a database number if needed. Its password
-	// is never logged nor shown.
+	// user and password and a database number if needed; with
+	// ?master_name=NAME (and more sentinels as &addr=host:port) it names
+	// Sentinels, with several &addr=host:port or ?cluster=true the seed
+	// nodes of a Cluster. Its passwords are never logged nor shown.
 	URL string `json:"url"`
 	// Secret signs every entry (HMAC-SHA256); required. Entries without
 	// a good signature are ignored.
