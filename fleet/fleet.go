@@ -23,8 +23,8 @@ const (
 	DefaultOutboxSize = 1024
 	// opTimeout bounds one exchange with the store.
 	opTimeout = time.Second
-	// restoreLife is how long an operator's restore stays in the store,
-	// for instances that were away when it was published.
+	// restoreLife is how long an operator's restore or reset stays in
+	// the store, for instances that were away when it was published.
 	restoreLife = time.Minute
 )
 
@@ -317,7 +317,7 @@ func (f *Fleet) Publish(e Entry) {
 	if e.Issued.IsZero() {
 		e.Issued = f.cfg.Now()
 	}
-	if e.Kind == KindRestore && e.Until.IsZero() {
+	if (e.Kind == KindRestore || e.Kind == KindReset) && e.Until.IsZero() {
 		e.Until = e.Issued.Add(restoreLife)
 	}
 	e = Sign(e, f.cfg.Secret)
@@ -644,6 +644,13 @@ func (f *Fleet) resync(ctx context.Context) error {
 	remote := map[string]Entry{}
 	var stale []string
 	f.mu.Lock()
+	for field, e := range f.own {
+		// an operator's restore or reset that ended is no one's verdict:
+		// forgotten here, its field is removed below
+		if (e.Kind == KindRestore || e.Kind == KindReset) && !active(e, now) {
+			delete(f.own, field)
+		}
+	}
 	for field, v := range all {
 		e, why := Decode([]byte(v), f.cfg.Secret, now)
 		switch {

@@ -28,6 +28,9 @@ type Verdict struct {
 	// Restore asks for the worker's isolation to end now, as an operator's
 	// restore on another instance.
 	Restore bool
+	// Reset asks for the worker's breaker to close and its counts to
+	// clear, as an operator's reset on another instance (see Act).
+	Reset bool
 	// Issued is when the verdict was made; of verdicts that compete for
 	// the places max_percent leaves, the oldest win.
 	Issued time.Time
@@ -56,8 +59,9 @@ func (p *Pool) Verdicts(now time.Time) []Verdict {
 // operator's last of those issued together), and
 // returns how many changed a worker: a throttle extends the worker's, an
 // isolation is adopted within the pool's isolation limits (see
-// health.Monitor.Adopt) and reported as the pool reports its own, and a
-// restore ends the worker's isolation. Verdicts naming an upstream the
+// health.Monitor.Adopt) and reported as the pool reports its own, a
+// restore ends the worker's isolation, and a reset closes its breaker
+// and clears its counts. Verdicts naming an upstream the
 // pool does not have are dropped. It is never called with a lock held.
 func (p *Pool) Apply(vs []Verdict) int {
 	byDial := map[string]*Worker{}
@@ -79,6 +83,12 @@ func (p *Pool) Apply(vs []Verdict) int {
 	for _, v := range vs {
 		w := byDial[v.Upstream]
 		if w == nil {
+			continue
+		}
+		if v.Reset {
+			w.Breaker.Reset()
+			w.Trips.Store(0)
+			n++
 			continue
 		}
 		if v.Restore {
