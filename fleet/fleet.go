@@ -643,6 +643,7 @@ func (f *Fleet) resync(ctx context.Context) error {
 	now := f.cfg.Now()
 	remote := map[string]Entry{}
 	var stale []string
+	stored := map[string]string{} // this instance's fields in the store: their signatures
 	f.mu.Lock()
 	for field, e := range f.own {
 		// an operator's restore or reset that ended is no one's verdict:
@@ -662,6 +663,7 @@ func (f *Fleet) resync(ctx context.Context) error {
 			if _, ok := f.own[field]; !ok {
 				stale = append(stale, field)
 			}
+			stored[field] = e.Sig
 			continue
 		case !active(e, now.Add(-restoreLife)):
 			stale = append(stale, field)
@@ -677,6 +679,20 @@ func (f *Fleet) resync(ctx context.Context) error {
 	}
 	f.remote = remote
 	f.synced = true
+	// this instance's entries that the store lost (it restarted empty
+	// between two exchanges, without a failed one to say so; it was
+	// flushed; a key was evicted) or holds an older version of, and that
+	// are not on their way: written again
+	lost := 0
+	for field, e := range f.own {
+		if stored[field] == e.Sig {
+			continue
+		}
+		if _, queued := f.findLocked(field); !queued {
+			f.queueLocked(e)
+			lost++
+		}
+	}
 	for inst, v := range beats {
 		if e, why := Decode([]byte(v), f.cfg.Secret, now); why == "" && e.Kind == KindHeartbeat && e.Author == inst {
 			f.beats[inst] = e.Issued
@@ -685,6 +701,14 @@ func (f *Fleet) resync(ctx context.Context) error {
 	f.mu.Unlock()
 	if changed {
 		f.signal()
+	}
+	if lost > 0 {
+		f.cfg.Logger.Info("the store lost entries of this instance; writing them again",
+			zap.Int("entries", lost), zap.String("store", f.store), zap.String("instance", f.cfg.Instance))
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
 	}
 	if len(stale) > 0 {
 		return f.op(ctx, func(ctx context.Context) error { return f.client.HDel(ctx, f.hash, stale...).Err() })

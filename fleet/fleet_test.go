@@ -216,3 +216,23 @@ func toString(v any) string {
 	}
 	return ""
 }
+
+// A store that loses this instance's entries without a failed exchange
+// to say so (restarted between two of them, flushed) is refilled by the
+// next full read.
+func TestFleetRefillsFlushedStore(t *testing.T) {
+	srv := startRedis(t)
+	a := newFleet(t, srv.URL(""), "a")
+	eventually(t, 5*time.Second, "connected", connected(a))
+	a.Publish(Entry{Pool: "api", Upstream: "u1", Kind: KindIsolated, Until: time.Now().Add(time.Minute)})
+	a.Publish(Entry{Pool: "api", Upstream: "u2", Kind: KindReset})
+	c := srv.Client("")
+	eventually(t, 2*time.Second, "written", func() bool { return c.HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 2 })
+	if err := c.FlushAll(ctx(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "the store refilled", func() bool { return c.HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 2 })
+	if !connected(a)() {
+		t.Error("a disconnected by a flush")
+	}
+}
