@@ -259,8 +259,9 @@ func underLoad(ins []*instance) (stop func() (sent, failed int64)) {
 //   - an operator's isolation on one applies on all;
 //   - a throttle (429 with Retry-After) on one is honoured by the
 //     others: they send the worker nothing;
-//   - an operator's restore on one, published right after the pub/sub
-//     connections were killed, applies on all;
+//   - an operator's restore on one applies on the others with their
+//     pub/sub connections killed and unable to subscribe again: by the
+//     full read;
 //   - Redis stopped (SIGSTOP) for 10 s under load on all three costs no
 //     failed request;
 //   - Redis restarted empty is refilled with the instances' verdicts;
@@ -271,13 +272,20 @@ func TestFleetProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped in -short: builds Caddy and runs three processes")
 	}
-	srv := fleettest.Start(t)
+	// each instance is an ACL user of its own, so that one can lose the
+	// channel (below)
+	var users []string
+	for i := 1; i <= 3; i++ {
+		users = append(users, "--user", fmt.Sprintf("i%d", i), "on", fmt.Sprintf(">pw-%d", i), "~*", "&*", "+@all")
+	}
+	srv := fleettest.Start(t, users...)
 	bin := buildCaddy(t)
 	bad, good1, good2, limited := newBackend(t), newBackend(t), newBackend(t), newBackend(t)
 	ups := []string{bad.addr, good1.addr, good2.addr, limited.addr}
 	var ins []*instance
 	for i := 1; i <= 3; i++ {
-		ins = append(ins, startInstance(t, bin, fmt.Sprintf("i%d", i), srv.URL(""), ups))
+		url := fmt.Sprintf("redis://i%d:pw-%d@127.0.0.1:%d/0", i, i, srv.Port())
+		ins = append(ins, startInstance(t, bin, fmt.Sprintf("i%d", i), url, ups))
 	}
 	for _, in := range ins {
 		eventually(t, 10*time.Second, in.name+" connected", in.connected)
@@ -339,20 +347,30 @@ func TestFleetProcesses(t *testing.T) {
 	}
 	limited.set(status(http.StatusOK, "limited no more"))
 
-	// the pub/sub connections killed (CLIENT KILL TYPE pubsub) just
-	// before an operator's restore on i3: it reaches i1 and i2 all the
-	// same, by the channel once resubscribed or by the full read (which
-	// one is up to timing: TestFleetResyncAfterPubSubKilled in ./fleet
-	// checks the full read)
+	// i1 and i2 lose the channel: their pub/sub connections killed
+	// (CLIENT KILL TYPE pubsub), and their users no longer allowed to
+	// subscribe again. An operator's restore on i3 reaches them all the
+	// same, by the full read. Then the channel is theirs again.
 	cl := srv.Client("")
-	if err := cl.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
+	for _, user := range []string{"i1", "i2"} {
+		if err := cl.Do(t.Context(), "ACL", "SETUSER", user, "resetchannels").Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	_ = cl.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err() // resetchannels may have killed them already
 	if err := ins[2].adminPost("/bifrost/workers/" + pool.WorkerID("shared", good1.addr) + "/restore"); err != nil {
 		t.Fatal(err)
 	}
 	for _, in := range ins[:2] {
 		eventually(t, 5*time.Second, in.name+" carries out i3's restore", func() bool { return in.isolation(good1.addr) == "" })
+	}
+	for _, user := range []string{"i1", "i2"} {
+		if err := cl.Do(t.Context(), "ACL", "SETUSER", user, "allchannels").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, in := range ins {
+		eventually(t, 10*time.Second, in.name+" connected again", in.connected)
 	}
 
 	// Redis hangs for 10 s under load on all three: no request fails

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -234,5 +235,34 @@ func TestFleetRefillsFlushedStore(t *testing.T) {
 	eventually(t, 3*time.Second, "the store refilled", func() bool { return c.HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 2 })
 	if !connected(a)() {
 		t.Error("a disconnected by a flush")
+	}
+}
+
+// With its pub/sub connection killed (CLIENT KILL TYPE pubsub) and no
+// way back onto the channel (its ACL user lost the channel), an instance
+// still gets the others' entries, by the full read alone: none arrives
+// by the channel.
+func TestFleetResyncWithoutChannel(t *testing.T) {
+	srv := startRedis(t, "--user", "b", "on", ">b-pw", "~*", "&*", "+@all")
+	var byChannel atomic.Int64
+	a := newFleet(t, srv.URL(""), "a")
+	b := newFleet(t, fmt.Sprintf("redis://b:b-pw@127.0.0.1:%d/0", srv.Port()), "b", func(c *Config) {
+		c.OnEntry = func(Entry, time.Duration) { byChannel.Add(1) }
+	})
+	eventually(t, 5*time.Second, "both connected", func() bool { return connected(a)() && connected(b)() })
+	c := srv.Client("")
+	if err := c.Do(ctx(t), "ACL", "SETUSER", "b", "resetchannels").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx(t), "CLIENT", "KILL", "TYPE", "pubsub", "USER", "b").Err(); err != nil && !strings.Contains(err.Error(), "No such client") {
+		t.Fatal(err)
+	}
+	a.Publish(Entry{Pool: "api", Upstream: "u1", Kind: KindIsolated, Until: time.Now().Add(time.Minute)})
+	eventually(t, 3*time.Second, "b has a's entry", func() bool { return has(b, "a", "u1", KindIsolated) })
+	if n := byChannel.Load(); n != 0 {
+		t.Errorf("%d entries arrived by the channel, want none (b cannot subscribe)", n)
+	}
+	if !connected(b)() {
+		t.Error("b disconnected")
 	}
 }
