@@ -328,8 +328,10 @@ type instance struct {
 }
 
 // newInstance writes the instance's Caddyfile: Bifrost with health
-// checks every second on /health (as the chaos suite's Bifrost), storage
-// in dir, and a fleet on redisAddr unless it is empty.
+// checks every second on /health (as the chaos suite's Bifrost), a first
+// isolation of a minute (instead of 10 s: the backend stays isolated
+// through the restarted instance's first 10 s), storage in dir, and a
+// fleet on redisAddr unless it is empty.
 func newInstance(name, bin, dir, redisAddr string, upstreams []string) (*instance, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -348,7 +350,8 @@ func newInstance(name, bin, dir, redisAddr string, upstreams []string) (*instanc
 		fleet = fmt.Sprintf("\tbifrost {\n\t\tfleet redis://%s/0 {\n\t\t\tsecret bench-secret\n\t\t\tinstance %s\n\t\t}\n\t}\n", redisAddr, name)
 	}
 	cfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\thttp_port %d\n\tauto_https off\n\tstorage file_system %s\n%s}\n"+
-		":%d {\n\tbifrost %s {\n\t\tname %s\n\t\thealth {\n\t\t\turi /health\n\t\t\tinterval 1s\n\t\t}\n\t}\n}\n",
+		":%d {\n\tbifrost %s {\n\t\tname %s\n\t\thealth {\n\t\t\turi /health\n\t\t\tinterval 1s\n\t\t}\n"+
+		"\t\tisolation {\n\t\t\tbase_time 1m\n\t\t}\n\t}\n}\n",
 		admin, site, filepath.Join(dir, "storage"), fleet, site, strings.Join(upstreams, " "), poolName)
 	return in, os.WriteFile(in.conf, []byte(cfg), 0o600)
 }
