@@ -153,7 +153,7 @@ type offerBox struct {
 }
 
 // Offer hands verdicts to the pool's loop, which applies them (see
-// Apply) on its next tick. It never blocks on the loop.
+// Apply) at once, woken. It never blocks on the loop.
 func (p *Pool) Offer(vs []Verdict) {
 	if len(vs) == 0 {
 		return
@@ -166,6 +166,31 @@ func (p *Pool) Offer(vs []Verdict) {
 		box.vs = slices.Delete(box.vs, 0, over)
 	}
 	box.mu.Unlock()
+	if p.wake != nil {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// verdictsChanged is signalled when a worker's verdict changed in this
+// process (an isolation began or ended, a throttle began).
+var verdictsChanged = make(chan struct{}, 1)
+
+// VerdictsChanged is signalled when a worker's verdict changed in this
+// process, so that the bifrost app publishes it to the fleet without
+// waiting for its next turn. Signals are coalesced: one may stand for
+// several changes.
+func VerdictsChanged() <-chan struct{} { return verdictsChanged }
+
+// SignalVerdicts says that a worker's verdict changed (see
+// VerdictsChanged). It never blocks: it may run on a request's path.
+func SignalVerdicts() {
+	select {
+	case verdictsChanged <- struct{}{}:
+	default:
+	}
 }
 
 // applyOffered applies the verdicts offered since the last tick; the
