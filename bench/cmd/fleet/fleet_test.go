@@ -46,3 +46,16 @@ func TestRedisCalls(t *testing.T) {
 		t.Errorf("calls %d %v, want 3 hset and 1 hgetall, the bench's own left out", total, by)
 	}
 }
+
+func TestBucketQuantile(t *testing.T) {
+	h := map[float64]float64{0.005: 90, 0.01: 99, 0.025: 100, 0.05: 100}
+	if b, n := bucketQuantile(h, .99); b != 0.01 || n != 100 {
+		t.Errorf("p99 bucket %v of %v, want 0.01 of 100", b, n)
+	}
+	if b, _ := bucketQuantile(h, 1); b != 0.025 {
+		t.Errorf("max bucket %v, want 0.025", b)
+	}
+	if b, n := bucketQuantile(map[float64]float64{}, .99); b != 0 || n != 0 {
+		t.Errorf("empty: %v %v", b, n)
+	}
+}
