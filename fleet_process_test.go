@@ -34,18 +34,11 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// goToolEnv is the environment the go tool had when the test binary
-// started, read before TestMain points HOME and XDG_CACHE_HOME at a temp
-// dir: with them, go build finds the module and build caches (and needs
-// no network).
-var goToolEnv = []string{"HOME=" + os.Getenv("HOME"), "XDG_CACHE_HOME=" + os.Getenv("XDG_CACHE_HOME")}
-
 // buildCaddy builds ./cmd/caddy into a temp dir.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "caddy")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
-	cmd.Env = append(os.Environ(), goToolEnv...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building caddy: %v\n%s", err, out)
 	}
