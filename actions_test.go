@@ -277,15 +277,25 @@ func TestRecoveryFailedIsBooked(t *testing.T) {
 	}
 }
 
-// The actions that have no effect of their own are refused, naming the
-// valid ones, with the file and line.
-func TestRemovedActionsAndKindsAreRefused(t *testing.T) {
+// classify rules accept every kind a response can be and every action;
+// invalid combinations are refused, naming the valid values, with the
+// file and line.
+func TestClassifyRulesTakeEveryKindAndAction(t *testing.T) {
+	for _, rule := range []string{
+		"status 503 http skip_worker", "status 503 http expand_pool", "status 418 http force_shutdown",
+		"status 503 connection_pool_exhausted", "status 421 config", "status 500 worker",
+		"status 413 resource_limit_exceeded", "status 495 isolation_violation",
+	} {
+		cfg := ":8080 {\n\tbifrost 127.0.0.1:9001 {\n\t\tclassify {\n\t\t\t" + rule + "\n\t\t}\n\t}\n}\n"
+		if _, err := adapt(cfg); err != nil {
+			t.Errorf("%s: %v", rule, err)
+		}
+	}
 	for _, tc := range []struct{ rule, want string }{
-		{"status 503 http skip_worker", `unknown recovery action "skip_worker" (valid: none, retry, reconnect, restart_worker, throttle, isolate_worker, ignore)`},
-		{"status 503 http expand_pool", `unknown recovery action "expand_pool"`},
-		{"status 503 http force_shutdown", `unknown recovery action "force_shutdown"`},
-		{"status 503 connection_pool_exhausted", `unknown error kind "connection_pool_exhausted"`},
-		{"status 503 config", `unknown error kind "config"`},
+		{"status 503 http explode", `unknown recovery action "explode" (valid: none, retry, reconnect, restart_worker, throttle, isolate_worker, ignore, skip_worker, expand_pool, force_shutdown)`},
+		{"status 503 http none", `action "none" is not an action`},
+		{"status 404 none force_shutdown", `kind "none" makes the status a success`},
+		{"status 503 canceled", `kind "canceled" cannot be given to a status`},
 		{"status 503 worker_recovery_failed", `kind "worker_recovery_failed" cannot be given to a status`},
 	} {
 		cfg := ":8080 {\n\tbifrost 127.0.0.1:9001 {\n\t\tclassify {\n\t\t\t" + tc.rule + "\n\t\t}\n\t}\n}\n"

@@ -166,7 +166,7 @@ func loadWithEventLog(t *testing.T, body string) {
 	apps := cfg["apps"].(map[string]any)
 	apps["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events": []string{pool.EventBreakerOpened, pool.EventBreakerHalfOpen, pool.EventBreakerClosed,
-			pool.EventWorkerIsolated, pool.EventWorkerRestored, pool.EventWorkerRecoveryFailed},
+			pool.EventWorkerIsolated, pool.EventWorkerRestored, pool.EventWorkerRecoveryFailed, pool.EventWorkerShutdown},
 		"handlers": []any{map[string]any{"handler": "bifrost_test_log"}},
 	}}}
 	js, _ = json.Marshal(cfg)

@@ -47,6 +47,9 @@ type requestBody struct {
 	consumed atomic.Bool
 	// eof is set once src was read to its end.
 	eof atomic.Bool
+	// overTotal is set when the copy was dropped because the pool's
+	// body memory (max_body_total) was full: resource_limit_exceeded.
+	overTotal atomic.Bool
 
 	srcMu sync.Mutex // held while reading src
 
@@ -79,7 +82,7 @@ var noBody = &requestBody{}
 // the request may need it again: a request that can never be retried
 // after its body was sent keeps no copy.
 func newRequestBody(r *http.Request, limit int64, memory *pool.BodyMemory, copy bool) *requestBody {
-	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
+	if !hasBody(r) {
 		return noBody
 	}
 	b := &requestBody{src: r.Body, length: r.ContentLength, limit: limit, memory: memory}
@@ -87,6 +90,11 @@ func newRequestBody(r *http.Request, limit int64, memory *pool.BodyMemory, copy 
 		b.keep.Store(true)
 	}
 	return b
+}
+
+// hasBody reports whether r comes with a body to send.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) != 0)
 }
 
 // keepsCopy reports whether a request's body is worth a copy: a request
@@ -275,6 +283,7 @@ func (b *requestBody) save(p []byte) {
 		i := b.copied % copyChunkSize
 		if i == 0 && b.copied/copyChunkSize == int64(len(b.chunks)) {
 			if !b.memory.Take(copyChunkSize) {
+				b.overTotal.Store(true)
 				b.dropCopy()
 				return
 			}

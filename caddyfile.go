@@ -176,6 +176,8 @@ func nameSafe(s string) string {
 //	    name <pool>
 //	    max_requests <n>
 //	    error_history_limit <n>
+//	    backup <upstreams...>
+//	    backup min_primary <n>
 //
 //	    breaker {
 //	        failures <n>
@@ -378,6 +380,8 @@ func (p *parser) segment(d *caddyfile.Dispenser) (bool, error) {
 	case "fallback":
 		h.Fallback = new(FallbackConfig)
 		return true, p.fallback(d)
+	case "backup":
+		return true, p.backup(d)
 	}
 	return p.resilience(d, name)
 }

@@ -339,9 +339,12 @@ type ClassifyRule struct {
 
 	// Action overrides the kind's default recovery action: what is done
 	// to the worker that answered the status (`retry`, `reconnect`,
-	// `restart_worker`, `throttle`, `isolate_worker` or `ignore`; see the
-	// README's Recovery actions). Whether the request is retried is
-	// decided by `retry on`, except that `ignore` is never retried.
+	// `restart_worker`, `throttle`, `isolate_worker`, `ignore`,
+	// `skip_worker`, `expand_pool` or `force_shutdown`; see the README's
+	// Recovery actions). Whether the request is retried is decided by
+	// `retry on`, except that `ignore` is never retried and `skip_worker`
+	// and `expand_pool` send it to another worker at once when it can be
+	// sent again.
 	Action string `json:"action,omitempty"`
 }
 
@@ -506,6 +509,9 @@ func (h *Handler) resolve() (*resolved, error) {
 		if up == nil || up.Dial == "" {
 			return nil, fmt.Errorf("upstreams[%d]: dial address is empty", i)
 		}
+	}
+	if err := h.Backup.validate(h.Upstreams); err != nil {
+		return nil, err
 	}
 	if lb := h.LoadBalancing; lb != nil {
 		switch {
@@ -1007,6 +1013,15 @@ func (o retryOn) matches(cls recovery.Classification, status int) bool {
 	switch cls.Kind {
 	case recovery.KindConnection, recovery.KindIsolationViolation:
 		return o.connect
+	case recovery.KindConfig:
+		if status != 0 {
+			// a 421 is retried whatever this says (see skipsWorker)
+			return o.matchesStatus(status)
+		}
+		// a handshake that failed: the request never left
+		return o.connect
+	case recovery.KindWorker:
+		return o.reset
 	case recovery.KindTimeout:
 		return o.timeout
 	case recovery.KindIO:

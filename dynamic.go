@@ -69,6 +69,10 @@ type workerSet struct {
 	// pending is set while the pool has no worker because the first
 	// lookup of its dynamic source has not finished
 	pending bool
+	// primary is the view of the set without its backup workers, which
+	// requests choose from while the primaries can serve (see
+	// chooseSet); nil when the set has no backup
+	primary *workerSet
 }
 
 // publishSet builds the worker set from the static workers and the
@@ -99,6 +103,7 @@ func (h *Handler) publishSet() {
 		return w.tracker != h.p2c.Trackers().Get(w.up.Dial)
 	})
 	s.pending = pending && n == 0
+	s.primary = primaryView(s)
 	h.set.Store(s)
 	h.pool.SetWorkers(h, s.shared())
 }
@@ -437,7 +442,7 @@ func (d *dynamicPool) add(ctx context.Context, dial string) *worker {
 	// cleaned up, and forgotten, when it retires, instead of piling up
 	// in the config's context as addresses come and go.
 	pctx, cancel := caddy.NewContext(h.ctx)
-	w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), dyn: &dynamicLife{ctx: pctx, cancel: cancel}}
+	w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), dyn: &dynamicLife{ctx: pctx, cancel: cancel}, connsMax: connsLimit(h.TransportRaw)}
 	rp, err := newWorkerProxy(h.proxyCfg, &reverseproxy.Upstream{Dial: dial}, w)
 	if err == nil {
 		w.proxy.Store(rp)

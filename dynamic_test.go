@@ -574,3 +574,26 @@ func TestDynamicWorkerLogsAndCountsAsStatic(t *testing.T) {
 		t.Fatalf("/metrics has no %s", want)
 	}
 }
+
+// A request that no worker could take (a dynamic source with no address
+// yet) shows 0 attempts, as one tried shows its tries.
+func TestPlaceholdersWithoutATry(t *testing.T) {
+	srv := newTestDNS(t)
+	loadHandler(t, fmt.Sprintf(`
+:9080 {
+	bifrost {
+		name notry
+		dynamic a nothing.workers.test 9 {
+			resolvers %s
+		}
+		fallback {
+			status 503
+			body "attempts={http.bifrost.attempts}"
+		}
+	}
+}`, srv.addr))
+	code, body := get(t, "/")
+	if code != http.StatusServiceUnavailable || body != "attempts=0" {
+		t.Fatalf("got %d %q, want 503 \"attempts=0\"", code, body)
+	}
+}

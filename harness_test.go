@@ -53,6 +53,7 @@ func runInTempHome(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	keepGoCaches()
 	for k, sub := range map[string]string{
 		"HOME":            "",
 		"XDG_CONFIG_HOME": ".config",
@@ -71,6 +72,30 @@ func runInTempHome(m *testing.M) int {
 	code := m.Run()
 	_ = caddy.Stop()
 	return code
+}
+
+// keepGoCaches pins the go command's module and build caches to where
+// they are before HOME moves, so that a test that builds Caddy (the fleet's
+// process test) uses them rather than downloading every module again into
+// the temporary home. The go command's own defaults are followed: GOPATH is
+// $HOME/go, the build cache is under the user's cache directory.
+func keepGoCaches() {
+	if os.Getenv("GOPATH") == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			_ = os.Setenv("GOPATH", filepath.Join(home, "go"))
+		}
+	}
+	if os.Getenv("GOMODCACHE") == "" {
+		gopath := filepath.SplitList(os.Getenv("GOPATH"))
+		if len(gopath) > 0 && gopath[0] != "" {
+			_ = os.Setenv("GOMODCACHE", filepath.Join(gopath[0], "pkg", "mod"))
+		}
+	}
+	if os.Getenv("GOCACHE") == "" {
+		if cache, err := os.UserCacheDir(); err == nil {
+			_ = os.Setenv("GOCACHE", filepath.Join(cache, "go-build"))
+		}
+	}
 }
 
 // testHome is the temporary directory the tests use as HOME.

@@ -148,9 +148,14 @@ func (h *Handler) runRace(w http.ResponseWriter, r *http.Request, rs *requestSta
 			if wk.enter() {
 				entered = true
 				var pass breaker.Pass
-				if pass, err = wk.Breaker.Allow(); err == nil {
-					tw.pass = pass
-					res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
+				if !wk.TakeSlot() {
+					err = recovery.ErrPoolExhausted // it filled up: refused
+				} else {
+					if pass, err = wk.Breaker.Allow(); err == nil {
+						tw.pass = pass
+						res = h.try(ctx, time.Now(), wk, tw, r, rs, true, false, rc, next)
+					}
+					wk.ReleaseSlot()
 				}
 				wk.leave()
 				entered = false

@@ -141,9 +141,10 @@ func TestCallersRequestIsNotChanged(t *testing.T) {
 	}
 }
 
-// A panic in a worker's handler (here a handle_response route) fails only
-// its request: the worker's in-flight count goes back down, so a worker
-// with max_requests 3 still serves after three panics.
+// A panic in a worker's handler (here a handle_response route) is a
+// worker failure of its try (the request goes to the other worker): the
+// worker's in-flight count goes back down, so a worker with max_requests
+// 3 still serves after three panics.
 func TestPanicInATryReleasesItsWorker(t *testing.T) {
 	a, b := newBackend(t), newBackend(t)
 	boom := func(w http.ResponseWriter, r *http.Request) {
@@ -169,9 +170,8 @@ func TestPanicInATryReleasesItsWorker(t *testing.T) {
 	loadJSON(t, []byte(s))
 	h := runningHandler(t)
 	for i := range 3 {
-		if resp, err := client.Get(testSite + "/boom"); err == nil {
-			resp.Body.Close()
-			t.Fatalf("panic %d: got %d", i, resp.StatusCode)
+		if code, body := get(t, "/boom"); code != http.StatusOK || !strings.Contains(body, b.addr) {
+			t.Fatalf("panic %d: got %d %q, want the other worker's answer", i, code, body)
 		}
 	}
 	wk := workerAt(t, h, a.addr)
@@ -716,9 +716,9 @@ func TestPanickedDynamicWorkerRetires(t *testing.T) {
 	first := bs[0].addr
 	eventually(t, 10*time.Second, "the A record's worker", func() bool { return hasDial(h, first) })
 	for i := range 3 {
-		if resp, err := client.Get(testSite + "/boom"); err == nil {
-			resp.Body.Close()
-			t.Fatalf("panic %d: got %d", i, resp.StatusCode)
+		// a worker failure, with no other worker to go to
+		if code, _ := get(t, "/boom"); code != http.StatusInternalServerError {
+			t.Fatalf("panic %d: got %d, want 500", i, code)
 		}
 	}
 	srv.setA(name, "127.0.0.3")

@@ -32,6 +32,7 @@ var collectors struct {
 	breaker     *prometheus.GaugeVec
 	healthy     *prometheus.GaugeVec
 	isolated    *prometheus.GaugeVec
+	backup      *prometheus.GaugeVec
 	latency     *prometheus.HistogramVec
 }
 
@@ -46,6 +47,7 @@ func initCollectors() {
 	collectors.breaker = workerGauge("breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.")
 	collectors.healthy = workerGauge("worker_healthy", "1 if the worker can take requests now, else 0.")
 	collectors.isolated = workerGauge("worker_isolated", "1 if the worker is isolated, else 0.")
+	collectors.backup = workerGauge("worker_backup", "1 if the worker is a backup, which takes traffic only when the primaries cannot, else 0.")
 	o := metricOpts("attempt_duration_seconds", "Duration of tries against workers, until the response was written or failed.")
 	collectors.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: o.Namespace, Subsystem: o.Subsystem, Name: o.Name, Help: o.Help,
@@ -94,7 +96,7 @@ func newPoolMetrics(ctx caddy.Context, pool string, logger *zap.Logger) *poolMet
 	for _, c := range []prometheus.Collector{
 		collectors.requests, collectors.errors, collectors.retries, collectors.hedges, collectors.degraded,
 		collectors.recoveries, collectors.transitions, collectors.probes,
-		collectors.breaker, collectors.healthy, collectors.isolated, collectors.latency,
+		collectors.breaker, collectors.healthy, collectors.isolated, collectors.backup, collectors.latency,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -215,6 +217,7 @@ func (m *poolMetrics) workerGauges(wk *worker) {
 	m.breakerState(wk.ID, wk.Breaker.State())
 	collectors.healthy.WithLabelValues(m.pool, wk.ID).Set(boolGauge(wk.available()))
 	collectors.isolated.WithLabelValues(m.pool, wk.ID).Set(boolGauge(wk.Health.Isolated()))
+	collectors.backup.WithLabelValues(m.pool, wk.ID).Set(boolGauge(wk.backup))
 }
 
 // forget deletes the series of workers that no config uses any more.
@@ -232,7 +235,7 @@ func (m *poolMetrics) forget(workers []*worker) {
 		}{
 			collectors.requests, collectors.errors, collectors.retries, collectors.hedges, collectors.recoveries,
 			collectors.transitions, collectors.probes, collectors.breaker, collectors.healthy,
-			collectors.isolated, collectors.latency,
+			collectors.isolated, collectors.backup, collectors.latency,
 		} {
 			vec.DeletePartialMatch(labels)
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,8 +105,14 @@ type Handler struct {
 	// soonest expected recovery, which `handle_errors` can catch.
 	Fallback *FallbackConfig `json:"fallback,omitempty"`
 
+	// Backup declares backup upstreams, which take traffic only when the
+	// primary upstreams cannot serve it.
+	Backup *BackupConfig `json:"backup,omitempty"`
+
 	// MaxRequests limits the requests in flight to one worker (a
-	// bulkhead); a full worker is skipped. Default: 0 (no limit).
+	// bulkhead): a full worker is skipped, and when every worker is full
+	// the request gets the pool's 503; the limit is never exceeded.
+	// Default: 0 (no limit).
 	MaxRequests int `json:"max_requests,omitempty"`
 
 	// ErrorHistoryLimit is the number of recent classified errors kept per
@@ -297,7 +304,12 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 	h.proxyCfg = cfg
 	bs := h.cfg.breaker
 	byDial := make(map[string]*worker, len(h.Upstreams))
-	for i, up := range h.Upstreams {
+	ups := h.Upstreams
+	if h.Backup != nil {
+		// backups are workers like the others, marked as such
+		ups = append(slices.Clip(ups), h.Backup.upstreams()...)
+	}
+	for i, up := range ups {
 		if wk := byDial[up.Dial]; wk != nil {
 			// listed again: the same worker, one more share for the
 			// selection policy (see checkDuplicateUpstreams)
@@ -309,7 +321,10 @@ func (h *Handler) provisionWorkers(ctx caddy.Context) error {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
 		}
 		h.states = append(h.states, ws)
-		w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker()}
+		w := &worker{Worker: ws, ps: h.pool, tracker: ws.Tracker(), backup: i >= len(h.Upstreams), connsMax: connsLimit(h.TransportRaw)}
+		if h.committed.Load() {
+			ws.Backup.Store(w.backup)
+		}
 		rp, err := newWorkerProxy(cfg, up, w)
 		if err != nil {
 			return fmt.Errorf("upstream %d (%s): %w", i, up.Dial, err)
@@ -369,6 +384,7 @@ func (h *Handler) commit() {
 	}
 	for _, wk := range h.set.Load().workers {
 		h.applyWorkerSettings(wk.Worker)
+		wk.Backup.Store(wk.backup)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -170,12 +171,23 @@ func (h *Handler) throttlesWorker(wk *worker, r *http.Request, status int, panic
 // is answering, and throttling, not the breaker, deals with it.
 func breakerOutcome(cls recovery.Classification) breaker.Outcome {
 	switch {
-	case cls.Action == recovery.ActionIgnore, cls.Kind == recovery.KindThrottled:
+	case !countsAgainst(cls), cls.Kind == recovery.KindThrottled:
 		return breaker.Excluded
 	case cls.Failure:
 		return breaker.Failure
 	}
 	return breaker.Success
+}
+
+// countsAgainst reports whether a failure's action holds it against its
+// worker: every action does but ignore, skip_worker and expand_pool,
+// which send the request elsewhere without blaming the worker.
+func countsAgainst(cls recovery.Classification) bool {
+	switch cls.Action {
+	case recovery.ActionIgnore, recovery.ActionSkipWorker, recovery.ActionExpandPool:
+		return false
+	}
+	return true
 }
 
 // failureMessage describes a failed try without request data beyond the
@@ -199,6 +211,23 @@ func (h *Handler) logFailure(res tryResult) {
 	case recovery.SeverityHigh, recovery.SeverityCritical:
 		lvl = zapcore.ErrorLevel
 	}
+	if cls.Kind == recovery.KindConfig {
+		// logged once per worker and config, with the fix to make; the
+		// error history and the metrics count every one
+		if wk.configLogged.Swap(true) {
+			lvl = zapcore.DebugLevel
+		} else if c := h.logger.Check(zapcore.ErrorLevel, "proxy and upstream disagree on the protocol"); c != nil {
+			c.Write(
+				zap.String("pool", h.poolName),
+				zap.String("worker", wk.ID),
+				zap.String("upstream", wk.Upstream),
+				zap.Int("status", res.status),
+				zap.String("error", res.errText),
+				zap.String("fix", configFix(res)),
+			)
+			return
+		}
+	}
 	if c := h.logger.Check(lvl, "worker failure"); c != nil {
 		c.Write(
 			zap.String("pool", h.poolName),
@@ -213,6 +242,21 @@ func (h *Handler) logFailure(res tryResult) {
 			zap.String("error", res.errText),
 		)
 	}
+}
+
+// configFix says what to change when the proxy and an upstream disagree
+// on the protocol (KindConfig), from what the try saw.
+func configFix(res tryResult) string {
+	e := res.errText
+	switch {
+	case res.status == http.StatusMisdirectedRequest:
+		return "the upstream is not configured for this request's host or TLS server name: check header_up Host and the transport's tls_server_name"
+	case strings.Contains(e, "does not look like a TLS handshake"):
+		return "the upstream answers plain HTTP to a TLS handshake: remove tls from the transport (or use http:// upstreams), or serve TLS on the upstream"
+	case strings.Contains(e, "tls:"):
+		return "TLS versions, ciphers, ALPN protocols or client certificates do not match: compare the transport's tls settings and versions with the upstream's"
+	}
+	return "the upstream speaks another HTTP version: match the transport's versions (1.1, 2, h2c) to what the upstream serves"
 }
 
 // onResult tells the isolation monitor about a try's outcome (a worker on
@@ -365,7 +409,7 @@ const reasonClassified health.Reason = "classified_failure"
 func (h *Handler) act(res tryResult, panicMode bool) {
 	wk, cls := res.wk, res.cls
 	switch {
-	case cls.Action == recovery.ActionIgnore:
+	case !countsAgainst(cls):
 		return
 	case cls.Action == recovery.ActionThrottle && !h.throttlesWorker(wk, res.tw.hook.r, res.status, panicMode):
 		// the client gets the answer as the upstream gave it
@@ -389,6 +433,38 @@ func (h *Handler) act(res tryResult, panicMode bool) {
 		if res.status != 0 {
 			detail = fmt.Sprintf("%s (status %d)", detail, res.status)
 		}
+		if cls.Kind == recovery.KindConfig {
+			// it will not clear by itself: the longest ejection
+			h.pool.IsolateLongest(wk.Worker, reasonConfig, configFix(res))
+			return
+		}
 		h.isolate(wk, reason, detail)
+	case recovery.ActionForceShutdown:
+		h.forceShutdown(wk, res)
 	}
+}
+
+// reasonConfig is the isolation reason of a worker whose upstream and
+// proxy disagree on the protocol (KindConfig).
+const reasonConfig health.Reason = "config_mismatch"
+
+// forceShutdown stops a worker for good (the force_shutdown action): no
+// new try goes to it, its idle connections are closed, and it stays out,
+// whatever max_percent says, until an operator restores it or a config
+// gives its place to another upstream. Its probes keep running.
+func (h *Handler) forceShutdown(wk *worker, res tryResult) {
+	detail := res.cls.Kind.String()
+	switch {
+	case res.status != 0:
+		detail = fmt.Sprintf("%s (status %d)", detail, res.status)
+	case res.errText != "":
+		detail = fmt.Sprintf("%s: %s", detail, res.errText)
+	}
+	if !h.pool.Shutdown(wk.Worker, detail) {
+		return // shut down already
+	}
+	if ht, ok := wk.proxy.Load().Transport.(*reverseproxy.HTTPTransport); ok && ht.Transport != nil {
+		ht.Transport.CloseIdleConnections()
+	}
+	h.metrics.recovery(wk.ID, recovery.ActionForceShutdown)
 }

@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,16 +34,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.pool.Budget().OnRequest(ready)
 	// The body streams to the first try as the upstream reads it; a copy
 	// is kept for a retry only when the request may need one.
-	body := newRequestBody(r, h.maxBody, &h.pool.Replay, h.keepsCopy(r))
+	// (keepsCopy's header lookups only for a request with a body)
+	body := newRequestBody(r, h.maxBody, &h.pool.Replay, hasBody(r) && h.keepsCopy(r))
 	defer body.release()
 
 	rs := h.newRequestState(r, body, ready)
 	rs.set = h.currentSet(r.Context())
-	// Bifrost's placeholders are read from the request's state whenever
-	// they are used: deferred header operations see the try whose response
-	// is written, and the access log the whole request.
-	repl.Map(rs.shown.placeholder)
+	h.chooseSet(rs)
+	// Bifrost's placeholders are values of the request's replacer, set
+	// whenever they change: deferred header operations see the try whose
+	// response is written, and the access log the whole request.
+	rs.shown.repl = repl
 	err := h.serve(w, r, repl, rs, next)
+	if body.overTotal.Load() {
+		h.bodyOverTotal(rs)
+	}
 	if !rs.clientCanceled {
 		h.pool.ClientRequests.Add(1)
 		if rs.clientFailed {
@@ -54,6 +57,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.releaseRequestState(rs)
 	return err
+}
+
+// bodyOverTotal books that a request's body copy was dropped because the
+// pool's body memory (retry.max_body_total) was full: the request went
+// without a retry copy (resource_limit_exceeded, which counts against no
+// worker).
+func (h *Handler) bodyOverTotal(rs *requestState) {
+	cls := recovery.NewClassification(recovery.KindResourceLimit, recovery.ActionNone, false)
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  fmt.Sprintf("%s request body not kept for a retry: the pool's max_body_total is in use", rs.r.Method),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "request_body",
+			Pool:      h.poolName,
+		},
+		Timestamp: time.Now(),
+	}
+	if rs.last != nil {
+		ce.Context.WorkerID = rs.last.ID
+	}
+	h.pool.Book(ce)
 }
 
 // serve runs the request loop of ServeHTTP.
@@ -89,7 +116,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		}
 
 		// a failure the client has not seen: try again if it is safe
-		rs.shown.cls = cls
+		rs.shown.setFailure(cls)
+		if cls.Action == recovery.ActionExpandPool {
+			rs.expand() // the backups, if any, may take it
+		}
 		if res.status != 0 {
 			rs.answered = append(rs.answered, res.wk)
 		}
@@ -113,22 +143,26 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 		if !res.canRetry || !rs.body.replayable() || !h.anotherWorker(rs, nil) {
 			break
 		}
-		if !h.pool.Budget().TryRetry(time.Now()) {
-			h.logDebug("retry budget exhausted", res.wk, rs, cls)
-			break
-		}
-		if sched == nil {
-			sched = h.policy.NewSchedule(r.Context())
-		}
-		delay, ok := sched.Next()
-		if !ok {
-			break
-		}
-		if err := recovery.Sleep(r.Context(), delay); err != nil {
-			// the client went away during the backoff: a 499 for the
-			// logs, as when it goes away during a try
-			rs.clientCanceled = true
-			return caddyhttp.Error(499, err)
+		if !skipsWorker(cls, res.status) {
+			// a skip goes to another worker at once, outside the
+			// budget and the backoff: it is no failure of an upstream
+			if !h.pool.Budget().TryRetry(time.Now()) {
+				h.logDebug("retry budget exhausted", res.wk, rs, cls)
+				break
+			}
+			if sched == nil {
+				sched = h.policy.NewSchedule(r.Context())
+			}
+			delay, ok := sched.Next()
+			if !ok {
+				break
+			}
+			if err := recovery.Sleep(r.Context(), delay); err != nil {
+				// the client went away during the backoff: a 499 for the
+				// logs, as when it goes away during a try
+				rs.clientCanceled = true
+				return caddyhttp.Error(499, err)
+			}
 		}
 		h.pool.Manager.CountRetry()
 		h.metrics.retry(res.wk)
@@ -139,6 +173,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 	// unsafe to retry, then the last try's error, unless a fallback is
 	// configured; a request that no worker could take degrades.
 	rs.clientFailed = true
+	if rs.tries == 0 {
+		rs.publish() // its placeholders show 0 attempts
+	}
 	switch {
 	case held != nil:
 		return held.replay()
@@ -155,7 +192,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, repl *caddy.Repl
 // already (asking a worker again that answered with a failure only loads
 // it more; its answer is given instead). except is left out, if set.
 func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
-	for _, wk := range rs.set.workers {
+	set := rs.set
+	if rs.full != nil {
+		set = rs.full // a backup could take it
+	}
+	for _, wk := range set.workers {
 		if wk != except && !slices.Contains(rs.skipped, wk) && !slices.Contains(rs.answered, wk) && wk.available() {
 			return true
 		}
@@ -168,10 +209,11 @@ func (h *Handler) anotherWorker(rs *requestState, except *worker) bool {
 // reports false when no worker can take the request.
 func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestState, next caddyhttp.Handler) (tryResult, bool) {
 	// entered is the worker whose try is under way: a panic in it must
-	// not keep a dynamic worker from retiring
+	// not keep a dynamic worker from retiring, nor hold its slot
 	var entered *worker
 	defer func() {
 		if entered != nil {
+			entered.ReleaseSlot()
 			entered.leave()
 		}
 	}()
@@ -210,6 +252,15 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			rs.refused(wk)
 			continue
 		}
+		if !wk.TakeSlot() {
+			// its max_requests filled up since it was picked: the
+			// request goes elsewhere, counting against nobody
+			wk.leave()
+			tw.unwind()
+			rs.refused(wk)
+			h.exhausted(rs, wk)
+			continue
+		}
 		entered = wk
 		var res tryResult
 		var pass breaker.Pass
@@ -227,6 +278,7 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 			tw.pass = pass
 			res = h.try(r.Context(), start, wk, tw, r, rs, canRetry, panicMode, nil, next)
 		}
+		wk.ReleaseSlot()
 		wk.leave()
 		entered = nil
 		if refused != nil {
@@ -270,9 +322,15 @@ type requestState struct {
 	answered []*worker // workers whose upstream answered with a failure
 	triedBuf [4]*worker
 	skipped  []*worker // workers whose breaker refused this request
-	tries    int
-	hedges   int
-	last     *worker
+	// exhausted is set once a full worker (connection_pool_exhausted) was
+	// booked for this request
+	exhausted bool
+	// full is the whole set, backups included, while set is its primary
+	// view (see chooseSet and expand)
+	full   *workerSet
+	tries  int
+	hedges int
+	last   *worker
 	// unsafeErr is the error of a failed try that could not be retried
 	// because the request may have been executed; it is returned as is.
 	unsafeErr error
@@ -282,9 +340,12 @@ type requestState struct {
 	// here to save an allocation per request.
 	firstTry     tryWriter
 	firstTryUsed bool
+	// tryReq is the copy of the request that a try runs alone with (see
+	// try), kept here to save an allocation per try.
+	tryReq http.Request
 
 	// shown is what the placeholders show of the request.
-	shown *shownState
+	shown shownState
 
 	// clientFailed and clientCanceled say how the request ended for its
 	// client (see pool.Pool.ClientFailures).
@@ -294,13 +355,40 @@ type requestState struct {
 // shownState is what Bifrost's placeholders show of a request: its tries
 // so far and the worker of the latest (see publish; a racing try's
 // response may read them while the race goes on), and its last failure.
-// It lives apart from the requestState, which is reused once the handler
-// returns, because Caddy reads placeholders after that too: error routes
-// and access logs.
+// They are static values of the request's replacer, which is safe for
+// concurrent use and outlives the request's state: the state is reused
+// once the handler returns, and Caddy reads placeholders after that too
+// (error routes, access logs). Keeping them there costs a request no
+// allocation, where a replacer function of its own would cost two.
 type shownState struct {
-	attempts atomic.Int64
-	last     atomic.Pointer[worker]
-	cls      recovery.Classification // changes only between tries
+	repl *caddy.Replacer
+	cls  recovery.Classification // changes only between tries
+}
+
+// Bifrost's placeholders.
+const (
+	placeholderWorker   = "http.bifrost.worker"
+	placeholderAttempts = "http.bifrost.attempts"
+	placeholderKind     = "http.bifrost.error_kind"
+	placeholderSeverity = "http.bifrost.error_severity"
+	placeholderAction   = "http.bifrost.recovery_action"
+)
+
+// setWorker shows wk as the request's worker, or none if wk is nil.
+func (s *shownState) setWorker(wk *worker) {
+	if wk == nil {
+		s.repl.Delete(placeholderWorker)
+		return
+	}
+	s.repl.Set(placeholderWorker, wk.IDValue)
+}
+
+// setFailure shows cls, a failure, as the request's last failure.
+func (s *shownState) setFailure(cls recovery.Classification) {
+	s.cls = cls
+	s.repl.Set(placeholderKind, cls.Kind.String())
+	s.repl.Set(placeholderSeverity, cls.Severity.String())
+	s.repl.Set(placeholderAction, cls.Action.String())
 }
 
 // requestStates keeps the states of finished requests for reuse: a
@@ -320,7 +408,6 @@ func (h *Handler) newRequestState(r *http.Request, body *requestBody, ready time
 	}
 	rs.r, rs.body, rs.ready = r, body, ready
 	rs.tried = rs.triedBuf[:0]
-	rs.shown = new(shownState)
 	return rs
 }
 
@@ -353,8 +440,8 @@ func (rs *requestState) refused(wk *worker) {
 // publish makes the request's attempts and last worker visible to its
 // placeholders, which racing tries may read while the request goes on.
 func (rs *requestState) publish() {
-	rs.shown.attempts.Store(int64(rs.tries))
-	rs.shown.last.Store(rs.last)
+	rs.shown.repl.Set(placeholderAttempts, int64(rs.tries))
+	rs.shown.setWorker(rs.last)
 }
 
 // pick chooses the next worker: the selection policy's choice among
@@ -376,6 +463,10 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	if wk := h.cheapestUntried(rs, now); wk != nil {
 		return wk, false
 	}
+	if rs.expand() {
+		// no primary left to go to: the backups come in
+		return h.pick(r, w, rs, now)
+	}
 	if chosen != nil && !slices.Contains(rs.skipped, chosen) && !slices.Contains(rs.answered, chosen) {
 		return chosen, false
 	}
@@ -383,7 +474,7 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 	if rs.tries > 0 || len(workers) == 0 {
 		return nil, false
 	}
-	var best *worker
+	var best, full *worker
 	off := rand.IntN(len(workers))
 	for i := range workers {
 		wk := workers[(off+i)%len(workers)]
@@ -393,11 +484,57 @@ func (h *Handler) pick(r *http.Request, w http.ResponseWriter, rs *requestState,
 		if slices.Contains(rs.skipped, wk) {
 			continue // its breaker refused this request
 		}
+		if wk.Health.ShutDown() {
+			continue // force_shutdown: out until an operator restores it
+		}
+		if wk.Full() {
+			// never past max_requests; a full worker that is not out
+			// makes the pool saturated, not out (no panic mode)
+			if full == nil || !wk.out() {
+				full = wk
+			}
+			continue
+		}
 		if best == nil || wk.Health.ConsecutiveFailures() < best.Health.ConsecutiveFailures() {
 			best = wk
 		}
 	}
+	if full != nil && (best == nil || !full.out()) {
+		h.exhausted(rs, full)
+		return nil, false
+	}
 	return best, true
+}
+
+// exhausted books, once per request, that a worker it could have gone to
+// was full (connection_pool_exhausted): the request goes to another
+// worker or, when none has room, gets the pool's 503. It counts against
+// nobody: the error history and the errors metric show it, and the
+// request's error placeholders name it.
+func (h *Handler) exhausted(rs *requestState, wk *worker) {
+	cls := recovery.NewClassification(recovery.KindPoolExhausted, recovery.ActionNone, false)
+	if !rs.shown.cls.Failure {
+		rs.shown.setFailure(cls)
+	}
+	if rs.exhausted {
+		return
+	}
+	rs.exhausted = true
+	ce := recovery.ContextualError{
+		Kind:     cls.Kind,
+		Severity: cls.Severity,
+		Action:   cls.Action,
+		Message:  fmt.Sprintf("%s request found the worker at its limit of %d requests in flight", rs.r.Method, wk.MaxRequests.Load()),
+		Context: recovery.ErrorContext{
+			Component: "proxy",
+			Operation: "attempt",
+			Pool:      h.poolName,
+			WorkerID:  wk.ID,
+		},
+		Timestamp: time.Now(),
+	}
+	h.pool.Book(ce)
+	h.logDebug("worker full", wk, rs, cls)
 }
 
 // chooseIn returns the selection policy's choice of worker of set for r at
@@ -494,37 +631,6 @@ func (h *Handler) soonestRecovery(workers []*worker, now time.Time) time.Duratio
 		return time.Second
 	}
 	return soonest
-}
-
-// placeholder answers Bifrost's placeholders from what is shown of the
-// request, at the time they are used. The error fields change only between tries,
-// never while a try (or a race of them) is running.
-func (s *shownState) placeholder(key string) (any, bool) {
-	name, ok := strings.CutPrefix(key, "http.bifrost.")
-	if !ok {
-		return nil, false
-	}
-	switch name {
-	case "worker":
-		if wk := s.last.Load(); wk != nil {
-			return wk.IDValue, true
-		}
-	case "attempts":
-		return s.attempts.Load(), true
-	case "error_kind":
-		if s.cls.Failure {
-			return s.cls.Kind.String(), true
-		}
-	case "error_severity":
-		if s.cls.Failure {
-			return s.cls.Severity.String(), true
-		}
-	case "recovery_action":
-		if s.cls.Failure {
-			return s.cls.Action.String(), true
-		}
-	}
-	return nil, false
 }
 
 // logDebug writes a debug entry about one request's retry loop.

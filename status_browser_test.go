@@ -228,7 +228,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		 `+row+`.cells[3].textContent.includes('left')`)
 	// the top line names the worker, why, and since when; clients are
 	// told apart from tries
-	within(5*time.Second, "the problem line naming the isolated worker",
+	within(10*time.Second, "the problem line naming the isolated worker",
 		`document.getElementById('problem').classList.contains('problem-bad') &&
 		 document.getElementById('problem-line').textContent === 'Problem now: `+downID+` isolated' &&
 		 /^`+regexp.QuoteMeta(downID)+` \(.*\) isolated: probe_failed.*\(\d+s left\) since .*\(.*\)$/.test(document.querySelector('#problem-list li').textContent) &&

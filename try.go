@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/recovery"
@@ -93,7 +94,14 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// context, or its body below): the caller's request stays as it came,
 	// for handle_errors and the handlers after this one
 	rr := r
-	if ctx != r.Context() || rs.body.changes(r) {
+	switch {
+	case ctx == r.Context() && !rs.body.changes(r):
+	case rc == nil:
+		// a try at a time: its copy is kept in the request's state,
+		// and nothing holds on to it once the try returns
+		rs.tryReq = *r.WithContext(ctx)
+		rr = &rs.tryReq
+	default:
 		rr = r.WithContext(ctx)
 	}
 	tw.hook.body = rs.body.forTry(rr)
@@ -119,7 +127,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	tw.unwind()
 	now := time.Now()
 	res := tryResult{wk: wk, tw: tw, err: err, canRetry: canRetry, latency: now.Sub(start), end: now, abort: abort}
-	if abort != nil {
+	if abort != nil && !errors.Is(err, recovery.ErrWorker) {
 		err = io.ErrUnexpectedEOF
 		res.err = err
 	}
@@ -200,7 +208,7 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 			// selection policy, so a hanging worker stops winning picks
 			wk.tracker.Done(token, now, now.Sub(start), true)
 		default:
-			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && res.cls.Action != recovery.ActionIgnore && !tw.hook.panicMode)
+			wk.tracker.Done(token, now, now.Sub(start), res.cls.Failure && countsAgainst(res.cls) && !tw.hook.panicMode)
 		}
 	}
 	if att.Err != nil {
@@ -273,9 +281,9 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 			latency = max(now.Sub(sent), 1)
 		}
 		// a 5xx counts against the worker's selection cost unless a
-		// classify rule ignores it (it counts against nobody), as in
-		// its breaker and health
-		failed := status >= 500 && !k.panicMode && k.cls.Failure && k.cls.Action != recovery.ActionIgnore
+		// classify rule ignores or skips it (it counts against
+		// nobody), as in its breaker and health
+		failed := status >= 500 && !k.panicMode && k.cls.Failure && countsAgainst(k.cls)
 		k.wk.tracker.Done(k.token, now, latency, failed)
 	}
 	if retryable {
@@ -298,7 +306,7 @@ func (k *tryHook) decide(tw *tryWriter, status int) bool {
 		}
 		// the winner's response is about to be written: its deferred
 		// header operations name its worker
-		k.rc.rs.shown.last.Store(k.wk)
+		k.rc.rs.shown.setWorker(k.wk)
 	}
 	return false
 }
@@ -339,7 +347,17 @@ func (h *Handler) serveWorker(wk *worker, tw *tryWriter, r *http.Request, next c
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
-				panic(v)
+				// a panic in the worker's own proxy (a module, a
+				// handle_response route): the worker failed, not its
+				// upstream (KindWorker); a response that was streaming
+				// is aborted as reverse_proxy aborts one
+				h.logger.Error("panic in a worker's proxy", zap.String("pool", h.poolName),
+					zap.String("worker", wk.ID), zap.Any("panic", v), zap.Stack("stack"))
+				err = caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("%w: panic: %v", recovery.ErrWorker, v))
+				if tw.passed {
+					abort = http.ErrAbortHandler
+				}
+				return
 			}
 			if tw.passed {
 				abort = v
@@ -367,10 +385,29 @@ func (h *Handler) retryable(r *http.Request, cls recovery.Classification, status
 	if !cls.Failure || cls.Action == recovery.ActionIgnore {
 		return false
 	}
+	if skipsWorker(cls, status) {
+		// whatever retry.on lists: the request belongs elsewhere
+		return !cls.Sent || h.mayRepeat(r, status)
+	}
 	if !h.retryOn.matches(cls, status) {
 		return false
 	}
 	return !cls.Sent || h.mayRepeat(r, status)
+}
+
+// skipsWorker reports whether a failure sends its request to another
+// worker at once (when it can be sent again): the skip_worker and
+// expand_pool actions, and a 421 Misdirected Request of kind config,
+// which RFC 9110 lets any request retry on another connection, whatever
+// its method.
+func skipsWorker(cls recovery.Classification, status int) bool {
+	switch {
+	case cls.Action == recovery.ActionSkipWorker, cls.Action == recovery.ActionExpandPool:
+		return true
+	case cls.Kind == recovery.KindConfig && status == http.StatusMisdirectedRequest:
+		return true
+	}
+	return false
 }
 
 // errHeldTooLarge aborts a held-back response whose body outgrew its cap.

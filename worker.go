@@ -33,6 +33,17 @@ type worker struct {
 	// throttlesWorker).
 	throttles throttleRun
 
+	// backup is set on a backup worker, which requests choose only
+	// when the primaries cannot serve (see chooseSet)
+	backup bool
+	// connsMax is its transport's max_conns_per_host when each
+	// connection carries one request (see connsLimit), else 0
+	connsMax int64
+
+	// configLogged is set once a config failure (KindConfig) of the
+	// worker was logged with its fix; later ones are logged at debug.
+	configLogged atomic.Bool
+
 	mu       sync.Mutex
 	retired  []*reverseproxy.Handler // replaced proxies, cleaned up with the handler
 	restarts int                     // guarded by mu
@@ -73,10 +84,20 @@ func (w *worker) available() bool {
 	if w.dyn != nil && w.dyn.closing.Load() {
 		return false
 	}
-	if max := w.MaxRequests.Load(); max > 0 && w.Health.InFlight() >= max {
+	if w.Full() || w.connsFull() {
 		return false
 	}
 	return w.Breaker.Ready() && w.Health.AvailableNow()
+}
+
+// out reports whether the worker is out of rotation (retiring, breaker
+// open, isolated, throttled): not merely full. Panic mode is for a pool
+// whose workers are out; a pool whose workers are full is saturated.
+func (w *worker) out() bool {
+	if w.dyn != nil && w.dyn.closing.Load() {
+		return true
+	}
+	return !w.Breaker.Ready() || !w.Health.AvailableNow()
 }
 
 // selectable reports whether a selection policy may choose the worker, as

@@ -18,7 +18,9 @@ type Verdict struct {
 	// ejection keeps growing.
 	Ejections int
 	// Operator is true for an operator's isolation: it ignores
-	// MaxPercent and only an operator (or its duration) ends it.
+	// MaxPercent and only an operator (or its duration) ends it. A
+	// worker stopped by force_shutdown (see Monitor.Shutdown) is kept as
+	// one: it stays out until an operator restores it.
 	Operator bool
 	// RecoveryFailed is true for a worker that failed its
 	// reinstatements: it stays out until a probe passes or an operator
@@ -38,7 +40,7 @@ func (w *WorkerHealth) Verdict() (Verdict, bool) {
 		Until:          w.iso.until,
 		Reason:         w.iso.reason,
 		Ejections:      w.iso.ejections,
-		Operator:       IsOperatorReason(w.iso.reason),
+		Operator:       IsOperatorReason(w.iso.reason) || w.shutdown.Load(),
 		RecoveryFailed: w.iso.recoveryFailed,
 	}, true
 }
@@ -89,6 +91,9 @@ func (m *Monitor) Adopt(w *WorkerHealth, v Verdict, maxOperator time.Duration) (
 	}
 	w.iso.ejections = max(w.iso.ejections, v.Ejections)
 	w.setIsolatedLocked(until, v.Reason)
+	if v.Operator && until.IsZero() && strings.HasPrefix(v.Reason, string(ReasonShutdown)+": ") {
+		w.shutdown.Store(true) // shut down elsewhere or before a restart
+	}
 	w.iso.endsOnProbe = !v.Operator && !v.RecoveryFailed
 	if v.RecoveryFailed && !v.Operator {
 		w.iso.recoveryFailed = true

@@ -696,3 +696,50 @@ func (m *Monitor) isMemberLocked(w *WorkerHealth) bool {
 	_, ok := m.member[w]
 	return ok
 }
+
+// ReasonShutdown: the worker was stopped by the force_shutdown action.
+const ReasonShutdown Reason = "force_shutdown"
+
+// IsolateLongest takes w out of rotation automatically for the longest
+// ejection time (MaxTime), within MaxPercent, counting one more ejection:
+// for a failure that will not clear by itself, such as a protocol
+// mismatch between proxy and upstream. Like Isolate, it may end early when
+// the probes, having failed, pass again; it is refused (false) when w is
+// already isolated or there is no room.
+func (m *Monitor) IsolateLongest(w *WorkerHealth, reason Reason, detail string) (Event, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.isMemberLocked(w) || !m.roomLocked() {
+		return Event{}, false
+	}
+	now := m.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.isolated.Load() {
+		return Event{}, false
+	}
+	w.iso.ejections++
+	until := now.Add(m.s.MaxTime)
+	text := reasonText(reason, detail)
+	w.setIsolatedLocked(until, text)
+	w.iso.endsOnProbe = true
+	return Event{Type: EventIsolated, Worker: w, Reason: text, Until: until}, true
+}
+
+// Shutdown stops w for good: it is isolated with no end, whether or not
+// it was isolated already, ignoring MaxPercent as an operator's isolation
+// does. Neither its ejection time nor a passing probe brings it back; only
+// Restore (an operator) does, or a configuration in which its upstream
+// is another worker. It returns false when w is already shut down.
+func (m *Monitor) Shutdown(w *WorkerHealth, detail string) (Event, bool) {
+	return m.withWorker(w, func(time.Time) (Event, bool) {
+		text := reasonText(ReasonShutdown, detail)
+		if w.shutdown.Load() {
+			return Event{}, false
+		}
+		w.setIsolatedLocked(time.Time{}, text)
+		w.iso.recoveryFailed = false
+		w.shutdown.Store(true)
+		return Event{Type: EventIsolated, Worker: w, Reason: text}, true
+	})
+}

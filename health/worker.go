@@ -57,7 +57,15 @@ type WorkerHealth struct {
 
 	mu  sync.Mutex // guards iso
 	iso isolationRecord
+
+	// shutdown is set while the worker is isolated by Monitor.Shutdown
+	// (force_shutdown): panic mode must not pick it either.
+	shutdown atomic.Bool
 }
+
+// ShutDown reports whether the worker was stopped by the force_shutdown
+// action and not restored since.
+func (w *WorkerHealth) ShutDown() bool { return w.shutdown.Load() }
 
 // isolationRecord is the part of a worker's health that the Monitor owns.
 // It is guarded by WorkerHealth.mu.
@@ -328,6 +336,7 @@ func (w *WorkerHealth) reinstateLocked(now time.Time) {
 	w.iso.healthySince = now
 	w.restoredAt.Store(now.UnixNano())
 	w.onProbation.Store(true)
+	w.shutdown.Store(false)
 	w.isolated.Store(false)
 }
 

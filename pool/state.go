@@ -61,6 +61,14 @@ type Worker struct {
 	// the newest config.
 	MaxRequests atomic.Int64
 
+	// Slots counts the tries in flight that hold one of the MaxRequests
+	// slots, in every config (see TakeSlot).
+	Slots atomic.Int64
+
+	// Backup is set on a backup worker (the backup subdirective) by the
+	// newest config.
+	Backup atomic.Bool
+
 	// tracker holds the latency, failure share and requests in flight
 	// that selection and hang detection read; it is replaced only when a
 	// config changes its settings.
@@ -199,8 +207,8 @@ type Pool struct {
 	// failure (an upstream's failure passed on, a proxy error, a degraded
 	// answer), whatever the tries before it: the status page shows what
 	// clients saw apart from failed tries. Requests the client cancelled
-	// are in neither.
-	ClientRequests, ClientFailures atomic.Uint64
+	// are in neither. They are sharded: every request adds to them.
+	ClientRequests, ClientFailures Counter
 
 	// Breaker transitions leave the breakers' locks through the workers'
 	// pending changes (see breakerChanged): dirty lists the workers with

@@ -49,8 +49,9 @@ func TestAcquireWorkerSharesState(t *testing.T) {
 		t.Fatalf("breaker after a second acquire: %v, trips %d", w.Breaker.State(), w.Breaker.Trips())
 	}
 
-	// one with other breaker settings keeps the breaker, closed, with
-	// the new settings
+	// one with other breaker settings leaves the breaker as it is: the
+	// config that acquires it applies them once it runs, which a config
+	// that fails to load never does
 	bs2 := breaker.Settings{Failures: 7, Successes: 1, Timeout: time.Hour}
 	other, err := p.AcquireWorker("10.0.0.1:80", bs2, selection.Settings{})
 	if err != nil {
@@ -59,6 +60,12 @@ func TestAcquireWorkerSharesState(t *testing.T) {
 	t.Cleanup(func() { _, _ = p.ReleaseWorker(other) })
 	if other != w {
 		t.Fatal("an acquire with other breaker settings made a new worker")
+	}
+	if w.Breaker.State() != breaker.StateOpen || w.Breaker.Settings() != bs {
+		t.Fatalf("breaker after an acquire with other settings: %v, %+v; want it open, with the settings it had", w.Breaker.State(), w.Breaker.Settings())
+	}
+	if err := w.Breaker.Update(bs2); err != nil {
+		t.Fatal(err)
 	}
 	if w.Breaker.State() != breaker.StateClosed || w.Breaker.Trips() != 1 {
 		t.Fatalf("breaker after new settings: %v, trips %d; want closed, trips kept", w.Breaker.State(), w.Breaker.Trips())

@@ -18,6 +18,9 @@ type WorkerView struct {
 	// isolates the worker; empty when it is this instance's own.
 	IsolatedByFleet string      `json:"isolated_by_fleet,omitempty"`
 	Breaker         BreakerView `json:"breaker"`
+	// Backup is set on a backup worker, which takes traffic only when
+	// the pool's primaries cannot serve it.
+	Backup bool `json:"backup,omitempty"`
 }
 
 // BreakerView is a breaker's state.
@@ -42,6 +45,7 @@ func ViewOf(w *Worker, now time.Time) WorkerView {
 			OpenedAt: w.Breaker.OpenedAt(),
 			RetryAt:  w.Breaker.RetryAt(),
 		},
+		Backup: w.Backup.Load(),
 	}
 }
 

@@ -100,17 +100,28 @@ type Classifier struct {
 //  2. A TLS verification failure (*tls.CertificateVerificationError, or an
 //     x509 unknown-authority, hostname or invalid-certificate error):
 //     KindIsolationViolation, not sent.
-//  3. A timeout (net.Error with Timeout(), os.ErrDeadlineExceeded,
+//  3. The proxy and the upstream disagree on how to talk (see
+//     isProtocolMismatch): an HTTP answer to a TLS handshake, a TLS
+//     alert or version mismatch (ALPN, protocol version), an HTTP/2
+//     preface answered in HTTP/1 or the reverse: KindConfig, not sent.
+//  4. A timeout (net.Error with Timeout(), os.ErrDeadlineExceeded,
 //     context.DeadlineExceeded): KindTimeout.
-//  4. A refused or unreachable dial, or a DNS error: KindConnection, not
+//  5. A refused or unreachable dial, or a DNS error: KindConnection, not
 //     sent.
-//  5. A reset, broken pipe, io.EOF or io.ErrUnexpectedEOF: KindIO when the
+//  6. ErrWorker in the chain (the worker's own proxy failed: a panic
+//     recovered in a try): KindWorker.
+//  7. A reset, broken pipe, io.EOF or io.ErrUnexpectedEOF: KindIO when the
 //     request was fully written, else KindConnection.
-//  6. Any other error: KindConnection before a connection was obtained,
-//     else KindIO.
-//  7. No error: the user rules, then the defaults: 429 is KindThrottled,
-//     503 with a valid Retry-After is KindThrottled, other 5xx except 501
-//     and 505 are KindHTTP, and everything else is a success (KindNone).
+//  8. Any other error: KindConnection before a connection was obtained;
+//     after it, KindIO for a socket error (*net.OpError) and KindWorker
+//     for a transport error that nothing above explains.
+//  9. No error: the user rules, then the defaults: 429 is KindThrottled,
+//     503 with a valid Retry-After is KindThrottled, 421 (Misdirected
+//     Request: the upstream is not configured for this request's host) is
+//     KindConfig with ActionSkipWorker and not sent (RFC 9110 §15.5.20
+//     lets any request be retried on another connection; one client's
+//     Host must not take a worker out), other 5xx except 501 and 505 are
+//     KindHTTP, and everything else is a success (KindNone).
 //
 // Classify does not allocate when the attempt has no error and a
 // non-failure status.
@@ -132,6 +143,13 @@ func (c *Classifier) Classify(a Attempt, now time.Time) Classification {
 	)
 	if !matched {
 		kind = defaultStatusKind(a.Status)
+		if a.Status == http.StatusMisdirectedRequest {
+			// a 421 may be about one request's host (one client's),
+			// so it holds nothing against its worker: the request
+			// goes elsewhere (the kind's isolate_worker is for the
+			// mismatches no client can cause)
+			action = ActionSkipWorker
+		}
 		if a.Status == http.StatusServiceUnavailable {
 			retryAfter, hasRetryAfter = c.retryAfter(a.Header, now)
 			checked = true
@@ -140,7 +158,8 @@ func (c *Classifier) Classify(a Attempt, now time.Time) Classification {
 			}
 		}
 	}
-	cl := newClassification(kind, action, a.Status != 0)
+	// a 421 says the request was not processed (RFC 9110 §15.5.20)
+	cl := newClassification(kind, action, a.Status != 0 && !(kind == KindConfig && a.Status == http.StatusMisdirectedRequest))
 	if !cl.Failure {
 		return cl
 	}
@@ -205,6 +224,8 @@ func defaultStatusKind(status int) Kind {
 	switch {
 	case status == http.StatusTooManyRequests:
 		return KindThrottled
+	case status == http.StatusMisdirectedRequest:
+		return KindConfig
 	case status == http.StatusNotImplemented, status == http.StatusHTTPVersionNotSupported:
 		// The same request will get the same answer from any worker.
 		return KindNone
@@ -213,6 +234,15 @@ func defaultStatusKind(status int) Kind {
 	default:
 		return KindNone
 	}
+}
+
+// NewClassification returns the classification of a failure of kind that
+// the proxy decided on itself, without an attempt to classify (such as
+// KindPoolExhausted for a worker whose concurrency limit is full): the
+// kind's severity and delay, action or the kind's default when it is
+// ActionNone, and sent as given.
+func NewClassification(kind Kind, action Action, sent bool) Classification {
+	return newClassification(kind, action, sent)
 }
 
 // newClassification fills in the defaults of kind; action overrides the
@@ -250,17 +280,86 @@ func classifyErr(a Attempt) Classification {
 		return newClassification(KindResourceLimit, ActionNone, maybeSent)
 	case isTLSVerification(err):
 		return newClassification(KindIsolationViolation, ActionNone, false)
+	case isProtocolMismatch(err):
+		return newClassification(KindConfig, ActionNone, false)
 	case isTimeout(err):
 		return newClassification(KindTimeout, ActionNone, maybeSent)
 	case isUnreachable(err):
 		return newClassification(KindConnection, ActionNone, false)
+	case errors.Is(err, ErrWorker):
+		return newClassification(KindWorker, ActionNone, maybeSent)
 	case !a.Dialed:
 		return newClassification(KindConnection, ActionNone, a.Wrote)
 	case isBrokenConn(err) && !a.Wrote:
 		return newClassification(KindConnection, ActionNone, maybeSent)
-	default:
+	case isBrokenConn(err) || isSocketError(err):
 		return newClassification(KindIO, ActionNone, maybeSent)
+	case isProtocolText(err):
+		return newClassification(KindConfig, ActionNone, false)
+	default:
+		return newClassification(KindWorker, ActionNone, maybeSent)
 	}
+}
+
+// protocolMismatches are texts of the errors of Go's HTTP and TLS
+// clients that say the upstream speaks another protocol than the proxy
+// was configured for, where the error has no type of its own to test.
+var protocolMismatches = []string{
+	// crypto/tls, client side of a version or ALPN disagreement
+	"tls: server selected unsupported protocol version",
+	"tls: server selected unadvertised ALPN protocol",
+	"tls: first record does not look like a TLS handshake",
+	// net/http: an HTTP/1 request answered by an HTTP/2-only server (its
+	// first frame; other bytes that are not HTTP are no mismatch)
+	`malformed HTTP response "\x00\x00`,
+	// net/http's HTTP/2 client: its preface answered by an HTTP/1 server
+	"frame too large",
+	"http2: failed reading the frame payload",
+	"http2: server sent GOAWAY and closed the connection; LastStreamID=0",
+	"server's first frame was not SETTINGS",
+}
+
+// isProtocolMismatch reports whether err says, by its type, that the
+// proxy and the upstream disagree on how to talk: an HTTP answer to a TLS
+// handshake (tls.RecordHeaderError), or a TLS alert from the upstream
+// during the handshake (no common ALPN protocol, version or cipher, a
+// client certificate refused). isProtocolText knows the mismatches that
+// have no type. None of them clears by itself: the configuration of one
+// side must change.
+func isProtocolMismatch(err error) bool {
+	return anyInChain(err, func(e error) bool {
+		switch e := e.(type) {
+		case tls.RecordHeaderError, *tls.RecordHeaderError, tls.AlertError:
+			return true
+		case *net.OpError:
+			// crypto/tls reports an alert from the peer so
+			return e.Op == "remote error"
+		}
+		return false
+	})
+}
+
+// isProtocolText reports whether err's text is one of
+// protocolMismatches: a TLS version or ALPN disagreement seen by the
+// client, an HTTP/1 answer to HTTP/2 (h2c) or the reverse.
+func isProtocolText(err error) bool {
+	msg := err.Error()
+	for _, m := range protocolMismatches {
+		if strings.Contains(msg, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// isSocketError reports whether err is an error of the connection's
+// socket (a read or write that failed), which explains a failure as
+// KindIO.
+func isSocketError(err error) bool {
+	return anyInChain(err, func(e error) bool {
+		_, ok := e.(*net.OpError)
+		return ok
+	})
 }
 
 // isBodyLimit reports whether err says the client's request body passed
@@ -350,7 +449,9 @@ func isBrokenConn(err error) bool {
 // action an action name or "" for the kind's default. The kinds that no
 // response can be are refused: "canceled" (the client went away),
 // "worker_creation_failed" and "worker_recovery_failed" (booked by the
-// proxy about a worker, not about a try).
+// proxy about a worker, not about a try). So are the actions that make
+// no sense for a status's kind: "none" spelt out, and an action on
+// "none" (a success is no failure to act on).
 func ParseRule(status string, kind string, action string) (Rule, error) {
 	var r Rule
 	s := strings.ToLower(strings.TrimSpace(status))
@@ -378,6 +479,12 @@ func ParseRule(status string, kind string, action string) (Rule, error) {
 	if action != "" {
 		if r.Action, err = ParseAction(action); err != nil {
 			return Rule{}, err
+		}
+		switch {
+		case r.Action == ActionNone:
+			return Rule{}, fmt.Errorf("action %q is not an action: leave it out for the kind's default", action)
+		case k == KindNone:
+			return Rule{}, fmt.Errorf("kind %q makes the status a success: it takes no action, got %q", kind, action)
 		}
 	}
 	return r, nil

@@ -412,7 +412,15 @@ func TestClassifyErrorRules(t *testing.T) {
 		{"broken pipe after writing", Attempt{Err: opErr("read", syscall.EPIPE), Dialed: true, Wrote: true}, KindIO, true},
 		{"eof before writing", Attempt{Err: io.EOF, Dialed: true}, KindConnection, true},
 		{"other error, no connection", Attempt{Err: errors.New("proxy: no such upstream")}, KindConnection, false},
-		{"other error on a connection", Attempt{Err: errors.New("malformed response"), Dialed: true}, KindIO, true},
+		{"other error on a connection", Attempt{Err: errors.New("net/http: invalid header field value"), Dialed: true}, KindWorker, true},
+		{"socket error on a connection", Attempt{Err: &net.OpError{Op: "read", Net: "tcp", Err: errors.New("no buffer space")}, Dialed: true}, KindIO, true},
+		{"worker panic", Attempt{Err: fmt.Errorf("%w: panic: boom", ErrWorker), Dialed: true, Wrote: true}, KindWorker, true},
+		{"HTTP answer to a TLS dial", Attempt{Err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, Dialed: true}, KindConfig, false},
+		{"TLS alert in the handshake", Attempt{Err: &net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}, Dialed: true}, KindConfig, false},
+		{"TLS alert (QUIC)", Attempt{Err: tls.AlertError(120), Dialed: true}, KindConfig, false},
+		{"HTTP/1 answer to h2c", Attempt{Err: errors.New("http2: frame too large"), Dialed: true, Wrote: true}, KindConfig, false},
+		{"HTTP/2 answer to HTTP/1", Attempt{Err: errors.New("net/http: HTTP/1.x transport connection broken: malformed HTTP response \"\\x00\\x00\\x12\\x04\""), Dialed: true, Wrote: true}, KindConfig, false},
+		{"junk answer", Attempt{Err: errors.New("net/http: HTTP/1.x transport connection broken: malformed HTTP response \"garbage\""), Dialed: true, Wrote: true}, KindWorker, true},
 		{"error wins over status", Attempt{Err: io.ErrUnexpectedEOF, Status: 200, Dialed: true, Wrote: true}, KindIO, true},
 		{"client body over its limit, as Caddy's request_body wraps it", Attempt{Err: fmt.Errorf("writing body: %w", handlerError{Err: &http.MaxBytesError{Limit: 1024}, StatusCode: 413}), Dialed: true}, KindResourceLimit, true},
 		{"client body over its limit, in a joined error", Attempt{Err: errors.Join(io.ErrUnexpectedEOF, &http.MaxBytesError{Limit: 1})}, KindResourceLimit, false},
@@ -449,6 +457,8 @@ func TestClassifyStatus(t *testing.T) {
 		{"302", nil, 302, nil, want{KindNone, ActionNone, 0, false}},
 		{"404", nil, 404, nil, want{KindNone, ActionNone, 0, false}},
 		{"no status, no error", nil, 0, nil, want{KindNone, ActionNone, 0, false}},
+		{"421 misdirected", nil, 421, nil, want{KindConfig, ActionSkipWorker, DelayCritical, true}},
+		{"421 by a rule", &Classifier{Rules: []Rule{{Status: 421, Kind: KindConfig}}}, 421, nil, want{KindConfig, ActionIsolateWorker, DelayCritical, true}},
 		{"500", nil, 500, nil, want{KindHTTP, ActionRetry, 0, true}},
 		{"501 is deterministic", nil, 501, nil, want{KindNone, ActionNone, 0, false}},
 		{"502", nil, 502, nil, want{KindHTTP, ActionRetry, 0, true}},
@@ -477,7 +487,7 @@ func TestClassifyStatus(t *testing.T) {
 		{"rule: class applies to other codes", &Classifier{Rules: []Rule{{Class: 5, Kind: KindIO}, {Status: 502, Kind: KindNone}}}, 500, nil, want{KindIO, ActionReconnect, 0, true}},
 		{"rule: class makes 501 a failure", &Classifier{Rules: []Rule{{Class: 5, Kind: KindHTTP}}}, 501, nil, want{KindHTTP, ActionRetry, 0, true}},
 		{"rule: first exact match wins", &Classifier{Rules: []Rule{{Status: 500, Kind: KindTimeout}, {Status: 500, Kind: KindIO}}}, 500, nil, want{KindTimeout, ActionRetry, DelayTransient, true}},
-		{"rule: first class match wins", &Classifier{Rules: []Rule{{Class: 4, Kind: KindIsolationViolation}, {Class: 4, Kind: KindIO}}}, 418, nil, want{KindIsolationViolation, ActionIsolateWorker, DelayCritical, true}},
+		{"rule: first class match wins", &Classifier{Rules: []Rule{{Class: 4, Kind: KindIsolationViolation}, {Class: 4, Kind: KindIO}}}, 418, nil, want{KindIsolationViolation, ActionForceShutdown, DelayCritical, true}},
 		{"rule: other statuses keep defaults", &Classifier{Rules: []Rule{{Status: 404, Kind: KindHTTP}}}, 502, nil, want{KindHTTP, ActionRetry, 0, true}},
 	}
 	for _, tt := range tests {
@@ -490,7 +500,8 @@ func TestClassifyStatus(t *testing.T) {
 			if got.Severity != got.Kind.Severity() {
 				t.Errorf("severity %v, want %v", got.Severity, got.Kind.Severity())
 			}
-			if got.Sent != (tt.status != 0) {
+			// a 421 was not processed (RFC 9110 §15.5.20): never sent
+			if wantSent := tt.status != 0 && tt.status != 421; got.Sent != wantSent {
 				t.Errorf("sent = %v for status %d", got.Sent, tt.status)
 			}
 		})
@@ -578,11 +589,15 @@ func TestParseRule(t *testing.T) {
 		{"5xx", "http", "isolate_worker", Rule{Class: 5, Kind: KindHTTP, Action: ActionIsolateWorker}, ""},
 		{"418", "http", "restart_worker", Rule{Status: 418, Kind: KindHTTP, Action: ActionRestartWorker}, ""},
 		{"413", "resource_limit_exceeded", "", Rule{Status: 413, Kind: KindResourceLimit}, ""},
-		{"500", "http", "skip_worker", Rule{}, `unknown recovery action "skip_worker" (valid: none, retry, reconnect, restart_worker, throttle, isolate_worker, ignore)`},
-		{"500", "http", "expand_pool", Rule{}, `unknown recovery action "expand_pool"`},
-		{"500", "http", "force_shutdown", Rule{}, `unknown recovery action "force_shutdown"`},
-		{"500", "connection_pool_exhausted", "", Rule{}, `unknown error kind "connection_pool_exhausted"`},
-		{"500", "config", "", Rule{}, `unknown error kind "config"`},
+		{"500", "http", "skip_worker", Rule{Status: 500, Kind: KindHTTP, Action: ActionSkipWorker}, ""},
+		{"500", "http", "expand_pool", Rule{Status: 500, Kind: KindHTTP, Action: ActionExpandPool}, ""},
+		{"500", "http", "force_shutdown", Rule{Status: 500, Kind: KindHTTP, Action: ActionForceShutdown}, ""},
+		{"500", "connection_pool_exhausted", "", Rule{Status: 500, Kind: KindPoolExhausted}, ""},
+		{"421", "config", "", Rule{Status: 421, Kind: KindConfig}, ""},
+		{"5xx", "worker", "restart_worker", Rule{Class: 5, Kind: KindWorker, Action: ActionRestartWorker}, ""},
+		{"500", "http", "bogus", Rule{}, `unknown recovery action "bogus" (valid: none, retry, reconnect, restart_worker, throttle, isolate_worker, ignore, skip_worker, expand_pool, force_shutdown)`},
+		{"500", "http", "none", Rule{}, `action "none" is not an action`},
+		{"404", "none", "isolate_worker", Rule{}, `kind "none" makes the status a success`},
 		{"500", "worker_creation_failed", "", Rule{}, `kind "worker_creation_failed" cannot`},
 		{"500", "worker_recovery_failed", "", Rule{}, `kind "worker_recovery_failed" cannot`},
 		{"4XX", "http", "", Rule{Class: 4, Kind: KindHTTP}, ""},

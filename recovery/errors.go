@@ -28,6 +28,9 @@ const (
 	KindIsolationViolation               // "isolation_violation": the upstream's certificate failed verification
 	KindWorkerRecoveryFailed             // "worker_recovery_failed": reinstatements ran out
 	KindCanceled                         // "canceled": the client went away
+	KindConfig                           // "config": the proxy and the upstream disagree on how to talk
+	KindWorker                           // "worker": the worker's own proxy failed, not the upstream
+	KindPoolExhausted                    // "connection_pool_exhausted": the worker's concurrency limit is full
 
 	numKinds = iota
 )
@@ -51,7 +54,8 @@ const (
 	DelayHealthCheck = 5 * time.Second
 
 	// DelayCritical is the delay of the critical kinds, which need an
-	// operator, a passing probe or a re-provision to clear.
+	// operator, a passing probe or a re-provision to clear, and of
+	// KindConfig, which needs a change of configuration.
 	DelayCritical = 30 * time.Second
 )
 
@@ -79,6 +83,9 @@ var (
 	ErrIsolationViolation   = errors.New("isolation violation")
 	ErrWorkerRecoveryFailed = errors.New("worker recovery failed")
 	ErrCanceled             = errors.New("canceled")
+	ErrConfig               = errors.New("proxy and upstream disagree on the protocol")
+	ErrWorker               = errors.New("worker proxy failed")
+	ErrPoolExhausted        = errors.New("connection pool exhausted")
 )
 
 // kinds is the taxonomy, indexed by Kind.
@@ -90,11 +97,14 @@ var kinds = [numKinds]kindInfo{
 	KindTimeout:              {"timeout", SeverityLow, ActionRetry, DelayTransient, ErrTimeout},
 	KindThrottled:            {"throttled", SeverityMedium, ActionThrottle, DelayThrottled, ErrThrottled},
 	KindHealthCheckFailed:    {"health_check_failed", SeverityMedium, ActionIsolateWorker, DelayHealthCheck, ErrHealthCheckFailed},
-	KindResourceLimit:        {"resource_limit_exceeded", SeverityLow, ActionIgnore, 0, ErrResourceLimit},
+	KindResourceLimit:        {"resource_limit_exceeded", SeverityHigh, ActionIgnore, 0, ErrResourceLimit},
 	KindWorkerCreationFailed: {"worker_creation_failed", SeverityCritical, ActionNone, DelayCritical, ErrWorkerCreationFailed},
-	KindIsolationViolation:   {"isolation_violation", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrIsolationViolation},
+	KindIsolationViolation:   {"isolation_violation", SeverityCritical, ActionForceShutdown, DelayCritical, ErrIsolationViolation},
 	KindWorkerRecoveryFailed: {"worker_recovery_failed", SeverityCritical, ActionIsolateWorker, DelayCritical, ErrWorkerRecoveryFailed},
 	KindCanceled:             {"canceled", SeverityNone, ActionIgnore, 0, ErrCanceled},
+	KindConfig:               {"config", SeverityHigh, ActionIsolateWorker, DelayCritical, ErrConfig},
+	KindWorker:               {"worker", SeverityMedium, ActionRestartWorker, DelayTransient, ErrWorker},
+	KindPoolExhausted:        {"connection_pool_exhausted", SeverityMedium, ActionSkipWorker, 0, ErrPoolExhausted},
 }
 
 // valid reports whether k is one of the declared kinds.
@@ -121,7 +131,8 @@ func (k Kind) Severity() Severity {
 // recoverable reports whether a failure of kind k is expected to clear by
 // itself (low and medium severity), so that the request or the worker can be
 // tried again. It is false for KindNone, KindCanceled and the high and
-// critical kinds, which need a re-provision or an operator.
+// critical kinds, which need a change of configuration, a re-provision or
+// an operator.
 func (k Kind) recoverable() bool {
 	s := k.Severity()
 	return s == SeverityLow || s == SeverityMedium
@@ -144,11 +155,12 @@ func (k Kind) SuggestedRecovery() Action {
 // (or before sending more traffic to the worker that had it):
 //
 //	io, http                                0 (the retry backoff applies)
-//	connection, timeout                     DelayTransient (100ms)
+//	connection, timeout, worker             DelayTransient (100ms)
 //	throttled                               DelayThrottled (1s), when there is no Retry-After
 //	health_check_failed                     DelayHealthCheck (5s)
-//	the critical kinds                      DelayCritical (30s)
-//	none, canceled, resource_limit_exceeded 0
+//	config and the critical kinds           DelayCritical (30s)
+//	none, canceled, resource_limit_exceeded,
+//	connection_pool_exhausted               0
 func (k Kind) RecoveryDelay() time.Duration {
 	if !k.valid() {
 		return 0
@@ -235,12 +247,16 @@ const (
 	ActionThrottle                    // "throttle": also send the worker no new request until its delay passes
 	ActionIsolateWorker               // "isolate_worker": also take the worker out of rotation
 	ActionIgnore                      // "ignore": counts against nobody and is not retried
+	ActionSkipWorker                  // "skip_worker": counts against nobody; the request goes to another worker at once
+	ActionExpandPool                  // "expand_pool": counts against nobody; the pool's backups may take the request
+	ActionForceShutdown               // "force_shutdown": also stop the worker until an operator restores it
 
 	numActions = iota
 )
 
 var actionNames = names{what: "recovery action", short: "action", all: []string{
 	"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore",
+	"skip_worker", "expand_pool", "force_shutdown",
 }}
 
 // String returns the name of a, such as "isolate_worker", or "action(N)" for an

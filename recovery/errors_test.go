@@ -24,11 +24,14 @@ func TestKindTable(t *testing.T) {
 		{KindTimeout, "timeout", SeverityLow, ActionRetry, true, 100 * time.Millisecond, ErrTimeout},
 		{KindThrottled, "throttled", SeverityMedium, ActionThrottle, true, time.Second, ErrThrottled},
 		{KindHealthCheckFailed, "health_check_failed", SeverityMedium, ActionIsolateWorker, true, 5 * time.Second, ErrHealthCheckFailed},
-		{KindResourceLimit, "resource_limit_exceeded", SeverityLow, ActionIgnore, true, 0, ErrResourceLimit},
+		{KindResourceLimit, "resource_limit_exceeded", SeverityHigh, ActionIgnore, false, 0, ErrResourceLimit},
 		{KindWorkerCreationFailed, "worker_creation_failed", SeverityCritical, ActionNone, false, 30 * time.Second, ErrWorkerCreationFailed},
-		{KindIsolationViolation, "isolation_violation", SeverityCritical, ActionIsolateWorker, false, 30 * time.Second, ErrIsolationViolation},
+		{KindIsolationViolation, "isolation_violation", SeverityCritical, ActionForceShutdown, false, 30 * time.Second, ErrIsolationViolation},
 		{KindWorkerRecoveryFailed, "worker_recovery_failed", SeverityCritical, ActionIsolateWorker, false, 30 * time.Second, ErrWorkerRecoveryFailed},
 		{KindCanceled, "canceled", SeverityNone, ActionIgnore, false, 0, ErrCanceled},
+		{KindConfig, "config", SeverityHigh, ActionIsolateWorker, false, 30 * time.Second, ErrConfig},
+		{KindWorker, "worker", SeverityMedium, ActionRestartWorker, true, 100 * time.Millisecond, ErrWorker},
+		{KindPoolExhausted, "connection_pool_exhausted", SeverityMedium, ActionSkipWorker, true, 0, ErrPoolExhausted},
 	}
 	if len(tests) != numKinds {
 		t.Fatalf("table has %d kinds, package declares %d", len(tests), numKinds)
@@ -141,7 +144,8 @@ func TestSeverityAndActionRoundTrip(t *testing.T) {
 	if !(SeverityLow < SeverityMedium && SeverityMedium < SeverityHigh && SeverityHigh < SeverityCritical) {
 		t.Error("severities are not ordered")
 	}
-	acts := []string{"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore"}
+	acts := []string{"none", "retry", "reconnect", "restart_worker", "throttle", "isolate_worker", "ignore",
+		"skip_worker", "expand_pool", "force_shutdown"}
 	if len(acts) != numActions {
 		t.Fatalf("test lists %d actions, package declares %d", len(acts), numActions)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -151,6 +152,11 @@ func Sleep(ctx context.Context, d time.Duration) error {
 // the default window, one per second.
 const budgetBuckets = 10
 
+// budgetShards is how many cache lines a Budget spreads its request
+// counts over: every request adds one, from any CPU, while retries are
+// few and read the sum.
+const budgetShards = 8
+
 // Budget limits retries to a share of requests over a sliding window, like
 // the retry budgets of Envoy and Finagle, so that a full outage fails fast
 // instead of multiplying the load. It allows a retry while the retries in
@@ -165,8 +171,15 @@ type Budget struct {
 	windowS  float64
 	ratio    atomic.Uint64 // math.Float64bits
 	minPerS  atomic.Int64
-	requests [budgetBuckets]atomic.Uint64 // packed epoch<<32 | count
-	retries  [budgetBuckets]atomic.Uint64
+	requests [budgetShards]budgetShard
+	retries  [budgetBuckets]atomic.Uint64 // packed epoch<<32 | count
+}
+
+// budgetShard is one shard of a Budget's request counts, on cache lines
+// of its own: a request counts in one shard, picked at random.
+type budgetShard struct {
+	buckets [budgetBuckets]atomic.Uint64 // packed epoch<<32 | count
+	_       [128 - budgetBuckets*8]byte
 }
 
 // NewBudget returns a budget with the given ratio of retries to requests,
@@ -210,7 +223,8 @@ func (b *Budget) OnRequest(now time.Time) {
 	if b == nil {
 		return
 	}
-	b.add(&b.requests, b.epoch(now))
+	// rand.Uint32 reads the current thread's generator: no shared state
+	b.add(&b.requests[rand.Uint32()%budgetShards].buckets, b.epoch(now))
 }
 
 // TryRetry takes one retry from the budget at now, and reports whether it
@@ -220,7 +234,11 @@ func (b *Budget) TryRetry(now time.Time) bool {
 		return true
 	}
 	e := b.epoch(now)
-	allowed := math.Float64frombits(b.ratio.Load())*float64(b.sum(&b.requests, e)) +
+	var requests uint64
+	for i := range b.requests {
+		requests += b.sum(&b.requests[i].buckets, e)
+	}
+	allowed := math.Float64frombits(b.ratio.Load())*float64(requests) +
 		float64(b.minPerS.Load())*b.windowS
 	if float64(b.sum(&b.retries, e)) >= allowed {
 		return false

@@ -143,7 +143,7 @@ func printStatus(out io.Writer, addr string, timeout time.Duration) error {
 	fmt.Fprintln(tw, "POOL\tWORKER\tUPSTREAM\tSTATE\tBREAKER\tIN-FLIGHT\tREQUESTS\tFAILURES\tDETAIL")
 	for _, w := range workers {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n",
-			termSafe(w.Pool), termSafe(w.ID), termSafe(w.Upstream), stateWord(w), termSafe(w.Breaker.State.String()),
+			termSafe(w.Pool), termSafe(w.ID), termSafe(upstreamWord(w)), stateWord(w), termSafe(w.Breaker.State.String()),
 			w.InFlight, w.Requests, w.Failures, termSafe(detail(w, now)))
 	}
 	return tw.Flush()
@@ -221,6 +221,14 @@ func termSafe(s string) string {
 
 // unprintable reports whether r must be escaped before it is printed.
 func unprintable(r rune) bool { return !strconv.IsPrint(r) }
+
+// upstreamWord is a worker's upstream, marked when it is a backup.
+func upstreamWord(w pool.WorkerView) string {
+	if w.Backup {
+		return w.Upstream + " (backup)"
+	}
+	return w.Upstream
+}
 
 // stateWord sums a worker's state up in one word, as the status page
 // does (see pool.WorkerView.State).

@@ -477,7 +477,7 @@
       eps: cell('td', 'Errors/s', { class: 'num' }),
       totals: cell('td', 'Totals', { class: 'num' }),
     };
-    c.worker.append(el('span', { class: 'mono', text: w.id }), el('span', { class: 'small mono', text: w.upstream }));
+    c.worker.append(el('span', { class: 'mono', text: w.id }), el('span', { class: 'small mono', text: w.backup ? w.upstream + ' (backup)' : w.upstream }));
     tr.append(c.worker, c.state, c.breaker, c.isolation, c.inflight, c.rps, c.eps, c.totals);
     const row = { tr, c, buttons: null };
     if (ui.actions) {

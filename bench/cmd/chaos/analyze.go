@@ -74,6 +74,8 @@ type RunResult struct {
 
 	// Slow is the slow-endpoint scenario's measure.
 	Slow *SlowResult `json:"slow,omitempty"`
+	// Backup is the backup scenario's measure.
+	Backup *BackupResult `json:"backup,omitempty"`
 
 	// TimeToIsolateMS is when Bifrost's admin API first showed the
 	// faulty worker(s) out of rotation, after the fault started (the
@@ -130,6 +132,8 @@ type analysisInput struct {
 	panics     []string
 	// slow is the slow-endpoint scenario's client side, nil elsewhere.
 	slow *SlowResult
+	// backup is the backup scenario's backup backend, nil elsewhere.
+	backup *faultserver.Server
 }
 
 // analyze fills in rr from what was measured.
@@ -151,6 +155,9 @@ func analyze(rr *RunResult, in analysisInput) {
 	}
 	if in.slow != nil {
 		slowSide(rr, in)
+	}
+	if in.backup != nil {
+		backupSide(rr, in)
 	}
 	rr.Notes, rr.Panics = in.notes, in.panics
 }

@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"expvar"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +127,9 @@ func TestSelectHedge(t *testing.T) {
 			for _, name := range tc.named {
 				if only, ok := variants[name]; ok && tc.list == "" && !slices.Contains(only, sc) {
 					continue
+				}
+				if sc == backupScenario && (name == "plain" || name == "tuned") {
+					continue // reverse_proxy has no backups
 				}
 				want = append(want, name)
 			}
@@ -586,5 +594,86 @@ func TestMedianAndFormat(t *testing.T) {
 	}
 	if got := fmtKinds(map[string]int{"502": 3, "timeout": 5}); got != "timeout ×5, 502 ×3" {
 		t.Errorf("fmtKinds: %q", got)
+	}
+}
+
+// readAllocs reads the allocator's totals from expvar's memstats, as
+// Caddy's admin API serves them at /debug/vars, and they only grow.
+func TestReadAllocsFromDebugVars(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &caddyProc{admin: port}
+	a, err := readAllocs(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := make([][]byte, 0, 100)
+	for range 100 {
+		keep = append(keep, make([]byte, 1024))
+	}
+	b, err := readAllocs(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Mallocs == 0 || a.TotalAlloc == 0 || b.Mallocs < a.Mallocs+100 || b.TotalAlloc < a.TotalAlloc+100*1024 {
+		t.Fatalf("allocation totals %+v then %+v (after %d allocations of 1 KiB)", a, b, len(keep))
+	}
+}
+
+// TestBackupScenario checks the backup scenario's plumbing: Bifrost
+// contenders only, the backup line in the site, and its measure from the
+// client's records.
+func TestBackupScenario(t *testing.T) {
+	ss, err := selectScenarios(backupScenario)
+	if err != nil || len(ss) != 1 || !ss[0].Backup || !ss[0].AllBackends {
+		t.Fatalf("backup scenario %+v %v", ss, err)
+	}
+	cs, _ := selectContenders("", "least_conn")
+	if got := contenderNames(cs)[backupScenario]; got != "bifrost" {
+		t.Errorf("default run's backup contenders %s", got)
+	}
+	ups := staticUpstreams("a:1", "b:2")
+	ups.Backup = []string{"c:3"}
+	if site := bifrostContender.site(ups); !strings.HasPrefix(site, "bifrost a:1 b:2 {") || !strings.Contains(site, "\tbackup c:3\n") {
+		t.Errorf("site:\n%s", site)
+	}
+	b, err := faultserver.Start(faultserver.Options{Name: "b4", MaxEvents: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	in := analysisInput{start: t0, faultStart: at(1000), faultEnd: at(2000), backup: b}
+	for _, r := range []struct {
+		ms      int
+		backend string
+		status  int
+	}{{500, "b1", 200}, {1100, "b4", 200}, {1500, "b4", 200}, {1900, "b1", 502}, {2100, "b4", 200}, {2400, "b2", 200}, {2600, "b1", 200}, {3000, "b3", 200}} {
+		in.records = append(in.records, loadgen.Record{Intended: at(r.ms), Backend: r.backend, Status: r.status})
+	}
+	var rr RunResult
+	backupSide(&rr, in)
+	switch br := rr.Backup; {
+	case br == nil || br.Share == nil || *br.Share != 1:
+		t.Errorf("share %+v", br)
+	case br.ShareAfter == nil || *br.ShareAfter != 0.25:
+		t.Errorf("share after %v", *br.ShareAfter)
+	case br.LastAfterMS == nil || *br.LastAfterMS != 100:
+		t.Errorf("last after %v", br.LastAfterMS)
+	}
+	rr.Overall.Requests = 8
+	if ts := backupTargets(&rr); len(ts) != 3 || ts[2].Met == nil || !*ts[2].Met {
+		t.Errorf("targets %+v", ts)
 	}
 }

@@ -31,6 +31,8 @@ type contender struct {
 type upstreams struct {
 	Static  []string
 	Dynamic []string
+	// Backup are backup upstreams (Bifrost's `backup` subdirective).
+	Backup []string
 }
 
 // staticUpstreams is a fixed list of addresses.
@@ -62,6 +64,9 @@ func dynamicA(name, port, resolver string, refresh time.Duration) []string {
 // empty.
 func block(directive string, u upstreams, lines ...string) string {
 	all := append(append([]string{}, u.Dynamic...), lines...)
+	if len(u.Backup) > 0 {
+		all = append(all, "backup "+strings.Join(u.Backup, " "))
+	}
 	if len(all) == 0 {
 		return directive + u.args()
 	}
@@ -76,6 +81,9 @@ func block(directive string, u upstreams, lines ...string) string {
 
 // runsIn reports whether c runs in scenario sc.
 func (c contender) runsIn(sc scenario) bool {
+	if sc.Backup && !c.Bifrost {
+		return false // reverse_proxy has no backup upstreams
+	}
 	return len(c.DefaultScenarios) == 0 || slices.Contains(c.DefaultScenarios, sc.Name)
 }
 

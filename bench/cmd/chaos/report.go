@@ -85,6 +85,14 @@ func (r *Report) targets() []target {
 				fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianThroughputRatio, len(o.Pairs), o.ThroughputQuartiles[0], o.ThroughputQuartiles[1]), ptr(o.MedianThroughputRatio >= 0.97 && len(o.Pairs) >= 5)},
 			target{"Happy path: Bifrost p99 ≤ 1.05× plain reverse_proxy p99 (median of ≥ 5 pairs)",
 				fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianP99Ratio, len(o.Pairs), o.P99Quartiles[0], o.P99Quartiles[1]), ptr(o.MedianP99Ratio <= 1.05 && len(o.Pairs) >= 5)})
+		if o.MedianCPURatio > 0 {
+			out = append(out, target{"Happy path: Bifrost CPU per request ≤ 1.04× plain reverse_proxy's (median of ≥ 5 pairs)",
+				fmt.Sprintf("%.3f×", o.MedianCPURatio), ptr(o.MedianCPURatio <= 1.04 && len(o.Pairs) >= 5)})
+		}
+		if objects, bytes := o.allocExcess(); o.MedianAllocObjectsRatio > 0 {
+			out = append(out, target{"Happy path: Bifrost allocates ≤ plain reverse_proxy + 4 objects and + 2 KiB per request (median of the pairs' differences)",
+				fmt.Sprintf("%+.1f objects, %+.0f B", objects, bytes), ptr(objects <= 4 && bytes <= 2048 && len(o.Pairs) >= 5)})
+		}
 	} else {
 		out = append(out, target{"Happy path throughput and p99 ratios", "not run", nil})
 	}
@@ -114,6 +122,7 @@ func (r *Report) targets() []target {
 	if runs > 0 {
 		out = append(out, target{"Zero duplicate POSTs in every scenario", fmt.Sprintf("%d in %d scenarios", dup, runs), ptr(dup == 0)})
 	}
+	out = append(out, backupTargets(r.bifrostRun(backupScenario))...)
 	if b := r.bifrostRun("all-down"); b != nil && b.Error == "" {
 		out = append(out,
 			target{"All backends down: no failure once they are back", fmt.Sprintf("%d after the outage", b.After.Failures), ptr(b.After.Failures == 0)},
@@ -460,18 +469,19 @@ func markdownOverhead(b *strings.Builder, o *OverheadResult) {
 	}
 	fmt.Fprintf(b, "Closed loop, %d clients, %s per run after a %s warm-up, 3 healthy backends; the runs of a pair are back to back, plain first in odd pairs and Bifrost first in even ones (plain, Bifrost, Bifrost, plain, ...).\n\n",
 		o.Settings.Clients, o.Settings.Duration, o.Settings.Warmup)
-	b.WriteString("| pair | first | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio | plain CPU/req | Bifrost CPU/req | CPU ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| pair | first | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio | plain CPU/10k | Bifrost CPU/10k | CPU ratio | plain allocs/req | Bifrost allocs/req | plain B/req | Bifrost B/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, p := range o.Pairs {
 		first := "plain"
 		if p.BifrostFirst {
 			first = "Bifrost"
 		}
-		fmt.Fprintf(b, "| %d | %s | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.1fµs | %.1fµs | %.3f |\n", i+1, first, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio,
-			p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio, p.Plain.CPUPerRequestUS, p.Bifrost.CPUPerRequestUS, p.CPURatio)
+		fmt.Fprintf(b, "| %d | %s | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.3fs | %.3fs | %.3f | %.1f | %.1f | %.0f | %.0f |\n", i+1, first, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio,
+			p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio, p.Plain.CPUSecondsPer10k, p.Bifrost.CPUSecondsPer10k, p.CPURatio,
+			p.Plain.AllocObjectsPerRequest, p.Bifrost.AllocObjectsPerRequest, p.Plain.AllocBytesPerRequest, p.Bifrost.AllocBytesPerRequest)
 	}
-	fmt.Fprintf(b, "| **median** | | | | **%.3f** | | | **%.3f** | | | **%.3f** |\n", o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio)
-	fmt.Fprintf(b, "| middle half | | | | %.3f–%.3f | | | %.3f–%.3f | | | |\n\n", o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.P99Quartiles[0], o.P99Quartiles[1])
-	b.WriteString("CPU/req is each Caddy process's CPU time (user and system, from /proc) during its run divided by its requests: the proxy's own cost, which the throughput ratio understates because the load generator and the backends share the CPUs.\n\n")
+	fmt.Fprintf(b, "| **median** | | | | **%.3f** | | | **%.3f** | | | **%.3f** | | **%.3f×** | | **%.3f×** |\n", o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio, o.MedianAllocObjectsRatio, o.MedianAllocBytesRatio)
+	fmt.Fprintf(b, "| middle half | | | | %.3f–%.3f | | | %.3f–%.3f | | | | | | | |\n\n", o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.P99Quartiles[0], o.P99Quartiles[1])
+	b.WriteString("CPU/10k is each Caddy process's CPU time (user and system, from /proc) during its run per 10 000 requests: the proxy's own cost, which the throughput ratio understates because the load generator and the backends share the CPUs. allocs/req and B/req are the objects and bytes its Go heap allocated during the run (Mallocs and TotalAlloc of the memstats in the admin API's /debug/vars, read before and after) per request.\n\n")
 }
 
 // fmtDur formats a latency for a table.

@@ -32,6 +32,10 @@ type scenario struct {
 	// Slow adds the slow-endpoint load (see slowBurst) when the window
 	// starts, over a trickle of load instead of the suite's rate.
 	Slow bool
+	// Backup adds a fourth backend as a backup upstream (`backup`),
+	// which the fault never touches; only Bifrost has backups, so only
+	// its contenders run the scenario.
+	Backup bool
 }
 
 // lyingHealth502 answers 502 to traffic while /health says 200.
@@ -53,6 +57,7 @@ var allScenarios = []scenario{
 	{Name: "slow-endpoint", Description: fmt.Sprintf("every backend healthy, with a slow endpoint: %d concurrent GETs of /slow (%s each, four fifths of the window if shorter) and a burst of %d ordinary GETs when the window starts, over %d requests a second", slowGETs, slowDelay, burstGETs, slowLoadRate), Fault: faultserver.Behavior{}, Slow: true},
 	{Name: "dynamic", Description: "upstreams from `dynamic a`: one of three answers 502 (health included) while a fourth joins the DNS answer", Fault: faultserver.Answering(502, 0), Dynamic: true},
 	{Name: "all-down", Description: "every backend's port closed for the outage", Fault: faultserver.Refusing(), AllBackends: true},
+	{Name: backupScenario, Description: "every primary's port closed for the outage, with a fourth backend as `backup`", Fault: faultserver.Refusing(), AllBackends: true, Backup: true},
 	{Name: "reset-mid-body", Description: "one backend sends headers and half the body, then resets", Fault: faultserver.Behavior{Mode: faultserver.ResetMidBody}, Extra: true},
 	{Name: "junk", Description: "one backend answers bytes that are not HTTP", Fault: faultserver.Behavior{Mode: faultserver.Junk}, Extra: true},
 	{Name: "502-lying-health", Description: "one backend answers 502 while its /health says 200", Fault: lyingHealth502, Extra: true},
@@ -185,9 +190,12 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 	rr := RunResult{Contender: c.Name, Label: c.Label, Bifrost: c.Bifrost}
 	var backends []*faultserver.Server
 	var err error
-	if sc.Dynamic {
+	switch {
+	case sc.Dynamic:
 		backends, err = startLoopbackBackends(backendCount+1, 0)
-	} else {
+	case sc.Backup:
+		backends, err = startBackends(backendCount+1, 0)
+	default:
 		backends, err = startBackends(backendCount, 0)
 	}
 	if err != nil {
@@ -200,6 +208,12 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 		faulty = backends
 	}
 	ups := staticUpstreams(addrs(backends)...)
+	var backup *faultserver.Server
+	if sc.Backup {
+		backup, faulty = backends[backendCount], backends[:backendCount]
+		ups = staticUpstreams(addrs(faulty)...)
+		ups.Backup = []string{backup.Addr()}
+	}
 	var join *joinSchedule
 	if sc.Dynamic {
 		// the name resolves to the first three; the fourth joins later
@@ -236,7 +250,7 @@ func runScenario(ctx context.Context, e *env, sc scenario, c contender) RunResul
 		rr.Error = err.Error()
 		return rr
 	}
-	in.backends, in.faulty, in.allFaulty = backends, faulty, sc.AllBackends
+	in.backends, in.faulty, in.allFaulty, in.backup = backends, faulty, sc.AllBackends, backup
 	if join != nil {
 		in.added, in.addedAt = join.added, join.done
 	}
