@@ -132,15 +132,19 @@ func (a *App) run(ctx context.Context) {
 	defer close(a.done)
 	t := time.NewTicker(appLoopInterval)
 	defer t.Stop()
-	var updated <-chan struct{} // the fleet's news, which need not wait for the ticker
+	// the fleet's news, and this process's changed verdicts, which need
+	// not wait for the ticker
+	var updated, changed <-chan struct{}
 	if a.link != nil {
-		updated = a.link.updated()
+		updated, changed = a.link.updated(), pool.VerdictsChanged()
 	}
 	for turn := 1; ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-updated:
+			a.safely(func() { a.link.exchange(time.Now()) })
+		case <-changed:
 			a.safely(func() { a.link.exchange(time.Now()) })
 		case now := <-t.C:
 			a.safely(func() {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/bifrost-proxy/bifrost/breaker"
 	"github.com/bifrost-proxy/bifrost/fleet"
 	"github.com/bifrost-proxy/bifrost/fleet/fleettest"
 	"github.com/bifrost-proxy/bifrost/health"
@@ -344,5 +345,66 @@ func TestFleetAcrossReload(t *testing.T) {
 	eventually(t, 2*time.Second, "b throttled by other", func() bool { return wb.Health.ThrottledUntil().Equal(until) })
 	if !wa.Health.Isolated() {
 		t.Error("the old restore was carried out again after the reload")
+	}
+}
+
+// An operator's reset on any instance applies on every one, once, and is
+// audited with the instance that did it: a reset here reaches the others
+// (beside this instance's isolation of the worker, which it does not
+// replace), and another instance's reset closes the breaker here.
+func TestFleetReset(t *testing.T) {
+	srv := fleettest.Start(t)
+	other := peer(t, srv, "other")
+	a, b := newBackend(t), newBackend(t)
+	loadWithGlobals(t, fleetGlobals(srv, "edge-1", 1), siteConfig([]string{a.addr, b.addr}, `
+		name resetpool
+		lb_policy first
+		isolation {
+			max_percent 100
+		}`))
+	eventually(t, 5*time.Second, "connected", func() bool { return fleetStatus(t).Connected })
+
+	// a reset here, of a worker this instance isolated: both reach the
+	// others
+	wb := workerOf(t, "resetpool", b.addr)
+	var out map[string]any
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/isolate?duration=10m", &out); code != http.StatusOK {
+		t.Fatalf("isolate b: %d", code)
+	}
+	if code := adminJSON(t, http.MethodPost, "/bifrost/workers/"+wb.ID+"/reset", &out); code != http.StatusOK {
+		t.Fatalf("reset b: %d", code)
+	}
+	otherHas := func(kind string) func() bool {
+		return func() bool {
+			for _, e := range other.Entries() {
+				if e.Author == "edge-1" && e.Upstream == b.addr && e.Kind == kind {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	eventually(t, 2*time.Second, "other sees edge-1's reset", otherHas(fleet.KindReset))
+	eventually(t, 2*time.Second, "other sees edge-1's isolation too", otherHas(fleet.KindIsolated))
+	if d := fleet.Merge(other.Entries(), "other", 1, time.Now()); len(d) != 1 || d[0].Reset == nil || d[0].Reset.Author != "edge-1" || d[0].Isolation == nil {
+		t.Errorf("other's decisions %+v, want edge-1's reset and isolation of b", d)
+	}
+
+	// another instance's reset closes the breaker here, once
+	wa := workerOf(t, "resetpool", a.addr)
+	if !wa.Breaker.Trip() {
+		t.Fatal("a's breaker did not open")
+	}
+	wa.Trips.Store(1)
+	other.Publish(fleet.Entry{Pool: "resetpool", Upstream: a.addr, Kind: fleet.KindReset})
+	eventually(t, 2*time.Second, "a's breaker closed by other's reset", func() bool {
+		return wa.Breaker.State() == breaker.StateClosed && wa.Trips.Load() == 0
+	})
+	if !wa.Breaker.Trip() {
+		t.Fatal("a's breaker did not open again")
+	}
+	time.Sleep(time.Second) // several exchanges: the reset is not carried out again
+	if wa.Breaker.State() == breaker.StateClosed {
+		t.Error("other's reset carried out more than once")
 	}
 }

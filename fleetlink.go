@@ -30,8 +30,10 @@ import (
 // Caddy instances through Redis or Valkey.
 type FleetConfig struct {
 	// URL is the store's address: redis:// or rediss://, with an ACL
-	// user and password and a database number if needed. Its password
-	// is never logged nor shown.
+	// user and password and a database number if needed; with
+	// ?master_name=NAME (and more sentinels as &addr=host:port) it names
+	// Sentinels, with several &addr=host:port or ?cluster=true the seed
+	// nodes of a Cluster. Its passwords are never logged nor shown.
 	URL string `json:"url"`
 	// Secret signs every entry (HMAC-SHA256); required. Entries without
 	// a good signature are ignored.
@@ -65,11 +67,12 @@ type sharedFleet struct {
 	reconciled atomic.Bool
 
 	mu       sync.Mutex
-	restores map[string]time.Time // worker -> the remote restore carried out, once per process
+	restores map[string]time.Time // worker|action -> the remote restore or reset carried out, once per process
 }
 
-// firstRestore reports whether the remote restore of worker k issued at
-// issued is new to this process, and records it.
+// firstRestore reports whether the remote restore (or reset: k ends in
+// "|reset") of worker k issued at issued is new to this process, and
+// records it.
 func (s *sharedFleet) firstRestore(k string, issued time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -180,11 +183,14 @@ func (l *fleetLink) close() error {
 // updated is signalled when the other instances' entries changed.
 func (l *fleetLink) updated() <-chan struct{} { return l.f.Updated() }
 
-// operatorAction publishes an operator's restore at once, for every
-// instance (an isolation is published by the next exchange).
+// operatorAction publishes an operator's restore or reset at once, for
+// every instance (an isolation is published by the next exchange).
 func (l *fleetLink) operatorAction(w *pool.Worker, action string, _ time.Duration, _ string) {
-	if action == "restore" {
+	switch action {
+	case "restore":
 		l.f.Publish(fleet.Entry{Pool: w.Pool, Upstream: w.Upstream, Kind: fleet.KindRestore, Reason: "restored by an operator on " + l.instance})
+	case "reset":
+		l.f.Publish(fleet.Entry{Pool: w.Pool, Upstream: w.Upstream, Kind: fleet.KindReset, Reason: "reset by an operator on " + l.instance})
 	}
 }
 
@@ -239,9 +245,9 @@ func (l *fleetLink) publishOwn(pools []*pool.Pool, now time.Time) {
 		}
 	}
 	// the process's entries (an earlier config's too) that ended; an
-	// operator's restore stays for the others
+	// operator's restore or reset stays for the others until its end
 	for _, old := range l.f.OwnEntries() {
-		if seen[workerKey(old.Pool, old.Upstream)] || old.Kind == fleet.KindRestore {
+		if old.Kind == fleet.KindRestore || old.Kind == fleet.KindReset || seen[workerKey(old.Pool, old.Upstream)] {
 			continue
 		}
 		l.f.Publish(fleet.Entry{Pool: old.Pool, Upstream: old.Upstream, Kind: fleet.KindClear})
@@ -280,7 +286,12 @@ func (l *fleetLink) offer(pools []*pool.Pool, ds []fleet.Decision, now time.Time
 		k := workerKey(d.Pool, d.Upstream)
 		v := pool.Verdict{Upstream: d.Upstream, Issued: now}
 		if r := d.Restore; r != nil && l.shared.firstRestore(k, r.Issued) {
+			l.auditRemote("restore", r)
 			offers[p] = append(offers[p], pool.Verdict{Upstream: d.Upstream, Restore: true, Issued: r.Issued})
+		}
+		if r := d.Reset; r != nil && l.shared.firstRestore(k+"|"+fleet.KindReset, r.Issued) {
+			l.auditRemote("reset", r)
+			offers[p] = append(offers[p], pool.Verdict{Upstream: d.Upstream, Reset: true, Issued: r.Issued})
 		}
 		if iso := d.Isolation; iso != nil {
 			v.Issued = iso.Issued
@@ -306,6 +317,14 @@ func (l *fleetLink) offer(pools []*pool.Pool, ds []fleet.Decision, now time.Time
 		p.Offer(vs)
 	}
 	l.announce(pools)
+}
+
+// auditRemote logs an operator's action on another instance that this
+// one carries out, with the instance that did it.
+func (l *fleetLink) auditRemote(action string, e *fleet.Entry) {
+	l.logger.Info("operator action from the fleet", zap.String("action", action),
+		zap.String("pool", e.Pool), zap.String("upstream", e.Upstream),
+		zap.String("by_instance", e.Author), zap.Time("issued", e.Issued))
 }
 
 // reconcile ends, once per process, the isolations taken from the fleet

@@ -420,6 +420,7 @@ func (h *Handler) act(res tryResult, panicMode bool) {
 	switch cls.Action {
 	case recovery.ActionThrottle:
 		wk.Health.Throttle(res.end.Add(max(cls.Delay, minThrottle)))
+		pool.SignalVerdicts()
 	case recovery.ActionReconnect:
 		h.reconnect(wk)
 	case recovery.ActionRestartWorker:

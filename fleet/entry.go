@@ -21,6 +21,10 @@ const (
 	// KindRestore: an operator restored the worker on the author; every
 	// isolation of it issued before is void.
 	KindRestore = "restore"
+	// KindReset: an operator reset the worker on the author (closed its
+	// breaker and cleared its counts); every instance does the same,
+	// once.
+	KindReset = "reset"
 	// KindClear: the author withdraws its entry for the worker (its
 	// verdict ended).
 	KindClear = "clear"
@@ -77,8 +81,15 @@ type Entry struct {
 func (e Entry) Worker() string { return e.Pool + "|" + e.Upstream }
 
 // field is the entry's field in the store's hash of verdicts: one per
-// worker and author.
-func (e Entry) field() string { return e.Pool + "|" + e.Upstream + "|" + e.Author }
+// worker and author, and one more for an operator's reset, which
+// replaces none of the author's verdicts on the worker.
+func (e Entry) field() string {
+	f := e.Pool + "|" + e.Upstream + "|" + e.Author
+	if e.Kind == KindReset {
+		f += "|" + KindReset
+	}
+	return f
+}
 
 // content is what the signature covers: every field but the signature,
 // times as Unix nanoseconds, separated by a byte no field may hold.
@@ -157,7 +168,7 @@ func inRange(e Entry, now time.Time) bool {
 	switch e.Kind {
 	case KindHeartbeat:
 		return e.Pool == "" && e.Upstream == ""
-	case KindIsolated, KindThrottled, KindRestore, KindClear:
+	case KindIsolated, KindThrottled, KindRestore, KindReset, KindClear:
 	default:
 		return false
 	}

@@ -119,3 +119,32 @@ func TestMerge(t *testing.T) {
 		t.Errorf("throttle: %+v", ds)
 	}
 }
+
+// Another instance's reset is a decision (the latest, while it lasts);
+// this instance's own is not; it is stored beside its author's verdict
+// on the worker, not in its place.
+func TestMergeReset(t *testing.T) {
+	now := time.Now()
+	reset := func(author string, issued time.Time) Entry {
+		return Entry{Pool: "api", Upstream: "10.0.0.1:80", Kind: KindReset, Issued: issued, Until: issued.Add(time.Minute), Author: author}
+	}
+	older, newer := reset("a", now.Add(-2*time.Second)), reset("b", now.Add(-time.Second))
+	ds := Merge([]Entry{older, newer}, "me", 1, now)
+	if len(ds) != 1 || ds[0].Reset == nil || ds[0].Reset.Author != "b" || ds[0].Isolation != nil {
+		t.Errorf("two remote resets: %+v, want b's, the latest, alone", ds)
+	}
+	if ds := Merge([]Entry{reset("me", now)}, "me", 1, now); len(ds) != 0 {
+		t.Errorf("own reset: %+v, want nothing", ds)
+	}
+	if ds := Merge([]Entry{reset("a", now.Add(-2*time.Minute))}, "me", 1, now); len(ds) != 0 {
+		t.Errorf("ended reset: %+v, want nothing", ds)
+	}
+	iso := isolation("a", now, now.Add(time.Minute))
+	if r := reset("a", now); r.field() == iso.field() {
+		t.Errorf("a reset takes the field of its author's isolation: %q", r.field())
+	}
+	signed := Sign(reset("a", now), secret)
+	if _, why := Decode(Encode(signed), secret, now); why != "" {
+		t.Errorf("a signed reset rejected: %s", why)
+	}
+}

@@ -23,15 +23,15 @@ const (
 	DefaultOutboxSize = 1024
 	// opTimeout bounds one exchange with the store.
 	opTimeout = time.Second
-	// restoreLife is how long an operator's restore stays in the store,
-	// for instances that were away when it was published.
+	// restoreLife is how long an operator's restore or reset stays in
+	// the store, for instances that were away when it was published.
 	restoreLife = time.Minute
 )
 
 // Config configures a Fleet.
 type Config struct {
-	// URL is the store's address (redis:// or rediss://, user, password
-	// and database as go-redis's ParseURL reads them).
+	// URL is the store's address: a single server, Sentinel or Cluster
+	// (see newClient for the forms).
 	URL string
 	// Secret signs and checks every entry; required.
 	Secret []byte
@@ -75,11 +75,11 @@ type Config struct {
 // verdicts again, so that a store that restarted empty is refilled.
 type Fleet struct {
 	cfg    Config
-	client *redis.Client
-	store  string // the URL without its password
-	hash   string // the verdicts: field pool|upstream|author
-	peers  string // the heartbeats: field instance
-	topic  string // the channel
+	client redis.UniversalClient // a single server, Sentinel or Cluster
+	store  string                // the URL without its password
+	hash   string                // the verdicts: field pool|upstream|author
+	peers  string                // the heartbeats: field instance
+	topic  string                // the channel
 
 	kick    chan struct{} // the outbox has entries
 	updated chan struct{} // remote entries changed
@@ -116,15 +116,11 @@ func New(cfg Config) (*Fleet, error) {
 	if err != nil {
 		return nil, errors.New("the store's URL cannot be parsed")
 	}
-	store := u.Redacted()
-	opt, err := redis.ParseURL(cfg.URL)
+	store := redactURL(u)
+	client, err := newClient(cfg.URL, u)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %v", store, redactErr(err, u))
 	}
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = opTimeout, opTimeout, opTimeout, opTimeout
-	opt.MaxRetries = -1 // the loop retries, with backoff
-	opt.PoolSize = 4
-	opt.DisableIdentity = true
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
@@ -145,7 +141,7 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	return &Fleet{
 		cfg:      cfg,
-		client:   redis.NewClient(opt),
+		client:   client,
 		store:    store,
 		hash:     cfg.Prefix + ":verdicts",
 		peers:    cfg.Prefix + ":peers",
@@ -159,12 +155,120 @@ func New(cfg Config) (*Fleet, error) {
 	}, nil
 }
 
-// redactErr removes the URL's password from an error's text.
+// The forms of the store's URL: go-redis's own (ParseURL,
+// ParseFailoverURL, ParseClusterURL), told apart by their query.
+//
+//	redis://[user:password@]host:port[/db]          a single server
+//	rediss://...                                    the same over TLS
+//	redis://[user:password@]sentinel:port[/db]?master_name=NAME[&addr=sentinel2:port...][&username=U&password=P]
+//	                                                Sentinel: the URL's host and each addr are
+//	                                                sentinels (the URL's user and password are
+//	                                                theirs); username and password are the
+//	                                                master's
+//	redis://[user:password@]node:port?addr=node2:port[&addr=...]
+//	                                                Cluster: the seed nodes
+//	redis://[user:password@]node:port?cluster=true  Cluster with a single seed node
+//
+// Whatever the form, the fleet holds a redis.UniversalClient.
+
+// newClient returns the client of the store at raw (u parsed), its
+// timeouts bounded by opTimeout and its retries left to the fleet's loop.
+func newClient(raw string, u *url.URL) (redis.UniversalClient, error) {
+	q := u.Query()
+	forceCluster := false
+	if q.Has("cluster") {
+		switch q.Get("cluster") {
+		case "true", "1":
+			forceCluster = true
+		case "false", "0":
+		default:
+			return nil, fmt.Errorf("cluster=%q is not true or false", q.Get("cluster"))
+		}
+		q.Del("cluster")
+		v := *u
+		v.RawQuery = q.Encode()
+		raw = v.String()
+	}
+	switch {
+	case q.Has("master_name"):
+		if forceCluster {
+			return nil, errors.New("master_name (Sentinel) and cluster=true (Cluster) do not go together")
+		}
+		opt, err := redis.ParseFailoverURL(raw)
+		if err != nil {
+			return nil, err
+		}
+		if opt.MasterName == "" {
+			return nil, errors.New("master_name is empty")
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = opTimeout, opTimeout, opTimeout, opTimeout
+		opt.MaxRetries = -1
+		opt.PoolSize = 4
+		opt.DisableIdentity = true
+		return redis.NewFailoverClient(opt), nil
+	case forceCluster || q.Has("addr"):
+		if p := strings.Trim(u.Path, "/"); p != "" && p != "0" {
+			return nil, fmt.Errorf("a cluster has only database 0, not %q", p)
+		}
+		opt, err := redis.ParseClusterURL(raw)
+		if err != nil {
+			return nil, err
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = opTimeout, opTimeout, opTimeout, opTimeout
+		opt.PoolSize = 4
+		opt.DisableIdentity = true
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = opTimeout, opTimeout, opTimeout, opTimeout
+	opt.MaxRetries = -1 // the loop retries, with backoff
+	opt.PoolSize = 4
+	opt.DisableIdentity = true
+	return redis.NewClient(opt), nil
+}
+
+// secretParams are the query parameters of the store's URL that hold a
+// password (Sentinel's master password).
+var secretParams = []string{"password", "sentinel_password"}
+
+// redactURL returns u without its passwords, in the user part or the
+// query.
+func redactURL(u *url.URL) string {
+	v := *u
+	q := v.Query()
+	hidden := false
+	for _, k := range secretParams {
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+			hidden = true
+		}
+	}
+	if hidden {
+		v.RawQuery = q.Encode()
+	}
+	return v.Redacted()
+}
+
+// redactErr removes the URL's passwords from an error's text.
 func redactErr(err error, u *url.URL) string {
 	msg := err.Error()
+	var pws []string
 	if u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
+		if pw, ok := u.User.Password(); ok {
+			pws = append(pws, pw)
+		}
+	}
+	q := u.Query()
+	for _, k := range secretParams {
+		pws = append(pws, q[k]...)
+	}
+	for _, pw := range pws {
+		if pw != "" {
 			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+			msg = strings.ReplaceAll(msg, url.QueryEscape(pw), "xxxxx")
 		}
 	}
 	return msg
@@ -213,7 +317,7 @@ func (f *Fleet) Publish(e Entry) {
 	if e.Issued.IsZero() {
 		e.Issued = f.cfg.Now()
 	}
-	if e.Kind == KindRestore && e.Until.IsZero() {
+	if (e.Kind == KindRestore || e.Kind == KindReset) && e.Until.IsZero() {
 		e.Until = e.Issued.Add(restoreLife)
 	}
 	e = Sign(e, f.cfg.Secret)
@@ -539,7 +643,15 @@ func (f *Fleet) resync(ctx context.Context) error {
 	now := f.cfg.Now()
 	remote := map[string]Entry{}
 	var stale []string
+	stored := map[string]string{} // this instance's fields in the store: their signatures
 	f.mu.Lock()
+	for field, e := range f.own {
+		// an operator's restore or reset that ended is no one's verdict:
+		// forgotten here, its field is removed below
+		if (e.Kind == KindRestore || e.Kind == KindReset) && !active(e, now) {
+			delete(f.own, field)
+		}
+	}
 	for field, v := range all {
 		e, why := Decode([]byte(v), f.cfg.Secret, now)
 		switch {
@@ -551,6 +663,7 @@ func (f *Fleet) resync(ctx context.Context) error {
 			if _, ok := f.own[field]; !ok {
 				stale = append(stale, field)
 			}
+			stored[field] = e.Sig
 			continue
 		case !active(e, now.Add(-restoreLife)):
 			stale = append(stale, field)
@@ -566,6 +679,20 @@ func (f *Fleet) resync(ctx context.Context) error {
 	}
 	f.remote = remote
 	f.synced = true
+	// this instance's entries that the store lost (it restarted empty
+	// between two exchanges, without a failed one to say so; it was
+	// flushed; a key was evicted) or holds an older version of, and that
+	// are not on their way: written again
+	lost := 0
+	for field, e := range f.own {
+		if stored[field] == e.Sig {
+			continue
+		}
+		if _, queued := f.findLocked(field); !queued {
+			f.queueLocked(e)
+			lost++
+		}
+	}
 	for inst, v := range beats {
 		if e, why := Decode([]byte(v), f.cfg.Secret, now); why == "" && e.Kind == KindHeartbeat && e.Author == inst {
 			f.beats[inst] = e.Issued
@@ -574,6 +701,14 @@ func (f *Fleet) resync(ctx context.Context) error {
 	f.mu.Unlock()
 	if changed {
 		f.signal()
+	}
+	if lost > 0 {
+		f.cfg.Logger.Info("the store lost entries of this instance; writing them again",
+			zap.Int("entries", lost), zap.String("store", f.store), zap.String("instance", f.cfg.Instance))
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
 	}
 	if len(stale) > 0 {
 		return f.op(ctx, func(ctx context.Context) error { return f.client.HDel(ctx, f.hash, stale...).Err() })

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -59,7 +60,9 @@ func TestFleetExchange(t *testing.T) {
 	}
 	a.Publish(Entry{Pool: "api", Upstream: "10.0.0.1:80", Kind: KindClear})
 	eventually(t, 2*time.Second, "b sees it withdrawn", func() bool { return !has(b, "a", "10.0.0.1:80", KindIsolated) })
-	eventually(t, 2*time.Second, "b knows a as a peer", func() bool { _, ok := b.Status().Peers["a"]; return ok })
+	// heartbeats are read by the full read, which b (by the channel
+	// alone) does only when it connects, maybe before a's first one
+	eventually(t, 2*time.Second, "a knows b as a peer", func() bool { _, ok := a.Status().Peers["b"]; return ok })
 	if n := srv.Client("").HLen(ctx(t), DefaultPrefix+":verdicts").Val(); n != 0 {
 		t.Errorf("%d fields left in the store after the clear", n)
 	}
@@ -215,4 +218,53 @@ func toString(v any) string {
 		return e.Error()
 	}
 	return ""
+}
+
+// A store that loses this instance's entries without a failed exchange
+// to say so (restarted between two of them, flushed) is refilled by the
+// next full read.
+func TestFleetRefillsFlushedStore(t *testing.T) {
+	srv := startRedis(t)
+	a := newFleet(t, srv.URL(""), "a")
+	eventually(t, 5*time.Second, "connected", connected(a))
+	a.Publish(Entry{Pool: "api", Upstream: "u1", Kind: KindIsolated, Until: time.Now().Add(time.Minute)})
+	a.Publish(Entry{Pool: "api", Upstream: "u2", Kind: KindReset})
+	c := srv.Client("")
+	eventually(t, 2*time.Second, "written", func() bool { return c.HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 2 })
+	if err := c.FlushAll(ctx(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "the store refilled", func() bool { return c.HLen(ctx(t), DefaultPrefix+":verdicts").Val() == 2 })
+	if !connected(a)() {
+		t.Error("a disconnected by a flush")
+	}
+}
+
+// With its pub/sub connection killed (CLIENT KILL TYPE pubsub) and no
+// way back onto the channel (its ACL user lost the channel), an instance
+// still gets the others' entries, by the full read alone: none arrives
+// by the channel.
+func TestFleetResyncWithoutChannel(t *testing.T) {
+	srv := startRedis(t, "--user", "b", "on", ">b-pw", "~*", "&*", "+@all")
+	var byChannel atomic.Int64
+	a := newFleet(t, srv.URL(""), "a")
+	b := newFleet(t, fmt.Sprintf("redis://b:b-pw@127.0.0.1:%d/0", srv.Port()), "b", func(c *Config) {
+		c.OnEntry = func(Entry, time.Duration) { byChannel.Add(1) }
+	})
+	eventually(t, 5*time.Second, "both connected", func() bool { return connected(a)() && connected(b)() })
+	c := srv.Client("")
+	if err := c.Do(ctx(t), "ACL", "SETUSER", "b", "resetchannels").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx(t), "CLIENT", "KILL", "TYPE", "pubsub", "USER", "b").Err(); err != nil && !strings.Contains(err.Error(), "No such client") {
+		t.Fatal(err)
+	}
+	a.Publish(Entry{Pool: "api", Upstream: "u1", Kind: KindIsolated, Until: time.Now().Add(time.Minute)})
+	eventually(t, 3*time.Second, "b has a's entry", func() bool { return has(b, "a", "u1", KindIsolated) })
+	if n := byChannel.Load(); n != 0 {
+		t.Errorf("%d entries arrived by the channel, want none (b cannot subscribe)", n)
+	}
+	if !connected(b)() {
+		t.Error("b disconnected")
+	}
 }

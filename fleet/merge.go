@@ -24,6 +24,9 @@ type Decision struct {
 	// Restore is the latest operator restore of the worker issued by
 	// another instance; nil: none.
 	Restore *Entry
+	// Reset is the latest operator reset of the worker issued by
+	// another instance; nil: none.
+	Reset *Entry
 }
 
 // Merge applies the fleet's rules to entries (valid ones, each the
@@ -31,6 +34,8 @@ type Decision struct {
 //
 //   - an entry that has ended counts for nothing;
 //   - a restore voids every isolation of the worker issued before it;
+//   - another instance's restore and reset are to be carried out here
+//     (once: Decision.Restore, Decision.Reset);
 //   - an operator's isolation by another instance applies at once;
 //   - an automatic isolation or a throttle by other instances applies
 //     once quorum distinct instances (this one included, when it has
@@ -71,6 +76,10 @@ func decide(es []Entry, self string, quorum int, now time.Time) (Decision, bool)
 	d := Decision{Pool: es[0].Pool, Upstream: es[0].Upstream}
 	var restoredAt time.Time
 	for _, e := range es {
+		if e.Kind == KindReset && e.Author != self && active(e, now) && (d.Reset == nil || e.Issued.After(d.Reset.Issued)) {
+			r := e
+			d.Reset = &r
+		}
 		if e.Kind == KindRestore && e.Issued.After(restoredAt) {
 			restoredAt = e.Issued
 			if e.Author != self && active(e, now) {
@@ -106,7 +115,7 @@ func decide(es []Entry, self string, quorum int, now time.Time) (Decision, bool)
 	if agreed, _ := agree(thr, self, quorum); agreed != nil {
 		d.Throttle = agreed
 	}
-	return d, d.Isolation != nil || d.Throttle != nil || d.Restore != nil
+	return d, d.Isolation != nil || d.Throttle != nil || d.Restore != nil || d.Reset != nil
 }
 
 // agree merges automatic entries of one kind on one worker: when quorum

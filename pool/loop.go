@@ -195,6 +195,7 @@ func (p *Pool) run(ctx context.Context, done chan struct{}) {
 			for _, ch := range p.takeChanges() {
 				p.safely("breaker_changes", func() { p.onBreakerChange(ch) })
 			}
+			p.safely("offered", p.applyOffered) // verdicts of other instances, without waiting for the tick
 		case <-t.C:
 			p.safely("ticker", p.tick)
 		}
@@ -339,6 +340,9 @@ func (p *Pool) Isolate(w *Worker, reason health.Reason, detail string) bool {
 func (p *Pool) Report(ev health.Event) {
 	_, rep := p.snapshot()
 	p.workerEvent(rep, ev)
+	if ev.Type == health.EventIsolated || ev.Type == health.EventRestored {
+		SignalVerdicts()
+	}
 	if ev.Type == health.EventRecoveryFailed {
 		// isolated with no end: booked as an error too, its action
 		// (isolate_worker) already done

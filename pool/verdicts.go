@@ -28,6 +28,9 @@ type Verdict struct {
 	// Restore asks for the worker's isolation to end now, as an operator's
 	// restore on another instance.
 	Restore bool
+	// Reset asks for the worker's breaker to close and its counts to
+	// clear, as an operator's reset on another instance (see Act).
+	Reset bool
 	// Issued is when the verdict was made; of verdicts that compete for
 	// the places max_percent leaves, the oldest win.
 	Issued time.Time
@@ -56,8 +59,9 @@ func (p *Pool) Verdicts(now time.Time) []Verdict {
 // operator's last of those issued together), and
 // returns how many changed a worker: a throttle extends the worker's, an
 // isolation is adopted within the pool's isolation limits (see
-// health.Monitor.Adopt) and reported as the pool reports its own, and a
-// restore ends the worker's isolation. Verdicts naming an upstream the
+// health.Monitor.Adopt) and reported as the pool reports its own, a
+// restore ends the worker's isolation, and a reset closes its breaker
+// and clears its counts. Verdicts naming an upstream the
 // pool does not have are dropped. It is never called with a lock held.
 func (p *Pool) Apply(vs []Verdict) int {
 	byDial := map[string]*Worker{}
@@ -79,6 +83,12 @@ func (p *Pool) Apply(vs []Verdict) int {
 	for _, v := range vs {
 		w := byDial[v.Upstream]
 		if w == nil {
+			continue
+		}
+		if v.Reset {
+			w.Breaker.Reset()
+			w.Trips.Store(0)
+			n++
 			continue
 		}
 		if v.Restore {
@@ -143,7 +153,7 @@ type offerBox struct {
 }
 
 // Offer hands verdicts to the pool's loop, which applies them (see
-// Apply) on its next tick. It never blocks on the loop.
+// Apply) at once, woken. It never blocks on the loop.
 func (p *Pool) Offer(vs []Verdict) {
 	if len(vs) == 0 {
 		return
@@ -156,6 +166,31 @@ func (p *Pool) Offer(vs []Verdict) {
 		box.vs = slices.Delete(box.vs, 0, over)
 	}
 	box.mu.Unlock()
+	if p.wake != nil {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// verdictsChanged is signalled when a worker's verdict changed in this
+// process (an isolation began or ended, a throttle began).
+var verdictsChanged = make(chan struct{}, 1)
+
+// VerdictsChanged is signalled when a worker's verdict changed in this
+// process, so that the bifrost app publishes it to the fleet without
+// waiting for its next turn. Signals are coalesced: one may stand for
+// several changes.
+func VerdictsChanged() <-chan struct{} { return verdictsChanged }
+
+// SignalVerdicts says that a worker's verdict changed (see
+// VerdictsChanged). It never blocks: it may run on a request's path.
+func SignalVerdicts() {
+	select {
+	case verdictsChanged <- struct{}{}:
+	default:
+	}
 }
 
 // applyOffered applies the verdicts offered since the last tick; the

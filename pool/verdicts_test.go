@@ -58,3 +58,47 @@ func TestApplyVerdicts(t *testing.T) {
 		t.Errorf("FleetAuthor of a local reason = %q", got)
 	}
 }
+
+// An isolation that begins or ends here, and an isolation adopted from
+// elsewhere, signal VerdictsChanged, so that the bifrost app publishes
+// without waiting for its turn.
+func TestVerdictsChangedSignalled(t *testing.T) {
+	p := newPool(t)
+	s := testIsolation
+	s.MaxPercent = 100
+	setIsolation(t, p, s)
+	w := newWorker(t, p, "a:1", slowBreaker)
+	b := newWorker(t, p, "b:1", slowBreaker)
+	attach(t, p, newUser("u"), w, b)
+	drain := func() {
+		select {
+		case <-VerdictsChanged():
+		default:
+		}
+	}
+	signalled := func() bool {
+		select {
+		case <-VerdictsChanged():
+			return true
+		default:
+			return false
+		}
+	}
+	drain()
+	now := time.Now()
+	if p.Apply([]Verdict{{Upstream: "a:1", Issued: now, Isolation: &health.Verdict{Until: now.Add(time.Minute), Reason: "probe_failed: x"}}}) != 1 {
+		t.Fatal("not isolated")
+	}
+	if !signalled() {
+		t.Error("an isolation did not signal VerdictsChanged")
+	}
+	if p.Apply([]Verdict{{Upstream: "a:1", Restore: true}}) != 1 {
+		t.Fatal("not restored")
+	}
+	if !signalled() {
+		t.Error("a restore did not signal VerdictsChanged")
+	}
+	if signalled() {
+		t.Error("signalled with nothing changed")
+	}
+}
