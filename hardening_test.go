@@ -120,8 +120,9 @@ func TestReloadUnderLoad(t *testing.T) {
 }
 
 // hostile starts a raw TCP server that answers every connection with
-// what the given function writes.
-func hostile(t *testing.T, answer func(c net.Conn)) string {
+// what the given function writes, once it has read the request's head;
+// requestLine is the head's first line (without its line end).
+func hostile(t *testing.T, answer func(c net.Conn, requestLine string)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -136,15 +137,20 @@ func hostile(t *testing.T, answer func(c net.Conn)) string {
 			}
 			go func() {
 				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 				// read the request head before answering
 				br := bufio.NewReader(c)
+				var first string
 				for {
 					line, err := br.ReadString('\n')
+					if first == "" {
+						first = strings.TrimSpace(line)
+					}
 					if err != nil || line == "\r\n" {
 						break
 					}
 				}
-				answer(c)
+				answer(c, first)
 			}()
 		}
 	}()
@@ -199,7 +205,7 @@ func TestHostileUpstreams(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			addr := hostile(t, tc.answer)
+			addr := hostile(t, func(c net.Conn, _ string) { tc.answer(c) })
 			poolName := fmt.Sprintf("hostile%d", i)
 			loadCaddyfile(t, siteConfig([]string{addr, good.addr}, fmt.Sprintf(`
 				name %s

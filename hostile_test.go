@@ -371,29 +371,9 @@ func TestThrottleLastsAtLeastASecond(t *testing.T) {
 // transport's error then quotes it too.
 func echoingBackend(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-				line, err := bufio.NewReader(conn).ReadString('\n')
-				if err != nil {
-					return
-				}
-				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\n"+strings.TrimSpace(line)+"\r\n\r\n")
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return hostile(t, func(c net.Conn, requestLine string) {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n"+requestLine+"\r\n\r\n")
+	})
 }
 
 // A broken upstream that echoes the request line puts its query string

@@ -1,7 +1,6 @@
 package bifrost
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -42,38 +41,6 @@ func newTLSBackend(t *testing.T, configure func(*tls.Config)) *httptest.Server {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv
-}
-
-// tcpBackend answers every connection with the bytes of answer after
-// reading the request's head, then closes it.
-func tcpBackend(t *testing.T, answer string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil || line == "\r\n" {
-						break
-					}
-				}
-				_, _ = c.Write([]byte(answer))
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // firstError returns the newest booked error of a worker, failing the
@@ -241,7 +208,9 @@ func TestPanicInTryIsWorkerKind(t *testing.T) {
 // A transport error that no other kind explains (here an answer whose
 // Content-Length is not a number) is a worker failure too.
 func TestUnexplainedTransportErrorIsWorkerKind(t *testing.T) {
-	garbled := tcpBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nhello")
+	garbled := hostile(t, func(c net.Conn, _ string) {
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nhello")
+	})
 	other := newBackend(t)
 	loadCaddyfile(t, siteConfig([]string{garbled, other.addr}, `
 		name garbled
