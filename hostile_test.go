@@ -166,8 +166,7 @@ func TestPanicInATryReleasesItsWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
-	loadJSON(t, []byte(s))
+	loadPanickingOn418(t, js)
 	h := runningHandler(t)
 	for i := range 3 {
 		if code, body := get(t, "/boom"); code != http.StatusOK || !strings.Contains(body, b.addr) {
@@ -690,8 +689,7 @@ func TestPanickedDynamicWorkerRetires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
-	loadJSON(t, []byte(s))
+	loadPanickingOn418(t, js)
 	h := runningHandler(t)
 	first := bs[0].addr
 	eventually(t, 10*time.Second, "the A record's worker", func() bool { return hasDial(h, first) })

@@ -156,6 +156,19 @@ func (panicHandler) ServeHTTP(http.ResponseWriter, *http.Request, caddyhttp.Hand
 	panic(errors.New("test panic inside a worker's handler"))
 }
 
+// loadPanickingOn418 runs the adapted config js, whose bifrost handler
+// answers a 418 with `handle_response { respond "PANIC" }`, with that
+// response made a panicHandler: a panic inside the worker's own
+// reverse_proxy.
+func loadPanickingOn418(t *testing.T, js []byte) {
+	t.Helper()
+	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
+	if !strings.Contains(s, "bifrost_test_panic") {
+		t.Fatalf("could not put the panicking handler in %s", js)
+	}
+	loadJSON(t, []byte(s))
+}
+
 // A panic inside a hedged try, which runs on a goroutine of its own, is
 // the request's, as a panic in a try that runs alone is: a worker failure
 // (kind worker), after which the request gets a 500 (every worker
@@ -184,11 +197,7 @@ func TestPanicInHedgedTryIsTheRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
-	if !strings.Contains(s, "bifrost_test_panic") {
-		t.Fatalf("could not put the panicking handler in %s", js)
-	}
-	loadJSON(t, []byte(s))
+	loadPanickingOn418(t, js)
 	for range 3 {
 		if code, _ := get(t, "/boom"); code != http.StatusInternalServerError {
 			t.Fatalf("a request whose tries panicked got %d, want 500", code)

@@ -189,8 +189,7 @@ func TestPanicInTryIsWorkerKind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(string(js), `{"body":"PANIC","handler":"static_response"}`, `{"handler":"bifrost_test_panic"}`, 1)
-	loadJSON(t, []byte(s))
+	loadPanickingOn418(t, js)
 	h := runningHandler(t)
 	wk := workerAt(t, h, teapot.addr)
 	first := wk.proxy.Load()
