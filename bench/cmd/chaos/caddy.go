@@ -203,16 +203,22 @@ type caddyConfig struct {
 	// own, so they log through Caddy's default logger, which only the
 	// default log receives.
 	DebugAll bool
+	// Global is more global options (lines one tab deep inside the
+	// global block), such as the bifrost app's; nil for none.
+	Global []string
 	// Site is the body of the site block: the proxy directive.
 	Site string
 }
 
 // render writes the Caddyfile: loopback only, no HTTPS, no persisted
-// config, a short grace period, and storage inside Dir.
+// config, a short grace period, storage inside Dir, then Global.
 func (cf caddyConfig) render() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n", cf.Admin)
 	fmt.Fprintf(&b, "\tdefault_bind 127.0.0.1\n\tstorage file_system %s\n", quote(filepath.Join(cf.Dir, "storage")))
+	for _, line := range cf.Global {
+		b.WriteString("\t" + line + "\n")
+	}
 	if cf.DebugLog != "" {
 		name := "tries"
 		if cf.DebugAll {

@@ -677,3 +677,219 @@ func TestBackupScenario(t *testing.T) {
 		t.Errorf("targets %+v", ts)
 	}
 }
+
+// TestParseFlagsOverhead checks the happy path's flags: the defaults,
+// and that a bad value is refused with an error naming its flag.
+func TestParseFlagsOverhead(t *testing.T) {
+	o, _, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.overhead.Variant != "defaults" || o.overhead.Load != loadClosed || o.onlyOverhead {
+		t.Errorf("default happy path %+v, only %v", o.overhead, o.onlyOverhead)
+	}
+	for _, v := range overheadVariants {
+		args := []string{"-only-overhead", "-overhead-variant", v.Name, "-overhead-load", "wrk", "-overhead-run", "2s"}
+		o, _, err := parseFlags(args)
+		if err != nil || o.overhead.Variant != v.Name || o.overhead.Load != loadWrk || !o.onlyOverhead {
+			t.Errorf("%v: %+v %v", args, o.overhead, err)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // in the error
+	}{
+		{[]string{"-overhead-variant", "nope"}, `-overhead-variant "nope" (want defaults, hedge, health, fleet)`},
+		{[]string{"-overhead-variant", ""}, "-overhead-variant"},
+		{[]string{"-overhead-load", "open"}, `-overhead-load "open" (want closed or wrk)`},
+		{[]string{"-overhead-load", "wrk", "-overhead-run", "1500ms"}, "whole seconds"},
+		{[]string{"-overhead-load", "wrk", "-clients", "1"}, "-clients"},
+		{[]string{"-only-overhead", "-no-overhead"}, "-only-overhead"},
+		{[]string{"-only-overhead", "-smoke"}, "-only-overhead"},
+	} {
+		_, _, err := parseFlags(tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one with %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestOverheadVariantCaddyfiles checks each variant's two Caddyfiles, as
+// rendered for Caddy: each side has its variant's settings and no other
+// variant's.
+func TestOverheadVariantCaddyfiles(t *testing.T) {
+	const fleetURL = "redis://127.0.0.1:6399/0"
+	// every variant's settings, by the text that gives each away
+	settings := map[string][]string{
+		"hedge":  {"hedge"},
+		"health": {"health", "interval"},
+		"fleet":  {"fleet", "secret", "redis://"},
+		"policy": {"lb_policy"},
+	}
+	for _, tc := range []struct {
+		variant        string
+		policy         string
+		labelA, labelB string
+		// the settings each side has, and text it must contain
+		hasA, hasB   []string
+		wantA, wantB []string
+	}{
+		{variant: "defaults", labelA: "reverse_proxy", labelB: "Bifrost (defaults)",
+			wantA: []string{"\treverse_proxy a:1 b:2 c:3\n"}, wantB: []string{"\tbifrost a:1 b:2 c:3\n"}},
+		{variant: "defaults", policy: "least_conn", labelA: "reverse_proxy", labelB: "Bifrost (defaults, lb_policy least_conn)",
+			hasB: []string{"policy"}, wantB: []string{"\t\tlb_policy least_conn\n"}},
+		{variant: "hedge", labelA: "reverse_proxy", labelB: "Bifrost (hedge auto)",
+			hasB: []string{"hedge"}, wantB: []string{"\tbifrost a:1 b:2 c:3 {\n\t\tretry {\n\t\t\thedge auto\n\t\t}\n\t}\n"}},
+		{variant: "health", labelA: "reverse_proxy (health checks)", labelB: "Bifrost (health checks)",
+			hasA: []string{"health"}, hasB: []string{"health"},
+			wantA: []string{"\treverse_proxy a:1 b:2 c:3 {\n\t\thealth_uri /health\n\t\thealth_interval 1s\n\t}\n"},
+			wantB: []string{"\tbifrost a:1 b:2 c:3 {\n\t\thealth {\n\t\t\turi /health\n\t\t\tinterval 1s\n\t\t}\n\t}\n"}},
+		{variant: "fleet", labelA: "Bifrost (no fleet)", labelB: "Bifrost (fleet)",
+			hasB:  []string{"fleet"},
+			wantA: []string{"\tbifrost a:1 b:2 c:3\n"},
+			wantB: []string{"\tbifrost {\n\t\tfleet " + fleetURL + " {\n\t\t\tsecret bench-secret\n\t\t}\n\t}\n}\n", "\tbifrost a:1 b:2 c:3\n"}},
+	} {
+		v, err := findOverheadVariant(tc.variant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := v.sides(tc.policy, fleetURL)
+		if a.Label != tc.labelA || b.Label != tc.labelB {
+			t.Errorf("%s: labels %q and %q, want %q and %q", tc.variant, a.Label, b.Label, tc.labelA, tc.labelB)
+		}
+		for _, side := range []struct {
+			name string
+			c    contender
+			has  []string
+			want []string
+		}{{"A", a, tc.hasA, tc.wantA}, {"B", b, tc.hasB, tc.wantB}} {
+			cf := caddyConfig{Port: 8080, Admin: 2019, Dir: "/tmp/x", Global: side.c.Global, Site: side.c.site(staticUpstreams("a:1", "b:2", "c:3"))}
+			got := cf.render()
+			for _, want := range side.want {
+				if !strings.Contains(got, want) {
+					t.Errorf("%s %s lacks %q:\n%s", tc.variant, side.name, want, got)
+				}
+			}
+			for setting, words := range settings {
+				for _, w := range words {
+					if !slices.Contains(side.has, setting) && strings.Contains(got, w) {
+						t.Errorf("%s %s has %q (%s):\n%s", tc.variant, side.name, w, setting, got)
+					}
+				}
+			}
+		}
+	}
+	if v, _ := findOverheadVariant("fleet"); !v.Fleet {
+		t.Error("the fleet variant starts no Redis")
+	}
+}
+
+// The happy path looks wrk and redis-server up on PATH before anything
+// runs, only when its flags need them, and says which flag does.
+func TestFindOverheadTools(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if tools, err := findOverheadTools(overheadSettings{Variant: "health", Load: loadClosed}); err != nil || tools != (overheadTools{}) {
+		t.Errorf("closed loop, no fleet: %+v %v", tools, err)
+	}
+	if _, err := findOverheadTools(overheadSettings{Variant: "defaults", Load: loadWrk}); err == nil || !strings.Contains(err.Error(), "-overhead-load wrk: wrk not found") {
+		t.Errorf("wrk missing: %v", err)
+	}
+	if _, err := findOverheadTools(overheadSettings{Variant: "fleet", Load: loadClosed}); err == nil || !strings.Contains(err.Error(), "-overhead-variant fleet: redis-server not found") {
+		t.Errorf("redis-server missing: %v", err)
+	}
+}
+
+// wrkSample is what wrk 4.1 prints with --latency when some requests
+// failed: the socket errors and non-2xx/3xx lines come only then.
+const wrkSample = `Running 3s test @ http://127.0.0.1:40123/
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.35us  640.12us  21.07ms   91.44%
+    Req/Sec    10.21k     1.02k   12.48k    71.67%
+  Latency Distribution
+     50%  655.00us
+     75%    0.98ms
+     90%    1.42ms
+     99%    3.12ms
+  60993 requests in 3.00s, 8.72MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 45
+Requests/sec:  20311.47
+Transfer/sec:      2.90MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wrkResult{Requests: 60993, RequestsPerSec: 20311.47, P50: 655 * time.Microsecond, P99: 3120 * time.Microsecond, Non2xx: 45, SocketErrors: 5}
+	if r != want {
+		t.Fatalf("parsed %+v, want %+v", r, want)
+	}
+	run := r.run()
+	if run.Requests != 60993 || run.Failures != 50 || run.P50MS != 0.655 || run.P99MS != 3.12 {
+		t.Errorf("run %+v", run)
+	}
+	// the throughput counts 2xx and 3xx responses only
+	if wantTP := 20311.47 * (60993 - 45) / 60993.0; run.Throughput < wantTP-1e-6 || run.Throughput > wantTP+1e-6 {
+		t.Errorf("throughput %v, want %v", run.Throughput, wantTP)
+	}
+
+	// no failure: no such lines; latencies in seconds
+	clean := strings.NewReplacer("     99%    3.12ms", "     99%    1.50s",
+		"  Socket errors: connect 0, read 2, write 0, timeout 3\n", "", "  Non-2xx or 3xx responses: 45\n", "").Replace(wrkSample)
+	r, err = parseWrk(clean)
+	if err != nil || r.Non2xx != 0 || r.SocketErrors != 0 || r.P99 != 1500*time.Millisecond || r.run().Failures != 0 {
+		t.Errorf("clean run %+v %v", r, err)
+	}
+
+	for name, out := range map[string]string{
+		"no --latency":     wrkSample[:strings.Index(wrkSample, "  Latency Distribution")] + wrkSample[strings.Index(wrkSample, "  60993 requests"):],
+		"no Requests/sec":  strings.Replace(wrkSample, "Requests/sec:  20311.47\n", "", 1),
+		"no requests line": strings.Replace(wrkSample, "  60993 requests in 3.00s, 8.72MB read\n", "", 1),
+		"unknown unit":     strings.Replace(wrkSample, "655.00us", "655.00ns", 1),
+		"bad socket line":  strings.Replace(wrkSample, "timeout 3", "timeout three", 1),
+		"empty":            "",
+	} {
+		if _, err := parseWrk(out); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// A variant other than defaults has its sides' labels in the report, and
+// one row of figures among the targets without a verdict (issue 27's
+// targets are for Bifrost's defaults against reverse_proxy).
+func TestOverheadReportNamesTheSides(t *testing.T) {
+	run := func(tp, p99 float64) overheadRun {
+		return overheadRun{Throughput: tp, P99MS: p99, Requests: 1000, CPUPerRequestUS: 50, CPUSecondsPer10k: 0.5, AllocObjectsPerRequest: 200, AllocBytesPerRequest: 9000}
+	}
+	o := &OverheadResult{Settings: overheadSettings{Variant: "fleet", Load: loadWrk, A: "Bifrost (no fleet)", B: "Bifrost (fleet)", Clients: 16, Duration: time.Second}}
+	for i := range 5 {
+		o.Pairs = append(o.Pairs, newOverheadPair(run(1000, 2), run(990, 2.1), i%2 == 1))
+	}
+	o.summarize()
+	if o.MedianThroughputRatio != 0.99 || o.MedianP99Ratio != 1.05 {
+		t.Fatalf("medians %+v", o)
+	}
+	ts := o.targets()
+	if len(ts) != 1 || ts[0].Met != nil || !strings.Contains(ts[0].Target, "variant fleet: Bifrost (fleet) over Bifrost (no fleet)") || !strings.Contains(ts[0].Measured, "throughput 0.990×") {
+		t.Errorf("targets %+v", ts)
+	}
+	var b strings.Builder
+	markdownOverhead(&b, o)
+	for _, want := range []string{"## Happy path (variant fleet): Bifrost (fleet) vs Bifrost (no fleet)", "A is Bifrost (no fleet), B is Bifrost (fleet). wrk, 2 threads and 16 connections", "| 2 | B | 1000 | 990 | 0.990 |"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
+	}
+	if s := o.String(); !strings.Contains(s, "variant fleet, wrk load; B Bifrost (fleet) over A Bifrost (no fleet)") {
+		t.Errorf("summary %q", s)
+	}
+	// the defaults variant keeps issue 27's targets, with verdicts
+	o.Settings.Variant = "defaults"
+	if ts := o.targets(); len(ts) != 4 || ts[0].Met == nil {
+		t.Errorf("defaults targets %+v", ts)
+	}
+}

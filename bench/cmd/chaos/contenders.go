@@ -23,6 +23,10 @@ type contender struct {
 	DefaultScenarios []string
 	// site returns the proxy directive for upstreams.
 	site func(u upstreams) string
+	// Global is the contender's own global options (Caddyfile lines, one
+	// tab deep inside the global block), such as the bifrost app's fleet;
+	// nil for none.
+	Global []string
 }
 
 // upstreams is where a contender's upstreams come from: fixed addresses,
@@ -79,6 +83,15 @@ func block(directive string, u upstreams, lines ...string) string {
 	return b.String()
 }
 
+// caddyfile is c's part of a Caddyfile in front of u, for the report: its
+// global options in a global block, if it has any, then its site.
+func (c contender) caddyfile(u upstreams) string {
+	if len(c.Global) == 0 {
+		return c.site(u)
+	}
+	return "{\n\t" + strings.Join(c.Global, "\n\t") + "\n}\n" + c.site(u)
+}
+
 // runsIn reports whether c runs in scenario sc.
 func (c contender) runsIn(sc scenario) bool {
 	if sc.Backup && !c.Bifrost {
@@ -87,11 +100,23 @@ func (c contender) runsIn(sc scenario) bool {
 	return len(c.DefaultScenarios) == 0 || slices.Contains(c.DefaultScenarios, sc.Name)
 }
 
+// Subdirectives shared by several contenders (Caddyfile lines, one tab
+// deep inside the directive's block). The backends answer health probes
+// on /health (faultserver's default health path).
+var (
+	// bifrostHealth is Bifrost's active health checks every second.
+	bifrostHealth = []string{"health {", "\turi /health", "\tinterval 1s", "}"}
+	// plainHealth is reverse_proxy's active health checks every second.
+	plainHealth = []string{"health_uri /health", "health_interval 1s"}
+	// bifrostHedge is Bifrost's hedged requests, after the pool's p95.
+	bifrostHedge = []string{"retry {", "\thedge auto", "}"}
+)
+
 // bifrostSite is the site of the Bifrost contenders: active health checks
 // on /health every second, every other setting at its default, plus the
 // subdirectives in extra (Caddyfile lines, one tab deep).
 func bifrostSite(u upstreams, extra ...string) string {
-	return block("bifrost", u, append([]string{"health {", "\turi /health", "\tinterval 1s", "}"}, extra...)...)
+	return block("bifrost", u, slices.Concat(bifrostHealth, extra)...)
 }
 
 // The contenders, in the order of the tables.
@@ -111,7 +136,7 @@ var (
 		Label:            "Bifrost (hedging)",
 		Bifrost:          true,
 		DefaultScenarios: []string{"slow300", "hang"},
-		site:             func(u upstreams) string { return bifrostSite(u, "retry {", "\thedge auto", "}") },
+		site:             func(u upstreams) string { return bifrostSite(u, bifrostHedge...) },
 	}
 	// defaultsContender is Bifrost as a new user writes it: no setting
 	// at all, so no health block, and a hang is found by its suspicion
@@ -149,8 +174,8 @@ func tunedContender(policy string) contender {
 		Name:  "tuned",
 		Label: "reverse_proxy (tuned)",
 		site: func(u upstreams) string {
-			return block("reverse_proxy", u,
-				"lb_policy "+policy,
+			return block("reverse_proxy", u, slices.Concat([]string{
+				"lb_policy " + policy,
 				"lb_retries 2",
 				"lb_try_duration 1s",
 				"lb_retry_match {",
@@ -163,26 +188,113 @@ func tunedContender(policy string) contender {
 				"fail_duration 10s",
 				"max_fails 3",
 				"unhealthy_status 5xx",
-				"health_uri /health",
-				"health_interval 1s")
+			}, plainHealth)...)
 		},
 	}
 }
 
-// overheadBifrost is Bifrost for the happy-path comparison against plain
-// reverse_proxy: its defaults only, or with lb_policy policy if given.
-func overheadBifrost(policy string) contender {
+// overheadBifrost is Bifrost for the happy path: its defaults, with
+// lb_policy policy if given, plus the subdirectives in extra. what says
+// how it differs from its defaults, for its label.
+func overheadBifrost(what, policy string, extra ...string) contender {
+	lines := extra
+	if policy != "" {
+		what += ", lb_policy " + policy
+		lines = slices.Concat([]string{"lb_policy " + policy}, extra)
+	}
 	return contender{
 		Name:    "bifrost",
-		Label:   "Bifrost (defaults)",
+		Label:   "Bifrost (" + what + ")",
 		Bifrost: true,
-		site: func(u upstreams) string {
-			if policy == "" {
-				return block("bifrost", u)
-			}
-			return block("bifrost", u, "lb_policy "+policy)
-		},
+		site:    func(u upstreams) string { return block("bifrost", u, lines...) },
 	}
+}
+
+// fleetSecret is the secret the fleet variant's instance signs its
+// verdicts with.
+const fleetSecret = "bench-secret"
+
+// fleetGlobal is the global option that makes Caddy's bifrost app join
+// the fleet whose store is the Redis server at url.
+func fleetGlobal(url string) []string {
+	return []string{"bifrost {", "\tfleet " + url + " {", "\t\tsecret " + fleetSecret, "\t}", "}"}
+}
+
+// overheadVariant is one happy-path comparison: what its sides A and B
+// are. Both run on the same binary in front of the same three healthy
+// backends, and B is measured against A.
+type overheadVariant struct {
+	// Name is the value of -overhead-variant.
+	Name string
+	// Fleet is true when B joins a fleet, whose Redis server the happy
+	// path then starts.
+	Fleet bool
+	// sides returns A and B. policy is Bifrost's lb_policy ("" for its
+	// default); fleet is the Redis URL of the fleet, "" unless Fleet.
+	sides func(policy, fleet string) (a, b contender)
+}
+
+// overheadVariants are the happy path's comparisons, the first one the
+// default.
+var overheadVariants = []overheadVariant{
+	{
+		// Bifrost as a new user writes it against plain reverse_proxy
+		Name: "defaults",
+		sides: func(policy, _ string) (contender, contender) {
+			return plainContender, overheadBifrost("defaults", policy)
+		},
+	},
+	{
+		// what hedging costs while no backend is slow
+		Name: "hedge",
+		sides: func(policy, _ string) (contender, contender) {
+			return plainContender, overheadBifrost("hedge auto", policy, bifrostHedge...)
+		},
+	},
+	{
+		// both with active health checks every second
+		Name: "health",
+		sides: func(policy, _ string) (contender, contender) {
+			plain := contender{
+				Name:  "plain",
+				Label: "reverse_proxy (health checks)",
+				site:  func(u upstreams) string { return block("reverse_proxy", u, plainHealth...) },
+			}
+			return plain, overheadBifrost("health checks", policy, bifrostHealth...)
+		},
+	},
+	{
+		// what a fleet costs while no worker fails: Bifrost against
+		// itself, B in a fleet of one
+		Name:  "fleet",
+		Fleet: true,
+		sides: func(policy, fleet string) (contender, contender) {
+			b := overheadBifrost("fleet", policy)
+			b.Global = fleetGlobal(fleet)
+			return overheadBifrost("no fleet", policy), b
+		},
+	},
+}
+
+// overheadVariantNames lists the variants' names for flag help and
+// errors.
+func overheadVariantNames() string {
+	names := make([]string, len(overheadVariants))
+	for i, v := range overheadVariants {
+		names[i] = v.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// findOverheadVariant returns the variant called name; an unknown name is
+// an error naming the flag and the variants.
+func findOverheadVariant(name string) (overheadVariant, error) {
+	for _, v := range overheadVariants {
+		if v.Name == name {
+			return v, nil
+		}
+	}
+	return overheadVariant{}, fmt.Errorf("unknown -overhead-variant %q (want %s)", name, overheadVariantNames())
 }
 
 // selectContenders returns the contenders named in list (comma-separated),

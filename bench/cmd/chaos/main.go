@@ -5,14 +5,17 @@
 // window, and compares in one run Bifrost, plain reverse_proxy and
 // reverse_proxy tuned the way a competent operator would (and, where a
 // backend is slow or hangs, Bifrost with hedged requests). It then
-// compares Bifrost with plain reverse_proxy on the happy path, and writes
-// the results as JSON and Markdown.
+// compares Bifrost with plain reverse_proxy on the happy path (or, with
+// -overhead-variant, Bifrost with hedging, both with health checks, or
+// Bifrost in a fleet against Bifrost alone), and writes the results as
+// JSON and Markdown.
 //
 // Run it from the repository:
 //
 //	go run ./bench/cmd/chaos            # everything (about 15 minutes)
 //	go run ./bench/cmd/chaos -quick     # shorter windows, for a look
 //	go run ./bench/cmd/chaos -smoke     # CI: one scenario, Bifrost only; exits 1 on a failure
+//	go run ./bench/cmd/chaos -only-overhead -overhead-variant fleet -overhead-load wrk
 //
 // See bench/BENCHMARKS.md for what each number means.
 package main
@@ -45,8 +48,10 @@ type options struct {
 	poll        time.Duration
 	overhead    overheadSettings
 	noOverhead  bool
-	out         string
-	keep        bool
+	// onlyOverhead skips the scenarios: the happy path alone.
+	onlyOverhead bool
+	out          string
+	keep         bool
 }
 
 // preset holds the defaults that -quick and -smoke change.
@@ -142,11 +147,16 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.Float64Var(&o.load.POSTShare, "post-share", 0.1, "share of POST requests")
 	fs.DurationVar(&o.load.Timeout, "timeout", 5*time.Second, "client timeout of each request")
 	fs.DurationVar(&o.poll, "poll", 100*time.Millisecond, "how often Bifrost's admin API is polled")
-	fs.IntVar(&o.overhead.Pairs, "pairs", 0, "happy path: number of plain/Bifrost run pairs (default 19; -quick 5; at least 5)")
+	fs.IntVar(&o.overhead.Pairs, "pairs", 0, "happy path: number of A/B run pairs (default 19; -quick 5; at least 5)")
 	fs.DurationVar(&o.overhead.Duration, "overhead-run", 0, "happy path: length of each run (default 3s; -quick 2s)")
-	fs.IntVar(&o.overhead.Clients, "clients", 16, "happy path: closed-loop clients")
+	fs.IntVar(&o.overhead.Clients, "clients", 16, "happy path: closed-loop clients, or wrk's connections")
 	fs.StringVar(&o.overhead.Policy, "overhead-policy", "", "happy path: Bifrost's lb_policy (default: its own default, bifrost_p2c)")
+	fs.StringVar(&o.overhead.Variant, "overhead-variant", overheadVariants[0].Name, "happy path: what A and B are: "+
+		"defaults (A reverse_proxy, B Bifrost's defaults), hedge (B with retry { hedge auto }), "+
+		"health (both with active health checks on /health every 1s), fleet (A Bifrost's defaults, B the same in a fleet, on a redis-server from PATH that the suite starts)")
+	fs.StringVar(&o.overhead.Load, "overhead-load", loadClosed, "happy path: load generator: closed (loadgen's closed loop of -clients clients) or wrk (wrk -t2 -c<clients> -d<run> --latency, from PATH; whole-second runs)")
 	fs.BoolVar(&o.noOverhead, "no-overhead", false, "skip the happy-path comparison")
+	fs.BoolVar(&o.onlyOverhead, "only-overhead", false, "run the happy-path comparison alone, no scenario (-scenarios and -contenders are ignored)")
 	fs.StringVar(&o.out, "out", "", "results `path` without extension, relative to the repository (default bench/results/latest; -quick bench/results/quick; -smoke bench/results/smoke)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with every Caddyfile and log")
 	if err := fs.Parse(args); err != nil {
@@ -159,6 +169,8 @@ func parseFlags(args []string) (options, preset, error) {
 	switch {
 	case o.smoke && o.quick:
 		return o, preset{}, fmt.Errorf("-smoke and -quick exclude each other")
+	case o.onlyOverhead && (o.smoke || o.noOverhead):
+		return o, preset{}, fmt.Errorf("-only-overhead excludes -smoke and -no-overhead (which skip the happy path)")
 	case o.smoke:
 		name = "smoke"
 	case o.quick:
@@ -221,6 +233,9 @@ func validate(o options) error {
 	case o.tunedPolicy != "round_robin" && o.tunedPolicy != "least_conn":
 		return fmt.Errorf("-tuned-policy must be round_robin or least_conn")
 	}
+	if err := o.overhead.validate(); err != nil {
+		return err
+	}
 	if _, err := selectScenarios(o.scenarios); err != nil {
 		return err
 	}
@@ -252,6 +267,14 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 	}
 	defer removeAll(tmp, o.keep, logf)
 
+	var tools overheadTools
+	if !o.noOverhead {
+		// before anything runs: a missing wrk or redis-server must not
+		// cost the scenarios' minutes first
+		if tools, err = findOverheadTools(o.overhead); err != nil {
+			return nil, err
+		}
+	}
 	bin := o.caddy
 	if bin == "" {
 		logf("building ./cmd/caddy into %s", tmp)
@@ -259,7 +282,10 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 			return nil, err
 		}
 	}
-	scs, _ := selectScenarios(o.scenarios)
+	var scs []scenario
+	if !o.onlyOverhead {
+		scs, _ = selectScenarios(o.scenarios)
+	}
 	cs, _ := selectContenders(o.contenders, o.tunedPolicy)
 	e := &env{caddy: bin, tmp: tmp, procs: procs, timing: o.timing, load: o.load, poll: o.poll, log: logf}
 
@@ -272,16 +298,7 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 		Mode:         p.mode,
 		Timing:       o.timing,
 		Load:         o.load,
-		Contenders:   map[string]string{},
-	}
-	for _, sc := range scs {
-		for _, c := range contendersIn(sc, cs) {
-			if sc.Dynamic {
-				report.Contenders[c.Name+" (dynamic)"] = c.site(dynamicUpstreams("<port>", "<dns>"))
-				continue
-			}
-			report.Contenders[c.Name] = c.site(staticUpstreams("<b1>", "<b2>", "<b3>"))
-		}
+		Contenders:   caddyfiles(o, scs, cs),
 	}
 	for _, sc := range scs {
 		sr := ScenarioResult{Name: sc.Name, Description: sc.Description, Fault: sc.Fault.String(), AllBackends: sc.AllBackends, Extra: sc.Extra}
@@ -298,7 +315,7 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 	}
 	if !o.noOverhead && ctx.Err() == nil {
 		logf("happy path: %d pairs of %s runs", o.overhead.Pairs, o.overhead.Duration)
-		report.Overhead = runOverhead(ctx, e, o.overhead)
+		report.Overhead = runOverhead(ctx, e, o.overhead, tools)
 		logf("%s", report.Overhead)
 	}
 	if ctx.Err() != nil {
@@ -314,6 +331,31 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 	}
 	logf("wrote %s.json and %s.md", out, out)
 	return report, nil
+}
+
+// caddyfiles returns every proxy configuration the run uses, by
+// contender, with placeholders for the addresses of the backends and
+// services it starts: the scenarios' contenders and the happy path's
+// sides.
+func caddyfiles(o options, scs []scenario, cs []contender) map[string]string {
+	out := map[string]string{}
+	shown := staticUpstreams("<b1>", "<b2>", "<b3>")
+	for _, sc := range scs {
+		for _, c := range contendersIn(sc, cs) {
+			if sc.Dynamic {
+				out[c.Name+" (dynamic)"] = c.site(dynamicUpstreams("<port>", "<dns>"))
+				continue
+			}
+			out[c.Name] = c.site(shown)
+		}
+	}
+	if !o.noOverhead {
+		v, _ := findOverheadVariant(o.overhead.Variant)
+		a, b := v.sides(o.overhead.Policy, "redis://<redis>/0")
+		out["happy path A: "+a.Label] = a.caddyfile(shown)
+		out["happy path B: "+b.Label] = b.caddyfile(shown)
+	}
+	return out
 }
 
 // oneLine summarizes a run for the progress log.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"time"
@@ -12,8 +13,25 @@ import (
 	"github.com/bifrost-proxy/bifrost/bench/loadgen"
 )
 
+// The values of -overhead-load: how the happy path drives its load.
+const (
+	// loadClosed is loadgen's closed loop, -clients clients.
+	loadClosed = "closed"
+	// loadWrk is wrk, -clients connections on two threads.
+	loadWrk = "wrk"
+)
+
 // overheadSettings describes the happy-path comparison.
 type overheadSettings struct {
+	// Variant is what A and B are (-overhead-variant, see
+	// overheadVariants).
+	Variant string `json:"variant"`
+	// A and B are the labels of the two sides, set when the comparison
+	// starts.
+	A string `json:"a,omitempty"`
+	B string `json:"b,omitempty"`
+	// Load is loadClosed or loadWrk (-overhead-load).
+	Load     string        `json:"load"`
 	Pairs    int           `json:"pairs"`
 	Duration time.Duration `json:"duration"`
 	Warmup   time.Duration `json:"warmup"`
@@ -22,8 +40,58 @@ type overheadSettings struct {
 	Policy string `json:"bifrost_policy,omitempty"`
 }
 
-// overheadRun is one closed-loop run against one proxy.
+// validate checks the variant and the load, and that wrk can run the
+// runs: wrk takes whole seconds and at least one connection per thread.
+func (s overheadSettings) validate() error {
+	if _, err := findOverheadVariant(s.Variant); err != nil {
+		return err
+	}
+	switch s.Load {
+	case loadClosed:
+		return nil
+	case loadWrk:
+	default:
+		return fmt.Errorf("unknown -overhead-load %q (want %s or %s)", s.Load, loadClosed, loadWrk)
+	}
+	for _, d := range []time.Duration{s.Duration, s.Warmup} {
+		if d%time.Second != 0 {
+			return fmt.Errorf("-overhead-load wrk runs whole seconds: -overhead-run %s, warm-up %s", s.Duration, s.Warmup)
+		}
+	}
+	if s.Clients < wrkThreads {
+		return fmt.Errorf("-overhead-load wrk needs -clients of at least %d (one connection per thread)", wrkThreads)
+	}
+	return nil
+}
+
+// overheadTools are the programs the happy path runs besides Caddy,
+// found on PATH before anything runs; "" for one it does not need.
+type overheadTools struct {
+	wrk, redis string
+}
+
+// findOverheadTools finds wrk for -overhead-load wrk and redis-server for
+// a variant with a fleet; a missing one is an error that says which flag
+// needs it.
+func findOverheadTools(s overheadSettings) (overheadTools, error) {
+	var t overheadTools
+	var err error
+	if s.Load == loadWrk {
+		if t.wrk, err = exec.LookPath("wrk"); err != nil {
+			return t, fmt.Errorf("-overhead-load wrk: wrk not found on PATH (install it, e.g. apt-get install wrk): %w", err)
+		}
+	}
+	if v, _ := findOverheadVariant(s.Variant); v.Fleet {
+		if t.redis, err = exec.LookPath("redis-server"); err != nil {
+			return t, fmt.Errorf("-overhead-variant %s: redis-server not found on PATH (install it, e.g. apt-get install redis-server): %w", s.Variant, err)
+		}
+	}
+	return t, nil
+}
+
+// overheadRun is one run of load against one proxy.
 type overheadRun struct {
+	// Throughput is the 2xx and 3xx responses per second.
 	Throughput float64 `json:"throughput"`
 	P50MS      float64 `json:"p50_ms"`
 	P99MS      float64 `json:"p99_ms"`
@@ -46,15 +114,15 @@ type overheadRun struct {
 	AllocObjectsPerRequest float64 `json:"alloc_objects_per_request,omitempty"`
 }
 
-// overheadPair is a run of plain reverse_proxy (A) and one of Bifrost (B),
-// back to back, and B's ratios to A.
+// overheadPair is a run of A and one of B, back to back, and B's ratios
+// to A.
 type overheadPair struct {
-	// BifrostFirst is set when B ran before A: pairs alternate the
-	// order, so that whatever one run leaves behind (garbage to collect,
-	// warm caches) weighs on both proxies alike.
-	BifrostFirst    bool        `json:"bifrost_first,omitempty"`
-	Plain           overheadRun `json:"plain"`
-	Bifrost         overheadRun `json:"bifrost"`
+	// BFirst is set when B ran before A: pairs alternate the order, so
+	// that whatever one run leaves behind (garbage to collect, warm
+	// caches) weighs on both proxies alike.
+	BFirst          bool        `json:"b_first,omitempty"`
+	A               overheadRun `json:"a"`
+	B               overheadRun `json:"b"`
 	ThroughputRatio float64     `json:"throughput_ratio"`
 	P99Ratio        float64     `json:"p99_ratio"`
 	CPURatio        float64     `json:"cpu_ratio,omitempty"`
@@ -62,6 +130,18 @@ type overheadPair struct {
 	// allocated per request over A's.
 	AllocBytesRatio   float64 `json:"alloc_bytes_ratio,omitempty"`
 	AllocObjectsRatio float64 `json:"alloc_objects_ratio,omitempty"`
+}
+
+// newOverheadPair computes B's ratios to A.
+func newOverheadPair(a, b overheadRun, bFirst bool) overheadPair {
+	return overheadPair{
+		BFirst: bFirst, A: a, B: b,
+		ThroughputRatio:   safeDiv(b.Throughput, a.Throughput),
+		P99Ratio:          safeDiv(b.P99MS, a.P99MS),
+		CPURatio:          safeDiv(b.CPUPerRequestUS, a.CPUPerRequestUS),
+		AllocBytesRatio:   safeDiv(b.AllocBytesPerRequest, a.AllocBytesPerRequest),
+		AllocObjectsRatio: safeDiv(b.AllocObjectsPerRequest, a.AllocObjectsPerRequest),
+	}
 }
 
 // OverheadResult is the happy-path comparison.
@@ -74,10 +154,9 @@ type OverheadResult struct {
 	// how far a single pair may stray from the median on this machine.
 	ThroughputQuartiles [2]float64 `json:"throughput_ratio_quartiles"`
 	P99Quartiles        [2]float64 `json:"p99_ratio_quartiles"`
-	// MedianCPURatio is the median of Bifrost's CPU time per request over
-	// plain's: the proxy's own cost, which the throughput ratio
-	// understates because the load generator and the backends share the
-	// CPUs.
+	// MedianCPURatio is the median of B's CPU time per request over A's:
+	// the proxy's own cost, which the throughput ratio understates
+	// because the load generator and the backends share the CPUs.
 	MedianCPURatio float64 `json:"median_cpu_ratio,omitempty"`
 	// MedianAllocBytesRatio and MedianAllocObjectsRatio are the medians
 	// of the pairs' allocation ratios (bytes and objects per request).
@@ -86,69 +165,110 @@ type OverheadResult struct {
 	Error                   string  `json:"error,omitempty"`
 }
 
-// runOverhead compares Bifrost (defaults) with plain reverse_proxy in
-// front of the same three healthy backends: both Caddy processes run side
-// by side and take turns, A B B A A B ..., so that drift in the machine's
+// runOverhead compares the two sides of the variant s.Variant (by
+// default Bifrost's defaults, B, against plain reverse_proxy, A) in front
+// of the same three healthy backends: both Caddy processes run side by
+// side and take turns, A B B A A B ..., so that drift in the machine's
 // load hits both alike, and neither always runs second.
-func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResult {
+func runOverhead(ctx context.Context, e *env, s overheadSettings, tools overheadTools) *OverheadResult {
 	out := &OverheadResult{Settings: s}
+	if err := out.compare(ctx, e, tools); err != nil {
+		out.Error = err.Error()
+	}
+	return out
+}
+
+// compare is runOverhead's work: it starts what the variant needs, runs
+// the pairs into o.Pairs and sums them up.
+func (o *OverheadResult) compare(ctx context.Context, e *env, tools overheadTools) error {
+	s := &o.Settings
+	v, err := findOverheadVariant(s.Variant)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(e.tmp, "overhead")
+	fleet := ""
+	if v.Fleet {
+		rd, err := startRedis(ctx, e.procs, tools.redis, filepath.Join(dir, "redis"))
+		if err != nil {
+			return err
+		}
+		defer rd.stop()
+		fleet = rd.url()
+	}
+	ca, cb := v.sides(s.Policy, fleet)
+	s.A, s.B = ca.Label, cb.Label
+	e.log("happy path, variant %s, %s load: A is %s, B is %s", s.Variant, s.Load, s.A, s.B)
+
 	backends, err := startBackends(backendCount, -1)
 	if err != nil {
-		out.Error = err.Error()
-		return out
+		return err
 	}
 	defer closeBackends(backends)
-	plain, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "plain"), plainContender, staticUpstreams(addrs(backends)...), false)
+	ups := staticUpstreams(addrs(backends)...)
+	a, err := e.startProxy(ctx, filepath.Join(dir, "a"), ca, ups, false)
 	if err != nil {
-		out.Error = err.Error()
-		return out
+		return err
 	}
-	defer plain.stop()
-	bif, err := e.startProxy(ctx, filepath.Join(e.tmp, "overhead", "bifrost"), overheadBifrost(s.Policy), staticUpstreams(addrs(backends)...), false)
+	defer a.stop()
+	b, err := e.startProxy(ctx, filepath.Join(dir, "b"), cb, ups, false)
 	if err != nil {
-		out.Error = err.Error()
-		return out
+		return err
 	}
-	defer bif.stop()
+	defer b.stop()
 
 	tr := loadgen.NewTransport()
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
-	for _, p := range []*caddyProc{plain, bif} {
-		if _, err := closedLoop(ctx, client, p, s.Clients, s.Warmup); err != nil {
-			out.Error = err.Error()
-			return out
+	load := closedLoop(&http.Client{Transport: tr}, s.Clients)
+	if s.Load == loadWrk {
+		load = wrkLoad(e.procs, tools.wrk, s.Clients)
+	}
+	if s.Warmup > 0 {
+		for _, p := range []*caddyProc{a, b} {
+			if _, err := load(ctx, p, s.Warmup); err != nil {
+				return err
+			}
 		}
 	}
 	for i := range s.Pairs {
-		first, second := plain, bif
-		if i%2 == 1 {
-			first, second = bif, plain
+		bFirst := i%2 == 1
+		first, second := a, b
+		if bFirst {
+			first, second = b, a
 		}
-		r1, err := closedLoop(ctx, client, first, s.Clients, s.Duration)
+		r1, err := measured(ctx, first, s.Duration, load)
 		if err != nil {
-			out.Error = err.Error()
-			return out
+			return err
 		}
-		r2, err := closedLoop(ctx, client, second, s.Clients, s.Duration)
+		r2, err := measured(ctx, second, s.Duration, load)
 		if err != nil {
-			out.Error = err.Error()
-			return out
+			return err
 		}
-		a, b := r1, r2
-		if i%2 == 1 {
-			a, b = r2, r1
+		if bFirst {
+			r1, r2 = r2, r1
 		}
-		pair := overheadPair{BifrostFirst: i%2 == 1, Plain: a, Bifrost: b, ThroughputRatio: safeDiv(b.Throughput, a.Throughput), P99Ratio: safeDiv(b.P99MS, a.P99MS), CPURatio: safeDiv(b.CPUPerRequestUS, a.CPUPerRequestUS),
-			AllocBytesRatio: safeDiv(b.AllocBytesPerRequest, a.AllocBytesPerRequest), AllocObjectsRatio: safeDiv(b.AllocObjectsPerRequest, a.AllocObjectsPerRequest)}
-		out.Pairs = append(out.Pairs, pair)
-		e.log("overhead pair %d/%d: plain %.0f req/s p99 %.2fms %.3fs CPU/10k req %.0f B %.1f allocs/req, bifrost %.0f req/s p99 %.2fms %.3fs CPU/10k req %.0f B %.1f allocs/req: ratio %.3f, p99 ratio %.3f, CPU ratio %.3f, allocs ratio %.3f",
-			i+1, s.Pairs, a.Throughput, a.P99MS, a.CPUSecondsPer10k, a.AllocBytesPerRequest, a.AllocObjectsPerRequest,
-			b.Throughput, b.P99MS, b.CPUSecondsPer10k, b.AllocBytesPerRequest, b.AllocObjectsPerRequest,
-			pair.ThroughputRatio, pair.P99Ratio, pair.CPURatio, pair.AllocObjectsRatio)
+		pair := newOverheadPair(r1, r2, bFirst)
+		o.Pairs = append(o.Pairs, pair)
+		e.log("overhead pair %d/%d: A %s, B %s: ratio %.3f, p99 ratio %.3f, CPU ratio %.3f, allocs ratio %.3f",
+			i+1, s.Pairs, pair.A, pair.B, pair.ThroughputRatio, pair.P99Ratio, pair.CPURatio, pair.AllocObjectsRatio)
 	}
+	o.summarize()
+	return nil
+}
+
+// String describes a run in a few figures, for the progress log.
+func (r overheadRun) String() string {
+	s := fmt.Sprintf("%.0f req/s p99 %.2fms %.3fs CPU/10k req %.0f B %.1f allocs/req", r.Throughput, r.P99MS, r.CPUSecondsPer10k, r.AllocBytesPerRequest, r.AllocObjectsPerRequest)
+	if r.Failures > 0 {
+		s += fmt.Sprintf(" (%d failures)", r.Failures)
+	}
+	return s
+}
+
+// summarize computes the medians and quartiles of the pairs' ratios.
+func (o *OverheadResult) summarize() {
 	var tps, p99s, cpus, bytes, objects []float64
-	for _, p := range out.Pairs {
+	for _, p := range o.Pairs {
 		tps = append(tps, p.ThroughputRatio)
 		p99s = append(p99s, p.P99Ratio)
 		if p.CPURatio > 0 {
@@ -159,17 +279,48 @@ func runOverhead(ctx context.Context, e *env, s overheadSettings) *OverheadResul
 			objects = append(objects, p.AllocObjectsRatio)
 		}
 	}
-	out.MedianThroughputRatio, out.MedianP99Ratio, out.MedianCPURatio = median(tps), median(p99s), median(cpus)
-	out.MedianAllocBytesRatio, out.MedianAllocObjectsRatio = median(bytes), median(objects)
-	out.ThroughputQuartiles, out.P99Quartiles = quartiles(tps), quartiles(p99s)
-	return out
+	o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio = median(tps), median(p99s), median(cpus)
+	o.MedianAllocBytesRatio, o.MedianAllocObjectsRatio = median(bytes), median(objects)
+	o.ThroughputQuartiles, o.P99Quartiles = quartiles(tps), quartiles(p99s)
 }
 
-// closedLoop runs clients for d against p and summarizes the run.
-func closedLoop(ctx context.Context, client *http.Client, p *caddyProc, clients int, d time.Duration) (overheadRun, error) {
+// loadFunc drives load against p for d and returns the client's side of
+// the run: throughput, latencies, requests and failures.
+type loadFunc func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error)
+
+// closedLoop is loadgen's closed loop: clients clients on client, each
+// sending its next request when the last one is answered.
+func closedLoop(client *http.Client, clients int) loadFunc {
+	return func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error) {
+		res, err := loadgen.Run(ctx, loadgen.Config{URL: p.proxyURL(), Clients: clients, Duration: d, Client: client, Timeout: 5 * time.Second, IDPrefix: "happy"})
+		if err != nil {
+			return overheadRun{}, err
+		}
+		s := loadgen.Summarize(res.Records, time.Time{}, time.Time{})
+		return overheadRun{
+			Throughput: float64(s.Requests-s.Failures) / res.End.Sub(res.Start).Seconds(),
+			P50MS:      ms(s.P50),
+			P99MS:      ms(s.P99),
+			Requests:   s.Requests,
+			Failures:   s.Failures,
+		}, nil
+	}
+}
+
+// wrkLoad is wrk (the binary bin) with clients connections.
+func wrkLoad(procs *procSet, bin string, clients int) loadFunc {
+	return func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error) {
+		r, err := runWrk(ctx, procs, bin, p.proxyURL(), clients, d)
+		return r.run(), err
+	}
+}
+
+// measured runs load against p for d, and adds p's CPU time and heap
+// allocations during the run, per request.
+func measured(ctx context.Context, p *caddyProc, d time.Duration, load loadFunc) (overheadRun, error) {
 	mem0, memErr := readAllocs(ctx, p)
 	cpu0, cpuErr := processCPU(p.cmd.Process.Pid)
-	res, err := loadgen.Run(ctx, loadgen.Config{URL: p.proxyURL(), Clients: clients, Duration: d, Client: client, Timeout: 5 * time.Second, IDPrefix: "happy"})
+	run, err := load(ctx, p, d)
 	if err != nil {
 		return overheadRun{}, err
 	}
@@ -184,21 +335,13 @@ func closedLoop(ctx context.Context, client *http.Client, p *caddyProc, clients 
 	if ctx.Err() != nil {
 		return overheadRun{}, ctx.Err()
 	}
-	s := loadgen.Summarize(res.Records, time.Time{}, time.Time{})
-	run := overheadRun{
-		Throughput: float64(s.Requests-s.Failures) / res.End.Sub(res.Start).Seconds(),
-		P50MS:      ms(s.P50),
-		P99MS:      ms(s.P99),
-		Requests:   s.Requests,
-		Failures:   s.Failures,
+	if cpuErr == nil && run.Requests > 0 {
+		run.CPUPerRequestUS = float64((cpu1 - cpu0).Microseconds()) / float64(run.Requests)
+		run.CPUSecondsPer10k = (cpu1 - cpu0).Seconds() * 10_000 / float64(run.Requests)
 	}
-	if cpuErr == nil && s.Requests > 0 {
-		run.CPUPerRequestUS = float64((cpu1 - cpu0).Microseconds()) / float64(s.Requests)
-		run.CPUSecondsPer10k = (cpu1 - cpu0).Seconds() * 10_000 / float64(s.Requests)
-	}
-	if memErr == nil && s.Requests > 0 {
-		run.AllocBytesPerRequest = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(s.Requests)
-		run.AllocObjectsPerRequest = float64(mem1.Mallocs-mem0.Mallocs) / float64(s.Requests)
+	if memErr == nil && run.Requests > 0 {
+		run.AllocBytesPerRequest = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(run.Requests)
+		run.AllocObjectsPerRequest = float64(mem1.Mallocs-mem0.Mallocs) / float64(run.Requests)
 	}
 	return run, nil
 }
@@ -240,13 +383,13 @@ func readAllocs(ctx context.Context, p *caddyProc) (allocCounts, error) {
 }
 
 // allocExcess returns the medians of the pairs' differences in objects
-// and bytes allocated per request, Bifrost's less plain's.
+// and bytes allocated per request, B's less A's.
 func (o *OverheadResult) allocExcess() (objects, bytes float64) {
 	var os, bs []float64
 	for _, p := range o.Pairs {
 		if p.AllocObjectsRatio > 0 {
-			os = append(os, p.Bifrost.AllocObjectsPerRequest-p.Plain.AllocObjectsPerRequest)
-			bs = append(bs, p.Bifrost.AllocBytesPerRequest-p.Plain.AllocBytesPerRequest)
+			os = append(os, p.B.AllocObjectsPerRequest-p.A.AllocObjectsPerRequest)
+			bs = append(bs, p.B.AllocBytesPerRequest-p.A.AllocBytesPerRequest)
 		}
 	}
 	return median(os), median(bs)
@@ -279,6 +422,7 @@ func quantile(xs []float64, q float64) float64 {
 	return s[i] + (s[i+1]-s[i])*(pos-float64(i))
 }
 
+// safeDiv returns a/b, or 0 when b is 0 (a run that measured nothing).
 func safeDiv(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -288,10 +432,11 @@ func safeDiv(a, b float64) float64 {
 
 // String describes the result in one line.
 func (o *OverheadResult) String() string {
+	head := fmt.Sprintf("overhead (variant %s, %s load; B %s over A %s)", o.Settings.Variant, o.Settings.Load, o.Settings.B, o.Settings.A)
 	if o.Error != "" {
-		return "overhead: " + o.Error
+		return head + ": " + o.Error
 	}
-	return fmt.Sprintf("overhead: median throughput ratio %.3f (middle half %.3f–%.3f), median p99 ratio %.3f (%.3f–%.3f), median CPU-per-request ratio %.3f, median allocation ratios per request %.3f (bytes) and %.3f (objects) over %d pairs",
-		o.MedianThroughputRatio, o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.MedianP99Ratio, o.P99Quartiles[0], o.P99Quartiles[1], o.MedianCPURatio,
+	return fmt.Sprintf("%s: median throughput ratio %.3f (middle half %.3f–%.3f), median p99 ratio %.3f (%.3f–%.3f), median CPU-per-request ratio %.3f, median allocation ratios per request %.3f (bytes) and %.3f (objects) over %d pairs",
+		head, o.MedianThroughputRatio, o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.MedianP99Ratio, o.P99Quartiles[0], o.P99Quartiles[1], o.MedianCPURatio,
 		o.MedianAllocBytesRatio, o.MedianAllocObjectsRatio, len(o.Pairs))
 }

@@ -74,28 +74,43 @@ func (r *Report) evaluate() {
 	r.Problems = append([]string{}, r.problems()...)
 }
 
+// targets returns the happy path's targets. Issue 27's targets compare
+// Bifrost's defaults with plain reverse_proxy: the defaults variant. Any
+// other variant gets one row of its figures, without a verdict.
+func (o *OverheadResult) targets() []target {
+	if o == nil || o.Error != "" || len(o.Pairs) == 0 {
+		return []target{{"Happy path throughput and p99 ratios", "not run", nil}}
+	}
+	enough := len(o.Pairs) >= 5
+	objects, bytes := o.allocExcess()
+	if o.Settings.Variant != overheadVariants[0].Name {
+		measured := fmt.Sprintf("throughput %.3f× (middle half %.3f–%.3f), p99 %.3f× (%.3f–%.3f), CPU per request %.3f×, %+.1f objects and %+.0f B per request; %d pairs",
+			o.MedianThroughputRatio, o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.MedianP99Ratio, o.P99Quartiles[0], o.P99Quartiles[1], o.MedianCPURatio, objects, bytes, len(o.Pairs))
+		return []target{{fmt.Sprintf("Happy path, variant %s: %s over %s (medians; issue 27's targets are for the defaults variant)", o.Settings.Variant, o.Settings.B, o.Settings.A), measured, nil}}
+	}
+	out := []target{
+		{"Happy path: Bifrost ≥ 0.97× plain reverse_proxy throughput (median of ≥ 5 pairs)",
+			fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianThroughputRatio, len(o.Pairs), o.ThroughputQuartiles[0], o.ThroughputQuartiles[1]), ptr(o.MedianThroughputRatio >= 0.97 && enough)},
+		{"Happy path: Bifrost p99 ≤ 1.05× plain reverse_proxy p99 (median of ≥ 5 pairs)",
+			fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianP99Ratio, len(o.Pairs), o.P99Quartiles[0], o.P99Quartiles[1]), ptr(o.MedianP99Ratio <= 1.05 && enough)},
+	}
+	if o.MedianCPURatio > 0 {
+		out = append(out, target{"Happy path: Bifrost CPU per request ≤ 1.04× plain reverse_proxy's (median of ≥ 5 pairs)",
+			fmt.Sprintf("%.3f×", o.MedianCPURatio), ptr(o.MedianCPURatio <= 1.04 && enough)})
+	}
+	if o.MedianAllocObjectsRatio > 0 {
+		out = append(out, target{"Happy path: Bifrost allocates ≤ plain reverse_proxy + 4 objects and + 2 KiB per request (median of the pairs' differences)",
+			fmt.Sprintf("%+.1f objects, %+.0f B", objects, bytes), ptr(objects <= 4 && bytes <= 2048 && enough)})
+	}
+	return out
+}
+
 // zeroGETScenarios are the faults after which no GET may fail.
 var zeroGETScenarios = []string{"down", "502", "reset", "429", "flaky30"}
 
 func (r *Report) targets() []target {
 	var out []target
-	if o := r.Overhead; o != nil && o.Error == "" && len(o.Pairs) > 0 {
-		out = append(out,
-			target{"Happy path: Bifrost ≥ 0.97× plain reverse_proxy throughput (median of ≥ 5 pairs)",
-				fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianThroughputRatio, len(o.Pairs), o.ThroughputQuartiles[0], o.ThroughputQuartiles[1]), ptr(o.MedianThroughputRatio >= 0.97 && len(o.Pairs) >= 5)},
-			target{"Happy path: Bifrost p99 ≤ 1.05× plain reverse_proxy p99 (median of ≥ 5 pairs)",
-				fmt.Sprintf("%.3f× (%d pairs; middle half %.3f–%.3f)", o.MedianP99Ratio, len(o.Pairs), o.P99Quartiles[0], o.P99Quartiles[1]), ptr(o.MedianP99Ratio <= 1.05 && len(o.Pairs) >= 5)})
-		if o.MedianCPURatio > 0 {
-			out = append(out, target{"Happy path: Bifrost CPU per request ≤ 1.04× plain reverse_proxy's (median of ≥ 5 pairs)",
-				fmt.Sprintf("%.3f×", o.MedianCPURatio), ptr(o.MedianCPURatio <= 1.04 && len(o.Pairs) >= 5)})
-		}
-		if objects, bytes := o.allocExcess(); o.MedianAllocObjectsRatio > 0 {
-			out = append(out, target{"Happy path: Bifrost allocates ≤ plain reverse_proxy + 4 objects and + 2 KiB per request (median of the pairs' differences)",
-				fmt.Sprintf("%+.1f objects, %+.0f B", objects, bytes), ptr(objects <= 4 && bytes <= 2048 && len(o.Pairs) >= 5)})
-		}
-	} else {
-		out = append(out, target{"Happy path throughput and p99 ratios", "not run", nil})
-	}
+	out = append(out, r.Overhead.targets()...)
 	out = append(out, target{"Bookkeeping ≤ 1 µs and 0 allocs per request", "not measured here: see the Go benchmarks in BENCHMARKS.md", nil})
 	for _, name := range zeroGETScenarios {
 		t := target{Target: fmt.Sprintf("Zero client-visible GET failures, one of three backends %s", name), Measured: "not run"}
@@ -457,27 +472,30 @@ func shareAfterLine(s ScenarioResult) string {
 	return strings.Join(parts, ", ")
 }
 
+// markdownOverhead writes the happy path's section: one row per pair, B
+// against A, and the medians.
 func markdownOverhead(b *strings.Builder, o *OverheadResult) {
-	what := "Bifrost (defaults)"
-	if o.Settings.Policy != "" {
-		what = "Bifrost (lb_policy " + o.Settings.Policy + ")"
-	}
-	fmt.Fprintf(b, "## Happy path: %s vs plain reverse_proxy\n\n", what)
+	s := o.Settings
+	fmt.Fprintf(b, "## Happy path (variant %s): %s vs %s\n\n", s.Variant, s.B, s.A)
 	if o.Error != "" {
 		fmt.Fprintf(b, "Run failed: %s\n\n", o.Error)
 		return
 	}
-	fmt.Fprintf(b, "Closed loop, %d clients, %s per run after a %s warm-up, 3 healthy backends; the runs of a pair are back to back, plain first in odd pairs and Bifrost first in even ones (plain, Bifrost, Bifrost, plain, ...).\n\n",
-		o.Settings.Clients, o.Settings.Duration, o.Settings.Warmup)
-	b.WriteString("| pair | first | plain req/s | Bifrost req/s | throughput ratio | plain p99 | Bifrost p99 | p99 ratio | plain CPU/10k | Bifrost CPU/10k | CPU ratio | plain allocs/req | Bifrost allocs/req | plain B/req | Bifrost B/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	load := fmt.Sprintf("Closed loop, %d clients", s.Clients)
+	if s.Load == loadWrk {
+		load = fmt.Sprintf("wrk, %d threads and %d connections", wrkThreads, s.Clients)
+	}
+	fmt.Fprintf(b, "A is %s, B is %s. %s, %s per run after a %s warm-up, 3 healthy backends; the runs of a pair are back to back, A first in odd pairs and B first in even ones (A, B, B, A, ...).\n\n",
+		s.A, s.B, load, s.Duration, s.Warmup)
+	b.WriteString("| pair | first | A req/s | B req/s | throughput ratio | A p99 | B p99 | p99 ratio | A CPU/10k | B CPU/10k | CPU ratio | A allocs/req | B allocs/req | A B/req | B B/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, p := range o.Pairs {
-		first := "plain"
-		if p.BifrostFirst {
-			first = "Bifrost"
+		first := "A"
+		if p.BFirst {
+			first = "B"
 		}
-		fmt.Fprintf(b, "| %d | %s | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.3fs | %.3fs | %.3f | %.1f | %.1f | %.0f | %.0f |\n", i+1, first, p.Plain.Throughput, p.Bifrost.Throughput, p.ThroughputRatio,
-			p.Plain.P99MS, p.Bifrost.P99MS, p.P99Ratio, p.Plain.CPUSecondsPer10k, p.Bifrost.CPUSecondsPer10k, p.CPURatio,
-			p.Plain.AllocObjectsPerRequest, p.Bifrost.AllocObjectsPerRequest, p.Plain.AllocBytesPerRequest, p.Bifrost.AllocBytesPerRequest)
+		fmt.Fprintf(b, "| %d | %s | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.3fs | %.3fs | %.3f | %.1f | %.1f | %.0f | %.0f |\n", i+1, first, p.A.Throughput, p.B.Throughput, p.ThroughputRatio,
+			p.A.P99MS, p.B.P99MS, p.P99Ratio, p.A.CPUSecondsPer10k, p.B.CPUSecondsPer10k, p.CPURatio,
+			p.A.AllocObjectsPerRequest, p.B.AllocObjectsPerRequest, p.A.AllocBytesPerRequest, p.B.AllocBytesPerRequest)
 	}
 	fmt.Fprintf(b, "| **median** | | | | **%.3f** | | | **%.3f** | | | **%.3f** | | **%.3f×** | | **%.3f×** |\n", o.MedianThroughputRatio, o.MedianP99Ratio, o.MedianCPURatio, o.MedianAllocObjectsRatio, o.MedianAllocBytesRatio)
 	fmt.Fprintf(b, "| middle half | | | | %.3f–%.3f | | | %.3f–%.3f | | | | | | | |\n\n", o.ThroughputQuartiles[0], o.ThroughputQuartiles[1], o.P99Quartiles[0], o.P99Quartiles[1])

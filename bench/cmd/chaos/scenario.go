@@ -368,7 +368,7 @@ func (e *env) startProxy(ctx context.Context, dir string, c contender, ups upstr
 	if err != nil {
 		return nil, err
 	}
-	cf := caddyConfig{Port: port, Admin: admin, Dir: dir, Site: c.site(ups)}
+	cf := caddyConfig{Port: port, Admin: admin, Dir: dir, Global: c.Global, Site: c.site(ups)}
 	if debug {
 		cf.DebugLog = filepath.Join(dir, "tries.log")
 		cf.DebugAll = len(ups.Dynamic) > 0
