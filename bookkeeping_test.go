@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"runtime/metrics"
 	"strings"
 	"testing"
@@ -186,5 +187,74 @@ func BenchmarkProxy(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestGETCostsAtMostFourAllocationsMore holds the happy path's cost per
+// request (issue 27): a GET through bifrost with its defaults allocates at
+// most 4 objects and 2 KiB more than the same GET through plain
+// reverse_proxy, in the same process against the same three backends. The
+// two are measured in turns, three times each, and each keeps its least;
+// what the client and the server allocate is the same on both sides.
+// Allocation counts do not depend on the machine's speed, so this is no
+// timed test; under the race detector they do differ, and .ci/run runs it
+// without.
+func TestGETCostsAtMostFourAllocationsMore(t *testing.T) {
+	if raceDetector {
+		t.Skip("allocation counts differ under the race detector (sync.Pool drops items at random); .ci/run runs this test without -race")
+	}
+	backs := []*backend{newBackend(t), newBackend(t), newBackend(t)}
+	addrs := make([]string, len(backs))
+	for i, bk := range backs {
+		addrs[i] = bk.addr
+	}
+	const requests = 1000
+	perGET := func(handler string) (objects, bytes float64) {
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\tauto_https off\n}\n:9080 {\n\t%s %s\n}\n", testAdmin, handler, strings.Join(addrs, " "))
+		js, err := adapt(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := caddy.Load(js, true); err != nil {
+			t.Fatal(err)
+		}
+		get := func() {
+			resp, err := client.Get(testSite + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: status %d", handler, resp.StatusCode)
+			}
+		}
+		for range 200 { // connections, pools and the selection warmed up
+			get()
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range requests {
+			get()
+		}
+		runtime.ReadMemStats(&after)
+		return float64(after.Mallocs-before.Mallocs) / requests, float64(after.TotalAlloc-before.TotalAlloc) / requests
+	}
+	least := map[string][2]float64{}
+	for range 3 {
+		for _, handler := range []string{"reverse_proxy", "bifrost"} {
+			o, b := perGET(handler)
+			if l, ok := least[handler]; !ok || o < l[0] {
+				least[handler] = [2]float64{o, b}
+			}
+		}
+	}
+	rp, bf := least["reverse_proxy"], least["bifrost"]
+	t.Logf("per GET: reverse_proxy %.1f objects, %.0f B; bifrost %.1f objects, %.0f B", rp[0], rp[1], bf[0], bf[1])
+	if extra := bf[0] - rp[0]; extra > 4.5 {
+		t.Errorf("a GET through bifrost allocates %.1f objects more than through reverse_proxy, want at most 4", extra)
+	}
+	if extra := bf[1] - rp[1]; extra > 2048 {
+		t.Errorf("a GET through bifrost allocates %.0f bytes more than through reverse_proxy, want at most 2048", extra)
 	}
 }

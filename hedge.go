@@ -71,6 +71,14 @@ func (rc *race) add(tw *tryWriter, cancel context.CancelFunc) {
 	}
 }
 
+// remove forgets tw's cancel function once its try has ended: after it
+// returns, the race never calls it.
+func (rc *race) remove(tw *tryWriter) {
+	rc.mu.Lock()
+	delete(rc.cancels, tw)
+	rc.mu.Unlock()
+}
+
 // claim makes tw the winner if there is none yet, and cancels the other
 // tries. It reports whether tw is the winner.
 func (rc *race) claim(tw *tryWriter) bool {

@@ -70,23 +70,25 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	// worker found hanging (see waitingTries)
 	movable := rc == nil && canRetry && len(rs.set.workers) > 1 && slices.Contains(h.methods, r.Method)
 	if rc != nil || h.perTry > 0 || movable {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
+		// each of these stops cancelling before the try releases tc
+		tc := newTryContext(ctx)
+		defer tc.release()
+		ctx = tc
 		if rc != nil {
-			rc.add(tw, cancel)
+			rc.add(tw, tc.Cancel)
+			defer rc.remove(tw)
 		}
 		if movable {
-			wk.waiting.add(tw, start, rs.body, cancel)
+			wk.waiting.add(tw, start, rs.body, tc.Cancel)
 			defer wk.waiting.remove(tw)
 		}
 		if h.perTry > 0 {
 			t := time.AfterFunc(h.perTry, func() {
 				if tw.timeOut() {
-					cancel()
+					tc.Cancel()
 				}
 			})
-			defer t.Stop()
+			defer tc.stopTimer(t)
 		}
 	}
 
