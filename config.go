@@ -927,7 +927,7 @@ func (h *Handler) useResolved(r *resolved) {
 	h.maxHeld = rs.maxHeld
 	h.perTry = rs.perTry
 	h.hedge = rs.hedge
-	h.reuseState = h.hedge == nil && h.perTry == 0
+	h.reuseState = h.perTry == 0
 	h.classifier = r.classifier
 	h.hangAfter = r.isolation.hangAfter
 	h.hangCount = r.isolation.hangCount

@@ -258,3 +258,39 @@ func TestDirectChoiceIsThePolicys(t *testing.T) {
 	}
 	h.directP2C = true
 }
+
+// A first try that answers after its hedge was sent still wins the race:
+// the hedge (here to a hung worker) is cancelled, and the answer is the
+// first try's. With two workers in round robin, half the requests try the
+// slow worker first (the hedge goes to the hung one, and loses), the other
+// half the hung one first (the slow worker's hedge wins).
+func TestFirstTryWinsAfterItsHedgeWasSent(t *testing.T) {
+	slow, hung := newBackend(t), newBackend(t)
+	slow.set(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(150 * time.Millisecond)
+		_, _ = io.WriteString(w, "slow")
+	})
+	var cancelled atomic.Int64
+	hung.set(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		cancelled.Add(1)
+	})
+	loadCaddyfile(t, siteConfig([]string{slow.addr, hung.addr}, `
+		name firstwins
+		lb_policy round_robin
+		retry {
+			hedge 30ms
+		}`))
+	for i := range 6 {
+		code, body := get(t, "/")
+		if code != http.StatusOK || body != "slow" {
+			t.Fatalf("request %d: %d %q, want the slow worker's answer", i, code, body)
+		}
+	}
+	if slow.hits.Load() != 6 || hung.hits.Load() != 6 {
+		t.Fatalf("hits: slow %d, hung %d; want every request on both (a first try and a hedge each)", slow.hits.Load(), hung.hits.Load())
+	}
+	eventually(t, 2*time.Second, "every try on the hung worker to be cancelled", func() bool {
+		return cancelled.Load() == 6
+	})
+}

@@ -164,7 +164,8 @@ type Handler struct {
 	perTry       time.Duration
 	hedge        *HedgeConfig // with defaults applied; nil when off
 	// reuseState is set when no part of a request outlives its handler
-	// (no racing tries, no per-try timer), so its state can be reused.
+	// (no per-try timer; a hedged race ends before its handler does), so
+	// its state can be reused.
 	reuseState bool
 	p2c        *selection.P2C // the selection policy, when it learns latencies
 	// directP2C allows the default policy's choice to be made over the

@@ -243,7 +243,13 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 		rs.publish()
 		canRetry := !panicMode && rs.tries < h.policy.Attempts && rs.body.replayable()
 		if h.hedgeDelay(rs, panicMode) > 0 {
-			return h.runRace(w, r, rs, tw, wk, next)
+			res, refused := h.runRace(w, r, rs, tw, wk, start, next)
+			if refused {
+				tw.unwind()
+				rs.refused(wk)
+				continue
+			}
+			return res, true
 		}
 		if !wk.enter() {
 			// a dynamic worker that retired since this request took
@@ -299,15 +305,22 @@ func (h *Handler) nextTry(w http.ResponseWriter, r *http.Request, rs *requestSta
 
 // newTry returns the writer of the request's next try: one with headers of
 // its own when tries may race, else one that writes the client writer's
-// headers; the request's first such writer is kept in its state.
+// headers; the request's first writer is kept in its state.
 func (h *Handler) newTry(w http.ResponseWriter, rs *requestState) *tryWriter {
 	switch {
-	case h.hedge != nil:
-		return newTryWriter(w, w.Header(), h.maxHeld)
 	case !rs.firstTryUsed:
 		rs.firstTryUsed = true
-		rs.firstTry.initDirect(w, h.maxHeld)
+		if h.hedge != nil {
+			if rs.firstHeader == nil {
+				rs.firstHeader = make(http.Header)
+			}
+			rs.firstTry.initOwn(w, rs.firstHeader, h.maxHeld)
+		} else {
+			rs.firstTry.initDirect(w, h.maxHeld)
+		}
 		return &rs.firstTry
+	case h.hedge != nil:
+		return newTryWriter(w, w.Header(), h.maxHeld)
 	}
 	return newDirectTryWriter(w, h.maxHeld)
 }
@@ -343,6 +356,13 @@ type requestState struct {
 	// tryReq is the copy of the request that a try runs alone with (see
 	// try), kept here to save an allocation per try.
 	tryReq http.Request
+	// race is the request's hedged race, when hedging is on (see race),
+	// firstHeader its first try's own headers and vars the request's
+	// variables as they were before the race's first try; the three are
+	// kept, with their allocations, from one request to the next.
+	race        race
+	firstHeader http.Header
+	vars        map[string]any
 
 	// shown is what the placeholders show of the request.
 	shown shownState
@@ -418,7 +438,11 @@ func (h *Handler) releaseRequestState(rs *requestState) {
 	if !h.reuseState {
 		return
 	}
+	timer, header, vars := rs.race.timer, rs.firstHeader, rs.vars
 	*rs = requestState{}
+	clear(header)
+	clear(vars)
+	rs.race.timer, rs.firstHeader, rs.vars = timer, header, vars
 	requestStates.Put(rs)
 }
 

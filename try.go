@@ -98,8 +98,9 @@ func (h *Handler) try(ctx context.Context, start time.Time, wk *worker, tw *tryW
 	rr := r
 	switch {
 	case ctx == r.Context() && !rs.body.changes(r):
-	case rc == nil:
-		// a try at a time: its copy is kept in the request's state,
+	case rc == nil || tw == &rs.firstTry:
+		// a try at a time, or a race's first try, the only one on the
+		// request's goroutine: its copy is kept in the request's state,
 		// and nothing holds on to it once the try returns
 		rs.tryReq = *r.WithContext(ctx)
 		rr = &rs.tryReq
@@ -513,6 +514,20 @@ func newTryWriter(w http.ResponseWriter, base http.Header, limit int64) *tryWrit
 		header:                base.Clone(),
 		limit:                 limit,
 	}
+}
+
+// initOwn sets up a zero tryWriter as newTryWriter does, with header (empty)
+// as its own headers: the first try of a race keeps them in its request's
+// state. The values are w's slices, capped so that an append never writes
+// into them: a try only adds fields or appends values (as initDirect
+// assumes too).
+func (tw *tryWriter) initOwn(w http.ResponseWriter, header http.Header, limit int64) {
+	tw.ResponseWriterWrapper.ResponseWriter = w
+	for name, values := range w.Header() {
+		header[name] = values[:len(values):len(values)]
+	}
+	tw.header = header
+	tw.limit = limit
 }
 
 // newDirectTryWriter returns a writer for one try to the client writer w
