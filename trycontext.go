@@ -99,12 +99,18 @@ func (t *tryContext) Done() <-chan struct{} { return t.inner.Done() }
 // Err is nil until Done is closed, then context.Canceled.
 func (t *tryContext) Err() error { return t.inner.Err() }
 
-// Value is the request's value for key; inner descends from Background,
-// so it answers only the context package's own key (which finds the
-// cancelable context to register with).
+// Value is the request's value for key, except for the context package's
+// own key, which finds the cancelable context to register with: inner's.
+// That key is a *int; the request's values (Caddy's, net/http's) are
+// looked up many times per request under keys of other types, and go
+// straight to the request's context. (Were the package's key to change
+// type, contexts derived from a try would start a goroutine each, which
+// TestTryContextCancelEndsWhatDerivesFromIt catches.)
 func (t *tryContext) Value(key any) any {
-	if v := t.inner.Value(key); v != nil {
-		return v
+	if _, ok := key.(*int); ok {
+		if v := t.inner.Value(key); v != nil {
+			return v
+		}
 	}
 	return t.parent.Value(key)
 }
