@@ -3,16 +3,20 @@ package main
 import (
 	"context"
 	"expvar"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -685,7 +689,7 @@ func TestParseFlagsOverhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.overhead.Variant != "defaults" || o.overhead.Load != loadClosed || o.onlyOverhead {
+	if o.overhead.Variant != "defaults" || o.overhead.Load != loadClosed || o.overhead.Schedule != scheduleAlternate || o.onlyOverhead {
 		t.Errorf("default happy path %+v, only %v", o.overhead, o.onlyOverhead)
 	}
 	for _, v := range overheadVariants {
@@ -694,6 +698,10 @@ func TestParseFlagsOverhead(t *testing.T) {
 		if err != nil || o.overhead.Variant != v.Name || o.overhead.Load != loadWrk || !o.onlyOverhead {
 			t.Errorf("%v: %+v %v", args, o.overhead, err)
 		}
+	}
+	o, _, err = parseFlags([]string{"-overhead-schedule", "together", "-overhead-load", "wrk", "-clients", "1"})
+	if err != nil || o.overhead.Schedule != scheduleTogether || o.overhead.wrkThreads() != 1 {
+		t.Errorf("together with wrk on 1 connection (one wrk thread each): %+v %v", o.overhead, err)
 	}
 	for _, tc := range []struct {
 		args []string
@@ -704,6 +712,8 @@ func TestParseFlagsOverhead(t *testing.T) {
 		{[]string{"-overhead-load", "open"}, `-overhead-load "open" (want closed or wrk)`},
 		{[]string{"-overhead-load", "wrk", "-overhead-run", "1500ms"}, "whole seconds"},
 		{[]string{"-overhead-load", "wrk", "-clients", "1"}, "-clients"},
+		{[]string{"-overhead-schedule", "both"}, `-overhead-schedule "both" (want alternate or together)`},
+		{[]string{"-overhead-schedule", ""}, "-overhead-schedule"},
 		{[]string{"-only-overhead", "-no-overhead"}, "-only-overhead"},
 		{[]string{"-only-overhead", "-smoke"}, "-only-overhead"},
 	} {
@@ -865,7 +875,7 @@ func TestOverheadReportNamesTheSides(t *testing.T) {
 	run := func(tp, p99 float64) overheadRun {
 		return overheadRun{Throughput: tp, P99MS: p99, Requests: 1000, CPUPerRequestUS: 50, CPUSecondsPer10k: 0.5, AllocObjectsPerRequest: 200, AllocBytesPerRequest: 9000}
 	}
-	o := &OverheadResult{Settings: overheadSettings{Variant: "fleet", Load: loadWrk, A: "Bifrost (no fleet)", B: "Bifrost (fleet)", Clients: 16, Duration: time.Second}}
+	o := &OverheadResult{Settings: overheadSettings{Variant: "fleet", Load: loadWrk, Schedule: scheduleAlternate, A: "Bifrost (no fleet)", B: "Bifrost (fleet)", Clients: 16, Duration: time.Second}}
 	for i := range 5 {
 		o.Pairs = append(o.Pairs, newOverheadPair(run(1000, 2), run(990, 2.1), i%2 == 1))
 	}
@@ -884,12 +894,155 @@ func TestOverheadReportNamesTheSides(t *testing.T) {
 			t.Errorf("markdown lacks %q:\n%s", want, b.String())
 		}
 	}
-	if s := o.String(); !strings.Contains(s, "variant fleet, wrk load; B Bifrost (fleet) over A Bifrost (no fleet)") {
+	if s := o.String(); !strings.Contains(s, "variant fleet, wrk load, alternate schedule; B Bifrost (fleet) over A Bifrost (no fleet)") {
 		t.Errorf("summary %q", s)
 	}
 	// the defaults variant keeps issue 27's targets, with verdicts
 	o.Settings.Variant = "defaults"
 	if ts := o.targets(); len(ts) != 4 || ts[0].Met == nil {
 		t.Errorf("defaults targets %+v", ts)
+	}
+}
+
+// Alternate pairs are two rounds of one proxy each, A first in even pairs
+// (counted from 0) and B first in odd ones; together pairs are one round
+// of both.
+func TestOverheadRounds(t *testing.T) {
+	alt := overheadSettings{Schedule: scheduleAlternate}
+	tog := overheadSettings{Schedule: scheduleTogether}
+	for _, tc := range []struct {
+		s      overheadSettings
+		i      int
+		want   [][]int
+		bFirst bool
+	}{
+		{alt, 0, [][]int{{0}, {1}}, false},
+		{alt, 1, [][]int{{1}, {0}}, true},
+		{alt, 2, [][]int{{0}, {1}}, false},
+		{tog, 0, [][]int{{0, 1}}, false},
+		{tog, 1, [][]int{{0, 1}}, false},
+	} {
+		if got := tc.s.rounds(tc.i); !slices.EqualFunc(got, tc.want, slices.Equal) || tc.s.bFirst(tc.i) != tc.bFirst {
+			t.Errorf("%s pair %d: rounds %v, B first %v; want %v, %v", tc.s.Schedule, tc.i, got, tc.s.bFirst(tc.i), tc.want, tc.bFirst)
+		}
+	}
+	if alt.wrkThreads() != 2 || tog.wrkThreads() != 1 {
+		t.Errorf("wrk threads: alternate %d, together %d", alt.wrkThreads(), tog.wrkThreads())
+	}
+}
+
+// The report says how the pairs were run: a together pair has no first
+// run, and each proxy had its own load generator.
+func TestOverheadReportNamesTheSchedule(t *testing.T) {
+	run := overheadRun{Throughput: 1000, P99MS: 2, Requests: 1000, CPUPerRequestUS: 50}
+	for _, tc := range []struct {
+		s    overheadSettings
+		want []string
+	}{
+		{overheadSettings{Schedule: scheduleTogether, Load: loadClosed, Clients: 32},
+			[]string{"One closed loop of 32 clients per proxy", "A and B loaded at the same time", "| 1 | both |"}},
+		{overheadSettings{Schedule: scheduleTogether, Load: loadWrk, Clients: 32},
+			[]string{"One wrk per proxy, 1 thread and 32 connections each", "A and B loaded at the same time"}},
+		{overheadSettings{Schedule: scheduleAlternate, Load: loadClosed, Clients: 32},
+			[]string{"Closed loop, 32 clients", "back to back", "| 2 | B |"}},
+	} {
+		o := &OverheadResult{Settings: tc.s}
+		for i := range 2 {
+			o.Pairs = append(o.Pairs, newOverheadPair(run, run, tc.s.bFirst(i)))
+		}
+		var b strings.Builder
+		markdownOverhead(&b, o)
+		for _, want := range tc.want {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("%s %s: markdown lacks %q:\n%s", tc.s.Schedule, tc.s.Load, want, b.String())
+			}
+		}
+		if s := o.String(); !strings.Contains(s, tc.s.Schedule+" schedule") {
+			t.Errorf("summary %q lacks the schedule", s)
+		}
+	}
+}
+
+// measured loads its proxies at the same time and reads each process's
+// CPU time and allocations around the common window, per request of its
+// own run; a load's error is the round's.
+func TestMeasuredLoadsTogether(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// both sides are this process, told apart by their proxy port
+	self, err := os.FindProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &caddyProc{cmd: &exec.Cmd{Process: self}, admin: admin, port: 1}
+	b := &caddyProc{cmd: &exec.Cmd{Process: self}, admin: admin, port: 2}
+
+	var started sync.WaitGroup
+	started.Add(2)
+	var keep [][]byte
+	var mu sync.Mutex
+	load := func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error) {
+		started.Done()
+		started.Wait() // returns only once both loads run
+		mu.Lock()
+		for range 1000 {
+			keep = append(keep, make([]byte, 64))
+		}
+		mu.Unlock()
+		// some CPU time, so that the window has a tick of it
+		cpu0, _ := processCPU(os.Getpid())
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+			if c, err := processCPU(os.Getpid()); err != nil || c-cpu0 >= 20*time.Millisecond {
+				break
+			}
+		}
+		return overheadRun{Requests: 1000 * p.port, Throughput: float64(p.port)}, nil
+	}
+	done := make(chan struct{})
+	var runs []overheadRun
+	go func() {
+		defer close(done)
+		runs, err = measured(context.Background(), []*caddyProc{a, b}, time.Second, load)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the two loads did not run at the same time")
+	}
+	if err != nil || len(runs) != 2 {
+		t.Fatalf("runs %+v, error %v", runs, err)
+	}
+	for i, r := range runs {
+		if r.Requests != 1000*(i+1) || r.AllocObjectsPerRequest <= 0 || r.AllocBytesPerRequest <= 0 {
+			t.Errorf("run %d: %+v", i, r)
+		}
+		if runtime.GOOS == "linux" && r.CPUPerRequestUS <= 0 {
+			t.Errorf("run %d: no CPU time: %+v", i, r)
+		}
+	}
+	// the same process over (nearly) the same window, and B's run twice
+	// the requests: B's CPU per request is about half A's
+	if runtime.GOOS == "linux" && runs[1].CPUPerRequestUS >= runs[0].CPUPerRequestUS {
+		t.Errorf("CPU per request: A %.1f µs, B %.1f µs on twice the requests", runs[0].CPUPerRequestUS, runs[1].CPUPerRequestUS)
+	}
+
+	failing := func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error) {
+		if p == b {
+			return overheadRun{}, fmt.Errorf("wrk on B failed")
+		}
+		return overheadRun{Requests: 1}, nil
+	}
+	if _, err := measured(context.Background(), []*caddyProc{a, b}, time.Second, failing); err == nil || !strings.Contains(err.Error(), "wrk on B failed") {
+		t.Errorf("a failing load: error %v", err)
 	}
 }

@@ -154,7 +154,8 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.StringVar(&o.overhead.Variant, "overhead-variant", overheadVariants[0].Name, "happy path: what A and B are: "+
 		"defaults (A reverse_proxy, B Bifrost's defaults), hedge (B with retry { hedge auto }), "+
 		"health (both with active health checks on /health every 1s), fleet (A Bifrost's defaults, B the same in a fleet, on a redis-server from PATH that the suite starts)")
-	fs.StringVar(&o.overhead.Load, "overhead-load", loadClosed, "happy path: load generator: closed (loadgen's closed loop of -clients clients) or wrk (wrk -t2 -c<clients> -d<run> --latency, from PATH; whole-second runs)")
+	fs.StringVar(&o.overhead.Load, "overhead-load", loadClosed, "happy path: load generator: closed (loadgen's closed loop of -clients clients) or wrk (wrk -t2 -c<clients> -d<run> --latency, from PATH, -t1 with -overhead-schedule together; whole-second runs)")
+	fs.StringVar(&o.overhead.Schedule, "overhead-schedule", scheduleAlternate, "happy path: alternate (A and B back to back, A B, B A, ...) or together (each pair one round in which A and B are loaded at the same time, each by its own load generator of -clients clients)")
 	fs.BoolVar(&o.noOverhead, "no-overhead", false, "skip the happy-path comparison")
 	fs.BoolVar(&o.onlyOverhead, "only-overhead", false, "run the happy-path comparison alone, no scenario (-scenarios and -contenders are ignored)")
 	fs.StringVar(&o.out, "out", "", "results `path` without extension, relative to the repository (default bench/results/latest; -quick bench/results/quick; -smoke bench/results/smoke)")
@@ -314,7 +315,7 @@ func suite(ctx context.Context, procs *procSet, o options, p preset) (*Report, e
 		report.Scenarios = append(report.Scenarios, sr)
 	}
 	if !o.noOverhead && ctx.Err() == nil {
-		logf("happy path: %d pairs of %s runs", o.overhead.Pairs, o.overhead.Duration)
+		logf("happy path: %d pairs of %s runs, %s", o.overhead.Pairs, o.overhead.Duration, o.overhead.scheduleText())
 		report.Overhead = runOverhead(ctx, e, o.overhead, tools)
 		logf("%s", report.Overhead)
 	}

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/bench/loadgen"
@@ -21,6 +24,17 @@ const (
 	loadWrk = "wrk"
 )
 
+// The values of -overhead-schedule: how a pair's runs of A and B are laid
+// out in time.
+const (
+	// scheduleAlternate runs A and B back to back, alternating which goes
+	// first: A B, B A, A B, ...
+	scheduleAlternate = "alternate"
+	// scheduleTogether loads A and B at the same time, each by its own
+	// load generator, so that both see the same machine.
+	scheduleTogether = "together"
+)
+
 // overheadSettings describes the happy-path comparison.
 type overheadSettings struct {
 	// Variant is what A and B are (-overhead-variant, see
@@ -31,7 +45,10 @@ type overheadSettings struct {
 	A string `json:"a,omitempty"`
 	B string `json:"b,omitempty"`
 	// Load is loadClosed or loadWrk (-overhead-load).
-	Load     string        `json:"load"`
+	Load string `json:"load"`
+	// Schedule is scheduleAlternate or scheduleTogether
+	// (-overhead-schedule).
+	Schedule string        `json:"schedule"`
 	Pairs    int           `json:"pairs"`
 	Duration time.Duration `json:"duration"`
 	Warmup   time.Duration `json:"warmup"`
@@ -40,11 +57,17 @@ type overheadSettings struct {
 	Policy string `json:"bifrost_policy,omitempty"`
 }
 
-// validate checks the variant and the load, and that wrk can run the
-// runs: wrk takes whole seconds and at least one connection per thread.
+// validate checks the variant, the schedule and the load, and that wrk
+// can run the runs: wrk takes whole seconds and at least one connection
+// per thread.
 func (s overheadSettings) validate() error {
 	if _, err := findOverheadVariant(s.Variant); err != nil {
 		return err
+	}
+	switch s.Schedule {
+	case scheduleAlternate, scheduleTogether:
+	default:
+		return fmt.Errorf("unknown -overhead-schedule %q (want %s or %s)", s.Schedule, scheduleAlternate, scheduleTogether)
 	}
 	switch s.Load {
 	case loadClosed:
@@ -58,10 +81,44 @@ func (s overheadSettings) validate() error {
 			return fmt.Errorf("-overhead-load wrk runs whole seconds: -overhead-run %s, warm-up %s", s.Duration, s.Warmup)
 		}
 	}
-	if s.Clients < wrkThreads {
-		return fmt.Errorf("-overhead-load wrk needs -clients of at least %d (one connection per thread)", wrkThreads)
+	if s.Clients < s.wrkThreads() {
+		return fmt.Errorf("-overhead-load wrk needs -clients of at least %d (one connection per thread)", s.wrkThreads())
 	}
 	return nil
+}
+
+// together reports whether A and B are loaded at the same time.
+func (s overheadSettings) together() bool { return s.Schedule == scheduleTogether }
+
+// wrkThreads is each wrk's -t: one thread per core of the two-core
+// machines the suite is run on when one proxy is loaded at a time, one
+// each when two wrk share them.
+func (s overheadSettings) wrkThreads() int {
+	if s.together() {
+		return 1
+	}
+	return 2
+}
+
+// rounds returns the rounds of pair i, one after the other: the sides
+// (0 for A, 1 for B) each round loads, all at the same time. Alternate
+// pairs are two rounds of one side, A first in even pairs (counted from
+// 0) and B first in odd ones; together pairs are one round of both.
+func (s overheadSettings) rounds(i int) [][]int {
+	switch {
+	case s.together():
+		return [][]int{{0, 1}}
+	case i%2 == 1:
+		return [][]int{{1}, {0}}
+	default:
+		return [][]int{{0}, {1}}
+	}
+}
+
+// bFirst reports whether B runs before A in pair i, alone.
+func (s overheadSettings) bFirst(i int) bool {
+	first := s.rounds(i)[0]
+	return len(first) == 1 && first[0] == 1
 }
 
 // overheadTools are the programs the happy path runs besides Caddy,
@@ -114,12 +171,12 @@ type overheadRun struct {
 	AllocObjectsPerRequest float64 `json:"alloc_objects_per_request,omitempty"`
 }
 
-// overheadPair is a run of A and one of B, back to back, and B's ratios
-// to A.
+// overheadPair is a run of A and one of B, back to back or at the same
+// time (see overheadSettings.Schedule), and B's ratios to A.
 type overheadPair struct {
-	// BFirst is set when B ran before A: pairs alternate the order, so
-	// that whatever one run leaves behind (garbage to collect, warm
-	// caches) weighs on both proxies alike.
+	// BFirst is set when B ran before A: back to back, pairs alternate
+	// the order, so that whatever one run leaves behind (garbage to
+	// collect, warm caches) weighs on both proxies alike.
 	BFirst          bool        `json:"b_first,omitempty"`
 	A               overheadRun `json:"a"`
 	B               overheadRun `json:"b"`
@@ -168,8 +225,10 @@ type OverheadResult struct {
 // runOverhead compares the two sides of the variant s.Variant (by
 // default Bifrost's defaults, B, against plain reverse_proxy, A) in front
 // of the same three healthy backends: both Caddy processes run side by
-// side and take turns, A B B A A B ..., so that drift in the machine's
-// load hits both alike, and neither always runs second.
+// side and either take turns, A B B A A B ..., so that drift in the
+// machine's load hits both alike, and neither always runs second, or
+// (s.Schedule together) are loaded at the same time, so that both see the
+// same machine.
 func runOverhead(ctx context.Context, e *env, s overheadSettings, tools overheadTools) *OverheadResult {
 	out := &OverheadResult{Settings: s}
 	if err := out.compare(ctx, e, tools); err != nil {
@@ -198,7 +257,7 @@ func (o *OverheadResult) compare(ctx context.Context, e *env, tools overheadTool
 	}
 	ca, cb := v.sides(s.Policy, fleet)
 	s.A, s.B = ca.Label, cb.Label
-	e.log("happy path, variant %s, %s load: A is %s, B is %s", s.Variant, s.Load, s.A, s.B)
+	e.log("happy path, variant %s, %s load, %s: A is %s, B is %s", s.Variant, s.Load, s.scheduleText(), s.A, s.B)
 
 	backends, err := startBackends(backendCount, -1)
 	if err != nil {
@@ -221,39 +280,56 @@ func (o *OverheadResult) compare(ctx context.Context, e *env, tools overheadTool
 	defer tr.CloseIdleConnections()
 	load := closedLoop(&http.Client{Transport: tr}, s.Clients)
 	if s.Load == loadWrk {
-		load = wrkLoad(e.procs, tools.wrk, s.Clients)
+		load = wrkLoad(e.procs, tools.wrk, s.wrkThreads(), s.Clients)
 	}
+	sides := [2]*caddyProc{a, b}
 	if s.Warmup > 0 {
-		for _, p := range []*caddyProc{a, b} {
-			if _, err := load(ctx, p, s.Warmup); err != nil {
-				return err
-			}
+		// the warm-up loads the proxies the way the pairs do
+		if _, err := s.runPair(ctx, 0, sides, s.Warmup, load); err != nil {
+			return err
 		}
 	}
 	for i := range s.Pairs {
-		bFirst := i%2 == 1
-		first, second := a, b
-		if bFirst {
-			first, second = b, a
-		}
-		r1, err := measured(ctx, first, s.Duration, load)
+		runs, err := s.runPair(ctx, i, sides, s.Duration, load)
 		if err != nil {
 			return err
 		}
-		r2, err := measured(ctx, second, s.Duration, load)
-		if err != nil {
-			return err
-		}
-		if bFirst {
-			r1, r2 = r2, r1
-		}
-		pair := newOverheadPair(r1, r2, bFirst)
+		pair := newOverheadPair(runs[0], runs[1], s.bFirst(i))
 		o.Pairs = append(o.Pairs, pair)
 		e.log("overhead pair %d/%d: A %s, B %s: ratio %.3f, p99 ratio %.3f, CPU ratio %.3f, allocs ratio %.3f",
 			i+1, s.Pairs, pair.A, pair.B, pair.ThroughputRatio, pair.P99Ratio, pair.CPURatio, pair.AllocObjectsRatio)
 	}
 	o.summarize()
 	return nil
+}
+
+// runPair runs pair i's rounds (see rounds) against sides, A and B, each
+// round for d, and returns A's run and B's.
+func (s overheadSettings) runPair(ctx context.Context, i int, sides [2]*caddyProc, d time.Duration, load loadFunc) ([2]overheadRun, error) {
+	var runs [2]overheadRun
+	for _, round := range s.rounds(i) {
+		ps := make([]*caddyProc, len(round))
+		for j, side := range round {
+			ps[j] = sides[side]
+		}
+		rs, err := measured(ctx, ps, d, load)
+		if err != nil {
+			return runs, err
+		}
+		for j, side := range round {
+			runs[side] = rs[j]
+		}
+	}
+	return runs, nil
+}
+
+// scheduleText says how the runs of a pair are laid out, for the log and
+// the report.
+func (s overheadSettings) scheduleText() string {
+	if s.together() {
+		return "A and B loaded at the same time"
+	}
+	return "A and B back to back"
 }
 
 // String describes a run in a few figures, for the progress log.
@@ -307,43 +383,101 @@ func closedLoop(client *http.Client, clients int) loadFunc {
 	}
 }
 
-// wrkLoad is wrk (the binary bin) with clients connections.
-func wrkLoad(procs *procSet, bin string, clients int) loadFunc {
+// wrkLoad is wrk (the binary bin) with threads threads and clients
+// connections.
+func wrkLoad(procs *procSet, bin string, threads, clients int) loadFunc {
 	return func(ctx context.Context, p *caddyProc, d time.Duration) (overheadRun, error) {
-		r, err := runWrk(ctx, procs, bin, p.proxyURL(), clients, d)
+		r, err := runWrk(ctx, procs, bin, p.proxyURL(), threads, clients, d)
 		return r.run(), err
 	}
 }
 
-// measured runs load against p for d, and adds p's CPU time and heap
-// allocations during the run, per request.
-func measured(ctx context.Context, p *caddyProc, d time.Duration, load loadFunc) (overheadRun, error) {
-	mem0, memErr := readAllocs(ctx, p)
-	cpu0, cpuErr := processCPU(p.cmd.Process.Pid)
-	run, err := load(ctx, p, d)
-	if err != nil {
-		return overheadRun{}, err
+// measured loads every proxy of ps at the same time for d, each by its
+// own load generator, and returns their runs in the order of ps, each with
+// its process's CPU time and heap allocations per request over that
+// common window. The allocations are read first and last, outside the
+// window of the CPU times.
+func measured(ctx context.Context, ps []*caddyProc, d time.Duration, load loadFunc) ([]overheadRun, error) {
+	ms := make([]*meter, len(ps))
+	for i, p := range ps {
+		ms[i] = &meter{p: p}
 	}
-	cpu1, err := processCPU(p.cmd.Process.Pid)
-	if cpuErr == nil {
-		cpuErr = err
+	for _, m := range ms {
+		m.readAllocs(ctx, &m.mem0)
 	}
-	mem1, err := readAllocs(ctx, p)
-	if memErr == nil {
-		memErr = err
+	for _, m := range ms {
+		m.readCPU(&m.cpu0)
+	}
+	runs := make([]overheadRun, len(ps))
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i], errs[i] = load(ctx, p, d)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		m.readCPU(&m.cpu1)
+	}
+	for _, m := range ms {
+		m.readAllocs(ctx, &m.mem1)
 	}
 	if ctx.Err() != nil {
-		return overheadRun{}, ctx.Err()
+		return nil, ctx.Err()
 	}
-	if cpuErr == nil && run.Requests > 0 {
-		run.CPUPerRequestUS = float64((cpu1 - cpu0).Microseconds()) / float64(run.Requests)
-		run.CPUSecondsPer10k = (cpu1 - cpu0).Seconds() * 10_000 / float64(run.Requests)
+	for i, m := range ms {
+		m.perRequest(&runs[i])
 	}
-	if memErr == nil && run.Requests > 0 {
-		run.AllocBytesPerRequest = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(run.Requests)
-		run.AllocObjectsPerRequest = float64(mem1.Mallocs-mem0.Mallocs) / float64(run.Requests)
+	return runs, nil
+}
+
+// meter holds one process's CPU time and allocation totals at the start
+// and the end of a run.
+type meter struct {
+	p          *caddyProc
+	cpu0, cpu1 time.Duration
+	mem0, mem1 allocCounts
+	// cpuErr and memErr are the first error reading each; a run whose
+	// reads failed has no CPU time or allocations (Linux only, admin
+	// API up).
+	cpuErr, memErr error
+}
+
+// readCPU reads the process's CPU time into at.
+func (m *meter) readCPU(at *time.Duration) {
+	var err error
+	*at, err = processCPU(m.p.cmd.Process.Pid)
+	m.cpuErr = cmp.Or(m.cpuErr, err)
+}
+
+// readAllocs reads the process's allocation totals into at.
+func (m *meter) readAllocs(ctx context.Context, at *allocCounts) {
+	var err error
+	*at, err = readAllocs(ctx, m.p)
+	m.memErr = cmp.Or(m.memErr, err)
+}
+
+// perRequest adds to run the CPU time and allocations between the two
+// reads, per request, where both reads succeeded.
+func (m *meter) perRequest(run *overheadRun) {
+	if run.Requests == 0 {
+		return
 	}
-	return run, nil
+	if m.cpuErr == nil {
+		cpu := m.cpu1 - m.cpu0
+		run.CPUPerRequestUS = float64(cpu.Microseconds()) / float64(run.Requests)
+		run.CPUSecondsPer10k = cpu.Seconds() * 10_000 / float64(run.Requests)
+	}
+	if m.memErr == nil {
+		run.AllocBytesPerRequest = float64(m.mem1.TotalAlloc-m.mem0.TotalAlloc) / float64(run.Requests)
+		run.AllocObjectsPerRequest = float64(m.mem1.Mallocs-m.mem0.Mallocs) / float64(run.Requests)
+	}
 }
 
 // allocCounts are the Go allocator's running totals of a process, from
@@ -432,7 +566,7 @@ func safeDiv(a, b float64) float64 {
 
 // String describes the result in one line.
 func (o *OverheadResult) String() string {
-	head := fmt.Sprintf("overhead (variant %s, %s load; B %s over A %s)", o.Settings.Variant, o.Settings.Load, o.Settings.B, o.Settings.A)
+	head := fmt.Sprintf("overhead (variant %s, %s load, %s schedule; B %s over A %s)", o.Settings.Variant, o.Settings.Load, o.Settings.Schedule, o.Settings.B, o.Settings.A)
 	if o.Error != "" {
 		return head + ": " + o.Error
 	}

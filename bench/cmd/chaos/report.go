@@ -481,16 +481,31 @@ func markdownOverhead(b *strings.Builder, o *OverheadResult) {
 		fmt.Fprintf(b, "Run failed: %s\n\n", o.Error)
 		return
 	}
-	load := fmt.Sprintf("Closed loop, %d clients", s.Clients)
-	if s.Load == loadWrk {
-		load = fmt.Sprintf("wrk, %d threads and %d connections", wrkThreads, s.Clients)
+	var load, schedule string
+	switch {
+	case s.Load == loadWrk && s.together():
+		load = fmt.Sprintf("One wrk per proxy, %d thread and %d connections each", s.wrkThreads(), s.Clients)
+	case s.Load == loadWrk:
+		load = fmt.Sprintf("wrk, %d threads and %d connections", s.wrkThreads(), s.Clients)
+	case s.together():
+		load = fmt.Sprintf("One closed loop of %d clients per proxy", s.Clients)
+	default:
+		load = fmt.Sprintf("Closed loop, %d clients", s.Clients)
 	}
-	fmt.Fprintf(b, "A is %s, B is %s. %s, %s per run after a %s warm-up, 3 healthy backends; the runs of a pair are back to back, A first in odd pairs and B first in even ones (A, B, B, A, ...).\n\n",
-		s.A, s.B, load, s.Duration, s.Warmup)
+	if s.together() {
+		schedule = "A and B loaded at the same time: a pair is one run of both at once, and each process's CPU time and allocations are read around that common window"
+	} else {
+		schedule = "the runs of a pair are back to back, A first in odd pairs and B first in even ones (A, B, B, A, ...)"
+	}
+	fmt.Fprintf(b, "A is %s, B is %s. %s, %s per run after a %s warm-up, 3 healthy backends; %s.\n\n",
+		s.A, s.B, load, s.Duration, s.Warmup, schedule)
 	b.WriteString("| pair | first | A req/s | B req/s | throughput ratio | A p99 | B p99 | p99 ratio | A CPU/10k | B CPU/10k | CPU ratio | A allocs/req | B allocs/req | A B/req | B B/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, p := range o.Pairs {
 		first := "A"
-		if p.BFirst {
+		switch {
+		case s.together():
+			first = "both"
+		case p.BFirst:
 			first = "B"
 		}
 		fmt.Fprintf(b, "| %d | %s | %.0f | %.0f | %.3f | %.2fms | %.2fms | %.3f | %.3fs | %.3fs | %.3f | %.1f | %.1f | %.0f | %.0f |\n", i+1, first, p.A.Throughput, p.B.Throughput, p.ThroughputRatio,

@@ -10,10 +10,6 @@ import (
 	"time"
 )
 
-// wrkThreads is wrk's -t: one thread per core of the two-core machines the
-// suite is run on; -c (connections) is -clients.
-const wrkThreads = 2
-
 // wrkResult is what one wrk run printed.
 type wrkResult struct {
 	// Requests is the responses wrk read ("N requests in ..."), whatever
@@ -41,11 +37,11 @@ func (r wrkResult) run() overheadRun {
 	return run
 }
 
-// runWrk runs bin (wrk) with clients connections against url for d,
-// which must be whole seconds (wrk's -d takes no fraction), and parses
-// what it printed.
-func runWrk(ctx context.Context, procs *procSet, bin, url string, clients int, d time.Duration) (wrkResult, error) {
-	args := []string{fmt.Sprintf("-t%d", wrkThreads), fmt.Sprintf("-c%d", clients), fmt.Sprintf("-d%ds", int(d/time.Second)), "--latency", url}
+// runWrk runs bin (wrk) with threads threads and clients connections
+// against url for d, which must be whole seconds (wrk's -d takes no
+// fraction), and parses what it printed.
+func runWrk(ctx context.Context, procs *procSet, bin, url string, threads, clients int, d time.Duration) (wrkResult, error) {
+	args := []string{fmt.Sprintf("-t%d", threads), fmt.Sprintf("-c%d", clients), fmt.Sprintf("-d%ds", int(d/time.Second)), "--latency", url}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
