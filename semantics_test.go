@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,14 +170,21 @@ func loadPanickingOn418(t *testing.T, js []byte) {
 	loadJSON(t, []byte(s))
 }
 
-// A panic inside a hedged try, which runs on a goroutine of its own, is
-// the request's, as a panic in a try that runs alone is: a worker failure
-// (kind worker), after which the request gets a 500 (every worker
-// panics here) and the process goes on serving. Without the hand-back the
-// panic ends the process.
+// A panic inside a try of a hedged race, the first try's on the request's
+// goroutine or the hedge's on a goroutine of its own, is the request's, as
+// a panic in a try that runs alone is: a worker failure (kind worker),
+// after which the request gets a 500 (every worker panics here) and the
+// process goes on serving. /boom answers after the hedge delay, so that
+// both tries run and both panic.
 func TestPanicInHedgedTryIsTheRequests(t *testing.T) {
+	var inFlight, most atomic.Int64
 	boom := func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/boom" {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			time.Sleep(60 * time.Millisecond)
 			w.WriteHeader(http.StatusTeapot)
 		}
 		_, _ = io.WriteString(w, "fine")
@@ -205,6 +213,9 @@ func TestPanicInHedgedTryIsTheRequests(t *testing.T) {
 		if code, body := get(t, "/"); code != http.StatusOK || body != "fine" {
 			t.Fatalf("after a panic: got %d %q", code, body)
 		}
+	}
+	if most.Load() < 2 {
+		t.Error("no /boom request had two tries at once: the hedges did not run")
 	}
 }
 
