@@ -16,6 +16,7 @@
 //	go run ./bench/cmd/chaos -quick     # shorter windows, for a look
 //	go run ./bench/cmd/chaos -smoke     # CI: one scenario, Bifrost only; exits 1 on a failure
 //	go run ./bench/cmd/chaos -only-overhead -overhead-variant fleet -overhead-load wrk
+//	go run ./bench/cmd/chaos -only-overhead -clients 32 -overhead-schedule together
 //
 // See bench/BENCHMARKS.md for what each number means.
 package main
