@@ -601,13 +601,14 @@ func TestMedianAndFormat(t *testing.T) {
 	}
 }
 
-// readAllocs reads the allocator's totals from expvar's memstats, as
-// Caddy's admin API serves them at /debug/vars, and they only grow.
-func TestReadAllocsFromDebugVars(t *testing.T) {
+// debugVarsPort serves this process's expvar at /debug/vars, as Caddy's
+// admin API does, for the test's life, and returns the server's port.
+func debugVarsPort(t *testing.T) int {
+	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle("/debug/vars", expvar.Handler())
 	srv := httptest.NewServer(mux)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	u, err := url.Parse(srv.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -616,7 +617,13 @@ func TestReadAllocsFromDebugVars(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &caddyProc{admin: port}
+	return port
+}
+
+// readAllocs reads the allocator's totals from expvar's memstats, as
+// Caddy's admin API serves them at /debug/vars, and they only grow.
+func TestReadAllocsFromDebugVars(t *testing.T) {
+	p := &caddyProc{admin: debugVarsPort(t)}
 	a, err := readAllocs(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)
@@ -967,18 +974,7 @@ func TestOverheadReportNamesTheSchedule(t *testing.T) {
 // CPU time and allocations around the common window, per request of its
 // own run; a load's error is the round's.
 func TestMeasuredLoadsTogether(t *testing.T) {
-	mux := http.NewServeMux()
-	mux.Handle("/debug/vars", expvar.Handler())
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	u, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := strconv.Atoi(u.Port())
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := debugVarsPort(t)
 	// both sides are this process, told apart by their proxy port
 	self, err := os.FindProcess(os.Getpid())
 	if err != nil {
