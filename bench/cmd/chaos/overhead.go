@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bifrost-proxy/bifrost/bench/loadgen"
+	"github.com/bifrost-proxy/bifrost/bench/redisserver"
 )
 
 // The values of -overhead-load: how the happy path drives its load.
@@ -248,12 +249,16 @@ func (o *OverheadResult) compare(ctx context.Context, e *env, tools overheadTool
 	dir := filepath.Join(e.tmp, "overhead")
 	fleet := ""
 	if v.Fleet {
-		rd, err := startRedis(ctx, e.procs, tools.redis, filepath.Join(dir, "redis"))
+		rd, err := redisserver.Start(ctx, tools.redis, filepath.Join(dir, "redis"))
 		if err != nil {
 			return err
 		}
-		defer rd.stop()
-		fleet = rd.url()
+		e.procs.add(rd.Cmd)
+		defer func() {
+			rd.Stop()
+			e.procs.remove(rd.Cmd)
+		}()
+		fleet = rd.URL()
 	}
 	ca, cb := v.sides(s.Policy, fleet)
 	s.A, s.B = ca.Label, cb.Label

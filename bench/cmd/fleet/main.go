@@ -47,6 +47,7 @@ import (
 
 	"github.com/bifrost-proxy/bifrost/bench/faultserver"
 	"github.com/bifrost-proxy/bifrost/bench/loadgen"
+	"github.com/bifrost-proxy/bifrost/bench/redisserver"
 	"github.com/bifrost-proxy/bifrost/pool"
 )
 
@@ -159,10 +160,12 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("building caddy: %v\n%s", err, out)
 		}
 	}
-	rd, err := startRedis(ctx, o.redis, filepath.Join(dir, "redis"))
+	srv, err := redisserver.Start(ctx, o.redis, filepath.Join(dir, "redis"))
 	if err != nil {
 		return err
 	}
+	track(srv.Cmd, true)
+	rd := &redis{addr: srv.Addr}
 	var results []faultResult
 	for _, f := range o.faults {
 		fmt.Fprintf(os.Stderr, "fault %s: fleet of 3\n", f)
@@ -196,46 +199,6 @@ func run(ctx context.Context, o options) error {
 // redis is the redis-server of the run.
 type redis struct {
 	addr string
-}
-
-// startRedis starts redis-server on a free port in dir, without
-// persistence.
-func startRedis(ctx context.Context, bin, dir string) (*redis, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no")
-	setDeathSignal(cmd)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting redis-server: %w", err)
-	}
-	track(cmd, true)
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "Ready to accept connections") {
-				close(ready)
-				break
-			}
-		}
-		for sc.Scan() {
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(10 * time.Second):
-		return nil, errors.New("redis-server did not start within 10s")
-	}
-	return &redis{addr: fmt.Sprintf("127.0.0.1:%d", port)}, nil
 }
 
 // do sends one command to Redis and returns its answer, read whole (the
