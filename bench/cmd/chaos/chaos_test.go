@@ -714,7 +714,9 @@ func TestParseFlagsOverhead(t *testing.T) {
 		args []string
 		want string // in the error
 	}{
-		{[]string{"-overhead-variant", "nope"}, `-overhead-variant "nope" (want defaults, hedge, health, fleet)`},
+		{[]string{"-overhead-variant", "nope"}, `-overhead-variant "nope" (want defaults, hedge, health, fleet, builds)`},
+		{[]string{"-caddy-b", "/nonexistent/caddy"}, `-caddy-b "/nonexistent/caddy" is not an executable file`},
+		{[]string{"-caddy-b", "."}, `-caddy-b "." is not an executable file`},
 		{[]string{"-overhead-variant", ""}, "-overhead-variant"},
 		{[]string{"-overhead-load", "open"}, `-overhead-load "open" (want closed or wrk)`},
 		{[]string{"-overhead-load", "wrk", "-overhead-run", "1500ms"}, "whole seconds"},

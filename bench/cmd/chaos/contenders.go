@@ -274,6 +274,15 @@ var overheadVariants = []overheadVariant{
 			return overheadBifrost("no fleet", policy), b
 		},
 	},
+	{
+		// two builds of Bifrost against each other (-caddy-b): what a
+		// change to the request path costs, or, with one build, how far
+		// apart two identical sides measure
+		Name: "builds",
+		sides: func(policy, _ string) (contender, contender) {
+			return overheadBifrost("defaults, build A", policy), overheadBifrost("defaults, build B", policy)
+		},
+	},
 }
 
 // overheadVariantNames lists the variants' names for flag help and

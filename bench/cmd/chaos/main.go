@@ -6,9 +6,9 @@
 // reverse_proxy tuned the way a competent operator would (and, where a
 // backend is slow or hangs, Bifrost with hedged requests). It then
 // compares Bifrost with plain reverse_proxy on the happy path (or, with
-// -overhead-variant, Bifrost with hedging, both with health checks, or
-// Bifrost in a fleet against Bifrost alone), and writes the results as
-// JSON and Markdown.
+// -overhead-variant, Bifrost with hedging, both with health checks,
+// Bifrost in a fleet against Bifrost alone, or two builds of Bifrost
+// against each other), and writes the results as JSON and Markdown.
 //
 // Run it from the repository:
 //
@@ -17,6 +17,7 @@
 //	go run ./bench/cmd/chaos -smoke     # CI: one scenario, Bifrost only; exits 1 on a failure
 //	go run ./bench/cmd/chaos -only-overhead -overhead-variant fleet -overhead-load wrk
 //	go run ./bench/cmd/chaos -only-overhead -clients 32 -overhead-schedule together
+//	go run ./bench/cmd/chaos -only-overhead -overhead-variant builds -caddy /tmp/caddy-a -caddy-b /tmp/caddy-b
 //
 // See bench/BENCHMARKS.md for what each number means.
 package main
@@ -154,7 +155,9 @@ func parseFlags(args []string) (options, preset, error) {
 	fs.StringVar(&o.overhead.Policy, "overhead-policy", "", "happy path: Bifrost's lb_policy (default: its own default, bifrost_p2c)")
 	fs.StringVar(&o.overhead.Variant, "overhead-variant", overheadVariants[0].Name, "happy path: what A and B are: "+
 		"defaults (A reverse_proxy, B Bifrost's defaults), hedge (B with retry { hedge auto }), "+
-		"health (both with active health checks on /health every 1s), fleet (A Bifrost's defaults, B the same in a fleet, on a redis-server from PATH that the suite starts)")
+		"health (both with active health checks on /health every 1s), fleet (A Bifrost's defaults, B the same in a fleet, on a redis-server from PATH that the suite starts), "+
+		"builds (A and B Bifrost's defaults: with -caddy-b, two builds of it)")
+	fs.StringVar(&o.overhead.CaddyB, "caddy-b", "", "happy path: Caddy `binary` of side B, to compare two builds (default: -caddy's, for both sides)")
 	fs.StringVar(&o.overhead.Load, "overhead-load", loadClosed, "happy path: load generator: closed (loadgen's closed loop of -clients clients) or wrk (wrk -t2 -c<clients> -d<run> --latency, from PATH, -t1 with -overhead-schedule together; whole-second runs)")
 	fs.StringVar(&o.overhead.Schedule, "overhead-schedule", scheduleAlternate, "happy path: alternate (A and B back to back, A B, B A, ...) or together (each pair one round in which A and B are loaded at the same time, each by its own load generator of -clients clients)")
 	fs.BoolVar(&o.noOverhead, "no-overhead", false, "skip the happy-path comparison")

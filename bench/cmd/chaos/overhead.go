@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -56,6 +57,8 @@ type overheadSettings struct {
 	Clients  int           `json:"clients"`
 	// Policy is Bifrost's lb_policy; "" is its default.
 	Policy string `json:"bifrost_policy,omitempty"`
+	// CaddyB is side B's Caddy binary (-caddy-b); "" is side A's.
+	CaddyB string `json:"caddy_b,omitempty"`
 }
 
 // validate checks the variant, the schedule and the load, and that wrk
@@ -64,6 +67,11 @@ type overheadSettings struct {
 func (s overheadSettings) validate() error {
 	if _, err := findOverheadVariant(s.Variant); err != nil {
 		return err
+	}
+	if s.CaddyB != "" {
+		if fi, err := os.Stat(s.CaddyB); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return fmt.Errorf("-caddy-b %q is not an executable file", s.CaddyB)
+		}
 	}
 	switch s.Schedule {
 	case scheduleAlternate, scheduleTogether:
@@ -275,7 +283,7 @@ func (o *OverheadResult) compare(ctx context.Context, e *env, tools overheadTool
 		return err
 	}
 	defer a.stop()
-	b, err := e.startProxy(ctx, filepath.Join(dir, "b"), cb, ups, false)
+	b, err := e.startProxyOn(ctx, cmp.Or(s.CaddyB, e.caddy), filepath.Join(dir, "b"), cb, ups, false)
 	if err != nil {
 		return err
 	}

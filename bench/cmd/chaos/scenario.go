@@ -360,6 +360,11 @@ func startPolling(ctx context.Context, adminURL string, every time.Duration) fun
 // startProxy starts Caddy with contender c in front of ups; debug keeps
 // the upstream-roundtrip log.
 func (e *env) startProxy(ctx context.Context, dir string, c contender, ups upstreams, debug bool) (*caddyProc, error) {
+	return e.startProxyOn(ctx, e.caddy, dir, c, ups, debug)
+}
+
+// startProxyOn is startProxy with the Caddy binary bin.
+func (e *env) startProxyOn(ctx context.Context, bin, dir string, c contender, ups upstreams, debug bool) (*caddyProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -373,7 +378,7 @@ func (e *env) startProxy(ctx context.Context, dir string, c contender, ups upstr
 		cf.DebugLog = filepath.Join(dir, "tries.log")
 		cf.DebugAll = len(ups.Dynamic) > 0
 	}
-	return startCaddy(ctx, e.procs, e.caddy, dir, cf)
+	return startCaddy(ctx, e.procs, bin, dir, cf)
 }
 
 // faultSchedule applies a fault to some backends for a window and records
