@@ -706,6 +706,24 @@ func TestParseFlagsOverhead(t *testing.T) {
 			t.Errorf("%v: %+v %v", args, o.overhead, err)
 		}
 	}
+	// the binaries are run from Caddy's own directory: relative paths
+	// become absolute
+	exe := filepath.Join(t.TempDir(), "caddy")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _, err = parseFlags([]string{"-caddy", rel, "-caddy-b", rel})
+	if err != nil || o.caddy != exe || o.overhead.CaddyB != exe {
+		t.Errorf("-caddy and -caddy-b %s: %q and %q, %v; want both %s", rel, o.caddy, o.overhead.CaddyB, err, exe)
+	}
 	o, _, err = parseFlags([]string{"-overhead-schedule", "together", "-overhead-load", "wrk", "-clients", "1"})
 	if err != nil || o.overhead.Schedule != scheduleTogether || o.overhead.wrkThreads() != 1 {
 		t.Errorf("together with wrk on 1 connection (one wrk thread each): %+v %v", o.overhead, err)
@@ -716,7 +734,7 @@ func TestParseFlagsOverhead(t *testing.T) {
 	}{
 		{[]string{"-overhead-variant", "nope"}, `-overhead-variant "nope" (want defaults, hedge, health, fleet, builds)`},
 		{[]string{"-caddy-b", "/nonexistent/caddy"}, `-caddy-b "/nonexistent/caddy" is not an executable file`},
-		{[]string{"-caddy-b", "."}, `-caddy-b "." is not an executable file`},
+		{[]string{"-caddy-b", "."}, `/bench/cmd/chaos" is not an executable file`}, // named by its absolute path
 		{[]string{"-overhead-variant", ""}, "-overhead-variant"},
 		{[]string{"-overhead-load", "open"}, `-overhead-load "open" (want closed or wrk)`},
 		{[]string{"-overhead-load", "wrk", "-overhead-run", "1500ms"}, "whole seconds"},

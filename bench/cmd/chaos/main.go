@@ -170,6 +170,17 @@ func parseFlags(args []string) (options, preset, error) {
 	if fs.NArg() > 0 {
 		return o, preset{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	// Caddy runs in a directory of its own, where a relative path to its
+	// binary would not lead to it
+	for _, bin := range []*string{&o.caddy, &o.overhead.CaddyB} {
+		if *bin != "" {
+			abs, err := filepath.Abs(*bin)
+			if err != nil {
+				return o, preset{}, err
+			}
+			*bin = abs
+		}
+	}
 	name := "full"
 	switch {
 	case o.smoke && o.quick:
